@@ -1,0 +1,348 @@
+//! Loading: YAML text → [`Config`], with every problem reported as `file:line:col: message`.
+//!
+//! The file is parsed with serde-saphyr, which knows where each key is, so syntax errors,
+//! unknown keys and wrong types are located by the parser. Environment variables named
+//! `SHARDGATE__SECTION__KEY` are then laid over the file with the `config` crate. Validation
+//! runs last; its errors are located by finding the offending key in the text.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::*;
+
+/// One located problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Everything wrong with a config, each problem on its own line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ENV_PREFIX: &str = "SHARDGATE";
+
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read config: {e}"),
+        }],
+    })?;
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SHARDGATE__"))
+        .collect();
+    load_str_with_env(path, &text, &env)
+}
+
+/// Loads from text without looking at the environment.
+pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    load_str_with_env(path, text, &[])
+}
+
+fn load_str_with_env(
+    path: &Path,
+    text: &str,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let problem = |line: u64, column: u64, message: String| Problem {
+        file: path.to_owned(),
+        line,
+        column,
+        message,
+    };
+    let mut config: Config = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ConfigError {
+            problems: vec![problem(line, column, first_line(&e.to_string()))],
+        }
+    })?;
+    if !env.is_empty() {
+        config = overlay_env(text, env).map_err(|message| ConfigError {
+            problems: vec![problem(0, 0, message)],
+        })?;
+    }
+    let problems: Vec<Problem> = validate(&config)
+        .into_iter()
+        .map(|(key_path, message)| {
+            let (line, column) = locate(text, &key_path);
+            problem(line, column, message)
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// serde-saphyr renders a snippet under its message; the first line is the message.
+fn first_line(s: &str) -> String {
+    let msg = s.lines().next().unwrap_or(s).trim();
+    msg.strip_prefix("error: ").unwrap_or(msg).to_owned()
+}
+
+fn overlay_env(text: &str, env: &[(String, String)]) -> Result<Config, String> {
+    let source = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(env.iter().cloned().collect()));
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+        .add_source(source)
+        .build()
+        .and_then(|c| c.try_deserialize::<Config>())
+        .map_err(|e| format!("environment override (SHARDGATE__*): {e}"))
+}
+
+/// Each problem with the key path it is about (used to find its line).
+fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
+    let mut out = Vec::new();
+    let mut err = |path: &[&str], msg: String| {
+        out.push((path.iter().map(|s| s.to_string()).collect(), msg));
+    };
+    if c.pool.size == 0 {
+        err(&["pool", "size"], "pool.size must be at least 1".into());
+    }
+    if c.pool.min_idle > c.pool.size {
+        err(
+            &["pool", "min_idle"],
+            format!(
+                "pool.min_idle ({}) is larger than pool.size ({})",
+                c.pool.min_idle, c.pool.size
+            ),
+        );
+    }
+    if c.limits.max_message_size < 1024 {
+        err(
+            &["limits", "max_message_size"],
+            "limits.max_message_size must be at least 1024 bytes".into(),
+        );
+    }
+    if c.users.is_empty() {
+        err(&["users"], "at least one user is needed".into());
+    }
+    for (i, u) in c.users.iter().enumerate() {
+        let name = u.name.as_str();
+        if c.users[..i].iter().any(|o| o.name == u.name) {
+            err(&["users", name], format!("user `{name}` is defined twice"));
+        }
+        match (u.auth, u.password.as_deref()) {
+            (AuthMethod::Trust, _) => {}
+            (_, None) => err(
+                &["users", name],
+                format!("user `{name}` needs a password (or auth: trust)"),
+            ),
+            (AuthMethod::ScramSha256, Some(p)) if is_scram_verifier(p) => {
+                if let Err(e) = wire::auth::ScramVerifier::parse(p) {
+                    err(&["users", name, "password"], format!("user `{name}`: {e}"));
+                }
+            }
+            (AuthMethod::ScramSha256, Some(p)) if is_md5_hash(p) => err(
+                &["users", name, "password"],
+                format!("user `{name}`: an MD5 hash cannot serve SCRAM-SHA-256; give the plain password or a SCRAM verifier"),
+            ),
+            (AuthMethod::Md5, Some(p)) if is_scram_verifier(p) => err(
+                &["users", name, "password"],
+                format!("user `{name}`: a SCRAM verifier cannot serve md5 auth; give the plain password or an md5 hash"),
+            ),
+            _ => {}
+        }
+        if u.pool_size == Some(0) {
+            err(
+                &["users", name, "pool_size"],
+                format!("user `{name}`: pool_size must be at least 1"),
+            );
+        }
+    }
+    if c.databases.is_empty() {
+        err(&["databases"], "at least one database is needed".into());
+    }
+    for (db, d) in &c.databases {
+        if db == "shardgate" {
+            err(
+                &["databases", db],
+                "database name `shardgate` is reserved for the admin console".into(),
+            );
+        }
+        if d.shards.is_empty() {
+            err(
+                &["databases", db, "shards"],
+                format!("database `{db}` has no shards"),
+            );
+        }
+        for (s, shard) in d.shards.iter() {
+            if let Err(e) = ServerAddress::parse(&shard.primary) {
+                err(
+                    &["databases", db, "shards", s, "primary"],
+                    format!("database `{db}` shard `{s}` primary: {e}"),
+                );
+            }
+            for r in &shard.replicas {
+                if let Err(e) = ServerAddress::parse(r) {
+                    err(
+                        &["databases", db, "shards", s, "replicas"],
+                        format!("database `{db}` shard `{s}` replica: {e}"),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Finds a key path in YAML text: each component in turn, searched from where the previous
+/// one was found, as a key (`name:`) or, for list items, as a value (`name: <component>`).
+/// Returns 1-based line and column; (0, 0) when nothing matches.
+fn locate(text: &str, path: &[String]) -> (u64, u64) {
+    let mut from = 0usize;
+    let mut found = None;
+    for comp in path {
+        let mut pos = None;
+        let mut search = from;
+        while let Some(i) = text[search..].find(comp.as_str()) {
+            let at = search + i;
+            let before_ok = at == 0
+                || !text.as_bytes()[at - 1].is_ascii_alphanumeric() && text.as_bytes()[at - 1] != b'_';
+            let after = &text[at + comp.len()..];
+            let after_ok = after.starts_with(':')
+                || after.starts_with(['\n', ',', ' ', '}', '"', '\''])
+                || after.is_empty();
+            if before_ok && after_ok {
+                pos = Some(at);
+                break;
+            }
+            search = at + comp.len();
+        }
+        match pos {
+            Some(p) => {
+                found = Some(p);
+                from = p + comp.len();
+            }
+            None => break,
+        }
+    }
+    match found {
+        Some(p) => {
+            let line = text[..p].matches('\n').count() as u64 + 1;
+            let col = (p - text[..p].rfind('\n').map(|i| i + 1).unwrap_or(0)) as u64 + 1;
+            (line, col)
+        }
+        None => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+listen: 127.0.0.1:7000
+pool:
+  mode: transaction
+  size: 5
+users:
+  - name: app
+    password: secret
+databases:
+  app:
+    shards:
+      s0: { primary: \"postgres://app@127.0.0.1:5432/app\" }
+";
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        load_str(Path::new("test.yaml"), text)
+    }
+
+    #[test]
+    fn a_good_config_loads() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.pool.size, 5);
+        assert_eq!(c.pool.checkout_timeout_ms, 5000);
+        let (name, shard) = c.databases["app"].shards.first().unwrap();
+        assert_eq!(name, "s0");
+        let a = ServerAddress::parse(&shard.primary).unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.database.as_str()), ("127.0.0.1", 5432, "app"));
+        assert_eq!(a.user.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_key() {
+        let text = GOOD.replace("  size: 5\n", "  size: 5\n  sise: 6\n");
+        let e = load(&text).unwrap_err();
+        let p = &e.problems[0];
+        assert_eq!(p.line, 5, "{e}");
+        assert!(p.message.contains("sise"), "{e}");
+        assert!(e.to_string().starts_with("test.yaml:5:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_located() {
+        let text = GOOD.replace("size: 5", "size: many");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.problems[0].line, 4, "{e}");
+    }
+
+    #[test]
+    fn validation_errors_are_located() {
+        let text = GOOD.replace("postgres://app@127.0.0.1:5432/app", "mysql://x/y");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.problems[0].line, 11, "{e}");
+        assert!(e.problems[0].message.contains("postgres://"), "{e}");
+
+        let text = GOOD.replace("    password: secret\n", "");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.problems[0].line, 6, "{e}");
+        assert!(e.problems[0].message.contains("needs a password"), "{e}");
+
+        let text = GOOD.replace("size: 5", "size: 5\n  min_idle: 9");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.problems[0].line, 5, "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![("SHARDGATE__POOL__SIZE".to_string(), "17".to_string())];
+        let c = load_str_with_env(Path::new("t.yaml"), GOOD, &env).unwrap();
+        assert_eq!(c.pool.size, 17);
+        assert_eq!(c.users[0].name, "app");
+    }
+}

@@ -1,0 +1,261 @@
+//! The configuration model. Field names are the YAML keys; unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    pub users: Vec<UserConfig>,
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:6432".parse().expect("valid default")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// A server connection is held for one transaction.
+    #[default]
+    Transaction,
+    /// A server connection is held for the whole client session.
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    /// Most server connections per (database, user, shard).
+    pub size: u32,
+    /// Connections kept open while idle.
+    pub min_idle: u32,
+    /// How long a client waits for a server connection before an error.
+    pub checkout_timeout_ms: u64,
+    /// Idle server connections above `min_idle` are closed after this long.
+    pub idle_timeout_s: u64,
+    /// Server connections are closed (when idle) after this long.
+    pub server_lifetime_s: u64,
+    /// Connecting and authenticating to a server may take this long.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 0,
+            checkout_timeout_ms: 5000,
+            idle_timeout_s: 600,
+            server_lifetime_s: 3600,
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Clients beyond this many are refused with 53300.
+    pub max_client_connections: u32,
+    /// A client message announcing more bytes than this is refused before it is read.
+    pub max_message_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: 10_000,
+            max_message_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plain text, a SCRAM verifier (`SCRAM-SHA-256$...`) or an MD5 hash (`md5...`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How clients of this user authenticate.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// Role used on the servers (default: `name`).
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// Password used on the servers (default: `password` when it is plain text).
+    #[serde(default)]
+    pub server_password: Option<String>,
+    /// Overrides `pool.size` for this user.
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// Overrides `pool.mode` for this user.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserConfig {
+    /// The password as plain text, when the config holds it so.
+    pub fn plain_password(&self) -> Option<&str> {
+        self.password
+            .as_deref()
+            .filter(|p| !is_scram_verifier(p) && !is_md5_hash(p))
+    }
+
+    /// What the proxy sends to servers as this user's password.
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or(self.plain_password())
+    }
+
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+}
+
+pub fn is_scram_verifier(p: &str) -> bool {
+    p.starts_with("SCRAM-SHA-256$")
+}
+
+pub fn is_md5_hash(p: &str) -> bool {
+    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Shards by name, in order; the first is the home of tables no map names.
+    pub shards: indexmap_lite::OrderedShards,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// `postgres://[user[:password]@]host[:port]/database`
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+/// Where and how to reach one server, parsed from a shard URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl ServerAddress {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("invalid server URL: {e}"))?;
+        if u.scheme() != "postgres" && u.scheme() != "postgresql" {
+            return Err("server URL must start with postgres://".into());
+        }
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("server URL has no host")?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let database = u.path().trim_start_matches('/');
+        if database.is_empty() {
+            return Err("server URL has no database name".into());
+        }
+        let decode = |v: &str| {
+            url::form_urlencoded::parse(format!("x={v}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        Ok(ServerAddress {
+            host,
+            port: u.port().unwrap_or(5432),
+            database: decode(database),
+            user: Some(u.username()).filter(|s| !s.is_empty()).map(decode),
+            password: u.password().map(decode),
+        })
+    }
+}
+
+/// A small ordered map of shards, so that "first shard" means the first one written.
+pub mod indexmap_lite {
+    use super::ShardConfig;
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Debug, Clone, Default)]
+    pub struct OrderedShards(pub Vec<(String, ShardConfig)>);
+
+    impl OrderedShards {
+        pub fn iter(&self) -> impl Iterator<Item = (&str, &ShardConfig)> {
+            self.0.iter().map(|(k, v)| (k.as_str(), v))
+        }
+        pub fn first(&self) -> Option<(&str, &ShardConfig)> {
+            self.iter().next()
+        }
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    impl<'de> Deserialize<'de> for OrderedShards {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OrderedShards;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map of shard name to shard")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = m.next_entry::<String, ShardConfig>()? {
+                        if out.iter().any(|(n, _): &(String, ShardConfig)| *n == k) {
+                            return Err(serde::de::Error::custom(format!("shard `{k}` is defined twice")));
+                        }
+                        out.push((k, v));
+                    }
+                    Ok(OrderedShards(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Length-checked framing of tagged protocol messages (`tag | int32 len | body`).
+//!
+//! A [`Frame`] keeps the whole message (tag and length included) as one `Bytes`, cut out of
+//! the read buffer without copying; forwarding a frame writes those bytes as they are.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Smallest legal value of the length field: it counts itself.
+const MIN_LEN: usize = 4;
+
+/// Why a stream of frames cannot be read any further. Each is a protocol violation (08P01).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("invalid message length {len} for message type \"{tag}\"", tag = char::from(*.tag))]
+    BadLength { tag: u8, len: i32 },
+    #[error("message of type \"{tag}\" is {len} bytes, more than the limit of {max} bytes", tag = char::from(*.tag))]
+    TooLarge { tag: u8, len: usize, max: usize },
+}
+
+/// One complete protocol message, tag and length included.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    raw: Bytes,
+}
+
+impl Frame {
+    /// Wraps bytes that are known to hold exactly one well-formed message.
+    pub fn from_raw(raw: Bytes) -> Frame {
+        debug_assert!(raw.len() >= 5);
+        Frame { raw }
+    }
+
+    /// The message type byte.
+    #[inline]
+    pub fn tag(&self) -> u8 {
+        self.raw[0]
+    }
+
+    /// The body after the length field.
+    #[inline]
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+
+    /// The body as a cheap slice of the same buffer.
+    pub fn body_bytes(&self) -> Bytes {
+        self.raw.slice(5..)
+    }
+
+    /// The whole message as it arrived.
+    #[inline]
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+
+    /// Total length on the wire.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({:?}, {} bytes)", char::from(self.tag()), self.raw.len())
+    }
+}
+
+/// Cuts frames out of a read buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max_len: usize,
+}
+
+impl FrameDecoder {
+    /// `max_len` bounds the length field of every message (tag excluded).
+    pub fn new(max_len: usize) -> Self {
+        FrameDecoder {
+            max_len: max_len.max(MIN_LEN),
+        }
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Returns the next whole frame, `None` when more bytes are needed. When a frame header
+    /// has been seen but its body has not fully arrived, reserves room for the rest, so the
+    /// caller's next read fills it; the reservation happens only after the length is checked.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = buf[0];
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if len < MIN_LEN as i32 {
+            return Err(FrameError::BadLength { tag, len });
+        }
+        let len = len as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge {
+                tag,
+                len,
+                max: self.max_len,
+            });
+        }
+        let total = len + 1;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        Ok(Some(Frame {
+            raw: buf.split_to(total).freeze(),
+        }))
+    }
+}
+
+/// A cursor over a message body that never reads past its end.
+pub struct BodyReader<'a> {
+    buf: &'a [u8],
+}
+
+/// A body that ended too soon or held something that is not allowed there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct Malformed(pub &'static str);
+
+impl<'a> BodyReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        BodyReader { buf }
+    }
+
+    pub fn remaining(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn u8(&mut self) -> Result<u8, Malformed> {
+        if self.buf.is_empty() {
+            return Err(Malformed("message ended early"));
+        }
+        let v = self.buf[0];
+        self.buf = &self.buf[1..];
+        Ok(v)
+    }
+
+    pub fn i16(&mut self) -> Result<i16, Malformed> {
+        if self.buf.len() < 2 {
+            return Err(Malformed("message ended early"));
+        }
+        let v = (&self.buf[..2]).get_i16();
+        self.buf = &self.buf[2..];
+        Ok(v)
+    }
+
+    pub fn i32(&mut self) -> Result<i32, Malformed> {
+        if self.buf.len() < 4 {
+            return Err(Malformed("message ended early"));
+        }
+        let v = (&self.buf[..4]).get_i32();
+        self.buf = &self.buf[4..];
+        Ok(v)
+    }
+
+    /// A NUL-terminated string, without its terminator.
+    pub fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
+        match memchr0(self.buf) {
+            Some(i) => {
+                let s = &self.buf[..i];
+                self.buf = &self.buf[i + 1..];
+                Ok(s)
+            }
+            None => Err(Malformed("string is not terminated")),
+        }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if self.buf.len() < n {
+            return Err(Malformed("message ended early"));
+        }
+        let s = &self.buf[..n];
+        self.buf = &self.buf[n..];
+        Ok(s)
+    }
+
+    pub fn finish(&self) -> Result<(), Malformed> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Malformed("trailing bytes after the message"))
+        }
+    }
+}
+
+#[inline]
+fn memchr0(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn whole_frames_come_out_as_they_went_in() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&msg(b'Q', b"select 1\0"));
+        buf.extend_from_slice(&msg(b'S', b""));
+        let d = FrameDecoder::new(1 << 20);
+        let f = d.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(f.body(), b"select 1\0");
+        assert_eq!(&f.raw()[..], &msg(b'Q', b"select 1\0")[..]);
+        let f = d.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(f.tag(), b'S');
+        assert!(f.body().is_empty());
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let whole = msg(b'Q', b"select 1\0");
+        let d = FrameDecoder::new(1 << 20);
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            assert_eq!(d.decode(&mut buf).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked_before_allocation() {
+        let d = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
+        let cap = buf.capacity();
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(FrameError::TooLarge { tag: b'Q', .. })
+        ));
+        assert_eq!(buf.capacity(), cap);
+        let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(FrameError::BadLength { len: 3, .. })
+        ));
+        let mut buf = BytesMut::from(&[b'Q', 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(FrameError::BadLength { len: -1, .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let d = FrameDecoder::new(32);
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(f)) = d.decode(&mut buf) {
+                prop_assert!(f.len() >= 5);
+            }
+        }
+
+        #[test]
+        fn body_reader_never_reads_past_the_end(data in proptest::collection::vec(any::<u8>(), 0..32)) {
+            let mut r = BodyReader::new(&data);
+            let _ = r.cstr();
+            let _ = r.i32();
+            let _ = r.i16();
+            let _ = r.bytes(7);
+            let _ = r.u8();
+        }
+    }
+}
