@@ -147,7 +147,9 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&child| matches!(proc_stat(child), Some((state, ppid)) if ppid == pid && state != 'Z'))
+        .filter(
+            |&child| matches!(proc_stat(child), Some((state, ppid)) if ppid == pid && state != 'Z'),
+        )
         .collect()
 }
 

@@ -1,0 +1,276 @@
+//! A pool of server connections for one (database, user, shard).
+//!
+//! The ceiling is a fair semaphore: a permit is held while a connection is checked out, and a
+//! new connection is opened only when a permit is held and no idle one is left, so open
+//! connections never exceed `size`. Waiters are served in arrival order and give up after
+//! `checkout_timeout`. Idle connections are reused newest first (warm caches) and trimmed by a
+//! maintenance task.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::server::{ConnectError, ServerConn, ServerTarget};
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: u32,
+    pub min_idle: u32,
+    pub checkout_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("timed out after {waited_ms} ms waiting for a server connection to {target} (pool size {size})")]
+    CheckoutTimeout {
+        target: String,
+        waited_ms: u64,
+        size: u32,
+    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Counters for SHOW POOLS and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct PoolStats {
+    pub idle: usize,
+    pub active: usize,
+    pub waiting: u64,
+    pub checkouts: u64,
+    pub connects: u64,
+    pub timeouts: u64,
+}
+
+struct Inner {
+    target: ServerTarget,
+    settings: PoolSettings,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    waiting: AtomicU64,
+    checkouts: AtomicU64,
+    connects: AtomicU64,
+    timeouts: AtomicU64,
+    /// ParameterStatus of the first connection made, for clients' startup.
+    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+}
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({:?})", self.inner.target)
+    }
+}
+
+impl Pool {
+    /// Makes a pool and starts its maintenance task (which ends when the pool is dropped).
+    pub fn new(target: ServerTarget, settings: PoolSettings) -> Pool {
+        let inner = Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(settings.size as usize)),
+            target,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            waiting: AtomicU64::new(0),
+            checkouts: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            server_params: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(maintain(weak));
+        Pool { inner }
+    }
+
+    pub fn target(&self) -> &ServerTarget {
+        &self.inner.target
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// Checks a connection out, waiting up to the checkout timeout.
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
+        let inner = &self.inner;
+        let start = Instant::now();
+        let permit = match inner.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                inner.waiting.fetch_add(1, Ordering::Relaxed);
+                let r = tokio::time::timeout(
+                    inner.settings.checkout_timeout,
+                    inner.permits.clone().acquire_owned(),
+                )
+                .await;
+                inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(PoolError::CheckoutTimeout {
+                            target: format!("{:?}", inner.target),
+                            waited_ms: start.elapsed().as_millis() as u64,
+                            size: inner.settings.size,
+                        });
+                    }
+                }
+            }
+        };
+        inner.checkouts.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let candidate = inner.idle.lock().pop();
+            match candidate {
+                Some(mut conn) => {
+                    if conn.is_stale() || conn.created.elapsed() > inner.settings.server_lifetime {
+                        continue; // dropped: closed
+                    }
+                    return Ok(PooledConn {
+                        conn: Some(conn),
+                        pool: self.inner.clone(),
+                        _permit: permit,
+                    });
+                }
+                None => break,
+            }
+        }
+        let conn = self.connect().await?;
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.inner.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<ServerConn, ConnectError> {
+        let inner = &self.inner;
+        let conn = ServerConn::connect(&inner.target, inner.settings.connect_timeout).await?;
+        inner.connects.fetch_add(1, Ordering::Relaxed);
+        let mut sp = inner.server_params.lock();
+        if sp.is_none() {
+            *sp = Some(Arc::new(conn.startup_params.clone()));
+        }
+        Ok(conn)
+    }
+
+    /// ParameterStatus values of this pool's server, connecting once if none is known yet.
+    pub async fn server_params(&self) -> Result<Arc<Vec<(String, String)>>, PoolError> {
+        if let Some(p) = self.inner.server_params.lock().clone() {
+            return Ok(p);
+        }
+        let c = self.get().await?;
+        c.release();
+        Ok(self
+            .inner
+            .server_params
+            .lock()
+            .clone()
+            .unwrap_or_default())
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let idle = self.inner.idle.lock().len();
+        let available = self.inner.permits.available_permits();
+        PoolStats {
+            idle,
+            active: self.inner.settings.size as usize - available,
+            waiting: self.inner.waiting.load(Ordering::Relaxed),
+            checkouts: self.inner.checkouts.load(Ordering::Relaxed),
+            connects: self.inner.connects.load(Ordering::Relaxed),
+            timeouts: self.inner.timeouts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every idle connection (used on shutdown and reload).
+    pub fn close_idle(&self) {
+        self.inner.idle.lock().clear();
+    }
+}
+
+/// A checked-out connection. Return it with [`PooledConn::release`] only when it is clean
+/// (idle, outside a transaction, nothing in flight); dropping it closes the connection.
+pub struct PooledConn {
+    conn: Option<ServerConn>,
+    pool: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConn {
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if conn.created.elapsed() > self.pool.settings.server_lifetime {
+                return;
+            }
+            conn.last_used = Instant::now();
+            self.pool.idle.lock().push(conn);
+        }
+    }
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.conn.as_ref().expect("connection present until released")
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("connection present until released")
+    }
+}
+
+async fn maintain(pool: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = pool.upgrade() else { return };
+        let s = &inner.settings;
+        {
+            let mut idle = inner.idle.lock();
+            // Oldest-used first at the front; keep min_idle of the newest.
+            let keep_min = s.min_idle as usize;
+            let mut i = 0;
+            while i < idle.len() {
+                let c = &idle[i];
+                let expired = c.created.elapsed() > s.server_lifetime;
+                let unused = c.last_used.elapsed() > s.idle_timeout && idle.len() > keep_min;
+                if expired || unused {
+                    idle.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // Open connections up to min_idle, each under a permit so the ceiling holds.
+        loop {
+            let open = inner.idle.lock().len() + (s.size as usize - inner.permits.available_permits());
+            if inner.idle.lock().len() >= s.min_idle as usize || open >= s.size as usize {
+                break;
+            }
+            let Ok(permit) = inner.permits.clone().try_acquire_owned() else { break };
+            match ServerConn::connect(&inner.target, s.connect_timeout).await {
+                Ok(conn) => {
+                    inner.connects.fetch_add(1, Ordering::Relaxed);
+                    inner.idle.lock().push(conn);
+                    drop(permit);
+                }
+                Err(e) => {
+                    tracing::warn!(target = ?inner.target, error = %e, "could not open idle connection");
+                    break;
+                }
+            }
+        }
+        drop(inner);
+    }
+}
