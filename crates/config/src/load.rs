@@ -240,7 +240,8 @@ fn locate(text: &str, path: &[String]) -> (u64, u64) {
         while let Some(i) = text[search..].find(comp.as_str()) {
             let at = search + i;
             let before_ok = at == 0
-                || !text.as_bytes()[at - 1].is_ascii_alphanumeric() && text.as_bytes()[at - 1] != b'_';
+                || !text.as_bytes()[at - 1].is_ascii_alphanumeric()
+                    && text.as_bytes()[at - 1] != b'_';
             let after = &text[at + comp.len()..];
             let after_ok = after.starts_with(':')
                 || after.starts_with(['\n', ',', ' ', '}', '"', '\''])
@@ -300,7 +301,10 @@ databases:
         let (name, shard) = c.databases["app"].shards.first().unwrap();
         assert_eq!(name, "s0");
         let a = ServerAddress::parse(&shard.primary).unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.database.as_str()), ("127.0.0.1", 5432, "app"));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.database.as_str()),
+            ("127.0.0.1", 5432, "app")
+        );
         assert_eq!(a.user.as_deref(), Some("app"));
     }
 

@@ -248,7 +248,9 @@ pub mod indexmap_lite {
                     let mut out = Vec::new();
                     while let Some((k, v)) = m.next_entry::<String, ShardConfig>()? {
                         if out.iter().any(|(n, _): &(String, ShardConfig)| *n == k) {
-                            return Err(serde::de::Error::custom(format!("shard `{k}` is defined twice")));
+                            return Err(serde::de::Error::custom(format!(
+                                "shard `{k}` is defined twice"
+                            )));
                         }
                         out.push((k, v));
                     }

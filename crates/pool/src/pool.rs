@@ -169,12 +169,7 @@ impl Pool {
         }
         let c = self.get().await?;
         c.release();
-        Ok(self
-            .inner
-            .server_params
-            .lock()
-            .clone()
-            .unwrap_or_default())
+        Ok(self.inner.server_params.lock().clone().unwrap_or_default())
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -219,13 +214,17 @@ impl PooledConn {
 impl std::ops::Deref for PooledConn {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("connection present until released")
+        self.conn
+            .as_ref()
+            .expect("connection present until released")
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("connection present until released")
+        self.conn
+            .as_mut()
+            .expect("connection present until released")
     }
 }
 
@@ -254,11 +253,14 @@ async fn maintain(pool: Weak<Inner>) {
         }
         // Open connections up to min_idle, each under a permit so the ceiling holds.
         loop {
-            let open = inner.idle.lock().len() + (s.size as usize - inner.permits.available_permits());
+            let open =
+                inner.idle.lock().len() + (s.size as usize - inner.permits.available_permits());
             if inner.idle.lock().len() >= s.min_idle as usize || open >= s.size as usize {
                 break;
             }
-            let Ok(permit) = inner.permits.clone().try_acquire_owned() else { break };
+            let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+                break;
+            };
             match ServerConn::connect(&inner.target, s.connect_timeout).await {
                 Ok(conn) => {
                     inner.connects.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,11 @@ pub struct ServerTarget {
 
 impl std::fmt::Debug for ServerTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
     }
 }
 
@@ -75,7 +79,10 @@ impl std::fmt::Debug for ServerConn {
 
 impl ServerConn {
     /// Connects, authenticates and waits for the first ReadyForQuery.
-    pub async fn connect(target: &ServerTarget, timeout: Duration) -> Result<ServerConn, ConnectError> {
+    pub async fn connect(
+        target: &ServerTarget,
+        timeout: Duration,
+    ) -> Result<ServerConn, ConnectError> {
         let name = format!("{target:?}");
         match tokio::time::timeout(timeout, Self::connect_inner(target, &name)).await {
             Ok(r) => r,
@@ -124,13 +131,12 @@ impl ServerConn {
             let frame = conn.read_frame().await.map_err(io)?;
             match frame.tag() {
                 tag::AUTHENTICATION => {
-                    let (code, data) =
-                        messages::authentication(&frame).map_err(|_| proto("bad authentication message"))?;
+                    let (code, data) = messages::authentication(&frame)
+                        .map_err(|_| proto("bad authentication message"))?;
                     let password = || {
-                        target
-                            .password
-                            .as_deref()
-                            .ok_or_else(|| proto("the server asks for a password and none is configured"))
+                        target.password.as_deref().ok_or_else(|| {
+                            proto("the server asks for a password and none is configured")
+                        })
                     };
                     match code {
                         0 => {}
@@ -140,7 +146,8 @@ impl ServerConn {
                             messages::password_message(&mut out, &p);
                         }
                         5 => {
-                            let salt: [u8; 4] = data.try_into().map_err(|_| proto("bad md5 salt"))?;
+                            let salt: [u8; 4] =
+                                data.try_into().map_err(|_| proto("bad md5 salt"))?;
                             let hash = postgres_protocol::authentication::md5_hash(
                                 target.user.as_bytes(),
                                 password()?.as_bytes(),
@@ -155,22 +162,37 @@ impl ServerConn {
                                 .split(|&b| b == 0)
                                 .any(|m| m == wire::auth::SCRAM_SHA_256.as_bytes());
                             if !offers_scram {
-                                return Err(proto("the server offers no SASL mechanism the proxy supports"));
+                                return Err(proto(
+                                    "the server offers no SASL mechanism the proxy supports",
+                                ));
                             }
-                            let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                            messages::sasl_initial_response_msg(&mut out, wire::auth::SCRAM_SHA_256, s.message());
+                            let s = ScramSha256::new(
+                                password()?.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            messages::sasl_initial_response_msg(
+                                &mut out,
+                                wire::auth::SCRAM_SHA_256,
+                                s.message(),
+                            );
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| proto("unexpected SASL continue"))?;
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| proto("unexpected SASL continue"))?;
                             s.update(data).map_err(|e| proto(&format!("SCRAM: {e}")))?;
                             messages::password_message(&mut out, s.message());
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| proto("unexpected SASL final"))?;
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| proto("unexpected SASL final"))?;
                             s.finish(data).map_err(|e| proto(&format!("SCRAM: {e}")))?;
                         }
-                        _ => return Err(proto(&format!("unsupported authentication method {code}"))),
+                        _ => {
+                            return Err(proto(&format!("unsupported authentication method {code}")))
+                        }
                     }
                     if !out.is_empty() {
                         conn.stream.write_all(&out).await.map_err(io)?;
@@ -183,8 +205,8 @@ impl ServerConn {
                     }
                 }
                 tag::BACKEND_KEY_DATA => {
-                    let (pid, key) =
-                        messages::backend_key_data(&frame).map_err(|_| proto("bad BackendKeyData"))?;
+                    let (pid, key) = messages::backend_key_data(&frame)
+                        .map_err(|_| proto("bad BackendKeyData"))?;
                     conn.backend_pid = pid;
                     conn.secret_key = key;
                 }

@@ -1,1 +1,183 @@
+//! The proxy: accepts clients, authenticates them, and runs each client's session.
+//!
+//! [`Proxy`] is the shared state of one running proxy: the live config, the pools, the cancel
+//! registry and the statement registry. [`Proxy::serve`] accepts connections; each becomes a
+//! task that runs [`startup`] (TLS refusal, cancel requests, authentication) and then the
+//! [`session`] message loop.
 
+mod auth;
+mod cancel;
+mod session;
+mod settings;
+mod startup;
+mod statements;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pool::{Pool, PoolSettings, ServerTarget};
+use sgconfig::{Config, ConfigHandle, PoolMode, ServerAddress};
+use tokio::net::{TcpListener, TcpStream};
+use wire::messages::ProxyError;
+
+pub use cancel::CancelRegistry;
+
+/// Identifies a pool: database, user, shard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    database: String,
+    user: String,
+    shard: String,
+}
+
+pub struct Proxy {
+    config: ConfigHandle,
+    users: arc_swap::ArcSwap<auth::UserTable>,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    cancels: CancelRegistry,
+    statements: statements::StatementRegistry,
+    clients: AtomicUsize,
+    next_client_id: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Arc<Proxy> {
+        let users = auth::UserTable::from_config(&config);
+        Arc::new(Proxy {
+            config: sgconfig::handle(config),
+            users: arc_swap::ArcSwap::from_pointee(users),
+            pools: Mutex::new(HashMap::new()),
+            cancels: CancelRegistry::default(),
+            statements: statements::StatementRegistry::default(),
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Accepts clients until the listener fails or the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait and go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                proxy.handle_client(stream, peer).await;
+            });
+        }
+    }
+
+    async fn handle_client(self: Arc<Self>, stream: TcpStream, peer: std::net::SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        let _guard = ClientCount(&self.clients);
+        let max = self.config.load().limits.max_client_connections as usize;
+        if n > max {
+            startup::refuse(
+                stream,
+                ProxyError::fatal("53300", "sorry, too many clients already"),
+            )
+            .await;
+            return;
+        }
+        match startup::run(&self, stream).await {
+            Ok(Some(client)) => {
+                let id = client.id;
+                tracing::debug!(%peer, id, user = %client.user, database = %client.database, "client ready");
+                session::run(&self, client).await;
+                tracing::debug!(%peer, id, "client gone");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(%peer, error = %e, "client startup failed"),
+        }
+    }
+
+    /// The pool for a user on a database's shard, made on first use.
+    fn pool_for(&self, database: &str, user: &str, shard: &str) -> Result<Pool, ProxyError> {
+        let key = PoolKey {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            shard: shard.to_owned(),
+        };
+        if let Some(p) = self.pools.lock().get(&key) {
+            return Ok(p.clone());
+        }
+        let config = self.config.load();
+        let db = config.databases.get(database).ok_or_else(|| {
+            ProxyError::fatal("3D000", format!("database \"{database}\" does not exist"))
+        })?;
+        let shard_cfg = db
+            .shards
+            .iter()
+            .find(|(n, _)| *n == shard)
+            .map(|(_, s)| s)
+            .ok_or_else(|| {
+                ProxyError::fatal("3D000", format!("shard \"{shard}\" does not exist"))
+            })?;
+        let user_cfg = config
+            .users
+            .iter()
+            .find(|u| u.name == user)
+            .ok_or_else(|| ProxyError::fatal("28000", format!("role \"{user}\" does not exist")))?;
+        let addr =
+            ServerAddress::parse(&shard_cfg.primary).map_err(|e| ProxyError::fatal("08006", e))?;
+        let target = ServerTarget {
+            host: addr.host,
+            port: addr.port,
+            database: addr.database,
+            user: addr
+                .user
+                .unwrap_or_else(|| user_cfg.server_user().to_owned()),
+            password: addr
+                .password
+                .or_else(|| user_cfg.server_password().map(str::to_owned)),
+        };
+        let p = &config.pool;
+        let settings = PoolSettings {
+            size: user_cfg.pool_size.unwrap_or(p.size),
+            min_idle: p.min_idle,
+            checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
+            idle_timeout: Duration::from_secs(p.idle_timeout_s),
+            server_lifetime: Duration::from_secs(p.server_lifetime_s),
+            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        };
+        let pool = Pool::new(target, settings);
+        Ok(self.pools.lock().entry(key).or_insert(pool).clone())
+    }
+
+    fn pool_mode(&self, user: &str) -> PoolMode {
+        let config = self.config.load();
+        config
+            .users
+            .iter()
+            .find(|u| u.name == user)
+            .and_then(|u| u.pool_mode)
+            .unwrap_or(config.pool.mode)
+    }
+}
+
+struct ClientCount<'a>(&'a AtomicUsize);
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

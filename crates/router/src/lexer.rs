@@ -157,7 +157,8 @@ impl<'a> Iterator for Lexer<'a> {
                     self.pos = i;
                     return Some(Token::Param(&self.src[start..i]));
                 }
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80) {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80)
+                {
                     i += 1;
                 }
                 if i < b.len() && b[i] == b'$' {
@@ -178,7 +179,8 @@ impl<'a> Iterator for Lexer<'a> {
             }
             b'0'..=b'9' | b'.' if c != b'.' || b.get(start + 1).is_some_and(u8::is_ascii_digit) => {
                 let mut i = start + 1;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
                     i += 1;
                 }
                 self.pos = i;

@@ -71,7 +71,9 @@ pub fn classify(stmt: &str) -> SessionCommand {
             // RESET SESSION AUTHORIZATION
             name = "session_authorization".into();
         }
-        return SessionCommand::Reset { name: full_name(name, &mut lx) };
+        return SessionCommand::Reset {
+            name: full_name(name, &mut lx),
+        };
     }
     if !first.is_keyword("set") {
         return SessionCommand::Other;
@@ -145,12 +147,18 @@ mod tests {
     #[test]
     fn sets_are_recognised() {
         assert_eq!(set_name("SET search_path TO a, b"), "search_path");
-        assert_eq!(set_name("set SESSION application_name = 'x'"), "application_name");
+        assert_eq!(
+            set_name("set SESSION application_name = 'x'"),
+            "application_name"
+        );
         assert_eq!(set_name("SET TIME ZONE 'UTC'"), "timezone");
         assert_eq!(set_name("/* c */ SET \"DateStyle\" = ISO"), "DateStyle");
         assert_eq!(set_name("SET NAMES 'UTF8'"), "client_encoding");
         assert_eq!(set_name("set myapp.tenant = 7"), "myapp.tenant");
-        assert_eq!(set_name("SET SESSION AUTHORIZATION bob"), "session_authorization");
+        assert_eq!(
+            set_name("SET SESSION AUTHORIZATION bob"),
+            "session_authorization"
+        );
         assert_eq!(set_name("SET ROLE bob"), "role");
     }
 

@@ -1,1 +1,156 @@
-fn main(){}
+//! The `shardgate` command: run the proxy, check a config, or start a local sandbox.
+
+mod sandbox;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "A horizontal sharding proxy for PostgreSQL"
+)]
+struct Cli {
+    /// Config file (same as `run --config FILE`).
+    #[arg(long, global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config; print a summary or each problem as file:line:col: message.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start local PostgreSQL shards and the proxy in front of them.
+    Sandbox(sandbox::SandboxArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
+        (Some(Command::Check { config }), _) => check(config),
+        (Some(Command::Sandbox(args)), _) => sandbox::run(args),
+        (None, None) => {
+            eprintln!(
+                "shardgate: give a command (run, check, sandbox) or --config FILE; see --help"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match sgconfig::load_file(&path) {
+        Ok(c) => {
+            println!("{}: OK", path.display());
+            println!("listen: {}", c.listen);
+            println!("pool: mode {:?}, size {}", c.pool.mode, c.pool.size);
+            println!(
+                "users: {}",
+                c.users
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for (name, db) in &c.databases {
+                let shards: Vec<_> = db.shards.iter().map(|(n, _)| n).collect();
+                println!(
+                    "database {name}: {} shard(s): {}",
+                    shards.len(),
+                    shards.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match sgconfig::load_file(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardgate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(serve(config, None)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// How long running transactions get to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves until SIGINT/SIGTERM (or until `stop` resolves), then lets clients finish.
+pub async fn serve(
+    config: sgconfig::Config,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "shardgate listening");
+    if let Some(tx) = ready {
+        let _ = tx.send(addr);
+    }
+    let proxy = proxy::Proxy::new(config);
+    let accept = tokio::spawn(Arc::clone(&proxy).serve(listener));
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new clients; waiting for clients to finish");
+    accept.abort();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while proxy.client_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(remaining = proxy.client_count(), "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -73,16 +73,20 @@ impl ScramVerifier {
         let salt = B64
             .decode(salt)
             .map_err(|_| AuthError::BadVerifier("salt is not base64"))?;
-        let stored_key = B64
-            .decode(stored)
-            .ok()
-            .and_then(|v| to32(&v))
-            .ok_or(AuthError::BadVerifier("stored key is not 32 bytes of base64"))?;
-        let server_key = B64
-            .decode(server)
-            .ok()
-            .and_then(|v| to32(&v))
-            .ok_or(AuthError::BadVerifier("server key is not 32 bytes of base64"))?;
+        let stored_key =
+            B64.decode(stored)
+                .ok()
+                .and_then(|v| to32(&v))
+                .ok_or(AuthError::BadVerifier(
+                    "stored key is not 32 bytes of base64",
+                ))?;
+        let server_key =
+            B64.decode(server)
+                .ok()
+                .and_then(|v| to32(&v))
+                .ok_or(AuthError::BadVerifier(
+                    "server key is not 32 bytes of base64",
+                ))?;
         Ok(ScramVerifier {
             iterations,
             salt,
@@ -136,8 +140,12 @@ pub struct ScramServer<'v> {
 
 impl<'v> ScramServer<'v> {
     /// Takes the client-first-message, returns the server-first-message to send.
-    pub fn start(verifier: &'v ScramVerifier, client_first: &[u8]) -> Result<(Self, String), AuthError> {
-        let text = std::str::from_utf8(client_first).map_err(|_| AuthError::Protocol("not UTF-8"))?;
+    pub fn start(
+        verifier: &'v ScramVerifier,
+        client_first: &[u8],
+    ) -> Result<(Self, String), AuthError> {
+        let text =
+            std::str::from_utf8(client_first).map_err(|_| AuthError::Protocol("not UTF-8"))?;
         // gs2 header: "n,," or "y,," (client could bind but we did not offer it).
         let rest = if let Some(r) = text.strip_prefix("n,") {
             r
@@ -154,13 +162,19 @@ impl<'v> ScramServer<'v> {
             .split_once(',')
             .ok_or(AuthError::Protocol("invalid GS2 header"))?;
         if !authzid.is_empty() {
-            return Err(AuthError::Protocol("authorization identity is not supported"));
+            return Err(AuthError::Protocol(
+                "authorization identity is not supported",
+            ));
         }
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
             .ok_or(AuthError::Protocol("client nonce missing"))?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+        {
             return Err(AuthError::Protocol("invalid client nonce"));
         }
         let mut raw = [0u8; 18];
@@ -184,7 +198,8 @@ impl<'v> ScramServer<'v> {
 
     /// Checks the client-final-message; returns the server-final-message on success.
     pub fn finish(self, client_final: &[u8]) -> Result<String, AuthError> {
-        let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Protocol("not UTF-8"))?;
+        let text =
+            std::str::from_utf8(client_final).map_err(|_| AuthError::Protocol("not UTF-8"))?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
             .ok_or(AuthError::Protocol("proof missing"))?;
@@ -268,7 +283,12 @@ mod tests {
     use super::*;
 
     /// A client side of SCRAM written from the RFC, to drive the server side.
-    fn client_proof(password: &str, server_first: &str, client_first_bare: &str, final_wo_proof: &str) -> String {
+    fn client_proof(
+        password: &str,
+        server_first: &str,
+        client_first_bare: &str,
+        final_wo_proof: &str,
+    ) -> String {
         let mut salt = None;
         let mut iter = 0;
         for a in server_first.split(',') {
@@ -321,9 +341,16 @@ mod tests {
         // PostgreSQL stores 'md5' || md5('secret' || 'app').
         let stored = md5_stored("app", "secret");
         assert_eq!(stored, "md56a422f785c9e20873908ce25d1736ae2");
-        assert_eq!(md5_response(&stored, [1, 2, 3, 4]), "md5911f527656472583a006e7727877b33e");
+        assert_eq!(
+            md5_response(&stored, [1, 2, 3, 4]),
+            "md5911f527656472583a006e7727877b33e"
+        );
         let salt = [1, 2, 3, 4];
-        assert!(md5_verify(&stored, salt, md5_response(&stored, salt).as_bytes()));
+        assert!(md5_verify(
+            &stored,
+            salt,
+            md5_response(&stored, salt).as_bytes()
+        ));
         assert!(!md5_verify(&stored, salt, b"md5000"));
     }
 

@@ -70,7 +70,12 @@ impl Frame {
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Frame({:?}, {} bytes)", char::from(self.tag()), self.raw.len())
+        write!(
+            f,
+            "Frame({:?}, {} bytes)",
+            char::from(self.tag()),
+            self.raw.len()
+        )
     }
 }
 

@@ -273,7 +273,11 @@ pub fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), Malformed> {
     let mut r = BodyReader::new(body);
     let mech = utf8(r.cstr()?)?;
     let len = r.i32()?;
-    let data = if len < 0 { &[][..] } else { r.bytes(len as usize)? };
+    let data = if len < 0 {
+        &[][..]
+    } else {
+        r.bytes(len as usize)?
+    };
     r.finish()?;
     Ok((mech, data))
 }
@@ -306,7 +310,7 @@ fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyError {
     pub fatal: bool,
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
@@ -316,7 +320,7 @@ impl ProxyError {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
         ProxyError {
             fatal: false,
-            code,
+            code: code.into(),
             message: message.into(),
             detail: None,
             hint: None,

@@ -1,0 +1,935 @@
+//! The session: one client's message loop.
+//!
+//! The loop is a duplex pump. Client messages are looked at just enough to keep the session's
+//! facts (which statement names mean what, which settings it made, whether a transaction is
+//! open) and are forwarded as they arrived, except the few that name a prepared statement,
+//! which are rewritten to the proxy-wide name. Server messages go back as they arrived.
+//!
+//! Every message forwarded to the server has an entry in `pending` that says what answer ends
+//! it. That queue is what lets the proxy answer some messages itself (a Parse of a statement
+//! the server connection already has, a Close of a client's statement) at exactly the place
+//! in the stream where PostgreSQL would have answered, swallow the answers to messages it
+//! added (a Parse the server was missing), and know when a server connection is idle and can
+//! go back to the pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pool::PooledConn;
+use router::lexer::split_statements;
+use router::SessionCommand;
+use sgconfig::PoolMode;
+use wire::messages::{self, tag, BindView, ParseView, ProxyError, TargetView};
+use wire::Frame;
+
+use crate::cancel::CancelTarget;
+use crate::startup::{pool_error, Client};
+use crate::statements::Statement;
+use crate::Proxy;
+
+/// Stop reading from one side while this much waits to be written to the other.
+const HIGH_WATER: usize = 1 << 20;
+/// How long cleanup (ROLLBACK, DISCARD ALL) on a departing client may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What answer ends a message forwarded to the server, or an answer the proxy gives itself.
+#[derive(Debug)]
+enum Expect {
+    /// Simple Query or FunctionCall: ends at ReadyForQuery. `commands` has one entry per
+    /// statement when any of them changes session state.
+    Query {
+        commands: Option<VecDeque<SessionCommand>>,
+    },
+    Parse {
+        visible: bool,
+        statement: Option<u64>,
+        client_name: Option<Box<[u8]>>,
+    },
+    Bind,
+    Describe,
+    Execute {
+        command: Option<SessionCommand>,
+    },
+    Close,
+    Sync,
+    /// A message the proxy answers itself when its turn comes.
+    Synthetic(u8),
+    SyntheticError(ProxyError),
+    SyntheticReady,
+}
+
+/// Why a session ends.
+enum End {
+    ClientGone,
+    Fatal(ProxyError),
+    ServerGone(String),
+}
+
+struct Session<'p> {
+    proxy: &'p Proxy,
+    client: Client,
+    /// Bytes for the client.
+    wbuf: BytesMut,
+    server: Option<PooledConn>,
+    /// Bytes for the server.
+    swbuf: BytesMut,
+    pending: VecDeque<Expect>,
+    /// Transaction status from the last ReadyForQuery.
+    tx_status: u8,
+    /// Set when an error was reported since the last ReadyForQuery.
+    error_since_ready: bool,
+    /// The client's named prepared statements.
+    statements: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// Portals whose statement changes session state.
+    portal_commands: HashMap<Box<[u8]>, SessionCommand>,
+    unnamed_command: Option<SessionCommand>,
+    /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
+    skip_until_sync: bool,
+    terminated: bool,
+}
+
+pub async fn run(proxy: &Proxy, client: Client) {
+    let key = client.cancel_key;
+    let mut s = Session {
+        proxy,
+        client,
+        wbuf: BytesMut::new(),
+        server: None,
+        swbuf: BytesMut::new(),
+        pending: VecDeque::new(),
+        tx_status: b'I',
+        error_since_ready: false,
+        statements: HashMap::new(),
+        portal_commands: HashMap::new(),
+        unnamed_command: None,
+        skip_until_sync: false,
+        terminated: false,
+    };
+    let end = s.pump().await;
+    s.finish(end).await;
+    proxy.cancels.remove(key);
+}
+
+/// A quick look for words that may start a statement changing session state, so ordinary
+/// statements skip the statement splitter.
+fn may_change_session(sql: &[u8]) -> bool {
+    fn has(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    }
+    has(sql, b"set") || has(sql, b"listen") || has(sql, b"discard") || has(sql, b"deallocate")
+}
+
+fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {
+    if !may_change_session(sql) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(sql);
+    let cmds: VecDeque<SessionCommand> = split_statements(&text)
+        .into_iter()
+        .map(router::classify)
+        .collect();
+    if cmds.iter().all(|c| *c == SessionCommand::Other) {
+        None
+    } else {
+        Some(cmds)
+    }
+}
+
+fn tracked(sql: &[u8]) -> Option<SessionCommand> {
+    if !may_change_session(sql) {
+        return None;
+    }
+    Some(router::classify(&String::from_utf8_lossy(sql))).filter(|c| *c != SessionCommand::Other)
+}
+
+fn malformed(e: wire::frame::Malformed) -> End {
+    End::Fatal(ProxyError::fatal("08P01", e.to_string()))
+}
+
+impl Session<'_> {
+    async fn pump(&mut self) -> End {
+        loop {
+            // Client messages, while the server side is not backed up.
+            while self.swbuf.len() < HIGH_WATER && !self.terminated {
+                let frame = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return End::Fatal(ProxyError::fatal("08P01", e.to_string())),
+                };
+                if let Err(end) = self.on_client(frame).await {
+                    return end;
+                }
+            }
+            // Server messages, while the client side is not backed up.
+            while self.wbuf.len() < HIGH_WATER {
+                let Some(server) = self.server.as_deref_mut() else {
+                    break;
+                };
+                let frame = match server.decoder.decode(&mut server.read_buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return End::ServerGone(e.to_string()),
+                };
+                if let Err(end) = self.on_server(frame) {
+                    return end;
+                }
+            }
+            self.maybe_release();
+            if let Err(end) = self.io().await {
+                return end;
+            }
+            if self.terminated && self.wbuf.is_empty() {
+                return End::ClientGone;
+            }
+        }
+    }
+
+    /// Writes what can be written, then waits until a socket is ready and reads or writes.
+    async fn io(&mut self) -> Result<(), End> {
+        let client = &self.client.conn.stream;
+        // Write eagerly: usually the socket takes it all and no wait is needed.
+        if !self.wbuf.is_empty() {
+            try_write(client, &mut self.wbuf).map_err(|_| End::ClientGone)?;
+        }
+        if let Some(server) = self.server.as_ref() {
+            if !self.swbuf.is_empty() {
+                try_write(&server.stream, &mut self.swbuf)
+                    .map_err(|e| End::ServerGone(e.to_string()))?;
+            }
+        }
+        if self.terminated {
+            if !self.wbuf.is_empty() {
+                client.writable().await.map_err(|_| End::ClientGone)?;
+            }
+            return Ok(());
+        }
+        let read_client = self.swbuf.len() < HIGH_WATER;
+        let write_client = !self.wbuf.is_empty();
+        match self.server.as_mut() {
+            None => {
+                // Between transactions: hold no buffers while idle.
+                if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
+                    self.client.conn.rbuf = BytesMut::new();
+                }
+                if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                    self.wbuf = BytesMut::new();
+                }
+                tokio::select! {
+                    r = client.writable(), if write_client => {
+                        r.map_err(|_| End::ClientGone)?;
+                        try_write(client, &mut self.wbuf).map_err(|_| End::ClientGone)?;
+                    }
+                    r = client.readable(), if read_client => {
+                        r.map_err(|_| End::ClientGone)?;
+                        try_read(client, &mut self.client.conn.rbuf).map_err(|_| End::ClientGone)?;
+                    }
+                }
+            }
+            Some(server) => {
+                let server: &mut pool::ServerConn = server;
+                let read_server = self.wbuf.len() < HIGH_WATER;
+                let write_server = !self.swbuf.is_empty();
+                let stream = &server.stream;
+                tokio::select! {
+                    r = client.writable(), if write_client => {
+                        r.map_err(|_| End::ClientGone)?;
+                        try_write(client, &mut self.wbuf).map_err(|_| End::ClientGone)?;
+                    }
+                    r = stream.writable(), if write_server => {
+                        r.map_err(|e| End::ServerGone(e.to_string()))?;
+                        try_write(stream, &mut self.swbuf).map_err(|e| End::ServerGone(e.to_string()))?;
+                    }
+                    r = stream.readable(), if read_server => {
+                        r.map_err(|e| End::ServerGone(e.to_string()))?;
+                        try_read(stream, &mut server.read_buf).map_err(|e| End::ServerGone(e.to_string()))?;
+                    }
+                    r = client.readable(), if read_client => {
+                        r.map_err(|_| End::ClientGone)?;
+                        try_read(client, &mut self.client.conn.rbuf).map_err(|_| End::ClientGone)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Client → proxy.
+
+    async fn on_client(&mut self, frame: Frame) -> Result<(), End> {
+        let t = frame.tag();
+        if t == tag::TERMINATE {
+            self.terminated = true;
+            return Ok(());
+        }
+        if let Err(e) = messages::check_frontend(&frame) {
+            return Err(malformed(e));
+        }
+        if self.skip_until_sync && t != tag::SYNC {
+            return Ok(());
+        }
+        match t {
+            tag::QUERY => self.on_query(frame).await,
+            tag::PARSE => self.on_parse(frame).await,
+            tag::BIND => self.on_bind(frame).await,
+            tag::DESCRIBE => self.on_describe(frame).await,
+            tag::EXECUTE => {
+                if let Err(e) = self.ensure_server().await {
+                    return self.extended_error(e);
+                }
+                let command = if self.portal_commands.is_empty() {
+                    None
+                } else {
+                    let (portal, _) = messages::execute_view(&frame).map_err(malformed)?;
+                    self.portal_commands.get(portal).cloned()
+                };
+                self.forward(&frame);
+                self.pending.push_back(Expect::Execute { command });
+                Ok(())
+            }
+            tag::CLOSE => self.on_close(frame),
+            tag::SYNC => {
+                self.skip_until_sync = false;
+                if self.server.is_some() {
+                    self.forward(&frame);
+                    self.pending.push_back(Expect::Sync);
+                } else {
+                    messages::ready_for_query(&mut self.wbuf, self.tx_status);
+                    self.error_since_ready = false;
+                }
+                Ok(())
+            }
+            tag::FLUSH => {
+                if self.server.is_some() {
+                    self.forward(&frame);
+                }
+                Ok(())
+            }
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                // Outside COPY these are ignored, as by PostgreSQL.
+                if self.server.is_some() {
+                    self.forward(&frame);
+                }
+                Ok(())
+            }
+            tag::FUNCTION_CALL => {
+                if let Err(e) = self.ensure_server().await {
+                    return self.simple_error(e);
+                }
+                self.forward(&frame);
+                self.pending.push_back(Expect::Query { commands: None });
+                Ok(())
+            }
+            _ => Err(End::Fatal(ProxyError::fatal(
+                "08P01",
+                format!("invalid frontend message type {}", t),
+            ))),
+        }
+    }
+
+    #[inline]
+    fn forward(&mut self, frame: &Frame) {
+        self.swbuf.extend_from_slice(frame.raw());
+    }
+
+    async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
+        let sql = messages::query_text(&frame).map_err(malformed)?;
+        let commands = session_commands(sql);
+        if self.client.mode == PoolMode::Transaction
+            && commands
+                .as_ref()
+                .is_some_and(|c| c.contains(&SessionCommand::Listen))
+        {
+            return self.simple_error(
+                ProxyError::error(
+                    "0A000",
+                    "LISTEN and UNLISTEN need a server session of their own, which transaction pooling does not give",
+                )
+                .with_hint("Use pool mode \"session\" for this user (users[].pool_mode: session)."),
+            );
+        }
+        if let Err(e) = self.ensure_server().await {
+            return self.simple_error(e);
+        }
+        self.forward(&frame);
+        self.pending.push_back(Expect::Query { commands });
+        Ok(())
+    }
+
+    async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
+        let p = ParseView::new(&frame).map_err(malformed)?;
+        if p.name.is_empty() {
+            self.unnamed_command = tracked(p.query);
+            if let Err(e) = self.ensure_server().await {
+                return self.extended_error(e);
+            }
+            self.forward(&frame);
+            self.pending.push_back(Expect::Parse {
+                visible: true,
+                statement: None,
+                client_name: None,
+            });
+            return Ok(());
+        }
+        let stmt = self.proxy.statements.intern(p.query, p.param_types);
+        let name: Box<[u8]> = p.name.into();
+        self.statements.insert(name.clone(), stmt.clone());
+        if let Err(e) = self.ensure_server().await {
+            return self.extended_error(e);
+        }
+        let server = self.server.as_mut().expect("ensured");
+        if server.prepared.contains(&stmt.id) {
+            self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+        } else {
+            server.prepared.insert(stmt.id);
+            messages::parse(
+                &mut self.swbuf,
+                &stmt.server_name,
+                &stmt.query,
+                &stmt.param_types,
+            );
+            self.pending.push_back(Expect::Parse {
+                visible: true,
+                statement: Some(stmt.id),
+                client_name: Some(name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes sure the attached server has `stmt`, adding a Parse whose answer is swallowed.
+    fn prepare_on_server(&mut self, stmt: &Statement) {
+        let server = self.server.as_mut().expect("attached");
+        if server.prepared.insert(stmt.id) {
+            messages::parse(
+                &mut self.swbuf,
+                &stmt.server_name,
+                &stmt.query,
+                &stmt.param_types,
+            );
+            self.pending.push_back(Expect::Parse {
+                visible: false,
+                statement: Some(stmt.id),
+                client_name: None,
+            });
+        }
+    }
+
+    fn unknown_statement(name: &[u8]) -> ProxyError {
+        ProxyError::error(
+            "26000",
+            format!(
+                "prepared statement \"{}\" does not exist",
+                String::from_utf8_lossy(name)
+            ),
+        )
+    }
+
+    async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
+        let b = BindView::new(&frame).map_err(malformed)?;
+        if b.statement.is_empty() {
+            if let Err(e) = self.ensure_server().await {
+                return self.extended_error(e);
+            }
+            match self.unnamed_command.clone() {
+                Some(c) => {
+                    self.portal_commands.insert(b.portal.into(), c);
+                }
+                None if !self.portal_commands.is_empty() => {
+                    self.portal_commands.remove(b.portal);
+                }
+                None => {}
+            }
+            self.forward(&frame);
+            self.pending.push_back(Expect::Bind);
+            return Ok(());
+        }
+        let Some(stmt) = self.statements.get(b.statement).cloned() else {
+            return self.extended_error(Self::unknown_statement(b.statement));
+        };
+        if let Err(e) = self.ensure_server().await {
+            return self.extended_error(e);
+        }
+        self.prepare_on_server(&stmt);
+        messages::bind(&mut self.swbuf, b.portal, &stmt.server_name, b.rest);
+        self.pending.push_back(Expect::Bind);
+        match &stmt.command {
+            Some(c) => {
+                self.portal_commands.insert(b.portal.into(), c.clone());
+            }
+            None if !self.portal_commands.is_empty() => {
+                self.portal_commands.remove(b.portal);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, frame: Frame) -> Result<(), End> {
+        let d = TargetView::new(&frame).map_err(malformed)?;
+        if d.kind == b'P' || d.name.is_empty() {
+            if let Err(e) = self.ensure_server().await {
+                return self.extended_error(e);
+            }
+            self.forward(&frame);
+            self.pending.push_back(Expect::Describe);
+            return Ok(());
+        }
+        let Some(stmt) = self.statements.get(d.name).cloned() else {
+            return self.extended_error(Self::unknown_statement(d.name));
+        };
+        if let Err(e) = self.ensure_server().await {
+            return self.extended_error(e);
+        }
+        self.prepare_on_server(&stmt);
+        messages::target(&mut self.swbuf, tag::DESCRIBE, b'S', &stmt.server_name);
+        self.pending.push_back(Expect::Describe);
+        Ok(())
+    }
+
+    fn on_close(&mut self, frame: Frame) -> Result<(), End> {
+        let c = TargetView::new(&frame).map_err(malformed)?;
+        if c.kind == b'S' && !c.name.is_empty() {
+            // The server keeps the shared statement; only this client's name goes.
+            self.statements.remove(c.name);
+            self.push_synthetic(Expect::Synthetic(tag::CLOSE_COMPLETE));
+            return Ok(());
+        }
+        if self.server.is_some() {
+            self.forward(&frame);
+            self.pending.push_back(Expect::Close);
+        } else {
+            // No server: no portal or unnamed statement exists; closing one is no error.
+            messages::empty_message(&mut self.wbuf, tag::CLOSE_COMPLETE);
+        }
+        Ok(())
+    }
+
+    /// Queues an answer of the proxy's own; written now when nothing is in flight before it.
+    fn push_synthetic(&mut self, e: Expect) {
+        self.pending.push_back(e);
+        self.emit_synthetic_head();
+    }
+
+    fn emit_synthetic_head(&mut self) {
+        loop {
+            match self.pending.front() {
+                Some(Expect::Synthetic(t)) => {
+                    messages::empty_message(&mut self.wbuf, *t);
+                }
+                Some(Expect::SyntheticError(e)) => {
+                    e.encode(&mut self.wbuf);
+                    self.error_since_ready = true;
+                }
+                Some(Expect::SyntheticReady) => {
+                    messages::ready_for_query(&mut self.wbuf, self.tx_status);
+                    self.error_since_ready = false;
+                }
+                _ => return,
+            }
+            self.pending.pop_front();
+        }
+    }
+
+    /// An error the proxy raises for an extended-protocol message: reported in its place,
+    /// then the batch is skipped up to Sync, as PostgreSQL does.
+    fn extended_error(&mut self, e: ProxyError) -> Result<(), End> {
+        if e.fatal {
+            return Err(End::Fatal(e));
+        }
+        self.push_synthetic(Expect::SyntheticError(e));
+        self.skip_until_sync = true;
+        Ok(())
+    }
+
+    /// An error the proxy raises for a simple Query: the error, then ReadyForQuery.
+    fn simple_error(&mut self, e: ProxyError) -> Result<(), End> {
+        if e.fatal {
+            return Err(End::Fatal(e));
+        }
+        self.push_synthetic(Expect::SyntheticError(e));
+        self.push_synthetic(Expect::SyntheticReady);
+        Ok(())
+    }
+
+    /// Attaches a server connection if none is, and brings its settings in line with the
+    /// client's when nothing is in flight.
+    async fn ensure_server(&mut self) -> Result<(), ProxyError> {
+        if self.server.is_none() {
+            let conn = self
+                .client
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(e, false))?;
+            *self.client.cancel_slot.lock() = Some(CancelTarget {
+                addr: conn.addr,
+                backend_pid: conn.backend_pid,
+                secret_key: conn.secret_key,
+            });
+            self.server = Some(conn);
+        }
+        if self.pending.is_empty() {
+            self.sync_settings().await?;
+        }
+        Ok(())
+    }
+
+    async fn sync_settings(&mut self) -> Result<(), ProxyError> {
+        let server = self.server.as_mut().expect("attached");
+        let key = (self.client.id, self.client.settings.generation);
+        if server.applied_for == Some(key) && !server.settings_unknown {
+            return Ok(());
+        }
+        let settings = &self.client.settings;
+        if let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) {
+            // Nothing is in flight: whatever is still buffered for the server is a Flush.
+            self.swbuf.clear();
+            match server.run_simple(&sql).await {
+                Ok(None) => {}
+                Ok(Some(err)) => {
+                    self.drop_server();
+                    return Err(ProxyError {
+                        fatal: false,
+                        code: err.code.into(),
+                        message: format!("could not apply session setting: {}", err.message),
+                        detail: Some(sql),
+                        hint: None,
+                    });
+                }
+                Err(e) => {
+                    self.drop_server();
+                    return Err(ProxyError::error(
+                        "08006",
+                        format!("server connection lost while applying session settings: {e}"),
+                    ));
+                }
+            }
+        }
+        let server = self.server.as_mut().expect("attached");
+        server.applied = settings.desired().clone();
+        server.applied_for = Some(key);
+        // Inside a transaction block, what was applied lasts only if it commits.
+        server.settings_unknown = self.tx_status != b'I';
+        Ok(())
+    }
+
+    fn drop_server(&mut self) {
+        *self.client.cancel_slot.lock() = None;
+        self.server = None;
+        self.pending.clear();
+        self.swbuf.clear();
+    }
+
+    /// Transaction pooling: hand the server back once it is idle outside a transaction.
+    fn maybe_release(&mut self) {
+        if self.client.mode != PoolMode::Transaction
+            || self.tx_status != b'I'
+            || !self.pending.is_empty()
+            || self.server.is_none()
+        {
+            return;
+        }
+        if let Some(server) = self.server.as_ref() {
+            if !server.read_buf.is_empty() {
+                return;
+            }
+        }
+        // Only Flush messages can be left unsent with nothing pending.
+        self.swbuf.clear();
+        *self.client.cancel_slot.lock() = None;
+        if let Some(conn) = self.server.take() {
+            conn.release();
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Server → proxy.
+
+    fn desync(what: &str) -> End {
+        End::ServerGone(format!("protocol out of step: unexpected {what}"))
+    }
+
+    fn on_server(&mut self, frame: Frame) -> Result<(), End> {
+        match frame.tag() {
+            tag::PARSE_COMPLETE => match self.pending.pop_front() {
+                Some(Expect::Parse { visible, .. }) => {
+                    if visible {
+                        self.wbuf.extend_from_slice(frame.raw());
+                    }
+                }
+                _ => return Err(Self::desync("ParseComplete")),
+            },
+            tag::BIND_COMPLETE => match self.pending.pop_front() {
+                Some(Expect::Bind) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("BindComplete")),
+            },
+            tag::CLOSE_COMPLETE => match self.pending.pop_front() {
+                Some(Expect::Close) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("CloseComplete")),
+            },
+            tag::NO_DATA => match self.pending.pop_front() {
+                Some(Expect::Describe) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("NoData")),
+            },
+            tag::ROW_DESCRIPTION => {
+                if matches!(self.pending.front(), Some(Expect::Describe)) {
+                    self.pending.pop_front();
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY => {
+                self.on_command_complete(&frame)?;
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::PORTAL_SUSPENDED => match self.pending.pop_front() {
+                Some(Expect::Execute { .. }) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("PortalSuspended")),
+            },
+            tag::ERROR_RESPONSE => {
+                self.error_since_ready = true;
+                self.on_error();
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::READY_FOR_QUERY => {
+                let status =
+                    messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
+                match self.pending.pop_front() {
+                    Some(Expect::Sync) | Some(Expect::Query { .. }) => {}
+                    _ => return Err(Self::desync("ReadyForQuery")),
+                }
+                self.tx_status = status;
+                if status == b'I' {
+                    let rolled_back = if self.error_since_ready {
+                        self.client.settings.rollback()
+                    } else {
+                        self.client.settings.commit();
+                        false
+                    };
+                    if rolled_back {
+                        if let Some(s) = self.server.as_mut() {
+                            s.settings_unknown = true;
+                        }
+                    }
+                }
+                self.error_since_ready = false;
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            _ => self.wbuf.extend_from_slice(frame.raw()),
+        }
+        self.emit_synthetic_head();
+        Ok(())
+    }
+
+    /// An ErrorResponse: in a simple Query the rest of its statements are skipped; in an
+    /// extended batch the server skips everything up to Sync, so those entries go.
+    fn on_error(&mut self) {
+        match self.pending.front_mut() {
+            Some(Expect::Query { commands }) => *commands = None,
+            Some(Expect::Sync) | None => {}
+            Some(_) => {
+                while let Some(e) = self.pending.front() {
+                    if matches!(e, Expect::Sync) {
+                        break;
+                    }
+                    if let Some(Expect::Parse {
+                        statement: Some(id),
+                        client_name,
+                        ..
+                    }) = self.pending.pop_front()
+                    {
+                        if let Some(s) = self.server.as_mut() {
+                            s.prepared.remove(&id);
+                        }
+                        if let Some(name) = client_name {
+                            self.statements.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command_complete(&mut self, frame: &Frame) -> Result<(), End> {
+        let command_tag = if frame.tag() == tag::COMMAND_COMPLETE {
+            messages::command_tag(frame).map_err(|e| End::ServerGone(e.to_string()))?
+        } else {
+            &b""[..]
+        };
+        let command = match self.pending.front_mut() {
+            Some(Expect::Query { commands }) => commands.as_mut().and_then(|c| c.pop_front()),
+            Some(Expect::Execute { .. }) => match self.pending.pop_front() {
+                Some(Expect::Execute { command }) => command,
+                _ => None,
+            },
+            _ => None,
+        };
+        match command_tag {
+            b"COMMIT" | b"PREPARE TRANSACTION" => self.client.settings.commit(),
+            b"ROLLBACK" => {
+                if self.client.settings.rollback() {
+                    if let Some(s) = self.server.as_mut() {
+                        s.settings_unknown = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(c) = command {
+            self.apply(c, command_tag);
+        }
+        Ok(())
+    }
+
+    /// A statement that changes session state succeeded: record it for the client and for
+    /// the server connection it ran on.
+    fn apply(&mut self, command: SessionCommand, command_tag: &[u8]) {
+        let settings = &mut self.client.settings;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let in_step = server.applied_for == Some((self.client.id, settings.generation));
+        match (command, command_tag) {
+            (SessionCommand::Set { name, sql }, b"SET") => {
+                settings.set(&name, &sql);
+                server.applied.insert(name, sql);
+            }
+            (SessionCommand::Reset { name }, b"RESET") => {
+                settings.reset(&name);
+                server.applied.remove(&name);
+                // The server went to its default; a startup value may need applying again.
+                server.applied_for = None;
+                return;
+            }
+            (SessionCommand::ResetAll, b"RESET") => {
+                settings.reset_all();
+                server.applied.clear();
+                server.applied_for = None;
+                return;
+            }
+            (SessionCommand::DiscardAll, b"DISCARD ALL") => {
+                settings.reset_all();
+                server.applied.clear();
+                server.applied_for = None;
+                server.prepared.clear();
+                self.statements.clear();
+                self.portal_commands.clear();
+                return;
+            }
+            (SessionCommand::DeallocateAll, b"DEALLOCATE ALL") => {
+                server.prepared.clear();
+                self.statements.clear();
+                return;
+            }
+            _ => return,
+        }
+        server.applied_for = if in_step {
+            Some((self.client.id, settings.generation))
+        } else {
+            None
+        };
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The end.
+
+    async fn finish(&mut self, end: End) {
+        match &end {
+            End::Fatal(e) => {
+                tracing::debug!(client = self.client.id, error = %e, "closing client");
+                e.encode(&mut self.wbuf);
+            }
+            End::ServerGone(why) => {
+                tracing::warn!(client = self.client.id, why = %why, "server connection lost");
+                ProxyError::fatal(
+                    "08006",
+                    "server closed the connection unexpectedly; the session is closed",
+                )
+                .encode(&mut self.wbuf);
+                self.drop_server();
+            }
+            End::ClientGone => {}
+        }
+        if !self.wbuf.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                self.client.conn.stream.write_all(&self.wbuf),
+            )
+            .await;
+        }
+        *self.client.cancel_slot.lock() = None;
+        let Some(mut conn) = self.server.take() else {
+            return;
+        };
+        if !self.pending.is_empty() || !conn.read_buf.is_empty() {
+            // Something is still running: cancel it and close the connection.
+            let key = (conn.backend_pid, conn.secret_key, conn.addr);
+            drop(conn);
+            cancel_backend(key).await;
+            return;
+        }
+        let mut clean = true;
+        if self.tx_status != b'I' {
+            clean = matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("ROLLBACK")).await,
+                Ok(Ok(None))
+            );
+            conn.settings_unknown = true;
+        }
+        if clean && self.client.mode == PoolMode::Session {
+            clean = matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
+                Ok(Ok(None))
+            );
+            conn.prepared.clear();
+            conn.applied.clear();
+            conn.applied_for = None;
+            conn.settings_unknown = false;
+        }
+        if clean {
+            conn.release();
+        }
+    }
+}
+
+async fn cancel_backend((pid, key, addr): (i32, i32, std::net::SocketAddr)) {
+    use tokio::io::AsyncWriteExt;
+    if let Ok(Ok(mut s)) =
+        tokio::time::timeout(CLEANUP_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+    {
+        let _ = s.write_all(&wire::startup::encode_cancel(pid, key)).await;
+    }
+}
+
+/// Writes as much as the socket takes without waiting.
+fn try_write(stream: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = buf.split_to(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    buf.clear();
+    Ok(())
+}
+
+/// Reads what is there without waiting; end of stream is an error.
+fn try_read(stream: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    match stream.try_read_buf(buf) {
+        Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}

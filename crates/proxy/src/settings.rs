@@ -1,0 +1,277 @@
+//! A client's session settings under transaction pooling.
+//!
+//! What the client believes its session holds (startup parameters, then its SETs) is kept as
+//! parameter → statement that applies it. Before a transaction runs on a server connection,
+//! the connection's own record of what it carries is compared with this and the difference is
+//! sent in one round trip; when they already agree, nothing is sent.
+
+use std::collections::BTreeMap;
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+#[derive(Debug, Default)]
+pub struct Settings {
+    startup: BTreeMap<String, String>,
+    desired: BTreeMap<String, String>,
+    /// Changes whenever `desired` does.
+    pub generation: u64,
+    /// `desired` before the first change since the last commit point: a change stands only
+    /// once the transaction (explicit or implicit) that made it commits.
+    snapshot: Option<BTreeMap<String, String>>,
+}
+
+/// Quotes a string constant for SQL.
+fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+fn set_config_sql(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        literal(name),
+        literal(value)
+    )
+}
+
+/// `-c name=value` and `--name=value` items of the `options` startup parameter.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = Vec::new();
+    // Backslash escapes a space, as in libpq.
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let item = if w == "-c" {
+            it.next()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest.to_owned())
+        } else {
+            w.strip_prefix("--").map(str::to_owned)
+        };
+        if let Some((k, v)) = item.as_deref().and_then(|i| i.split_once('=')) {
+            out.push((k.replace('-', "_").to_ascii_lowercase(), v.to_owned()));
+        }
+    }
+    out
+}
+
+impl Settings {
+    /// From the client's startup parameters; those equal to the server's own startup values
+    /// (`server`) need not be applied.
+    pub fn from_startup(params: &[(String, String)], server: &[(String, String)]) -> Settings {
+        let mut startup = BTreeMap::new();
+        let mut add = |name: &str, value: &str| {
+            let lname = name.to_ascii_lowercase();
+            let same = server
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value);
+            let auto_encoding = lname == "client_encoding" && value.eq_ignore_ascii_case("auto");
+            if !same && !auto_encoding {
+                startup.insert(lname, set_config_sql(name, value));
+            }
+        };
+        for (k, v) in params {
+            if k == "options" {
+                for (ok, ov) in parse_options(v) {
+                    add(&ok, &ov);
+                }
+            } else if !NOT_SETTINGS.contains(&k.as_str()) {
+                add(k, v);
+            }
+        }
+        Settings {
+            desired: startup.clone(),
+            startup,
+            generation: 1,
+            snapshot: None,
+        }
+    }
+
+    pub fn desired(&self) -> &BTreeMap<String, String> {
+        &self.desired
+    }
+
+    fn before_change(&mut self) {
+        if self.snapshot.is_none() {
+            self.snapshot = Some(self.desired.clone());
+        }
+        self.generation += 1;
+    }
+
+    pub fn set(&mut self, name: &str, sql: &str) {
+        self.before_change();
+        self.desired.insert(name.to_owned(), sql.to_owned());
+    }
+
+    pub fn reset(&mut self, name: &str) {
+        self.before_change();
+        match self.startup.get(name) {
+            Some(s) => {
+                self.desired.insert(name.to_owned(), s.clone());
+            }
+            None => {
+                self.desired.remove(name);
+            }
+        }
+    }
+
+    pub fn reset_all(&mut self) {
+        self.before_change();
+        self.desired = self.startup.clone();
+    }
+
+    /// The transaction that made the changes committed: they stand.
+    pub fn commit(&mut self) {
+        self.snapshot = None;
+    }
+
+    /// The transaction that made the changes rolled back: they are undone. Returns true when
+    /// there were any (the server connection's settings are then unknown).
+    pub fn rollback(&mut self) -> bool {
+        match self.snapshot.take() {
+            Some(s) => {
+                self.desired = s;
+                self.generation += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SQL that makes a server connection carrying `applied` carry `desired`; `None` when
+    /// they agree. With `unknown`, starts from RESET ALL.
+    pub fn sync_sql(&self, applied: &BTreeMap<String, String>, unknown: bool) -> Option<String> {
+        let mut sql = String::new();
+        if unknown {
+            sql.push_str("RESET ALL;");
+            for v in self.desired.values() {
+                sql.push_str(v);
+                sql.push(';');
+            }
+            return Some(sql);
+        }
+        for k in applied.keys() {
+            if !self.desired.contains_key(k) {
+                sql.push_str("RESET ");
+                sql.push_str(&quote_ident_path(k));
+                sql.push(';');
+            }
+        }
+        for (k, v) in &self.desired {
+            if applied.get(k) != Some(v) {
+                sql.push_str(v);
+                sql.push(';');
+            }
+        }
+        if sql.is_empty() {
+            None
+        } else {
+            Some(sql)
+        }
+    }
+}
+
+/// `a.b` → `"a"."b"`, for RESET of a tracked (lower-cased) name.
+fn quote_ident_path(name: &str) -> String {
+    match name {
+        "timezone" => "timezone".into(),
+        "session_authorization" => "SESSION AUTHORIZATION".into(),
+        "role" => "ROLE".into(),
+        _ => name
+            .split('.')
+            .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn startup_parameters_become_settings_unless_the_server_has_them() {
+        let s = Settings::from_startup(
+            &p(&[
+                ("user", "u"),
+                ("application_name", "x"),
+                ("client_encoding", "UTF8"),
+                ("options", "-c search_path=a,b --statement-timeout=5"),
+            ]),
+            &p(&[("client_encoding", "UTF8")]),
+        );
+        let keys: Vec<_> = s.desired().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            ["application_name", "search_path", "statement_timeout"]
+        );
+        assert!(s.desired()["search_path"].contains("'a,b'"));
+    }
+
+    #[test]
+    fn sync_sends_only_the_difference() {
+        let mut s = Settings::from_startup(&p(&[("application_name", "x")]), &[]);
+        let mut applied = s.desired().clone();
+        assert_eq!(s.sync_sql(&applied, false), None);
+        s.set("search_path", "SET search_path TO a");
+        assert_eq!(
+            s.sync_sql(&applied, false).unwrap(),
+            "SET search_path TO a;"
+        );
+        applied.insert("work_mem".into(), "SET work_mem = '1MB'".into());
+        let sql = s.sync_sql(&applied, false).unwrap();
+        assert!(sql.starts_with("RESET \"work_mem\";"), "{sql}");
+        assert!(s
+            .sync_sql(&applied, true)
+            .unwrap()
+            .starts_with("RESET ALL;"));
+    }
+
+    #[test]
+    fn rollback_undoes_changes_made_in_the_block() {
+        let mut s = Settings::from_startup(&[], &[]);
+        s.set("a", "SET a = 1");
+        s.commit();
+        s.set("b", "SET b = 1");
+        s.reset("a");
+        assert!(s.rollback());
+        assert!(s.desired().contains_key("a"));
+        assert!(!s.desired().contains_key("b"));
+        assert!(!s.rollback());
+    }
+}

@@ -1,0 +1,271 @@
+//! The start of a client connection: SSL/GSS refusal, cancel requests, the startup packet,
+//! authentication, and the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pool::{ConnectError, Pool, PoolError};
+use sgconfig::PoolMode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wire::messages::{self, tag, ProxyError};
+use wire::startup::{decode_startup, StartupRequest};
+use wire::{Frame, FrameDecoder};
+
+use crate::cancel::CancelSlot;
+use crate::settings::Settings;
+use crate::Proxy;
+
+/// A client's whole login must finish within this time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client socket with its read buffer.
+pub struct ClientConn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub decoder: FrameDecoder,
+}
+
+fn lost(e: std::io::Error) -> ProxyError {
+    ProxyError::fatal("08006", format!("client connection lost: {e}"))
+}
+
+impl ClientConn {
+    pub async fn write_all(&mut self, b: &[u8]) -> Result<(), ProxyError> {
+        self.stream.write_all(b).await.map_err(lost)
+    }
+
+    async fn fill(&mut self) -> Result<(), ProxyError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(4096);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await.map_err(lost)?;
+        if n == 0 {
+            return Err(lost(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+
+    pub async fn read_frame(&mut self) -> Result<Frame, ProxyError> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => self.fill().await?,
+                Err(e) => return Err(ProxyError::fatal("08P01", e.to_string())),
+            }
+        }
+    }
+
+    /// Reads a PasswordMessage / SASL response; anything else is a protocol violation.
+    pub async fn read_password(&mut self) -> Result<Frame, ProxyError> {
+        let f = self.read_frame().await?;
+        if f.tag() != tag::PASSWORD {
+            return Err(ProxyError::fatal(
+                "08P01",
+                format!(
+                    "expected password response, got message type {}",
+                    char::from(f.tag())
+                ),
+            ));
+        }
+        Ok(f)
+    }
+}
+
+/// A logged-in client, ready for its session.
+pub struct Client {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub conn: ClientConn,
+    pub cancel_key: (i32, i32),
+    pub cancel_slot: CancelSlot,
+    pub settings: Settings,
+    pub mode: PoolMode,
+    pub pool: Pool,
+}
+
+/// Sends one error and closes.
+pub async fn refuse(mut stream: TcpStream, err: ProxyError) {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Runs the startup phase. `Ok(None)`: the connection was a cancel request or the client
+/// left; `Err`: the client was told why and closed.
+pub async fn run(proxy: &Arc<Proxy>, stream: TcpStream) -> Result<Option<Client>, ProxyError> {
+    let max = proxy.config.load().limits.max_message_size as usize;
+    let mut conn = ClientConn {
+        stream,
+        rbuf: BytesMut::with_capacity(1024),
+        decoder: FrameDecoder::new(max),
+    };
+    let result = tokio::time::timeout(LOGIN_TIMEOUT, login(proxy, &mut conn)).await;
+    let err = match result {
+        Ok(Ok(Some(l))) => {
+            return Ok(Some(Client {
+                id: l.id,
+                user: l.user,
+                database: l.database,
+                conn,
+                cancel_key: l.cancel_key,
+                cancel_slot: l.cancel_slot,
+                settings: l.settings,
+                mode: l.mode,
+                pool: l.pool,
+            }))
+        }
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(e)) => e,
+        Err(_) => ProxyError::fatal("08P01", "canceling authentication due to timeout"),
+    };
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = conn.stream.write_all(&out).await;
+    let _ = conn.stream.shutdown().await;
+    Err(err)
+}
+
+/// What login learns; the session's [`Client`] adds the connection.
+struct Login {
+    id: u64,
+    user: String,
+    database: String,
+    cancel_key: (i32, i32),
+    cancel_slot: CancelSlot,
+    settings: Settings,
+    mode: PoolMode,
+    pool: Pool,
+}
+
+async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login>, ProxyError> {
+    let mut negotiations = 0;
+    let params = loop {
+        let req = loop {
+            match decode_startup(&mut conn.rbuf) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {
+                    if conn.rbuf.capacity() - conn.rbuf.len() < 256 {
+                        conn.rbuf.reserve(1024);
+                    }
+                    let n = conn.stream.read_buf(&mut conn.rbuf).await.map_err(lost)?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(ProxyError::fatal("08P01", e.to_string())),
+            }
+        };
+        match req {
+            StartupRequest::Ssl | StartupRequest::GssEnc => {
+                negotiations += 1;
+                if negotiations > 2 || !conn.rbuf.is_empty() {
+                    return Err(ProxyError::fatal("08P01", "invalid startup packet layout"));
+                }
+                conn.write_all(b"N").await?;
+            }
+            StartupRequest::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                proxy.cancels.cancel((process_id, secret_key)).await;
+                return Ok(None);
+            }
+            StartupRequest::Startup { params, .. } => break params,
+        }
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(ProxyError::fatal(
+            "0A000",
+            "replication connections are not supported by shardgate",
+        ));
+    }
+    let user = match get("user") {
+        Some(u) if !u.is_empty() => u.to_owned(),
+        _ => {
+            return Err(ProxyError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ))
+        }
+    };
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+
+    let users = proxy.users.load_full();
+    crate::auth::authenticate(conn, &users, &user).await?;
+
+    let config = proxy.config.load_full();
+    let Some(db) = config.databases.get(&database) else {
+        return Err(ProxyError::fatal(
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        ));
+    };
+    let (home, _) = db
+        .shards
+        .first()
+        .ok_or_else(|| ProxyError::fatal("3D000", "database has no shards"))?;
+    let pool = proxy.pool_for(&database, &user, home)?;
+    let server_params = pool.server_params().await.map_err(pool_error_fatal)?;
+
+    let settings = Settings::from_startup(&params, &server_params);
+    let (cancel_key, cancel_slot) = proxy.cancels.register();
+    let mut out = BytesMut::with_capacity(512);
+    for (k, v) in server_params.iter() {
+        // The client's own values for what it set at startup.
+        let own = params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !(k == "client_encoding" && v.eq_ignore_ascii_case("auto")));
+        messages::parameter_status_msg(&mut out, k, own.unwrap_or(v));
+    }
+    messages::backend_key_data_msg(&mut out, cancel_key.0, cancel_key.1);
+    messages::ready_for_query(&mut out, b'I');
+    if let Err(e) = conn.write_all(&out).await {
+        proxy.cancels.remove(cancel_key);
+        return Err(e);
+    }
+    let id = proxy
+        .next_client_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mode = proxy.pool_mode(&user);
+    Ok(Some(Login {
+        id,
+        user,
+        database,
+        cancel_key,
+        cancel_slot,
+        settings,
+        mode,
+        pool,
+    }))
+}
+
+/// A pool failure during login or a session, as the client should see it.
+pub fn pool_error(e: PoolError, fatal: bool) -> ProxyError {
+    let mut err = match e {
+        PoolError::CheckoutTimeout { .. } => ProxyError::error("53300", e.to_string()),
+        PoolError::Connect(ConnectError::Refused { error, .. }) => ProxyError {
+            fatal: false,
+            code: error.code.into(),
+            message: error.message,
+            detail: error.detail,
+            hint: error.hint,
+        },
+        PoolError::Connect(other) => ProxyError::error("08006", other.to_string()),
+    };
+    err.fatal = fatal;
+    err
+}
+
+fn pool_error_fatal(e: PoolError) -> ProxyError {
+    pool_error(e, true)
+}
