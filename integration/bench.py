@@ -64,7 +64,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -701,7 +701,7 @@ def ratio(a: RunResult | None, b: RunResult | None) -> str:
 def table_rows(matrix: list[Workload], targets: list[str],
                results: dict[tuple[Workload, str], RunResult]) -> tuple[list[str], list[list[str]]]:
     headers = ["workload", "clients", *targets]
-    pairs = [(a, b, f"{short}") for a, b, short in
+    pairs = [(a, b, name) for a, b, name in
              (("shardgate", "direct", "sg/direct"), ("shardgate", "pgbouncer", "sg/pgbouncer"),
               ("pgbouncer", "direct", "pgb/direct")) if a in targets and b in targets]
     headers += [p[2] for p in pairs]

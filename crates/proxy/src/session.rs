@@ -54,6 +54,8 @@ enum Expect {
     },
     Close,
     Sync,
+    /// Where the client ended a COPY FROM STDIN (CopyDone or CopyFail); answers nothing.
+    CopyEnd,
     /// A message the proxy answers itself when its turn comes.
     Synthetic(u8),
     SyntheticError(ProxyError),
@@ -87,6 +89,9 @@ struct Session<'p> {
     unnamed_command: Option<SessionCommand>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
+    /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
+    /// not ended it yet: the server ignores Sync meanwhile.
+    copy_in_extended: bool,
     terminated: bool,
 }
 
@@ -105,6 +110,7 @@ pub async fn run(proxy: &Proxy, client: Client) {
         portal_commands: HashMap::new(),
         unnamed_command: None,
         skip_until_sync: false,
+        copy_in_extended: false,
         terminated: false,
     };
     let end = s.pump().await;
@@ -295,7 +301,9 @@ impl Session<'_> {
                 self.skip_until_sync = false;
                 if self.server.is_some() {
                     self.forward(&frame);
-                    self.pending.push_back(Expect::Sync);
+                    if !self.copy_in_extended {
+                        self.pending.push_back(Expect::Sync);
+                    }
                 } else {
                     messages::ready_for_query(&mut self.wbuf, self.tx_status);
                     self.error_since_ready = false;
@@ -308,10 +316,18 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+            tag::COPY_DATA => {
                 // Outside COPY these are ignored, as by PostgreSQL.
                 if self.server.is_some() {
                     self.forward(&frame);
+                }
+                Ok(())
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                if self.server.is_some() {
+                    self.forward(&frame);
+                    self.copy_in_extended = false;
+                    self.pending.push_back(Expect::CopyEnd);
                 }
                 Ok(())
             }
@@ -528,6 +544,7 @@ impl Session<'_> {
                     messages::ready_for_query(&mut self.wbuf, self.tx_status);
                     self.error_since_ready = false;
                 }
+                Some(Expect::CopyEnd) => {}
                 _ => return,
             }
             self.pending.pop_front();
@@ -689,7 +706,14 @@ impl Session<'_> {
                 Some(Expect::Execute { .. }) => self.wbuf.extend_from_slice(frame.raw()),
                 _ => return Err(Self::desync("PortalSuspended")),
             },
+            tag::COPY_IN_RESPONSE => {
+                if matches!(self.pending.front(), Some(Expect::Execute { .. })) {
+                    self.on_extended_copy_in();
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
             tag::ERROR_RESPONSE => {
+                self.copy_in_extended = false;
                 self.error_since_ready = true;
                 self.on_error();
                 self.wbuf.extend_from_slice(frame.raw());
@@ -722,6 +746,26 @@ impl Session<'_> {
         }
         self.emit_synthetic_head();
         Ok(())
+    }
+
+    /// COPY FROM STDIN started by an Execute: the server ignores every Sync until the client
+    /// ends the copy, so the Syncs already queued before that end get no answer.
+    fn on_extended_copy_in(&mut self) {
+        let mut i = 1;
+        let mut ended = false;
+        while i < self.pending.len() {
+            match self.pending[i] {
+                Expect::Sync => {
+                    self.pending.remove(i);
+                }
+                Expect::CopyEnd => {
+                    ended = true;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in_extended = !ended;
     }
 
     /// An ErrorResponse: in a simple Query the rest of its statements are skipped; in an

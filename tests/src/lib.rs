@@ -1,0 +1,226 @@
+//! The harness of the end-to-end tests: one real PostgreSQL cluster per test binary, started
+//! on first use and stopped at exit, and proxies started in-process on their own runtime, each
+//! in front of a database of its own so that tests do not see each other's tables.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use cluster::{AuthMethod, Cluster, ClusterOptions};
+use parking_lot::Mutex;
+
+/// The superuser's password on the test cluster.
+pub const SERVER_PASSWORD: &str = "server-pw";
+/// Password of the proxy user `app` (SCRAM) and `md5user` (md5).
+pub const APP_PASSWORD: &str = "app-secret";
+
+/// What tests need to know of the shared cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterInfo {
+    pub port: u16,
+    pub superuser: String,
+}
+
+static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
+static INFO: OnceLock<ClusterInfo> = OnceLock::new();
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+extern "C" fn stop_cluster() {
+    // Drop stops the server and removes its directory.
+    drop(CLUSTER.lock().take());
+}
+
+/// The shared cluster, started on first use.
+pub fn cluster() -> &'static ClusterInfo {
+    INFO.get_or_init(|| {
+        let c = Cluster::start(ClusterOptions {
+            password: Some(SERVER_PASSWORD.into()),
+            auth: AuthMethod::ScramSha256,
+            settings: vec![("max_connections".into(), "300".into())],
+            ..ClusterOptions::default()
+        })
+        .expect("start the test cluster");
+        let info = ClusterInfo {
+            port: c.port(),
+            superuser: c.superuser().to_owned(),
+        };
+        *CLUSTER.lock() = Some(c);
+        // SAFETY: registers a plain function to run at process exit.
+        unsafe {
+            libc::atexit(stop_cluster);
+        }
+        info
+    })
+}
+
+/// Runs SQL on the cluster directly with psql and returns its unaligned output.
+pub fn psql_direct(database: &str, sql: &str) -> String {
+    cluster();
+    CLUSTER
+        .lock()
+        .as_ref()
+        .expect("cluster running")
+        .psql(database, sql)
+        .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
+}
+
+/// The runtime proxies run on; it outlives every test.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    RUNTIME.get_or_init(|| {
+        if let Ok(filter) = std::env::var("SHARDGATE_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("proxy runtime")
+    })
+}
+
+/// How a test's proxy is set up.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    pub mode: &'static str,
+    pub pool_size: u32,
+    pub checkout_timeout_ms: u64,
+    pub max_client_connections: u32,
+    pub max_message_size: u32,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            mode: "transaction",
+            pool_size: 5,
+            checkout_timeout_ms: 5000,
+            max_client_connections: 1000,
+            max_message_size: 1 << 20,
+        }
+    }
+}
+
+/// A database of the test's own on the shared cluster, with a proxy in front of it.
+pub struct TestDb {
+    pub name: String,
+    pub proxy_addr: SocketAddr,
+    pub proxy: std::sync::Arc<proxy::Proxy>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    pub fn new(prefix: &str, opts: ProxyOptions) -> TestDb {
+        let info = cluster();
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        psql_direct("postgres", &format!("CREATE DATABASE \"{name}\""));
+        let yaml = format!(
+            "listen: 127.0.0.1:0
+pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout} }}
+limits: {{ max_client_connections: {maxc}, max_message_size: {maxm} }}
+users:
+  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+  - {{ name: md5user, password: {APP_PASSWORD}, auth: md5, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+  - {{ name: trustuser, auth: trust, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+databases:
+  app:
+    shards:
+      s0: {{ primary: \"postgres://127.0.0.1:{port}/{name}\" }}
+",
+            mode = opts.mode,
+            size = opts.pool_size,
+            timeout = opts.checkout_timeout_ms,
+            maxc = opts.max_client_connections,
+            maxm = opts.max_message_size,
+            su = info.superuser,
+            port = info.port,
+        );
+        let config = sgconfig::load_str(std::path::Path::new("test.yaml"), &yaml)
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let proxy = proxy::Proxy::new(config);
+        let p = proxy.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let proxy_addr = listener.local_addr().expect("address");
+        runtime().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            p.serve(listener).await
+        });
+        TestDb {
+            name,
+            proxy_addr,
+            proxy,
+        }
+    }
+
+    /// libpq-style connection string through the proxy.
+    pub fn proxy_conninfo(&self, user: &str, password: &str) -> String {
+        let password = if password.is_empty() {
+            String::new()
+        } else {
+            format!(" password={password}")
+        };
+        format!(
+            "host=127.0.0.1 port={} user={user}{password} dbname=app",
+            self.proxy_addr.port()
+        )
+    }
+
+    pub fn direct_conninfo(&self) -> String {
+        let info = cluster();
+        format!(
+            "host=127.0.0.1 port={} user={} password={SERVER_PASSWORD} dbname={}",
+            info.port, info.superuser, self.name
+        )
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!(
+            "postgres://app:{APP_PASSWORD}@127.0.0.1:{}/app",
+            self.proxy_addr.port()
+        )
+    }
+
+    pub fn direct_url(&self) -> String {
+        let info = cluster();
+        format!(
+            "postgres://{}:{SERVER_PASSWORD}@127.0.0.1:{}/{}",
+            info.superuser, info.port, self.name
+        )
+    }
+
+    /// A tokio-postgres client through the proxy as `app`.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        connect(&self.proxy_conninfo("app", APP_PASSWORD)).await
+    }
+
+    /// A tokio-postgres client straight to the database.
+    pub async fn connect_direct(&self) -> tokio_postgres::Client {
+        connect(&self.direct_conninfo()).await
+    }
+}
+
+/// Connects and drives the connection on a task; panics on failure.
+pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The SQLSTATE of a failed call.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
