@@ -61,6 +61,11 @@ impl Proxy {
         self.config.load_full()
     }
 
+    /// Counters of every pool.
+    pub fn pool_stats(&self) -> Vec<pool::PoolStats> {
+        self.pools.lock().values().map(Pool::stats).collect()
+    }
+
     /// Number of connected clients.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)

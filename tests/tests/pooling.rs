@@ -1,0 +1,207 @@
+//! Transaction pooling: many clients share few server connections, and each still sees its
+//! own session: its prepared statements and its settings. Connections come back clean.
+
+use std::time::Duration;
+
+use e2e::{psql_direct, sqlstate, ProxyOptions, TestDb};
+
+/// The first value of the first row of a simple query.
+fn show(rows: Vec<tokio_postgres::SimpleQueryMessage>) -> String {
+    rows.into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test]
+async fn fifty_clients_over_five_connections_keep_their_own_session() {
+    let db = TestDb::new("fifty", ProxyOptions { pool_size: 5, ..Default::default() });
+    let setup = db.connect().await;
+    let mut ddl = String::new();
+    for i in 0..50 {
+        ddl.push_str(&format!(
+            "CREATE SCHEMA s{i}; CREATE TABLE s{i}.t (v int); INSERT INTO s{i}.t VALUES ({i});"
+        ));
+    }
+    setup.batch_execute(&ddl).await.unwrap();
+    let tasks = (0..50).map(|i| {
+        let conninfo = db.proxy_conninfo("app", e2e::APP_PASSWORD);
+        tokio::spawn(async move {
+            let c = e2e::connect(&conninfo).await;
+            c.batch_execute(&format!("SET search_path TO s{i}, public; SET application_name = 'client{i}'"))
+                .await
+                .unwrap();
+            // The same statement text for every client: shared on the servers, resolved in
+            // each client's own search_path.
+            let by_path = c.prepare("SELECT v FROM t").await.unwrap();
+            let settings = c
+                .prepare("SELECT current_setting('search_path'), current_setting('application_name'), $1::int")
+                .await
+                .unwrap();
+            for round in 0..20 {
+                let v: i32 = c.query_one(&by_path, &[]).await.unwrap().get(0);
+                assert_eq!(v, i, "client {i} round {round}");
+                let row = c.query_one(&settings, &[&round]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("s{i}, public"));
+                assert_eq!(row.get::<_, String>(1), format!("client{i}"));
+                assert_eq!(row.get::<_, i32>(2), round);
+                // And through the simple protocol.
+                let rows = c.simple_query("SHOW application_name").await.unwrap();
+                assert_eq!(show(rows), format!("client{i}"));
+                if round % 5 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    });
+    for t in futures_util::future::join_all(tasks).await {
+        t.unwrap();
+    }
+    let stats = db.proxy.pool_stats();
+    assert!(stats.iter().all(|s| s.connects <= 5), "{stats:?}");
+    let backends: i64 = psql_direct(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'", db.name),
+    )
+    .parse()
+    .unwrap();
+    assert!(backends <= 6, "{backends} server connections for a pool of 5");
+}
+
+#[tokio::test]
+async fn a_killed_client_leaves_no_lock_and_its_connection_is_reused() {
+    let db = TestDb::new("killed", ProxyOptions { pool_size: 1, ..Default::default() });
+    let c = db.connect().await;
+    c.batch_execute("CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)")
+        .await
+        .unwrap();
+    let pid_before: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    drop(c);
+
+    // A client takes a row lock and vanishes without a word.
+    let (victim, conn) = tokio_postgres::connect(&db.proxy_conninfo("app", e2e::APP_PASSWORD), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    victim.batch_execute("BEGIN; SELECT * FROM acct WHERE id = 1 FOR UPDATE").await.unwrap();
+    conn_task.abort(); // drops the socket: no Terminate, no ROLLBACK from the client
+    drop(victim);
+
+    // The pool has one connection: the next client gets it only once it is clean.
+    let c = db.connect().await;
+    let row = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.query_one("SELECT pg_backend_pid(), (SELECT n FROM acct WHERE id = 1 FOR UPDATE NOWAIT)", &[]),
+    )
+    .await
+    .expect("the lock was released")
+    .unwrap();
+    assert_eq!(row.get::<_, i32>(0), pid_before, "the server connection was reused");
+    let held: i64 = psql_direct(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE a.datname = '{}' AND l.mode = 'RowShareLock' AND a.state = 'idle in transaction'",
+            db.name
+        ),
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(held, 0);
+    // A direct session can lock the row at once.
+    let direct = psql_direct(
+        &db.name,
+        "SET lock_timeout = '1s'; SELECT n FROM acct WHERE id = 1 FOR UPDATE NOWAIT",
+    );
+    assert!(direct.ends_with('0'), "{direct}");
+}
+
+#[tokio::test]
+async fn checkout_timeout_gives_a_clear_error() {
+    let db = TestDb::new("timeout", ProxyOptions { pool_size: 1, checkout_timeout_ms: 300, ..Default::default() });
+    let holder = db.connect().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = db.connect().await;
+    let e = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("waiting for a server connection"), "{message}");
+    // Extended protocol too; the session stays usable.
+    let e = waiter.query("SELECT $1::int", &[&1i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiter.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
+}
+
+#[tokio::test]
+async fn discard_all_and_reset_all_behave_as_on_postgresql() {
+    let db = TestDb::new("discard", ProxyOptions { pool_size: 2, ..Default::default() });
+    let c = db.connect().await;
+    let default_path = show(c.simple_query("SHOW search_path").await.unwrap());
+    c.batch_execute("SET search_path TO pg_catalog; SET work_mem = '7MB'").await.unwrap();
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "7MB");
+    c.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(show(c.simple_query("SHOW search_path").await.unwrap()), default_path);
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+
+    c.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    let stmt = c.prepare("SELECT 42").await.unwrap();
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+    // Its prepared statements are gone, as PostgreSQL would have it.
+    let e = c.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "26000", "{e}");
+    // RESET of one setting.
+    c.batch_execute("SET work_mem = '5MB'; RESET work_mem").await.unwrap();
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+}
+
+#[tokio::test]
+async fn settings_made_in_a_rolled_back_transaction_are_undone() {
+    let db = TestDb::new("rollback", ProxyOptions { pool_size: 1, ..Default::default() });
+    let c = db.connect().await;
+    let other = db.connect().await;
+    c.batch_execute("SET work_mem = '6MB'").await.unwrap();
+    c.batch_execute("BEGIN; SET work_mem = '8MB'; ROLLBACK").await.unwrap();
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "6MB");
+    // Another client on the same (only) server connection sees the default.
+    assert_eq!(show(other.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+    // An implicit transaction that fails undoes its SET too.
+    let _ = c.batch_execute("SET work_mem = '3MB'; SELECT 1/0").await.unwrap_err();
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "6MB");
+    c.batch_execute("BEGIN; SET work_mem = '2MB'; COMMIT").await.unwrap();
+    assert_eq!(show(other.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+    assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "2MB");
+}
+
+#[tokio::test]
+async fn session_mode_keeps_one_server_and_cleans_it_after() {
+    let db = TestDb::new("session", ProxyOptions { mode: "session", pool_size: 1, ..Default::default() });
+    let c = db.connect().await;
+    c.batch_execute("SET work_mem = '11MB'; PREPARE q AS SELECT 1; CREATE TEMP TABLE tmp (x int)").await.unwrap();
+    let pid1: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid2: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert_eq!(pid1, pid2);
+    drop(c);
+    // The next client gets the same server connection, reset.
+    let mut reused = None;
+    for _ in 0..100 {
+        let c = db.connect().await;
+        let row = c
+            .query_one(
+                "SELECT pg_backend_pid(), current_setting('work_mem'),
+                        (SELECT count(*) FROM pg_prepared_statements WHERE name = 'q'), to_regclass('pg_temp.tmp') IS NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i32>(0) == pid1 {
+            reused = Some((row.get::<_, String>(1), row.get::<_, i64>(2), row.get::<_, bool>(3)));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reused, Some(("4MB".to_string(), 0, true)));
+}
