@@ -48,6 +48,9 @@ pub struct PoolStats {
     pub timeouts: u64,
 }
 
+/// ParameterStatus name/value pairs a server reported at startup.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
 struct Inner {
     target: ServerTarget,
     settings: PoolSettings,
@@ -58,7 +61,7 @@ struct Inner {
     connects: AtomicU64,
     timeouts: AtomicU64,
     /// ParameterStatus of the first connection made, for clients' startup.
-    server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    server_params: Mutex<Option<ServerParams>>,
 }
 
 #[derive(Clone)]
@@ -163,7 +166,7 @@ impl Pool {
     }
 
     /// ParameterStatus values of this pool's server, connecting once if none is known yet.
-    pub async fn server_params(&self) -> Result<Arc<Vec<(String, String)>>, PoolError> {
+    pub async fn server_params(&self) -> Result<ServerParams, PoolError> {
         if let Some(p) = self.inner.server_params.lock().clone() {
             return Ok(p);
         }

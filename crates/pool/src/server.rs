@@ -42,7 +42,10 @@ pub enum ConnectError {
     Timeout(String),
     /// The server refused us; its error is passed on to the client as it is.
     #[error("server {target} refused the connection: {} {}", .error.code, .error.message)]
-    Refused { target: String, error: ErrorFields },
+    Refused {
+        target: String,
+        error: Box<ErrorFields>,
+    },
     #[error("server {target}: {message}")]
     Protocol { target: String, message: String },
 }
@@ -212,7 +215,7 @@ impl ServerConn {
                 }
                 tag::READY_FOR_QUERY => return Ok(conn),
                 tag::ERROR_RESPONSE => {
-                    let error = ErrorFields::parse(frame.body()).unwrap_or_default();
+                    let error = Box::new(ErrorFields::parse(frame.body()).unwrap_or_default());
                     return Err(ConnectError::Refused {
                         target: name.to_owned(),
                         error,

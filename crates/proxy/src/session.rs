@@ -727,16 +727,10 @@ impl Session<'_> {
                 }
                 self.tx_status = status;
                 if status == b'I' {
-                    let rolled_back = if self.error_since_ready {
-                        self.client.settings.rollback()
+                    if self.error_since_ready {
+                        self.roll_back_settings();
                     } else {
                         self.client.settings.commit();
-                        false
-                    };
-                    if rolled_back {
-                        if let Some(s) = self.server.as_mut() {
-                            s.settings_unknown = true;
-                        }
                     }
                 }
                 self.error_since_ready = false;
@@ -813,19 +807,23 @@ impl Session<'_> {
         };
         match command_tag {
             b"COMMIT" | b"PREPARE TRANSACTION" => self.client.settings.commit(),
-            b"ROLLBACK" => {
-                if self.client.settings.rollback() {
-                    if let Some(s) = self.server.as_mut() {
-                        s.settings_unknown = true;
-                    }
-                }
-            }
+            b"ROLLBACK" => self.roll_back_settings(),
             _ => {}
         }
         if let Some(c) = command {
             self.apply(c, command_tag);
         }
         Ok(())
+    }
+
+    /// The transaction that changed settings rolled back: the client's go back to what they
+    /// were, and the server connection's are no longer known.
+    fn roll_back_settings(&mut self) {
+        if self.client.settings.rollback() {
+            if let Some(s) = self.server.as_mut() {
+                s.settings_unknown = true;
+            }
+        }
     }
 
     /// A statement that changes session state succeeded: record it for the client and for
