@@ -115,7 +115,7 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("Try:");
             println!("  SELECT count(*) FROM customers;                 -- 100");
             println!("  SELECT name FROM customers WHERE id = 42;        -- customer 42");
-            println!("  SELECT sum(amount) FROM orders WHERE customer_id = 7;");
+            println!("  SELECT count(*) FROM orders WHERE customer_id = 7;  -- 10");
             println!("Press Ctrl-C to stop everything.");
         }
         server.await
