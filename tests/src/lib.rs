@@ -224,3 +224,43 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
         .map(|c| c.code().to_owned())
         .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
+
+/// Logs in as the trust user over a raw socket and reads up to ReadyForQuery.
+pub async fn raw_login(db: &TestDb) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(db.proxy_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        &wire::startup::encode_startup(&[("user", "trustuser"), ("database", "app")]),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut chunk)
+            .await
+            .unwrap();
+        assert!(n > 0, "closed during login");
+        buf.extend_from_slice(&chunk[..n]);
+        // ReadyForQuery 'Z' 0 0 0 5 'I' ends the login.
+        if buf.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+            return s;
+        }
+    }
+}
+
+/// Sends raw protocol bytes and reads until ReadyForQuery; returns all that came back.
+pub async fn raw_round_trip(s: &mut tokio::net::TcpStream, out: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(out).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() >= 6 && buf[buf.len() - 6] == b'Z' {
+            return buf;
+        }
+    }
+}

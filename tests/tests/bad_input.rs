@@ -3,28 +3,9 @@
 
 use std::time::Duration;
 
-use e2e::{ProxyOptions, TestDb};
+use e2e::{raw_login, ProxyOptions, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Logs in as the trust user over a raw socket and reads up to ReadyForQuery.
-async fn raw_login(db: &TestDb) -> TcpStream {
-    let mut s = TcpStream::connect(db.proxy_addr).await.unwrap();
-    s.write_all(&wire::startup::encode_startup(&[("user", "trustuser"), ("database", "app")]))
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed during login");
-        buf.extend_from_slice(&chunk[..n]);
-        // ReadyForQuery 'Z' 0 0 0 5 'I' ends the login.
-        if buf.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-            return s;
-        }
-    }
-}
 
 /// Reads until the proxy closes; returns everything it sent.
 async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
@@ -86,7 +67,9 @@ async fn each_bad_client_is_told_and_closed_while_others_go_on() {
 
     // Garbage after a successful startup.
     let mut s = raw_login(&db).await;
-    s.write_all(b"this is not the PostgreSQL protocol at all").await.unwrap();
+    s.write_all(b"this is not the PostgreSQL protocol at all")
+        .await
+        .unwrap();
     fatal_08p01(&read_to_close(&mut s).await);
 
     // A message announcing 2 GiB.
@@ -106,17 +89,23 @@ async fn each_bad_client_is_told_and_closed_while_others_go_on() {
 
     // A Bind whose parameter length runs past the end of the message.
     let mut s = raw_login(&db).await;
-    s.write_all(&[b'B', 0, 0, 0, 14, 0, 0, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+    s.write_all(&[b'B', 0, 0, 0, 14, 0, 0, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
     fatal_08p01(&read_to_close(&mut s).await);
 
     // A Query whose text is not terminated.
     let mut s = raw_login(&db).await;
-    s.write_all(&[b'Q', 0, 0, 0, 7, b'a', b'b', b'c']).await.unwrap();
+    s.write_all(&[b'Q', 0, 0, 0, 7, b'a', b'b', b'c'])
+        .await
+        .unwrap();
     fatal_08p01(&read_to_close(&mut s).await);
 
     // Garbage instead of a startup packet.
     let mut s = TcpStream::connect(db.proxy_addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     fatal_08p01(&read_to_close(&mut s).await);
 
     // A startup packet with an unterminated parameter.
@@ -130,7 +119,9 @@ async fn each_bad_client_is_told_and_closed_while_others_go_on() {
 
     // A message cut short by the client going away: no answer needed, nothing breaks.
     let mut s = raw_login(&db).await;
-    s.write_all(&[b'Q', 0, 0, 0, 100, b's', b'e']).await.unwrap();
+    s.write_all(&[b'Q', 0, 0, 0, 100, b's', b'e'])
+        .await
+        .unwrap();
     drop(s);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -140,7 +131,10 @@ async fn each_bad_client_is_told_and_closed_while_others_go_on() {
     }
     // The proxy still serves new clients.
     let c = e2e::connect(&conninfo).await;
-    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test]
@@ -156,12 +150,18 @@ async fn unknown_prepared_statement_is_an_error_not_a_disconnect() {
     let mut buf = Vec::new();
     loop {
         let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed");
         buf.extend_from_slice(&chunk[..n]);
         if buf.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
             break;
         }
     }
-    assert_eq!(first_error(&buf), Some(("ERROR".to_string(), "26000".to_string())));
+    assert_eq!(
+        first_error(&buf),
+        Some(("ERROR".to_string(), "26000".to_string()))
+    );
 }

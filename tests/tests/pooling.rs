@@ -17,7 +17,13 @@ fn show(rows: Vec<tokio_postgres::SimpleQueryMessage>) -> String {
 
 #[tokio::test]
 async fn fifty_clients_over_five_connections_keep_their_own_session() {
-    let db = TestDb::new("fifty", ProxyOptions { pool_size: 5, ..Default::default() });
+    let db = TestDb::new(
+        "fifty",
+        ProxyOptions {
+            pool_size: 5,
+            ..Default::default()
+        },
+    );
     let setup = db.connect().await;
     let mut ddl = String::new();
     for i in 0..50 {
@@ -63,29 +69,53 @@ async fn fifty_clients_over_five_connections_keep_their_own_session() {
     assert!(stats.iter().all(|s| s.connects <= 5), "{stats:?}");
     let backends: i64 = psql_direct(
         "postgres",
-        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'", db.name),
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name
+        ),
     )
     .parse()
     .unwrap();
-    assert!(backends <= 6, "{backends} server connections for a pool of 5");
+    assert!(
+        backends <= 6,
+        "{backends} server connections for a pool of 5"
+    );
 }
 
 #[tokio::test]
 async fn a_killed_client_leaves_no_lock_and_its_connection_is_reused() {
-    let db = TestDb::new("killed", ProxyOptions { pool_size: 1, ..Default::default() });
+    let db = TestDb::new(
+        "killed",
+        ProxyOptions {
+            pool_size: 1,
+            ..Default::default()
+        },
+    );
     let c = db.connect().await;
-    c.batch_execute("CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)")
+    c.batch_execute(
+        "CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)",
+    )
+    .await
+    .unwrap();
+    let pid_before: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
         .await
-        .unwrap();
-    let pid_before: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        .unwrap()
+        .get(0);
     drop(c);
 
     // A client takes a row lock and vanishes without a word.
-    let (victim, conn) = tokio_postgres::connect(&db.proxy_conninfo("app", e2e::APP_PASSWORD), tokio_postgres::NoTls)
+    let (victim, conn) = tokio_postgres::connect(
+        &db.proxy_conninfo("app", e2e::APP_PASSWORD),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let conn_task = tokio::spawn(conn);
+    victim
+        .batch_execute("BEGIN; SELECT * FROM acct WHERE id = 1 FOR UPDATE")
         .await
         .unwrap();
-    let conn_task = tokio::spawn(conn);
-    victim.batch_execute("BEGIN; SELECT * FROM acct WHERE id = 1 FOR UPDATE").await.unwrap();
     conn_task.abort(); // drops the socket: no Terminate, no ROLLBACK from the client
     drop(victim);
 
@@ -93,12 +123,19 @@ async fn a_killed_client_leaves_no_lock_and_its_connection_is_reused() {
     let c = db.connect().await;
     let row = tokio::time::timeout(
         Duration::from_secs(20),
-        c.query_one("SELECT pg_backend_pid(), (SELECT n FROM acct WHERE id = 1 FOR UPDATE NOWAIT)", &[]),
+        c.query_one(
+            "SELECT pg_backend_pid(), (SELECT n FROM acct WHERE id = 1 FOR UPDATE NOWAIT)",
+            &[],
+        ),
     )
     .await
     .expect("the lock was released")
     .unwrap();
-    assert_eq!(row.get::<_, i32>(0), pid_before, "the server connection was reused");
+    assert_eq!(
+        row.get::<_, i32>(0),
+        pid_before,
+        "the server connection was reused"
+    );
     let held: i64 = psql_direct(
         "postgres",
         &format!(
@@ -120,30 +157,58 @@ async fn a_killed_client_leaves_no_lock_and_its_connection_is_reused() {
 
 #[tokio::test]
 async fn checkout_timeout_gives_a_clear_error() {
-    let db = TestDb::new("timeout", ProxyOptions { pool_size: 1, checkout_timeout_ms: 300, ..Default::default() });
+    let db = TestDb::new(
+        "timeout",
+        ProxyOptions {
+            pool_size: 1,
+            checkout_timeout_ms: 300,
+            ..Default::default()
+        },
+    );
     let holder = db.connect().await;
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let waiter = db.connect().await;
     let e = waiter.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&e), "53300", "{e}");
     let message = e.as_db_error().unwrap().message();
-    assert!(message.contains("waiting for a server connection"), "{message}");
+    assert!(
+        message.contains("waiting for a server connection"),
+        "{message}"
+    );
     // Extended protocol too; the session stays usable.
     let e = waiter.query("SELECT $1::int", &[&1i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "53300", "{e}");
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(waiter.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
+    assert_eq!(
+        waiter
+            .query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
 }
 
 #[tokio::test]
 async fn discard_all_and_reset_all_behave_as_on_postgresql() {
-    let db = TestDb::new("discard", ProxyOptions { pool_size: 2, ..Default::default() });
+    let db = TestDb::new(
+        "discard",
+        ProxyOptions {
+            pool_size: 2,
+            ..Default::default()
+        },
+    );
     let c = db.connect().await;
     let default_path = show(c.simple_query("SHOW search_path").await.unwrap());
-    c.batch_execute("SET search_path TO pg_catalog; SET work_mem = '7MB'").await.unwrap();
+    c.batch_execute("SET search_path TO pg_catalog; SET work_mem = '7MB'")
+        .await
+        .unwrap();
     assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "7MB");
     c.batch_execute("RESET ALL").await.unwrap();
-    assert_eq!(show(c.simple_query("SHOW search_path").await.unwrap()), default_path);
+    assert_eq!(
+        show(c.simple_query("SHOW search_path").await.unwrap()),
+        default_path
+    );
     assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "4MB");
 
     c.batch_execute("SET work_mem = '9MB'").await.unwrap();
@@ -154,35 +219,73 @@ async fn discard_all_and_reset_all_behave_as_on_postgresql() {
     let e = c.query(&stmt, &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "26000", "{e}");
     // RESET of one setting.
-    c.batch_execute("SET work_mem = '5MB'; RESET work_mem").await.unwrap();
+    c.batch_execute("SET work_mem = '5MB'; RESET work_mem")
+        .await
+        .unwrap();
     assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "4MB");
 }
 
 #[tokio::test]
 async fn settings_made_in_a_rolled_back_transaction_are_undone() {
-    let db = TestDb::new("rollback", ProxyOptions { pool_size: 1, ..Default::default() });
+    let db = TestDb::new(
+        "rollback",
+        ProxyOptions {
+            pool_size: 1,
+            ..Default::default()
+        },
+    );
     let c = db.connect().await;
     let other = db.connect().await;
     c.batch_execute("SET work_mem = '6MB'").await.unwrap();
-    c.batch_execute("BEGIN; SET work_mem = '8MB'; ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN; SET work_mem = '8MB'; ROLLBACK")
+        .await
+        .unwrap();
     assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "6MB");
     // Another client on the same (only) server connection sees the default.
-    assert_eq!(show(other.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+    assert_eq!(
+        show(other.simple_query("SHOW work_mem").await.unwrap()),
+        "4MB"
+    );
     // An implicit transaction that fails undoes its SET too.
-    let _ = c.batch_execute("SET work_mem = '3MB'; SELECT 1/0").await.unwrap_err();
+    let _ = c
+        .batch_execute("SET work_mem = '3MB'; SELECT 1/0")
+        .await
+        .unwrap_err();
     assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "6MB");
-    c.batch_execute("BEGIN; SET work_mem = '2MB'; COMMIT").await.unwrap();
-    assert_eq!(show(other.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+    c.batch_execute("BEGIN; SET work_mem = '2MB'; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        show(other.simple_query("SHOW work_mem").await.unwrap()),
+        "4MB"
+    );
     assert_eq!(show(c.simple_query("SHOW work_mem").await.unwrap()), "2MB");
 }
 
 #[tokio::test]
 async fn session_mode_keeps_one_server_and_cleans_it_after() {
-    let db = TestDb::new("session", ProxyOptions { mode: "session", pool_size: 1, ..Default::default() });
+    let db = TestDb::new(
+        "session",
+        ProxyOptions {
+            mode: "session",
+            pool_size: 1,
+            ..Default::default()
+        },
+    );
     let c = db.connect().await;
-    c.batch_execute("SET work_mem = '11MB'; PREPARE q AS SELECT 1; CREATE TEMP TABLE tmp (x int)").await.unwrap();
-    let pid1: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let pid2: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    c.batch_execute("SET work_mem = '11MB'; PREPARE q AS SELECT 1; CREATE TEMP TABLE tmp (x int)")
+        .await
+        .unwrap();
+    let pid1: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid2: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid1, pid2);
     drop(c);
     // The next client gets the same server connection, reset.
@@ -198,10 +301,45 @@ async fn session_mode_keeps_one_server_and_cleans_it_after() {
             .await
             .unwrap();
         if row.get::<_, i32>(0) == pid1 {
-            reused = Some((row.get::<_, String>(1), row.get::<_, i64>(2), row.get::<_, bool>(3)));
+            reused = Some((
+                row.get::<_, String>(1),
+                row.get::<_, i64>(2),
+                row.get::<_, bool>(3),
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(reused, Some(("4MB".to_string(), 0, true)));
+}
+
+#[tokio::test]
+async fn a_known_statement_is_prepared_without_waiting_for_a_connection() {
+    let db = TestDb::new(
+        "prepwait",
+        ProxyOptions {
+            pool_size: 1,
+            checkout_timeout_ms: 3000,
+            ..Default::default()
+        },
+    );
+    let parse_sync = |name: &[u8]| {
+        let mut out = bytes::BytesMut::new();
+        wire::messages::parse(&mut out, name, b"SELECT 1", &[0, 0]);
+        out.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        out
+    };
+    let mut b = e2e::raw_login(&db).await;
+    // The first Parse of the text goes to a server, which checks it.
+    let first = e2e::raw_round_trip(&mut b, &parse_sync(b"s1")).await;
+    assert_eq!(first[0], b'1', "{first:?}");
+    // Another client holds the only connection in an open transaction.
+    let a = db.connect().await;
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // Preparing the same text again (as libpq's PQprepare does: Parse, Sync) needs no
+    // connection: ParseComplete and ReadyForQuery, not a checkout timeout.
+    let again = e2e::raw_round_trip(&mut b, &parse_sync(b"s2")).await;
+    assert_eq!(&again[..5], &[b'1', 0, 0, 0, 4], "{again:?}");
+    assert_eq!(&again[5..], &[b'Z', 0, 0, 0, 5, b'I']);
+    a.batch_execute("COMMIT").await.unwrap();
 }

@@ -55,7 +55,9 @@ struct Inner {
     target: ServerTarget,
     settings: PoolSettings,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    // Boxed: connections move in and out of `PooledConn` as a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     waiting: AtomicU64,
     checkouts: AtomicU64,
     connects: AtomicU64,
@@ -134,7 +136,12 @@ impl Pool {
             let candidate = inner.idle.lock().pop();
             match candidate {
                 Some(mut conn) => {
-                    if conn.is_stale() || conn.created.elapsed() > inner.settings.server_lifetime {
+                    // A connection used within the last second is taken as alive without a
+                    // probe (a syscall); a dead one is noticed on first use anyway.
+                    let probe = conn.last_used.elapsed() > Duration::from_secs(1);
+                    if (probe && conn.is_stale())
+                        || conn.created.elapsed() > inner.settings.server_lifetime
+                    {
                         continue; // dropped: closed
                     }
                     return Ok(PooledConn {
@@ -146,9 +153,10 @@ impl Pool {
                 None => break,
             }
         }
-        let conn = self.connect().await?;
+        // Boxed: connecting is rare, and its state would otherwise sit in every waiting session.
+        let conn = Box::pin(self.connect()).await?;
         Ok(PooledConn {
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
             pool: self.inner.clone(),
             _permit: permit,
         })
@@ -197,7 +205,8 @@ impl Pool {
 /// A checked-out connection. Return it with [`PooledConn::release`] only when it is clean
 /// (idle, outside a transaction, nothing in flight); dropping it closes the connection.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    /// Boxed so that a session holding an `Option<PooledConn>` stays small while idle.
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Inner>,
     _permit: OwnedSemaphorePermit,
 }
@@ -267,7 +276,7 @@ async fn maintain(pool: Weak<Inner>) {
             match ServerConn::connect(&inner.target, s.connect_timeout).await {
                 Ok(conn) => {
                     inner.connects.fetch_add(1, Ordering::Relaxed);
-                    inner.idle.lock().push(conn);
+                    inner.idle.lock().push(Box::new(conn));
                     drop(permit);
                 }
                 Err(e) => {

@@ -96,14 +96,16 @@ impl Proxy {
         let _guard = ClientCount(&self.clients);
         let max = self.config.load().limits.max_client_connections as usize;
         if n > max {
-            startup::refuse(
+            Box::pin(startup::refuse(
                 stream,
                 ProxyError::fatal("53300", "sorry, too many clients already"),
-            )
+            ))
             .await;
             return;
         }
-        match startup::run(&self, stream).await {
+        // Login is boxed (and freed when done) so that the task of an idle session holds only
+        // the session's own state, not the larger state of login.
+        match Box::pin(startup::run(&self, stream)).await {
             Ok(Some(client)) => {
                 let id = client.id;
                 tracing::debug!(%peer, id, user = %client.user, database = %client.database, "client ready");

@@ -31,6 +31,9 @@ use crate::Proxy;
 
 /// Stop reading from one side while this much waits to be written to the other.
 const HIGH_WATER: usize = 1 << 20;
+/// Read buffer growth: clients send small messages; servers stream results.
+const CLIENT_READ_CHUNK: usize = 4096;
+const SERVER_READ_CHUNK: usize = 16 * 1024;
 /// How long cleanup (ROLLBACK, DISCARD ALL) on a departing client may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,7 +47,7 @@ enum Expect {
     },
     Parse {
         visible: bool,
-        statement: Option<u64>,
+        statement: Option<Arc<Statement>>,
         client_name: Option<Box<[u8]>>,
     },
     Bind,
@@ -114,7 +117,7 @@ pub async fn run(proxy: &Proxy, client: Client) {
         terminated: false,
     };
     let end = s.pump().await;
-    s.finish(end).await;
+    Box::pin(s.finish(end)).await;
     proxy.cancels.remove(key);
 }
 
@@ -230,7 +233,7 @@ impl Session<'_> {
                     }
                     r = client.readable(), if read_client => {
                         r.map_err(|_| End::ClientGone)?;
-                        try_read(client, &mut self.client.conn.rbuf).map_err(|_| End::ClientGone)?;
+                        try_read(client, &mut self.client.conn.rbuf, CLIENT_READ_CHUNK).map_err(|_| End::ClientGone)?;
                     }
                 }
             }
@@ -250,11 +253,11 @@ impl Session<'_> {
                     }
                     r = stream.readable(), if read_server => {
                         r.map_err(|e| End::ServerGone(e.to_string()))?;
-                        try_read(stream, &mut server.read_buf).map_err(|e| End::ServerGone(e.to_string()))?;
+                        try_read(stream, &mut server.read_buf, SERVER_READ_CHUNK).map_err(|e| End::ServerGone(e.to_string()))?;
                     }
                     r = client.readable(), if read_client => {
                         r.map_err(|_| End::ClientGone)?;
-                        try_read(client, &mut self.client.conn.rbuf).map_err(|_| End::ClientGone)?;
+                        try_read(client, &mut self.client.conn.rbuf, CLIENT_READ_CHUNK).map_err(|_| End::ClientGone)?;
                     }
                 }
             }
@@ -393,6 +396,14 @@ impl Session<'_> {
         let stmt = self.proxy.statements.intern(p.query, p.param_types);
         let name: Box<[u8]> = p.name.into();
         self.statements.insert(name.clone(), stmt.clone());
+        if self.server.is_none() && stmt.is_valid() {
+            // A text some server has already parsed needs no server connection now: it is
+            // prepared on whichever connection runs it. Waiting for a connection here would
+            // stall clients that prepare synchronously (libpq's PQprepare) while others hold
+            // every connection in open transactions.
+            self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+            return Ok(());
+        }
         if let Err(e) = self.ensure_server().await {
             return self.extended_error(e);
         }
@@ -409,7 +420,7 @@ impl Session<'_> {
             );
             self.pending.push_back(Expect::Parse {
                 visible: true,
-                statement: Some(stmt.id),
+                statement: Some(stmt.clone()),
                 client_name: Some(name),
             });
         }
@@ -417,7 +428,7 @@ impl Session<'_> {
     }
 
     /// Makes sure the attached server has `stmt`, adding a Parse whose answer is swallowed.
-    fn prepare_on_server(&mut self, stmt: &Statement) {
+    fn prepare_on_server(&mut self, stmt: &Arc<Statement>) {
         let server = self.server.as_mut().expect("attached");
         if server.prepared.insert(stmt.id) {
             messages::parse(
@@ -428,7 +439,7 @@ impl Session<'_> {
             );
             self.pending.push_back(Expect::Parse {
                 visible: false,
-                statement: Some(stmt.id),
+                statement: Some(Arc::clone(stmt)),
                 client_name: None,
             });
         }
@@ -602,10 +613,16 @@ impl Session<'_> {
             return Ok(());
         }
         let settings = &self.client.settings;
-        if let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) {
+        let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) else {
+            // Already in line: only the tag moves.
+            server.applied_for = Some(key);
+            return Ok(());
+        };
+        {
             // Nothing is in flight: whatever is still buffered for the server is a Flush.
             self.swbuf.clear();
-            match server.run_simple(&sql).await {
+            // Boxed: rare, and its state would otherwise sit in every idle session.
+            match Box::pin(server.run_simple(&sql)).await {
                 Ok(None) => {}
                 Ok(Some(err)) => {
                     self.drop_server();
@@ -673,7 +690,12 @@ impl Session<'_> {
     fn on_server(&mut self, frame: Frame) -> Result<(), End> {
         match frame.tag() {
             tag::PARSE_COMPLETE => match self.pending.pop_front() {
-                Some(Expect::Parse { visible, .. }) => {
+                Some(Expect::Parse {
+                    visible, statement, ..
+                }) => {
+                    if let Some(s) = statement {
+                        s.mark_valid();
+                    }
                     if visible {
                         self.wbuf.extend_from_slice(frame.raw());
                     }
@@ -774,13 +796,13 @@ impl Session<'_> {
                         break;
                     }
                     if let Some(Expect::Parse {
-                        statement: Some(id),
+                        statement: Some(stmt),
                         client_name,
                         ..
                     }) = self.pending.pop_front()
                     {
                         if let Some(s) = self.server.as_mut() {
-                            s.prepared.remove(&id);
+                            s.prepared.remove(&stmt.id);
                         }
                         if let Some(name) = client_name {
                             self.statements.remove(&name);
@@ -964,14 +986,37 @@ fn try_write(stream: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Res
 }
 
 /// Reads what is there without waiting; end of stream is an error.
-fn try_read(stream: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
+///
+/// A read that returns less than the room offered has drained the socket, so readiness is
+/// cleared right away (reported to tokio as `WouldBlock`) instead of by a second read that
+/// would only say `EAGAIN`: one system call saved per message exchange. Data arriving after
+/// the read raises a new readiness event, which tokio does not clear.
+fn try_read(
+    stream: &tokio::net::TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> std::io::Result<()> {
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
     }
-    match stream.try_read_buf(buf) {
-        Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
+    let mut got = 0usize;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let room = buf.spare_capacity_mut();
+        let n = socket2::SockRef::from(stream).recv(room)?;
+        got = n;
+        if n > 0 && n < room.len() {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match result {
+        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
     }
+    // SAFETY: `recv` initialised the first `got` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + got) };
+    Ok(())
 }

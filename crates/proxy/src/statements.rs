@@ -21,6 +21,20 @@ pub struct Statement {
     pub server_name: Box<[u8]>,
     /// Set when the statement changes session state (SET ...), for tracking at Execute.
     pub command: Option<router::SessionCommand>,
+    /// Some server has parsed this text without error.
+    valid: std::sync::atomic::AtomicBool,
+}
+
+impl Statement {
+    pub fn is_valid(&self) -> bool {
+        self.valid.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn mark_valid(&self) {
+        if !self.is_valid() {
+            self.valid.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +77,7 @@ impl StatementRegistry {
             param_types: Bytes::copy_from_slice(param_types),
             server_name: format!("sg_{id}").into_bytes().into_boxed_slice(),
             command,
+            valid: std::sync::atomic::AtomicBool::new(false),
         });
         bucket.push(s.clone());
         s

@@ -100,10 +100,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shardgate: cannot start the runtime: {e}");
@@ -116,6 +113,27 @@ fn run(path: PathBuf) -> ExitCode {
             eprintln!("shardgate: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The proxy's runtime. `SHARDGATE_WORKERS=1` runs it on one thread (no cross-thread
+/// wake-ups); more gives a work-stealing pool of that many threads.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers: usize = std::env::var("SHARDGATE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    match workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     }
 }
 
