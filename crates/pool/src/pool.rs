@@ -132,26 +132,12 @@ impl Pool {
             }
         };
         inner.checkouts.fetch_add(1, Ordering::Relaxed);
-        loop {
-            let candidate = inner.idle.lock().pop();
-            match candidate {
-                Some(mut conn) => {
-                    // A connection used within the last second is taken as alive without a
-                    // probe (a syscall); a dead one is noticed on first use anyway.
-                    let probe = conn.last_used.elapsed() > Duration::from_secs(1);
-                    if (probe && conn.is_stale())
-                        || conn.created.elapsed() > inner.settings.server_lifetime
-                    {
-                        continue; // dropped: closed
-                    }
-                    return Ok(PooledConn {
-                        conn: Some(conn),
-                        pool: self.inner.clone(),
-                        _permit: permit,
-                    });
-                }
-                None => break,
-            }
+        if let Some(conn) = self.pop_idle() {
+            return Ok(PooledConn {
+                conn: Some(conn),
+                pool: self.inner.clone(),
+                _permit: permit,
+            });
         }
         // Boxed: connecting is rare, and its state would otherwise sit in every waiting session.
         let conn = Box::pin(self.connect()).await?;
@@ -160,6 +146,34 @@ impl Pool {
             pool: self.inner.clone(),
             _permit: permit,
         })
+    }
+
+    /// Checks out an idle connection if one is free right now, without waiting.
+    pub fn try_get(&self) -> Option<PooledConn> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        let conn = self.pop_idle()?;
+        self.inner.checkouts.fetch_add(1, Ordering::Relaxed);
+        Some(PooledConn {
+            conn: Some(conn),
+            pool: self.inner.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// The most recently used idle connection that is still good.
+    fn pop_idle(&self) -> Option<Box<ServerConn>> {
+        let inner = &self.inner;
+        loop {
+            let mut conn = inner.idle.lock().pop()?;
+            // A connection used within the last second is taken as alive without a probe (a
+            // syscall); a dead one is noticed on first use anyway.
+            let probe = conn.last_used.elapsed() > Duration::from_secs(1);
+            if (probe && conn.is_stale()) || conn.created.elapsed() > inner.settings.server_lifetime
+            {
+                continue; // dropped: closed
+            }
+            return Some(conn);
+        }
     }
 
     async fn connect(&self) -> Result<ServerConn, ConnectError> {

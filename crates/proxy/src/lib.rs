@@ -93,24 +93,22 @@ impl Proxy {
     async fn handle_client(self: Arc<Self>, stream: TcpStream, peer: std::net::SocketAddr) {
         let _ = stream.set_nodelay(true);
         let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        let _guard = ClientCount(&self.clients);
+        let guard = ClientCount(self.clone());
         let max = self.config.load().limits.max_client_connections as usize;
         if n > max {
-            Box::pin(startup::refuse(
+            startup::refuse_boxed(
                 stream,
                 ProxyError::fatal("53300", "sorry, too many clients already"),
-            ))
+            )
             .await;
             return;
         }
-        // Login is boxed (and freed when done) so that the task of an idle session holds only
-        // the session's own state, not the larger state of login.
-        match Box::pin(startup::run(&self, stream)).await {
+        // The session runs as a task of its own, so that an idle session's memory is the
+        // session's state alone, without room for login's larger state.
+        match startup::run_boxed(&self, stream).await {
             Ok(Some(client)) => {
-                let id = client.id;
-                tracing::debug!(%peer, id, user = %client.user, database = %client.database, "client ready");
-                session::run(&self, client).await;
-                tracing::debug!(%peer, id, "client gone");
+                tracing::debug!(%peer, id = client.id, user = %client.user, database = %client.database, "client ready");
+                tokio::spawn(session::start(self.clone(), client, guard));
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "client startup failed"),
@@ -181,10 +179,11 @@ impl Proxy {
     }
 }
 
-struct ClientCount<'a>(&'a AtomicUsize);
+/// Counts a connected client for `max_client_connections` while it lives.
+pub(crate) struct ClientCount(Arc<Proxy>);
 
-impl Drop for ClientCount<'_> {
+impl Drop for ClientCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

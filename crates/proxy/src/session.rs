@@ -72,8 +72,8 @@ enum End {
     ServerGone(String),
 }
 
-struct Session<'p> {
-    proxy: &'p Proxy,
+struct Session {
+    proxy: Arc<Proxy>,
     client: Client,
     /// Bytes for the client.
     wbuf: BytesMut,
@@ -98,9 +98,14 @@ struct Session<'p> {
     terminated: bool,
 }
 
-pub async fn run(proxy: &Proxy, client: Client) {
-    let key = client.cancel_key;
-    let mut s = Session {
+/// The session of a logged-in client, to be spawned. `count` is released when it ends.
+pub(crate) fn start(
+    proxy: Arc<Proxy>,
+    client: Client,
+    count: crate::ClientCount,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Built here, outside any async body, so the task stores the session once.
+    let session = Session {
         proxy,
         client,
         wbuf: BytesMut::new(),
@@ -116,9 +121,15 @@ pub async fn run(proxy: &Proxy, client: Client) {
         copy_in_extended: false,
         terminated: false,
     };
+    drive(session, count)
+}
+
+async fn drive(mut s: Session, _count: crate::ClientCount) {
+    let id = s.client.id;
     let end = s.pump().await;
     Box::pin(s.finish(end)).await;
-    proxy.cancels.remove(key);
+    s.proxy.cancels.remove(s.client.cancel_key);
+    tracing::debug!(id, "client gone");
 }
 
 /// A quick look for words that may start a statement changing session state, so ordinary
@@ -158,7 +169,7 @@ fn malformed(e: wire::frame::Malformed) -> End {
     End::Fatal(ProxyError::fatal("08P01", e.to_string()))
 }
 
-impl Session<'_> {
+impl Session {
     async fn pump(&mut self) -> End {
         loop {
             // Client messages, while the server side is not backed up.
@@ -197,72 +208,85 @@ impl Session<'_> {
     }
 
     /// Writes what can be written, then waits until a socket is ready and reads or writes.
+    ///
+    /// Written as one `poll_fn` over the sockets' readiness rather than a `select!` of
+    /// readiness futures: nothing is built per wait, and an idle session stores no futures.
     async fn io(&mut self) -> Result<(), End> {
-        let client = &self.client.conn.stream;
+        let client_lost = |_| End::ClientGone;
+        let server_lost = |e: std::io::Error| End::ServerGone(e.to_string());
         // Write eagerly: usually the socket takes it all and no wait is needed.
         if !self.wbuf.is_empty() {
-            try_write(client, &mut self.wbuf).map_err(|_| End::ClientGone)?;
+            try_write(&self.client.conn.stream, &mut self.wbuf).map_err(client_lost)?;
         }
         if let Some(server) = self.server.as_ref() {
             if !self.swbuf.is_empty() {
-                try_write(&server.stream, &mut self.swbuf)
-                    .map_err(|e| End::ServerGone(e.to_string()))?;
+                try_write(&server.stream, &mut self.swbuf).map_err(server_lost)?;
             }
         }
-        if self.terminated {
-            if !self.wbuf.is_empty() {
-                client.writable().await.map_err(|_| End::ClientGone)?;
+        if self.server.is_none() {
+            // Between transactions: hold no buffers while idle.
+            if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
+                self.client.conn.rbuf = BytesMut::new();
             }
+            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                self.wbuf = BytesMut::new();
+            }
+        }
+        let terminated = self.terminated;
+        let read_client = !terminated && self.swbuf.len() < HIGH_WATER;
+        let read_server = !terminated && self.wbuf.len() < HIGH_WATER;
+        let client = &self.client.conn.stream;
+        let rbuf = &mut self.client.conn.rbuf;
+        let wbuf = &mut self.wbuf;
+        let swbuf = &mut self.swbuf;
+        let mut server = self.server.as_deref_mut();
+        if terminated && wbuf.is_empty() {
             return Ok(());
         }
-        let read_client = self.swbuf.len() < HIGH_WATER;
-        let write_client = !self.wbuf.is_empty();
-        match self.server.as_mut() {
-            None => {
-                // Between transactions: hold no buffers while idle.
-                if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
-                    self.client.conn.rbuf = BytesMut::new();
+        std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if !wbuf.is_empty() {
+                if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                    return Poll::Ready(
+                        r.and_then(|()| try_write(client, wbuf))
+                            .map_err(client_lost),
+                    );
                 }
-                if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-                    self.wbuf = BytesMut::new();
-                }
-                tokio::select! {
-                    r = client.writable(), if write_client => {
-                        r.map_err(|_| End::ClientGone)?;
-                        try_write(client, &mut self.wbuf).map_err(|_| End::ClientGone)?;
+            }
+            if terminated {
+                return Poll::Pending;
+            }
+            if let Some(server) = server.as_deref_mut() {
+                if !swbuf.is_empty() {
+                    if let Poll::Ready(r) = server.stream.poll_write_ready(cx) {
+                        return Poll::Ready(
+                            r.and_then(|()| try_write(&server.stream, swbuf))
+                                .map_err(server_lost),
+                        );
                     }
-                    r = client.readable(), if read_client => {
-                        r.map_err(|_| End::ClientGone)?;
-                        try_read(client, &mut self.client.conn.rbuf, CLIENT_READ_CHUNK).map_err(|_| End::ClientGone)?;
+                }
+                if read_server {
+                    if let Poll::Ready(r) = server.stream.poll_read_ready(cx) {
+                        return Poll::Ready(
+                            r.and_then(|()| {
+                                try_read(&server.stream, &mut server.read_buf, SERVER_READ_CHUNK)
+                            })
+                            .map_err(server_lost),
+                        );
                     }
                 }
             }
-            Some(server) => {
-                let server: &mut pool::ServerConn = server;
-                let read_server = self.wbuf.len() < HIGH_WATER;
-                let write_server = !self.swbuf.is_empty();
-                let stream = &server.stream;
-                tokio::select! {
-                    r = client.writable(), if write_client => {
-                        r.map_err(|_| End::ClientGone)?;
-                        try_write(client, &mut self.wbuf).map_err(|_| End::ClientGone)?;
-                    }
-                    r = stream.writable(), if write_server => {
-                        r.map_err(|e| End::ServerGone(e.to_string()))?;
-                        try_write(stream, &mut self.swbuf).map_err(|e| End::ServerGone(e.to_string()))?;
-                    }
-                    r = stream.readable(), if read_server => {
-                        r.map_err(|e| End::ServerGone(e.to_string()))?;
-                        try_read(stream, &mut server.read_buf, SERVER_READ_CHUNK).map_err(|e| End::ServerGone(e.to_string()))?;
-                    }
-                    r = client.readable(), if read_client => {
-                        r.map_err(|_| End::ClientGone)?;
-                        try_read(client, &mut self.client.conn.rbuf, CLIENT_READ_CHUNK).map_err(|_| End::ClientGone)?;
-                    }
+            if read_client {
+                if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                    return Poll::Ready(
+                        r.and_then(|()| try_read(client, rbuf, CLIENT_READ_CHUNK))
+                            .map_err(client_lost),
+                    );
                 }
             }
-        }
-        Ok(())
+            Poll::Pending
+        })
+        .await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -587,12 +611,14 @@ impl Session<'_> {
     /// client's when nothing is in flight.
     async fn ensure_server(&mut self) -> Result<(), ProxyError> {
         if self.server.is_none() {
-            let conn = self
-                .client
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(e, false))?;
+            let conn = match self.client.pool.try_get() {
+                Some(c) => c,
+                // Boxed: waiting or connecting is the uncommon path, and its state would
+                // otherwise sit in every idle session.
+                None => Box::pin(self.client.pool.get())
+                    .await
+                    .map_err(|e| pool_error(e, false))?,
+            };
             *self.client.cancel_slot.lock() = Some(CancelTarget {
                 addr: conn.addr,
                 backend_pid: conn.backend_pid,
@@ -1019,4 +1045,23 @@ fn try_read(
     // SAFETY: `recv` initialised the first `got` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + got) };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle session's memory is mostly this struct: keep it from growing unnoticed.
+    #[test]
+    fn an_idle_session_stays_small() {
+        let size = std::mem::size_of::<super::Session>();
+        assert!(size <= 640, "Session is {size} bytes");
+    }
+
+    #[test]
+    fn ordinary_statements_skip_the_splitter() {
+        assert!(!super::may_change_session(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"
+        ));
+        assert!(super::session_commands(b"SELECT 1; SET work_mem = '1MB'").is_some());
+        assert!(super::session_commands(b"UPDATE t SET a = 1").is_none());
+    }
 }

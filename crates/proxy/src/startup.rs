@@ -86,6 +86,22 @@ pub struct Client {
     pub pool: Pool,
 }
 
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// [`run`] on the heap. Made in a plain function so that the caller's own future keeps no
+/// room for the unboxed login future (async functions would reserve it).
+pub fn run_boxed(
+    proxy: &Arc<Proxy>,
+    stream: TcpStream,
+) -> Boxed<'_, Result<Option<Client>, ProxyError>> {
+    Box::pin(run(proxy, stream))
+}
+
+/// [`refuse`] on the heap, for the same reason as [`run_boxed`].
+pub fn refuse_boxed(stream: TcpStream, err: ProxyError) -> Boxed<'static, ()> {
+    Box::pin(refuse(stream, err))
+}
+
 /// Sends one error and closes.
 pub async fn refuse(mut stream: TcpStream, err: ProxyError) {
     let mut out = BytesMut::new();
