@@ -15,8 +15,29 @@ pub struct Config {
     pub pool: PoolConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Threads that serve clients; 0 (default): one on machines with up to two cores (the
+    /// database and clients need the rest), else one per core.
+    #[serde(default)]
+    pub workers: u32,
     pub users: Vec<UserConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+impl Config {
+    /// The number of worker threads `workers` stands for on this machine.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if cores <= 2 {
+                    1
+                } else {
+                    cores
+                }
+            }
+            n => n as usize,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {

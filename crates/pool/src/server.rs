@@ -11,6 +11,9 @@ use tokio::net::TcpStream;
 use wire::messages::{self, tag, ErrorFields};
 use wire::{Frame, FrameDecoder};
 
+/// Session settings: parameter → statement that applies it, shared copy-on-write.
+pub type SettingsMap = std::sync::Arc<BTreeMap<String, String>>;
+
 /// Where to connect and as whom.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerTarget {
@@ -65,7 +68,8 @@ pub struct ServerConn {
     /// Statements prepared on this connection, by the proxy's global statement id.
     pub prepared: HashSet<u64>,
     /// Session settings applied on this connection: parameter → statement that applied it.
-    pub applied: BTreeMap<String, String>,
+    /// Shared with the client whose settings it took, so that equal settings compare by pointer.
+    pub applied: SettingsMap,
     /// The (client id, settings generation) `applied` was last made equal to.
     pub applied_for: Option<(u64, u64)>,
     /// Set when a rolled-back transaction may have undone settings: the next user resets all.
@@ -116,7 +120,7 @@ impl ServerConn {
             secret_key: 0,
             startup_params: Vec::new(),
             prepared: HashSet::new(),
-            applied: BTreeMap::new(),
+            applied: SettingsMap::default(),
             applied_for: None,
             settings_unknown: false,
             created: Instant::now(),

@@ -40,6 +40,8 @@ pub struct Proxy {
     cancels: CancelRegistry,
     statements: statements::StatementRegistry,
     clients: AtomicUsize,
+    /// Distinct startup settings of clients, shared between them (see `Settings::intern`).
+    startup_settings: Mutex<Vec<pool::SettingsMap>>,
     next_client_id: AtomicU64,
 }
 
@@ -53,6 +55,7 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             statements: statements::StatementRegistry::default(),
             clients: AtomicUsize::new(0),
+            startup_settings: Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
         })
     }

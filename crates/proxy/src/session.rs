@@ -670,7 +670,7 @@ impl Session {
             }
         }
         let server = self.server.as_mut().expect("attached");
-        server.applied = settings.desired().clone();
+        server.applied = settings.desired().clone(); // an Arc: shared, not copied
         server.applied_for = Some(key);
         // Inside a transaction block, what was applied lasts only if it commits.
         server.settings_unknown = self.tx_status != b'I';
@@ -885,24 +885,24 @@ impl Session {
         match (command, command_tag) {
             (SessionCommand::Set { name, sql }, b"SET") => {
                 settings.set(&name, &sql);
-                server.applied.insert(name, sql);
+                std::sync::Arc::make_mut(&mut server.applied).insert(name, sql);
             }
             (SessionCommand::Reset { name }, b"RESET") => {
                 settings.reset(&name);
-                server.applied.remove(&name);
+                std::sync::Arc::make_mut(&mut server.applied).remove(&name);
                 // The server went to its default; a startup value may need applying again.
                 server.applied_for = None;
                 return;
             }
             (SessionCommand::ResetAll, b"RESET") => {
                 settings.reset_all();
-                server.applied.clear();
+                server.applied = Default::default();
                 server.applied_for = None;
                 return;
             }
             (SessionCommand::DiscardAll, b"DISCARD ALL") => {
                 settings.reset_all();
-                server.applied.clear();
+                server.applied = Default::default();
                 server.applied_for = None;
                 server.prepared.clear();
                 self.statements.clear();
@@ -976,7 +976,7 @@ impl Session {
                 Ok(Ok(None))
             );
             conn.prepared.clear();
-            conn.applied.clear();
+            conn.applied = Default::default();
             conn.applied_for = None;
             conn.settings_unknown = false;
         }

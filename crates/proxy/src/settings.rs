@@ -6,19 +6,25 @@
 //! sent in one round trip; when they already agree, nothing is sent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pool::SettingsMap;
 
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
+/// Maps are shared copy-on-write: clients that started with the same parameters share one
+/// (see [`Settings::intern`]), and a server connection shares the map it was brought in line
+/// with, so "already in line" is usually a pointer comparison.
 #[derive(Debug, Default)]
 pub struct Settings {
-    startup: BTreeMap<String, String>,
-    desired: BTreeMap<String, String>,
+    startup: SettingsMap,
+    desired: SettingsMap,
     /// Changes whenever `desired` does.
     pub generation: u64,
     /// `desired` before the first change since the last commit point: a change stands only
     /// once the transaction (explicit or implicit) that made it commits.
-    snapshot: Option<BTreeMap<String, String>>,
+    snapshot: Option<SettingsMap>,
 }
 
 /// Quotes a string constant for SQL.
@@ -108,6 +114,7 @@ impl Settings {
                 add(k, v);
             }
         }
+        let startup = Arc::new(startup);
         Settings {
             desired: startup.clone(),
             startup,
@@ -116,7 +123,22 @@ impl Settings {
         }
     }
 
-    pub fn desired(&self) -> &BTreeMap<String, String> {
+    /// Replaces this client's startup map by an equal one already held by `known` (or adds
+    /// it there), so that many clients with the same parameters hold one map between them.
+    pub fn intern(&mut self, known: &parking_lot::Mutex<Vec<SettingsMap>>) {
+        const KEEP: usize = 64;
+        let mut known = known.lock();
+        match known.iter().find(|m| **m == self.startup) {
+            Some(m) => {
+                self.startup = m.clone();
+                self.desired = m.clone();
+            }
+            None if known.len() < KEEP => known.push(self.startup.clone()),
+            None => {}
+        }
+    }
+
+    pub fn desired(&self) -> &SettingsMap {
         &self.desired
     }
 
@@ -129,17 +151,18 @@ impl Settings {
 
     pub fn set(&mut self, name: &str, sql: &str) {
         self.before_change();
-        self.desired.insert(name.to_owned(), sql.to_owned());
+        Arc::make_mut(&mut self.desired).insert(name.to_owned(), sql.to_owned());
     }
 
     pub fn reset(&mut self, name: &str) {
         self.before_change();
+        let desired = Arc::make_mut(&mut self.desired);
         match self.startup.get(name) {
             Some(s) => {
-                self.desired.insert(name.to_owned(), s.clone());
+                desired.insert(name.to_owned(), s.clone());
             }
             None => {
-                self.desired.remove(name);
+                desired.remove(name);
             }
         }
     }
@@ -169,7 +192,10 @@ impl Settings {
 
     /// SQL that makes a server connection carrying `applied` carry `desired`; `None` when
     /// they agree. With `unknown`, starts from RESET ALL.
-    pub fn sync_sql(&self, applied: &BTreeMap<String, String>, unknown: bool) -> Option<String> {
+    pub fn sync_sql(&self, applied: &SettingsMap, unknown: bool) -> Option<String> {
+        if !unknown && (Arc::ptr_eq(applied, &self.desired) || **applied == *self.desired) {
+            return None;
+        }
         let mut sql = String::new();
         if unknown {
             sql.push_str("RESET ALL;");
@@ -186,7 +212,7 @@ impl Settings {
                 sql.push(';');
             }
         }
-        for (k, v) in &self.desired {
+        for (k, v) in self.desired.iter() {
             if applied.get(k) != Some(v) {
                 sql.push_str(v);
                 sql.push(';');
@@ -248,12 +274,14 @@ mod tests {
         let mut s = Settings::from_startup(&p(&[("application_name", "x")]), &[]);
         let mut applied = s.desired().clone();
         assert_eq!(s.sync_sql(&applied, false), None);
+        let mut applied_map = (*applied).clone();
         s.set("search_path", "SET search_path TO a");
         assert_eq!(
             s.sync_sql(&applied, false).unwrap(),
             "SET search_path TO a;"
         );
-        applied.insert("work_mem".into(), "SET work_mem = '1MB'".into());
+        applied_map.insert("work_mem".into(), "SET work_mem = '1MB'".into());
+        applied = Arc::new(applied_map);
         let sql = s.sync_sql(&applied, false).unwrap();
         assert!(sql.starts_with("RESET \"work_mem\";"), "{sql}");
         assert!(s

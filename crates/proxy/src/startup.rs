@@ -231,7 +231,8 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
     let pool = proxy.pool_for(&database, &user, home)?;
     let server_params = pool.server_params().await.map_err(pool_error_fatal)?;
 
-    let settings = Settings::from_startup(&params, &server_params);
+    let mut settings = Settings::from_startup(&params, &server_params);
+    settings.intern(&proxy.startup_settings);
     let (cancel_key, cancel_slot) = proxy.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     for (k, v) in server_params.iter() {

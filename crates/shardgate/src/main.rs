@@ -105,7 +105,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match runtime() {
+    let rt = match runtime(config.worker_threads()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shardgate: cannot start the runtime: {e}");
@@ -121,24 +121,17 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-/// The proxy's runtime. `SHARDGATE_WORKERS=1` runs it on one thread (no cross-thread
-/// wake-ups); more gives a work-stealing pool of that many threads.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers: usize = std::env::var("SHARDGATE_WORKERS")
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(0);
-    match workers {
-        1 => tokio::runtime::Builder::new_current_thread()
+/// The proxy's runtime: one thread (no cross-thread wake-ups) or a work-stealing pool.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+            .build()
     }
 }
 
