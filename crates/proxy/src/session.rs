@@ -65,6 +65,14 @@ enum Expect {
     SyntheticReady,
 }
 
+/// A client's prepared statements and the portals whose statement changes session state.
+#[derive(Default)]
+struct Names {
+    statements: HashMap<Box<[u8]>, Arc<Statement>>,
+    portal_commands: HashMap<Box<[u8]>, SessionCommand>,
+    unnamed_command: Option<SessionCommand>,
+}
+
 /// Why a session ends.
 enum End {
     ClientGone,
@@ -85,11 +93,8 @@ struct Session {
     tx_status: u8,
     /// Set when an error was reported since the last ReadyForQuery.
     error_since_ready: bool,
-    /// The client's named prepared statements.
-    statements: HashMap<Box<[u8]>, Arc<Statement>>,
-    /// Portals whose statement changes session state.
-    portal_commands: HashMap<Box<[u8]>, SessionCommand>,
-    unnamed_command: Option<SessionCommand>,
+    /// What the client has named; allocated on first use, so most idle sessions have none.
+    names: Option<Box<Names>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
@@ -114,9 +119,7 @@ pub(crate) fn start(
         pending: VecDeque::new(),
         tx_status: b'I',
         error_since_ready: false,
-        statements: HashMap::new(),
-        portal_commands: HashMap::new(),
-        unnamed_command: None,
+        names: None,
         skip_until_sync: false,
         copy_in_extended: false,
         terminated: false,
@@ -313,11 +316,12 @@ impl Session {
                 if let Err(e) = self.ensure_server().await {
                     return self.extended_error(e);
                 }
-                let command = if self.portal_commands.is_empty() {
-                    None
-                } else {
-                    let (portal, _) = messages::execute_view(&frame).map_err(malformed)?;
-                    self.portal_commands.get(portal).cloned()
+                let command = match self.names.as_deref() {
+                    Some(n) if !n.portal_commands.is_empty() => {
+                        let (portal, _) = messages::execute_view(&frame).map_err(malformed)?;
+                        n.portal_commands.get(portal).cloned()
+                    }
+                    _ => None,
                 };
                 self.forward(&frame);
                 self.pending.push_back(Expect::Execute { command });
@@ -405,7 +409,10 @@ impl Session {
     async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
         let p = ParseView::new(&frame).map_err(malformed)?;
         if p.name.is_empty() {
-            self.unnamed_command = tracked(p.query);
+            let command = tracked(p.query);
+            if command.is_some() || self.names.is_some() {
+                self.names().unnamed_command = command;
+            }
             if let Err(e) = self.ensure_server().await {
                 return self.extended_error(e);
             }
@@ -419,7 +426,7 @@ impl Session {
         }
         let stmt = self.proxy.statements.intern(p.query, p.param_types);
         let name: Box<[u8]> = p.name.into();
-        self.statements.insert(name.clone(), stmt.clone());
+        self.names().statements.insert(name.clone(), stmt.clone());
         if self.server.is_none() && stmt.is_valid() {
             // A text some server has already parsed needs no server connection now: it is
             // prepared on whichever connection runs it. Waiting for a connection here would
@@ -449,6 +456,30 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    fn names(&mut self) -> &mut Names {
+        self.names.get_or_insert_with(Default::default)
+    }
+
+    fn statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.names.as_deref()?.statements.get(name).cloned()
+    }
+
+    /// Remembers whether a portal's statement changes session state.
+    fn note_portal(&mut self, portal: &[u8], command: Option<SessionCommand>) {
+        match command {
+            Some(c) => {
+                self.names().portal_commands.insert(portal.into(), c);
+            }
+            None => {
+                if let Some(n) = self.names.as_deref_mut() {
+                    if !n.portal_commands.is_empty() {
+                        n.portal_commands.remove(portal);
+                    }
+                }
+            }
+        }
     }
 
     /// Makes sure the attached server has `stmt`, adding a Parse whose answer is swallowed.
@@ -485,20 +516,16 @@ impl Session {
             if let Err(e) = self.ensure_server().await {
                 return self.extended_error(e);
             }
-            match self.unnamed_command.clone() {
-                Some(c) => {
-                    self.portal_commands.insert(b.portal.into(), c);
-                }
-                None if !self.portal_commands.is_empty() => {
-                    self.portal_commands.remove(b.portal);
-                }
-                None => {}
-            }
+            let command = self
+                .names
+                .as_deref()
+                .and_then(|n| n.unnamed_command.clone());
+            self.note_portal(b.portal, command);
             self.forward(&frame);
             self.pending.push_back(Expect::Bind);
             return Ok(());
         }
-        let Some(stmt) = self.statements.get(b.statement).cloned() else {
+        let Some(stmt) = self.statement(b.statement) else {
             return self.extended_error(Self::unknown_statement(b.statement));
         };
         if let Err(e) = self.ensure_server().await {
@@ -507,15 +534,7 @@ impl Session {
         self.prepare_on_server(&stmt);
         messages::bind(&mut self.swbuf, b.portal, &stmt.server_name, b.rest);
         self.pending.push_back(Expect::Bind);
-        match &stmt.command {
-            Some(c) => {
-                self.portal_commands.insert(b.portal.into(), c.clone());
-            }
-            None if !self.portal_commands.is_empty() => {
-                self.portal_commands.remove(b.portal);
-            }
-            None => {}
-        }
+        self.note_portal(b.portal, stmt.command.clone());
         Ok(())
     }
 
@@ -529,7 +548,7 @@ impl Session {
             self.pending.push_back(Expect::Describe);
             return Ok(());
         }
-        let Some(stmt) = self.statements.get(d.name).cloned() else {
+        let Some(stmt) = self.statement(d.name) else {
             return self.extended_error(Self::unknown_statement(d.name));
         };
         if let Err(e) = self.ensure_server().await {
@@ -545,7 +564,9 @@ impl Session {
         let c = TargetView::new(&frame).map_err(malformed)?;
         if c.kind == b'S' && !c.name.is_empty() {
             // The server keeps the shared statement; only this client's name goes.
-            self.statements.remove(c.name);
+            if let Some(n) = self.names.as_deref_mut() {
+                n.statements.remove(c.name);
+            }
             self.push_synthetic(Expect::Synthetic(tag::CLOSE_COMPLETE));
             return Ok(());
         }
@@ -610,26 +631,68 @@ impl Session {
     /// Attaches a server connection if none is, and brings its settings in line with the
     /// client's when nothing is in flight.
     async fn ensure_server(&mut self) -> Result<(), ProxyError> {
+        // The common case needs no waiting: an idle connection is free and its settings are
+        // already the client's. Only the rest runs as a boxed future, so that its state does
+        // not sit in every idle session.
         if self.server.is_none() {
-            let conn = match self.client.pool.try_get() {
-                Some(c) => c,
-                // Boxed: waiting or connecting is the uncommon path, and its state would
-                // otherwise sit in every idle session.
-                None => Box::pin(self.client.pool.get())
-                    .await
-                    .map_err(|e| pool_error(e, false))?,
-            };
-            *self.client.cancel_slot.lock() = Some(CancelTarget {
-                addr: conn.addr,
-                backend_pid: conn.backend_pid,
-                secret_key: conn.secret_key,
-            });
-            self.server = Some(conn);
+            if let Some(conn) = self.client.pool.try_get() {
+                self.attach(conn);
+            }
+        }
+        if self.server.is_some() && (!self.pending.is_empty() || self.settings_in_line()) {
+            return Ok(());
+        }
+        Box::pin(self.ensure_server_slow()).await
+    }
+
+    async fn ensure_server_slow(&mut self) -> Result<(), ProxyError> {
+        if self.server.is_none() {
+            let conn = self
+                .client
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(e, false))?;
+            self.attach(conn);
         }
         if self.pending.is_empty() {
             self.sync_settings().await?;
         }
         Ok(())
+    }
+
+    fn attach(&mut self, conn: PooledConn) {
+        *self.client.cancel_slot.lock() = Some(CancelTarget {
+            addr: conn.addr,
+            backend_pid: conn.backend_pid,
+            secret_key: conn.secret_key,
+        });
+        self.server = Some(conn);
+    }
+
+    /// True when the attached server already carries the client's settings; records that
+    /// when it finds the two equal.
+    fn settings_in_line(&mut self) -> bool {
+        let Some(server) = self.server.as_mut() else {
+            return false;
+        };
+        let key = (self.client.id, self.client.settings.generation);
+        if server.settings_unknown {
+            return false;
+        }
+        if server.applied_for == Some(key) {
+            return true;
+        }
+        if self
+            .client
+            .settings
+            .sync_sql(&server.applied, false)
+            .is_none()
+        {
+            server.applied_for = Some(key);
+            return true;
+        }
+        false
     }
 
     async fn sync_settings(&mut self) -> Result<(), ProxyError> {
@@ -830,8 +893,8 @@ impl Session {
                         if let Some(s) = self.server.as_mut() {
                             s.prepared.remove(&stmt.id);
                         }
-                        if let Some(name) = client_name {
-                            self.statements.remove(&name);
+                        if let (Some(name), Some(n)) = (client_name, self.names.as_deref_mut()) {
+                            n.statements.remove(&name);
                         }
                     }
                 }
@@ -905,13 +968,14 @@ impl Session {
                 server.applied = Default::default();
                 server.applied_for = None;
                 server.prepared.clear();
-                self.statements.clear();
-                self.portal_commands.clear();
+                self.names = None;
                 return;
             }
             (SessionCommand::DeallocateAll, b"DEALLOCATE ALL") => {
                 server.prepared.clear();
-                self.statements.clear();
+                if let Some(n) = self.names.as_deref_mut() {
+                    n.statements.clear();
+                }
                 return;
             }
             _ => return,
@@ -1053,7 +1117,7 @@ mod tests {
     #[test]
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<super::Session>();
-        assert!(size <= 640, "Session is {size} bytes");
+        assert!(size <= 400, "Session is {size} bytes");
     }
 
     #[test]
