@@ -772,6 +772,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="shardgate binary, relative to the repository root unless absolute")
     p.add_argument("--markdown", type=Path, help="also write the results as markdown to this file")
     p.add_argument("--idle-clients", type=int, default=1000, help="idle clients for the memory test (default 1000)")
+    p.add_argument("--login-threads", type=int, default=4,
+                   help="threads logging the idle clients in (default 4; 1: one after another)")
     p.add_argument("--skip-idle", action="store_true", help="skip the idle-client memory test")
     p.add_argument("--only", help="comma list of targets to run: direct,pgbouncer,shardgate")
     p.add_argument("--warmup", type=int, default=2, help="seconds of unreported warm-up per target (0: none)")
@@ -878,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("pgbouncer", "shardgate"):
                 if name in live:
                     log(f"idle clients: {args.idle_clients} logins to {name} ...")
-                    r = measure_idle(live[name], args.idle_clients)
+                    r = measure_idle(live[name], args.idle_clients, workers=args.login_threads)
                     idle.append(r)
                     per = r.bytes_per_client
                     log(f"idle {name}: {r.opened} open, "

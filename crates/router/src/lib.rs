@@ -3,8 +3,10 @@
 //! [`lexer`] splits SQL text into statements and tokens the way PostgreSQL's scanner does
 //! (quotes, dollar quotes, nested comments), without allocating per token. [`session`]
 //! recognises the statements that change session state (SET, RESET, DISCARD, LISTEN), which
-//! transaction pooling must track and replay.
+//! transaction pooling must track and replay. [`hash`] is PostgreSQL's hash partitioning,
+//! bit for bit, for hash shard maps.
 
+pub mod hash;
 pub mod lexer;
 pub mod session;
 
