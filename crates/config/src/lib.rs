@@ -4,9 +4,11 @@
 
 mod load;
 mod model;
+pub mod shardmap;
 
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use model::*;
+pub use shardmap::{KeyType, KeyValue, ShardMap};
 
 use std::sync::Arc;
 

@@ -105,10 +105,86 @@ fn load_str_with_env(
             problem(line, column, message)
         })
         .collect();
+    let mut problems = problems;
+    if problems.is_empty() {
+        load_maps(path, text, &mut config, &mut problems);
+    }
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(ConfigError { problems })
+    }
+}
+
+/// Loads each database's shard maps (paths relative to the config file) and checks what
+/// spans maps: a table mapped twice, a reference table that a map also places.
+fn load_maps(path: &Path, text: &str, config: &mut Config, problems: &mut Vec<Problem>) {
+    let base = path.parent().unwrap_or(Path::new("."));
+    for (db, d) in config.databases.iter_mut() {
+        let shards: Vec<&str> = d.shards.iter().map(|(n, _)| n).collect();
+        let mut maps = Vec::new();
+        for rel in &d.shard_maps {
+            let file = base.join(rel);
+            let located = |message: String| {
+                let (line, column) = locate(
+                    text,
+                    &[
+                        "databases".into(),
+                        db.clone(),
+                        "shard_maps".into(),
+                        rel.clone(),
+                    ],
+                );
+                Problem {
+                    file: path.to_owned(),
+                    line,
+                    column,
+                    message,
+                }
+            };
+            let map_text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(located(format!(
+                        "cannot read shard map {}: {e}",
+                        file.display()
+                    )));
+                    continue;
+                }
+            };
+            match crate::shardmap::load_shard_map(&file, &map_text, &shards) {
+                Ok(m) => {
+                    if maps
+                        .iter()
+                        .any(|o: &crate::shardmap::ShardMap| o.name == m.name)
+                    {
+                        problems.push(located(format!(
+                            "database `{db}`: two shard maps are named `{}`",
+                            m.name
+                        )));
+                    }
+                    for t in &m.tables {
+                        if let Some(o) = maps.iter().find(|o: &&crate::shardmap::ShardMap| {
+                            o.tables.iter().any(|x| x.table == t.table)
+                        }) {
+                            problems.push(located(format!(
+                                "database `{db}`: table `{}` is mapped twice (by maps `{}` and `{}`)",
+                                t.table, o.name, m.name
+                            )));
+                        }
+                        if d.reference_tables.contains(&t.table) {
+                            problems.push(located(format!(
+                                "database `{db}`: table `{}` is both a reference table and mapped by `{}`",
+                                t.table, m.name
+                            )));
+                        }
+                    }
+                    maps.push(m);
+                }
+                Err(ps) => problems.extend(ps),
+            }
+        }
+        d.maps = maps;
     }
 }
 
@@ -231,7 +307,7 @@ fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
 /// Finds a key path in YAML text: each component in turn, searched from where the previous
 /// one was found, as a key (`name:`) or, for list items, as a value (`name: <component>`).
 /// Returns 1-based line and column; (0, 0) when nothing matches.
-fn locate(text: &str, path: &[String]) -> (u64, u64) {
+pub(crate) fn locate(text: &str, path: &[String]) -> (u64, u64) {
     let mut from = 0usize;
     let mut found = None;
     for comp in path {
@@ -340,6 +416,61 @@ databases:
         let text = GOOD.replace("size: 5", "size: 5\n  min_idle: 9");
         let e = load(&text).unwrap_err();
         assert_eq!(e.problems[0].line, 5, "{e}");
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        for f in ["single-shard.yaml", "sharded.yaml"] {
+            let c = load_file(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            if f == "sharded.yaml" {
+                assert_eq!(c.databases["app"].maps.len(), 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_mapped_by_two_maps_is_refused_with_the_line() {
+        let dir = temp_dir("twice");
+        let map = |name: &str| {
+            format!("name: {name}\ntype: hash\nkey_type: bigint\npartitions: 1\nassign: {{ s0: [0] }}\ntables: [{{ table: t, column: id }}]\n")
+        };
+        std::fs::write(dir.join("a.yaml"), map("a")).unwrap();
+        std::fs::write(dir.join("b.yaml"), map("b")).unwrap();
+        let text = GOOD.replace(
+            "    shards:\n",
+            "    shard_maps:\n      - a.yaml\n      - b.yaml\n    shards:\n",
+        );
+        let e = load_str(&dir.join("c.yaml"), &text).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(
+            e.problems[0].message.contains("table `t` is mapped twice"),
+            "{e}"
+        );
+        assert_eq!(e.problems[0].line, 12, "{e}");
+        // A missing map file names the file.
+        let text = GOOD.replace(
+            "    shards:\n",
+            "    shard_maps: [nope.yaml]\n    shards:\n",
+        );
+        let e = load_str(&dir.join("c.yaml"), &text).unwrap_err();
+        assert!(
+            e.problems[0].message.contains("cannot read shard map"),
+            "{e}"
+        );
+        assert_eq!(e.problems[0].line, 10, "{e}");
+        // A broken map reports its own file and line.
+        std::fs::write(dir.join("a.yaml"), map("a").replace("s0: [0]", "s9: [0]")).unwrap();
+        let text = GOOD.replace("    shards:\n", "    shard_maps: [a.yaml]\n    shards:\n");
+        let e = load_str(&dir.join("c.yaml"), &text).unwrap_err();
+        assert!(e.to_string().contains("a.yaml:5:"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

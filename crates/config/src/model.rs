@@ -179,6 +179,15 @@ pub fn is_md5_hash(p: &str) -> bool {
 pub struct DatabaseConfig {
     /// Shards by name, in order; the first is the home of tables no map names.
     pub shards: indexmap_lite::OrderedShards,
+    /// Shard map files, relative to the config file.
+    #[serde(default)]
+    pub shard_maps: Vec<String>,
+    /// Tables copied whole on every shard: reads go to one shard, writes to all.
+    #[serde(default)]
+    pub reference_tables: Vec<String>,
+    /// The loaded maps, in the order of `shard_maps`.
+    #[serde(skip)]
+    pub maps: Vec<crate::shardmap::ShardMap>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,5 +9,6 @@
 pub mod hash;
 pub mod lexer;
 pub mod session;
+pub mod sharding;
 
 pub use session::{classify, SessionCommand};

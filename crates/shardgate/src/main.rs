@@ -87,6 +87,12 @@ fn check(path: PathBuf) -> ExitCode {
                     shards.len(),
                     shards.join(", ")
                 );
+                for m in &db.maps {
+                    println!("  {}", describe_map(m));
+                }
+                if !db.reference_tables.is_empty() {
+                    println!("  reference tables: {}", db.reference_tables.join(", "));
+                }
             }
             ExitCode::SUCCESS
         }
@@ -95,6 +101,29 @@ fn check(path: PathBuf) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One line about a shard map for `check`.
+fn describe_map(m: &sgconfig::ShardMap) -> String {
+    use sgconfig::shardmap::Rule;
+    let kind = match &m.rule {
+        Rule::Hash { shards } => format!("hash, {} partitions", shards.len()),
+        Rule::Range { ranges, .. } => format!("range, {} ranges", ranges.len()),
+        Rule::List { values, .. } => format!("list, {} values", values.len()),
+    };
+    let keys: Vec<_> = m.key_types.iter().map(|k| k.name()).collect();
+    let tables: Vec<_> = m
+        .tables
+        .iter()
+        .map(|t| format!("{}({})", t.table, t.columns.join(", ")))
+        .collect();
+    format!(
+        "map {}: {kind} on {} over {}; tables: {}",
+        m.name,
+        keys.join(", "),
+        m.shards().join(", "),
+        tables.join(", ")
+    )
 }
 
 fn run(path: PathBuf) -> ExitCode {
