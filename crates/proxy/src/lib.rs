@@ -40,6 +40,8 @@ pub struct Proxy {
     cancels: CancelRegistry,
     statements: statements::StatementRegistry,
     clients: AtomicUsize,
+    /// Bumped by every reload.
+    generation: AtomicU64,
     /// Distinct startup settings of clients, shared between them (see `Settings::intern`).
     startup_settings: Mutex<Vec<pool::SettingsMap>>,
     next_client_id: AtomicU64,
@@ -55,6 +57,7 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             statements: statements::StatementRegistry::default(),
             clients: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             startup_settings: Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
         })
@@ -128,47 +131,46 @@ impl Proxy {
         if let Some(p) = self.pools.lock().get(&key) {
             return Ok(p.clone());
         }
-        let config = self.config.load();
-        let db = config.databases.get(database).ok_or_else(|| {
-            ProxyError::fatal("3D000", format!("database \"{database}\" does not exist"))
-        })?;
-        let shard_cfg = db
-            .shards
-            .iter()
-            .find(|(n, _)| *n == shard)
-            .map(|(_, s)| s)
-            .ok_or_else(|| {
-                ProxyError::fatal("3D000", format!("shard \"{shard}\" does not exist"))
-            })?;
-        let user_cfg = config
-            .users
-            .iter()
-            .find(|u| u.name == user)
-            .ok_or_else(|| ProxyError::fatal("28000", format!("role \"{user}\" does not exist")))?;
-        let addr =
-            ServerAddress::parse(&shard_cfg.primary).map_err(|e| ProxyError::fatal("08006", e))?;
-        let target = ServerTarget {
-            host: addr.host,
-            port: addr.port,
-            database: addr.database,
-            user: addr
-                .user
-                .unwrap_or_else(|| user_cfg.server_user().to_owned()),
-            password: addr
-                .password
-                .or_else(|| user_cfg.server_password().map(str::to_owned)),
-        };
-        let p = &config.pool;
-        let settings = PoolSettings {
-            size: user_cfg.pool_size.unwrap_or(p.size),
-            min_idle: p.min_idle,
-            checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
-            idle_timeout: Duration::from_secs(p.idle_timeout_s),
-            server_lifetime: Duration::from_secs(p.server_lifetime_s),
-            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-        };
+        let (target, settings) = pool_spec(&self.config.load(), &key)?;
         let pool = Pool::new(target, settings);
         Ok(self.pools.lock().entry(key).or_insert(pool).clone())
+    }
+
+    /// The pool of a database's home shard (its first) for a user, under the live config.
+    fn home_pool(&self, database: &str, user: &str) -> Result<Pool, ProxyError> {
+        let home = {
+            let config = self.config.load();
+            let db = config.databases.get(database).ok_or_else(|| {
+                ProxyError::error("3D000", format!("database \"{database}\" does not exist"))
+            })?;
+            db.shards
+                .first()
+                .map(|(n, _)| n.to_owned())
+                .ok_or_else(|| ProxyError::error("3D000", "database has no shards"))?
+        };
+        self.pool_for(database, user, &home)
+    }
+
+    /// Counts config reloads; sessions compare it to notice a new config.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts a new, already validated config in force for new logins and new transactions.
+    /// No client is dropped. Pools whose server and settings are unchanged are kept, with
+    /// their connections; the others are let go (their connections close as they come back).
+    pub fn reload(&self, config: Config) {
+        let users = auth::UserTable::from_config(&config);
+        {
+            let mut pools = self.pools.lock();
+            pools.retain(|key, pool| {
+                matches!(pool_spec(&config, key), Ok((t, s)) if t == *pool.target() && s == *pool.settings())
+            });
+        }
+        self.users.store(Arc::new(users));
+        self.config.store(Arc::new(config));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(generation = self.generation(), "configuration reloaded");
     }
 
     fn pool_mode(&self, user: &str) -> PoolMode {
@@ -180,6 +182,52 @@ impl Proxy {
             .and_then(|u| u.pool_mode)
             .unwrap_or(config.pool.mode)
     }
+}
+
+/// Where a pool connects and how it behaves, under `config`.
+fn pool_spec(config: &Config, key: &PoolKey) -> Result<(ServerTarget, PoolSettings), ProxyError> {
+    let PoolKey {
+        database,
+        user,
+        shard,
+    } = key;
+    let db = config.databases.get(database).ok_or_else(|| {
+        ProxyError::fatal("3D000", format!("database \"{database}\" does not exist"))
+    })?;
+    let shard_cfg = db
+        .shards
+        .iter()
+        .find(|(n, _)| n == shard)
+        .map(|(_, s)| s)
+        .ok_or_else(|| ProxyError::fatal("3D000", format!("shard \"{shard}\" does not exist")))?;
+    let user_cfg = config
+        .users
+        .iter()
+        .find(|u| &u.name == user)
+        .ok_or_else(|| ProxyError::fatal("28000", format!("role \"{user}\" does not exist")))?;
+    let addr =
+        ServerAddress::parse(&shard_cfg.primary).map_err(|e| ProxyError::fatal("08006", e))?;
+    let target = ServerTarget {
+        host: addr.host,
+        port: addr.port,
+        database: addr.database,
+        user: addr
+            .user
+            .unwrap_or_else(|| user_cfg.server_user().to_owned()),
+        password: addr
+            .password
+            .or_else(|| user_cfg.server_password().map(str::to_owned)),
+    };
+    let p = &config.pool;
+    let settings = PoolSettings {
+        size: user_cfg.pool_size.unwrap_or(p.size),
+        min_idle: p.min_idle,
+        checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
+        idle_timeout: Duration::from_secs(p.idle_timeout_s),
+        server_lifetime: Duration::from_secs(p.server_lifetime_s),
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+    };
+    Ok((target, settings))
 }
 
 /// Counts a connected client for `max_client_connections` while it lives.

@@ -635,6 +635,13 @@ impl Session {
         // already the client's. Only the rest runs as a boxed future, so that its state does
         // not sit in every idle session.
         if self.server.is_none() {
+            if self.client.generation != self.proxy.generation() {
+                // A reload: this transaction uses the new config's pool.
+                self.client.generation = self.proxy.generation();
+                self.client.pool = self
+                    .proxy
+                    .home_pool(&self.client.database, &self.client.user)?;
+            }
             if let Some(conn) = self.client.pool.try_get() {
                 self.attach(conn);
             }

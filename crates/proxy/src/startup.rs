@@ -84,6 +84,8 @@ pub struct Client {
     pub settings: Settings,
     pub mode: PoolMode,
     pub pool: Pool,
+    /// The config generation `pool` was taken under.
+    pub generation: u64,
 }
 
 type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -132,6 +134,7 @@ pub async fn run(proxy: &Arc<Proxy>, stream: TcpStream) -> Result<Option<Client>
                 settings: l.settings,
                 mode: l.mode,
                 pool: l.pool,
+                generation: l.generation,
             }))
         }
         Ok(Ok(None)) => return Ok(None),
@@ -155,6 +158,7 @@ struct Login {
     settings: Settings,
     mode: PoolMode,
     pool: Pool,
+    generation: u64,
 }
 
 async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login>, ProxyError> {
@@ -224,11 +228,12 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
             format!("database \"{database}\" does not exist"),
         ));
     };
-    let (home, _) = db
-        .shards
-        .first()
-        .ok_or_else(|| ProxyError::fatal("3D000", "database has no shards"))?;
-    let pool = proxy.pool_for(&database, &user, home)?;
+    let _ = db;
+    let generation = proxy.generation();
+    let pool = proxy.home_pool(&database, &user).map_err(|mut e| {
+        e.fatal = true;
+        e
+    })?;
     let server_params = pool.server_params().await.map_err(pool_error_fatal)?;
 
     let mut settings = Settings::from_startup(&params, &server_params);
@@ -263,6 +268,7 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
         settings,
         mode,
         pool,
+        generation,
     }))
 }
 

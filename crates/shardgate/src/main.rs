@@ -141,7 +141,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(config, None)) {
+    match rt.block_on(serve(config, Some(path), None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardgate: {e}");
@@ -170,6 +170,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Serves until SIGINT/SIGTERM (or until `stop` resolves), then lets clients finish.
 pub async fn serve(
     config: sgconfig::Config,
+    config_path: Option<PathBuf>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -180,6 +181,9 @@ pub async fn serve(
     }
     let proxy = proxy::Proxy::new(config);
     let accept = tokio::spawn(Arc::clone(&proxy).serve(listener));
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(Arc::clone(&proxy), path));
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: no new clients; waiting for clients to finish");
     accept.abort();
@@ -189,6 +193,32 @@ pub async fn serve(
     }
     tracing::info!(remaining = proxy.client_count(), "stopped");
     Ok(())
+}
+
+/// SIGHUP re-reads the config and its shard maps: a valid one takes effect for new logins
+/// and new transactions; an invalid one is logged, problem by problem, and the old one kept.
+async fn reload_on_sighup(proxy: Arc<proxy::Proxy>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler: reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match sgconfig::load_file(&path) {
+            Ok(config) => {
+                if config.listen != proxy.config().listen {
+                    tracing::warn!("listen cannot change on reload; restart to move it");
+                }
+                proxy.reload(config);
+            }
+            Err(e) => {
+                for p in &e.problems {
+                    tracing::error!("{p}");
+                }
+                tracing::error!("configuration not reloaded: the running one stays");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -103,7 +103,11 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .build()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let result = rt.block_on(async move {
-        let server = tokio::spawn(crate::serve(config, Some(tx)));
+        let server = tokio::spawn(crate::serve(
+            config,
+            base.map(|_| config_path.clone()),
+            Some(tx),
+        ));
         if let Ok(addr) = rx.await {
             println!();
             println!(

@@ -1,0 +1,178 @@
+//! The command line as an operator uses it: `check` and `run` with SIGHUP reload, against a
+//! real PostgreSQL cluster.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cluster::{AuthMethod, Cluster, ClusterOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shardgate-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(port: u16, pg: &Cluster, users: &[(&str, &str)]) -> String {
+    let mut y = format!("listen: 127.0.0.1:{port}\nusers:\n");
+    for (u, p) in users {
+        y.push_str(&format!(
+            "  - {{ name: {u}, password: {p}, server_user: postgres, server_password: pw }}\n"
+        ));
+    }
+    y.push_str(&format!(
+        "databases:\n  app:\n    shards:\n      s0: {{ primary: \"postgres://127.0.0.1:{}/postgres\" }}\n",
+        pg.port()
+    ));
+    y
+}
+
+fn write(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+async fn can_log_in(port: u16, user: &str, password: &str) -> bool {
+    let conninfo = format!("host=127.0.0.1 port={port} user={user} password={password} dbname=app");
+    match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+        Ok((c, conn)) => {
+            tokio::spawn(conn);
+            c.simple_query("SELECT 1").await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn check_reports_problems_with_their_place_and_exits_1() {
+    let dir = temp_dir("check");
+    let file = dir.join("bad.yaml");
+    write(
+        &file,
+        "listen: 127.0.0.1:1\nusers: []\npoool: {}\ndatabases: {}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", file.display())), "{err}");
+    assert!(err.contains("poool"), "{err}");
+
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sharded.yaml");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("map accounts: hash, 8 partitions on bigint over s0, s1"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
+    let pg = Cluster::start(ClusterOptions {
+        password: Some("pw".into()),
+        auth: AuthMethod::ScramSha256,
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    let dir = temp_dir("reload");
+    let file = dir.join("config.yaml");
+    let port = cluster::free_port();
+    write(&file, &config(port, &pg, &[("alice", "a-pw")]));
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let pid = proc.0.id() as i32;
+    let mut up = false;
+    for _ in 0..100 {
+        if can_log_in(port, "alice", "a-pw").await {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the proxy did not come up");
+    // A client that stays connected across reloads.
+    let (stayer, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=alice password=a-pw dbname=app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    stayer.simple_query("SELECT 1").await.unwrap();
+    assert!(!can_log_in(port, "bob", "b-pw").await);
+
+    // A valid new config: bob is added.
+    write(
+        &file,
+        &config(port, &pg, &[("alice", "a-pw"), ("bob", "b-pw")]),
+    );
+    // SAFETY: sends a signal to the child process this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if can_log_in(port, "bob", "b-pw").await {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "bob cannot log in after SIGHUP");
+    stayer
+        .simple_query("SELECT 1")
+        .await
+        .expect("the connected client was kept");
+
+    // An invalid config is refused and logged; the running one stays.
+    write(
+        &file,
+        "listen: 127.0.0.1:1\nusers: [{ name: carol }]\ndatabases: {}\n",
+    );
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let mut logged = false;
+    for _ in 0..100 {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        if log.contains("configuration not reloaded") {
+            assert!(log.contains("needs a password"), "{log}");
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged, "the refusal was not logged");
+    assert!(can_log_in(port, "bob", "b-pw").await);
+    stayer.simple_query("SELECT 1").await.unwrap();
+    drop(proc);
+    let _ = std::fs::remove_dir_all(dir);
+}
