@@ -6,8 +6,10 @@
 //! transaction pooling must track and replay. [`hash`] is PostgreSQL's hash partitioning,
 //! bit for bit, for hash shard maps.
 
+pub mod analyze;
 pub mod hash;
 pub mod lexer;
+pub mod plan;
 pub mod session;
 pub mod sharding;
 

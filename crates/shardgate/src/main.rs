@@ -42,6 +42,19 @@ enum Command {
     },
     /// Start local PostgreSQL shards and the proxy in front of them.
     Sandbox(sandbox::SandboxArgs),
+    /// Print where a statement would run, without running it.
+    Route {
+        #[arg(long)]
+        config: PathBuf,
+        /// Database (default: the only one, or the first).
+        #[arg(long)]
+        database: Option<String>,
+        /// Values of $1, $2, ... in text form.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// The statement.
+        sql: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +70,15 @@ fn main() -> ExitCode {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => check(config),
         (Some(Command::Sandbox(args)), _) => sandbox::run(args),
+        (
+            Some(Command::Route {
+                config,
+                database,
+                params,
+                sql,
+            }),
+            _,
+        ) => route(config, database, params, sql),
         (None, None) => {
             eprintln!(
                 "shardgate: give a command (run, check, sandbox) or --config FILE; see --help"
@@ -101,6 +123,61 @@ fn check(path: PathBuf) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: String) -> ExitCode {
+    let config = match sgconfig::load_file(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let name =
+        database.unwrap_or_else(|| config.databases.keys().next().cloned().unwrap_or_default());
+    let Some(db) = config.databases.get(&name) else {
+        eprintln!("shardgate route: database `{name}` is not in the config");
+        return ExitCode::from(1);
+    };
+    let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+    let analysis = match router::analyze::analyze(&sql, &keys) {
+        Ok(a) => a,
+        Err(e) => {
+            println!("cannot parse: {e}");
+            println!("hint: name the shard with /* shardgate: shard=NAME */");
+            return ExitCode::from(1);
+        }
+    };
+    let params: Vec<Option<String>> = params.into_iter().map(Some).collect();
+    println!("database: {name}");
+    println!("statement: {:?}", analysis.kind);
+    if !analysis.tables.is_empty() {
+        println!("tables: {}", analysis.tables.join(", "));
+    }
+    for u in &analysis.keyed {
+        println!("keys of {}: {:?}", u.table, u.keys);
+    }
+    let plan = router::plan::plan(db, &analysis, &params);
+    let home = db.shards.first().map(|(n, _)| n).unwrap_or("");
+    match plan {
+        router::plan::Plan::Shard(s) => println!("route: shard {s} (primary)"),
+        router::plan::Plan::Shards(s) => println!(
+            "route: shards {} (rows concatenated, counts summed)",
+            s.join(", ")
+        ),
+        router::plan::Plan::AllShards => println!("route: every shard"),
+        router::plan::Plan::AnyShard => println!("route: any one shard (reference tables)"),
+        router::plan::Plan::Session => println!("route: the session's shard (home: {home})"),
+        router::plan::Plan::AtBind => {
+            println!("route: decided at Bind (a key comes from a parameter; give it with --param)")
+        }
+        router::plan::Plan::Refuse { reason, hint } => {
+            println!("refused (0A000): {reason}");
+            println!("hint: {hint}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// One line about a shard map for `check`.

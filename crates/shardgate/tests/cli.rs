@@ -176,3 +176,32 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
     drop(proc);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn route_prints_the_plan_or_the_refusal() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sharded.yaml");
+    let run = |sql: &str, params: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["route", "--config"]).arg(&examples);
+        for p in params {
+            cmd.args(["--param", p]);
+        }
+        let out = cmd.arg(sql).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // 42 hashes to remainder 2 of 8 (PostgreSQL's satisfies_hash_partition agrees), and the
+    // example map gives remainders 0-3 to s0.
+    let (code, out) = run("SELECT * FROM accounts WHERE account_id = 42", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("route: shard s0"), "{out}");
+    let (_, out) = run("SELECT * FROM accounts WHERE account_id = $1", &["42"]);
+    assert!(out.contains("route: shard s0"), "{out}");
+    let (code, out) = run("SELECT count(*) FROM transfers", &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("refused (0A000)"), "{out}");
+    let (_, out) = run("SELECT * FROM events WHERE day = '2026-03-01'", &[]);
+    assert!(out.contains("route: shard s1"), "{out}");
+}

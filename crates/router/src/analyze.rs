@@ -1,0 +1,713 @@
+//! What a statement touches: its kind, the tables it reads or writes, and for each table of
+//! a shard map the key values its predicates pin (as literals or parameters).
+//!
+//! Statements that need no parse are classified by their first keywords (DDL, transaction
+//! control, utility); queries and DML are parsed with sqlparser. Keys are read from
+//! conjunctions in each SELECT's WHERE (subqueries and CTEs are scopes of their own), from
+//! INSERT ... VALUES rows, and from UPDATE and DELETE predicates: `key = v`, `v = key`,
+//! `key IN (v, ...)` and `key = ANY($n)`.
+
+use sqlparser::ast::{
+    self, BinaryOperator, Expr, FromTable, GroupByExpr, Query, SelectItem, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::lexer::{Lexer, Token};
+
+/// A key value as the statement gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyExpr {
+    /// A constant, as text (strings unquoted).
+    Literal(String),
+    /// `$n` (1-based).
+    Param(usize),
+    /// `= ANY($n)`: an array parameter whose elements are the keys.
+    ParamArray(usize),
+}
+
+/// One use of a table of a shard map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableUse {
+    /// Lower-cased, without schema.
+    pub table: String,
+    /// The keys the statement pins this use to: alternatives (an IN list gives several),
+    /// each one value per key column. `None` when nothing pins it.
+    pub keys: Option<Vec<Vec<KeyExpr>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A SELECT (or VALUES/TABLE) that changes nothing.
+    Read,
+    /// INSERT, UPDATE, DELETE, SELECT ... FOR UPDATE, or a query with a data-modifying CTE.
+    Write,
+    /// CREATE, ALTER, DROP, TRUNCATE, COMMENT, GRANT, REVOKE.
+    Ddl,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...
+    Transaction,
+    /// VACUUM, ANALYZE, CLUSTER, REINDEX: maintenance that every shard should run.
+    Maintenance,
+    /// SET, SHOW, RESET, DISCARD, LISTEN, and whatever else acts on the session.
+    Session,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub kind: Kind,
+    /// Every table named, lower-cased, without schema.
+    pub tables: Vec<String>,
+    /// Uses of tables that have shard keys.
+    pub keyed: Vec<TableUse>,
+    /// The top-level query has ORDER BY, LIMIT/OFFSET/FETCH, DISTINCT, GROUP BY, HAVING or
+    /// an aggregate: its rows cannot simply be concatenated across shards.
+    pub needs_merge: bool,
+    /// Why the statement cannot be routed by its shape, whatever the keys.
+    pub refuse: Option<String>,
+}
+
+/// SQL the parser does not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError(pub String);
+
+impl std::error::Error for ParseError {}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// First keyword classes that need no parse.
+fn classify_by_keyword(sql: &str) -> Option<Kind> {
+    let mut lx = Lexer::new(sql);
+    let first = match lx.next()? {
+        Token::Word(w) => w.to_ascii_lowercase(),
+        Token::Symbol("(") => return None, // (SELECT ...)
+        _ => return Some(Kind::Session),
+    };
+    Some(match first.as_str() {
+        "select" | "with" | "values" | "table" | "insert" | "update" | "delete" => return None,
+        "create" | "alter" | "drop" | "truncate" | "comment" | "grant" | "revoke" | "security" => {
+            Kind::Ddl
+        }
+        "begin" | "start" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release" => {
+            Kind::Transaction
+        }
+        "prepare" => match lx.next() {
+            Some(t) if t.is_keyword("transaction") => Kind::Transaction,
+            _ => Kind::Session,
+        },
+        "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint" => {
+            Kind::Maintenance
+        }
+        _ => Kind::Session,
+    })
+}
+
+/// Analyses one statement. `key_columns(table)` gives a mapped table's key columns.
+pub fn analyze(
+    sql: &str,
+    key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Analysis, ParseError> {
+    if let Some(kind) = classify_by_keyword(sql) {
+        return Ok(Analysis {
+            kind,
+            tables: Vec::new(),
+            keyed: Vec::new(),
+            needs_merge: false,
+            refuse: None,
+        });
+    }
+    let mut statements =
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| ParseError(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(ParseError(format!(
+            "expected one statement, found {}",
+            statements.len()
+        )));
+    }
+    let stmt = statements.remove(0);
+    let mut w = Walker {
+        key_columns,
+        out: Analysis {
+            kind: Kind::Read,
+            tables: Vec::new(),
+            keyed: Vec::new(),
+            needs_merge: false,
+            refuse: None,
+        },
+    };
+    match &stmt {
+        Statement::Query(q) => {
+            w.out.needs_merge = needs_merge(q);
+            if !q.locks.is_empty() {
+                w.out.kind = Kind::Write;
+            }
+            w.query(q);
+        }
+        Statement::Insert(i) => {
+            w.out.kind = Kind::Write;
+            w.insert(i);
+        }
+        Statement::Update(u) => {
+            w.out.kind = Kind::Write;
+            w.update(u);
+        }
+        Statement::Delete(d) => {
+            w.out.kind = Kind::Write;
+            w.delete(d);
+        }
+        _ => w.out.kind = Kind::Session,
+    }
+    Ok(w.out)
+}
+
+fn needs_merge(q: &Query) -> bool {
+    if q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return true;
+    }
+    match q.body.as_ref() {
+        SetExpr::Select(s) => {
+            s.distinct.is_some()
+                || s.having.is_some()
+                || !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+                || s.projection.iter().any(|item| match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        has_aggregate(e)
+                    }
+                    _ => false,
+                })
+        }
+        SetExpr::SetOperation { .. } => true,
+        SetExpr::Query(inner) => needs_merge(inner),
+        _ => false,
+    }
+}
+
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "bit_and",
+    "bit_or",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "xmlagg",
+];
+
+fn has_aggregate(e: &Expr) -> bool {
+    match e {
+        Expr::Function(f) => {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let base = name.rsplit('.').next().unwrap_or(&name);
+            // A window function (OVER) is not an aggregate of the rows returned.
+            (AGGREGATES.contains(&base) && f.over.is_none())
+                || matches!(&f.args, ast::FunctionArguments::List(l) if l.args.iter().any(|a| match a {
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(x)) => has_aggregate(x),
+                    _ => false,
+                }))
+        }
+        Expr::BinaryOp { left, right, .. } => has_aggregate(left) || has_aggregate(right),
+        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) | Expr::Cast { expr, .. } => {
+            has_aggregate(expr)
+        }
+        _ => false,
+    }
+}
+
+struct Walker<'k> {
+    key_columns: &'k dyn Fn(&str) -> Option<Vec<String>>,
+    out: Analysis,
+}
+
+/// A table in a scope: its name and the name it goes by (alias or name).
+struct InScope {
+    table: String,
+    called: String,
+}
+
+fn base_name(name: &ast::ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(ident_name)
+        .unwrap_or_default()
+}
+
+fn ident_name(i: &ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
+}
+
+/// The conjuncts of a predicate (through parentheses).
+fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        Expr::Nested(inner) => conjuncts(inner, out),
+        _ => out.push(e),
+    }
+}
+
+/// A constant or parameter usable as a key.
+fn key_value(e: &Expr) -> Option<KeyExpr> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(KeyExpr::Literal(n.to_string())),
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+                Some(KeyExpr::Literal(s.clone()))
+            }
+            Value::Placeholder(p) => p.strip_prefix('$')?.parse().ok().map(KeyExpr::Param),
+            _ => None,
+        },
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => key_value(expr),
+        Expr::TypedString(ts) => match &ts.value.value {
+            Value::SingleQuotedString(s) => Some(KeyExpr::Literal(s.clone())),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match key_value(expr)? {
+            KeyExpr::Literal(n) if !n.starts_with('-') => Some(KeyExpr::Literal(format!("-{n}"))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Walker<'_> {
+    fn note_table(&mut self, t: &str) {
+        if !self.out.tables.iter().any(|x| x == t) {
+            self.out.tables.push(t.to_owned());
+        }
+    }
+
+    fn query(&mut self, q: &Query) {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.query(&cte.query);
+            }
+        }
+        self.set_expr(&q.body);
+    }
+
+    fn set_expr(&mut self, s: &SetExpr) {
+        match s {
+            SetExpr::Select(sel) => {
+                let mut scope = Vec::new();
+                for twj in &sel.from {
+                    self.table_with_joins(twj, &mut scope);
+                }
+                if let Some(w) = &sel.selection {
+                    self.subqueries(w);
+                }
+                self.keyed_uses(&scope, sel.selection.as_ref());
+            }
+            SetExpr::Query(q) => self.query(q),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left);
+                self.set_expr(right);
+            }
+            SetExpr::Insert(Statement::Insert(i)) => {
+                self.out.kind = Kind::Write;
+                self.insert(i);
+            }
+            SetExpr::Update(Statement::Update(u)) => {
+                self.out.kind = Kind::Write;
+                self.update(u);
+            }
+            SetExpr::Delete(Statement::Delete(d)) => {
+                self.out.kind = Kind::Write;
+                self.delete(d);
+            }
+            SetExpr::Table(t) => {
+                if let Some(name) = &t.table_name {
+                    let name = ident_name(name);
+                    self.note_table(&name);
+                    if (self.key_columns)(&name).is_some() {
+                        self.out.keyed.push(TableUse {
+                            table: name,
+                            keys: None,
+                        });
+                    }
+                }
+            }
+            SetExpr::Values(_) => {}
+            _ => self.out.refuse = Some("this kind of query is not supported by the router".into()),
+        }
+    }
+
+    fn table_with_joins(&mut self, twj: &TableWithJoins, scope: &mut Vec<InScope>) {
+        self.factor(&twj.relation, scope);
+        for j in &twj.joins {
+            self.factor(&j.relation, scope);
+        }
+    }
+
+    fn factor(&mut self, f: &TableFactor, scope: &mut Vec<InScope>) {
+        match f {
+            TableFactor::Table { name, alias, .. } => {
+                let table = base_name(name);
+                self.note_table(&table);
+                let called = alias
+                    .as_ref()
+                    .map(|a| ident_name(&a.name))
+                    .unwrap_or_else(|| table.clone());
+                scope.push(InScope { table, called });
+            }
+            TableFactor::Derived { subquery, .. } => self.query(subquery),
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => self.table_with_joins(table_with_joins, scope),
+            _ => {}
+        }
+    }
+
+    /// Subqueries inside a predicate are scopes of their own.
+    fn subqueries(&mut self, e: &Expr) {
+        match e {
+            Expr::Subquery(q) | Expr::Exists { subquery: q, .. } => self.query(q),
+            Expr::In {
+                expr,
+                target: ast::InTarget::Subquery(subquery),
+                ..
+            } => {
+                self.subqueries(expr);
+                self.query(subquery);
+            }
+            Expr::BinaryOp { left, right, .. } => {
+                self.subqueries(left);
+                self.subqueries(right);
+            }
+            Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => self.subqueries(expr),
+            _ => {}
+        }
+    }
+
+    /// For each table of the scope with shard keys, the keys `selection` pins it to.
+    fn keyed_uses(&mut self, scope: &[InScope], selection: Option<&Expr>) {
+        let mut parts = Vec::new();
+        if let Some(s) = selection {
+            conjuncts(s, &mut parts);
+        }
+        for t in scope {
+            let Some(cols) = (self.key_columns)(&t.table) else {
+                continue;
+            };
+            let unqualified_ok = scope.len() == 1;
+            let is_col = |e: &Expr, col: &str| match e {
+                Expr::Identifier(i) => unqualified_ok && ident_name(i) == col,
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    ident_name(&parts[parts.len() - 1]) == col
+                        && ident_name(&parts[parts.len() - 2]) == t.called
+                }
+                Expr::Nested(inner) => {
+                    matches!(inner.as_ref(), Expr::Identifier(i) if unqualified_ok && ident_name(i) == col)
+                }
+                _ => false,
+            };
+            let mut per_column: Vec<Vec<KeyExpr>> = Vec::new();
+            for col in &cols {
+                let found = parts.iter().find_map(|p| match p {
+                    Expr::BinaryOp {
+                        left,
+                        op: BinaryOperator::Eq,
+                        right,
+                    } => {
+                        if is_col(left, col) {
+                            key_value(right).map(|v| vec![v])
+                        } else if is_col(right, col) {
+                            key_value(left).map(|v| vec![v])
+                        } else {
+                            None
+                        }
+                    }
+                    Expr::In {
+                        expr,
+                        target: ast::InTarget::List(list),
+                        negated: false,
+                        ..
+                    } if is_col(expr, col) => list.iter().map(key_value).collect(),
+                    Expr::AnyOp {
+                        left,
+                        compare_op: BinaryOperator::Eq,
+                        right,
+                        ..
+                    } if is_col(left, col) => match key_value(right) {
+                        Some(KeyExpr::Param(n)) => Some(vec![KeyExpr::ParamArray(n)]),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                match found {
+                    Some(vals) => per_column.push(vals),
+                    None => {
+                        per_column.clear();
+                        break;
+                    }
+                }
+            }
+            let keys = if per_column.is_empty() {
+                None
+            } else if per_column.len() == 1 {
+                Some(per_column.remove(0).into_iter().map(|v| vec![v]).collect())
+            } else if per_column.iter().all(|c| c.len() == 1) {
+                Some(vec![per_column
+                    .into_iter()
+                    .map(|mut c| c.remove(0))
+                    .collect()])
+            } else {
+                None // IN lists over a multi-column key: not pinned
+            };
+            self.out.keyed.push(TableUse {
+                table: t.table.clone(),
+                keys,
+            });
+        }
+    }
+
+    fn insert(&mut self, i: &ast::Insert) {
+        let TableObject::TableName(name) = &i.table else {
+            self.out.refuse = Some("INSERT into a table function is not supported".into());
+            return;
+        };
+        let table = base_name(name);
+        self.note_table(&table);
+        let Some(cols) = (self.key_columns)(&table) else {
+            if let Some(src) = &i.source {
+                self.query(src);
+            }
+            return;
+        };
+        let names: Vec<String> = i
+            .columns
+            .iter()
+            .map(|c| {
+                c.0.last()
+                    .and_then(|p| p.as_ident())
+                    .map(ident_name)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let positions: Option<Vec<usize>> = cols
+            .iter()
+            .map(|c| names.iter().position(|n| n == c))
+            .collect();
+        let rows = match (i.source.as_deref().map(|q| q.body.as_ref()), positions) {
+            (Some(SetExpr::Values(v)), Some(pos)) => v
+                .rows
+                .iter()
+                .map(|row| {
+                    pos.iter()
+                        .map(|&p| row.content.get(p).and_then(key_value))
+                        .collect()
+                })
+                .collect::<Option<Vec<Vec<KeyExpr>>>>(),
+            _ => None,
+        };
+        if rows.is_none() {
+            self.out.refuse = Some(format!(
+                "INSERT into `{table}` must name its shard key column(s) ({}) and give each row's key as a constant or parameter in VALUES",
+                cols.join(", ")
+            ));
+        }
+        self.out.keyed.push(TableUse { table, keys: rows });
+    }
+
+    fn update(&mut self, u: &ast::Update) {
+        let mut scope = Vec::new();
+        self.table_with_joins(&u.table, &mut scope);
+        if let Some(from) = &u.from {
+            let (ast::UpdateTableFromKind::BeforeSet(f) | ast::UpdateTableFromKind::AfterSet(f)) =
+                from;
+            for twj in f {
+                self.table_with_joins(twj, &mut scope);
+            }
+        }
+        if let Some(first) = scope.first() {
+            if let Some(cols) = (self.key_columns)(&first.table) {
+                let changes_key = u.assignments.iter().any(|a| match &a.target {
+                    ast::AssignmentTarget::ColumnName(n) => cols.contains(&base_name(n)),
+                    ast::AssignmentTarget::Tuple(ns) => {
+                        ns.iter().any(|n| cols.contains(&base_name(n)))
+                    }
+                });
+                if changes_key {
+                    self.out.refuse = Some(format!(
+                        "UPDATE of `{}` changes its shard key; delete the row and insert it anew instead",
+                        first.table
+                    ));
+                }
+            }
+        }
+        if let Some(w) = &u.selection {
+            self.subqueries(w);
+        }
+        self.keyed_uses(&scope, u.selection.as_ref());
+    }
+
+    fn delete(&mut self, d: &ast::Delete) {
+        let mut scope = Vec::new();
+        let (FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f)) = &d.from;
+        for twj in f {
+            self.table_with_joins(twj, &mut scope);
+        }
+        if let Some(using) = &d.using {
+            for twj in using {
+                self.table_with_joins(twj, &mut scope);
+            }
+        }
+        if let Some(w) = &d.selection {
+            self.subqueries(w);
+        }
+        self.keyed_uses(&scope, d.selection.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(t: &str) -> Option<Vec<String>> {
+        match t {
+            "pgbench_accounts" => Some(vec!["aid".into()]),
+            "orders" => Some(vec!["customer_id".into()]),
+            "pairs" => Some(vec!["a".into(), "b".into()]),
+            _ => None,
+        }
+    }
+
+    fn a(sql: &str) -> Analysis {
+        analyze(sql, &keys).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn lit(s: &str) -> KeyExpr {
+        KeyExpr::Literal(s.into())
+    }
+
+    #[test]
+    fn keys_in_where() {
+        let x = a("SELECT abalance FROM pgbench_accounts WHERE aid = 42");
+        assert_eq!(x.kind, Kind::Read);
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("42")]]));
+        assert!(!x.needs_merge);
+        let x = a("SELECT * FROM orders o WHERE o.customer_id IN (1, 2, -3) AND total > 5");
+        assert_eq!(
+            x.keyed[0].keys,
+            Some(vec![vec![lit("1")], vec![lit("2")], vec![lit("-3")]])
+        );
+        let x = a("SELECT * FROM orders WHERE $1 = customer_id");
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![KeyExpr::Param(1)]]));
+        let x = a("SELECT * FROM orders WHERE customer_id = ANY($2)");
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![KeyExpr::ParamArray(2)]]));
+        let x = a("SELECT * FROM pairs WHERE b = 'x' AND a = 7");
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("7"), lit("x")]]));
+    }
+
+    #[test]
+    fn what_does_not_pin_a_key() {
+        for sql in [
+            "SELECT * FROM orders WHERE customer_id = 1 OR total > 5",
+            "SELECT * FROM orders WHERE customer_id > 1",
+            "SELECT * FROM orders WHERE customer_id NOT IN (1)",
+            "SELECT * FROM orders",
+            "SELECT * FROM pairs WHERE a = 1",
+        ] {
+            assert_eq!(a(sql).keyed[0].keys, None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn merges_are_noticed() {
+        for sql in [
+            "SELECT * FROM orders ORDER BY total",
+            "SELECT * FROM orders LIMIT 5",
+            "SELECT count(*) FROM orders",
+            "SELECT DISTINCT total FROM orders",
+            "SELECT customer_id, sum(total) FROM orders GROUP BY customer_id",
+        ] {
+            assert!(a(sql).needs_merge, "{sql}");
+        }
+        assert!(!a("SELECT total, row_number() OVER () FROM orders").needs_merge);
+    }
+
+    #[test]
+    fn subqueries_and_ctes_are_scopes() {
+        let x = a("WITH o AS (SELECT * FROM orders WHERE customer_id = 5) SELECT * FROM o");
+        assert_eq!(x.keyed.len(), 1);
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("5")]]));
+        let x = a("SELECT * FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE customer_id = 9)");
+        assert_eq!(x.tables, vec!["customers", "orders"]);
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("9")]]));
+    }
+
+    #[test]
+    fn dml() {
+        let x = a("INSERT INTO orders (id, customer_id, total) VALUES (1, 10, 5), (2, $1, 6)");
+        assert_eq!(x.kind, Kind::Write);
+        assert_eq!(
+            x.keyed[0].keys,
+            Some(vec![vec![lit("10")], vec![KeyExpr::Param(1)]])
+        );
+        assert!(a("INSERT INTO orders VALUES (1, 2, 3)").refuse.is_some());
+        assert!(a("INSERT INTO orders (id, customer_id) SELECT 1, 2")
+            .refuse
+            .is_some());
+        let x = a("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2");
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![KeyExpr::Param(2)]]));
+        assert!(a("UPDATE orders SET customer_id = 3 WHERE customer_id = 2")
+            .refuse
+            .is_some());
+        let x = a("DELETE FROM orders WHERE customer_id = 4");
+        assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("4")]]));
+        assert_eq!(
+            a("SELECT * FROM orders WHERE customer_id = 1 FOR UPDATE").kind,
+            Kind::Write
+        );
+        assert_eq!(a("INSERT INTO other VALUES (1)").keyed, vec![]);
+    }
+
+    #[test]
+    fn keyword_classes() {
+        assert_eq!(a("CREATE TABLE t (id int)").kind, Kind::Ddl);
+        assert_eq!(a("VACUUM ANALYZE t").kind, Kind::Maintenance);
+        assert_eq!(a("PREPARE TRANSACTION 'x'").kind, Kind::Transaction);
+        assert_eq!(
+            a("begin isolation level serializable").kind,
+            Kind::Transaction
+        );
+        assert_eq!(a("SET search_path TO a").kind, Kind::Session);
+        assert_eq!(a("DO $$ BEGIN END $$").kind, Kind::Session);
+        assert!(analyze("SELECT FROM WHERE", &keys).is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! From an [`Analysis`] and a database's maps to where a statement runs.
+//!
+//! Tables are sharded (a map names them), reference (a full copy on every shard) or
+//! unsharded (on the database's home shard, its first). A statement runs on one shard when
+//! every use of a sharded table is pinned to that shard and its other tables live there too;
+//! keys from parameters are resolved with the bound values. What cannot be run correctly on
+//! the shards the router can name is refused, with the reason.
+
+use std::collections::BTreeSet;
+
+use sgconfig::shardmap::{KeyValue, ShardMap};
+use sgconfig::DatabaseConfig;
+
+use crate::analyze::{Analysis, KeyExpr, Kind};
+use crate::sharding::shard_for_key;
+
+/// Where a statement runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// One shard.
+    Shard(String),
+    /// Several shards (a key IN list spread over them); rows are concatenated, counts summed.
+    Shards(Vec<String>),
+    /// Every shard: DDL, maintenance, writes to reference tables, keyless reads that can be
+    /// concatenated.
+    AllShards,
+    /// Any one shard: reads of reference tables only.
+    AnyShard,
+    /// The session's shard: session commands, transaction control, statements on unsharded
+    /// tables (the home shard when no transaction pins another).
+    Session,
+    /// A key comes from a parameter that is not bound yet.
+    AtBind,
+    /// Cannot be run correctly: the reason and what to do.
+    Refuse { reason: String, hint: String },
+}
+
+fn refuse(reason: impl Into<String>, hint: impl Into<String>) -> Plan {
+    Plan::Refuse {
+        reason: reason.into(),
+        hint: hint.into(),
+    }
+}
+
+/// The map that places `table`, with the table's key columns.
+pub fn map_for<'d>(db: &'d DatabaseConfig, table: &str) -> Option<(&'d ShardMap, &'d [String])> {
+    db.maps.iter().find_map(|m| {
+        m.tables
+            .iter()
+            .find(|t| t.table == table)
+            .map(|t| (m, t.columns.as_slice()))
+    })
+}
+
+/// Plans one analysed statement. `params` are the bound values in text form (`None`: not
+/// bound yet or NULL).
+pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
+    match a.kind {
+        Kind::Ddl | Kind::Maintenance => return Plan::AllShards,
+        Kind::Transaction | Kind::Session => return Plan::Session,
+        Kind::Read | Kind::Write => {}
+    }
+    if let Some(reason) = &a.refuse {
+        return refuse(
+            reason.clone(),
+            "See docs/routing.md for what the router understands.",
+        );
+    }
+    let home = db
+        .shards
+        .first()
+        .map(|(n, _)| n.to_owned())
+        .unwrap_or_default();
+    let is_reference = |t: &String| db.reference_tables.contains(t);
+    let unsharded: Vec<&String> = a
+        .tables
+        .iter()
+        .filter(|t| map_for(db, t).is_none() && !is_reference(t))
+        .collect();
+    if a.keyed.is_empty() {
+        let all_reference = !a.tables.is_empty() && unsharded.is_empty();
+        return match (all_reference, a.kind) {
+            (true, Kind::Read) => Plan::AnyShard,
+            (true, _) => Plan::AllShards,
+            _ => Plan::Session,
+        };
+    }
+    // Every use of a sharded table must be pinned; gather the shards they pin.
+    let mut shards: Option<BTreeSet<String>> = None;
+    let mut unpinned = false;
+    for u in &a.keyed {
+        let Some((map, _)) = map_for(db, &u.table) else {
+            continue;
+        };
+        let Some(alternatives) = &u.keys else {
+            unpinned = true;
+            continue;
+        };
+        let mut these = BTreeSet::new();
+        for alt in alternatives {
+            match resolve(map, alt, params) {
+                Resolved::Shards(s) => these.extend(s),
+                Resolved::AtBind => return Plan::AtBind,
+                Resolved::Bad(reason) => {
+                    return refuse(
+                        reason,
+                        format!("Give `{}` a key of type {}.", u.table, type_names(map)),
+                    )
+                }
+            }
+        }
+        shards = Some(match shards {
+            None => these,
+            // Several sharded uses: all must agree on one shard set.
+            Some(prev) if prev == these => prev,
+            Some(prev) => {
+                return refuse(
+                    format!(
+                        "the statement needs shards {} for one table and {} for another",
+                        list(&prev),
+                        list(&these)
+                    ),
+                    "Cross-shard joins are not supported yet: query each shard's rows separately, or pin the transaction with /* shardgate: shard=NAME */.",
+                )
+            }
+        });
+    }
+    if unpinned {
+        if a.kind == Kind::Read && !a.needs_merge && a.keyed.len() == 1 && unsharded.is_empty() {
+            return Plan::AllShards;
+        }
+        return refuse(
+            match a.kind {
+                Kind::Read if a.needs_merge => "a query without a shard key whose ORDER BY, LIMIT, DISTINCT, GROUP BY or aggregate would have to be merged across shards".to_owned(),
+                Kind::Read => "a query without a shard key that joins a sharded table with other tables".to_owned(),
+                _ => "a write without a shard key".to_owned(),
+            },
+            "Add the shard key to the WHERE clause, or name the shard with /* shardgate: shard=NAME */.",
+        );
+    }
+    let shards = shards.unwrap_or_default();
+    if !unsharded.is_empty() && (shards.len() != 1 || !shards.contains(&home)) {
+        return refuse(
+            format!(
+                "table(s) {} live only on the home shard `{home}`, the sharded rows on {}",
+                unsharded.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
+                list(&shards)
+            ),
+            "Make the unsharded table a reference table (databases.<db>.reference_tables) or query it separately.",
+        );
+    }
+    let mut v: Vec<String> = shards.into_iter().collect();
+    match v.len() {
+        0 => refuse(
+            "no shard holds the key",
+            "Check the shard map's ranges or list values.",
+        ),
+        1 => Plan::Shard(v.remove(0)),
+        _ => {
+            if a.kind == Kind::Read && a.needs_merge {
+                refuse(
+                    format!("keys on shards {} and an ORDER BY, LIMIT, DISTINCT, GROUP BY or aggregate to merge", v.join(", ")),
+                    "Query one shard's keys at a time.",
+                )
+            } else {
+                Plan::Shards(v)
+            }
+        }
+    }
+}
+
+fn list(s: &BTreeSet<String>) -> String {
+    s.iter()
+        .map(|x| format!("`{x}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn type_names(m: &ShardMap) -> String {
+    m.key_types
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+enum Resolved {
+    Shards(Vec<String>),
+    AtBind,
+    Bad(String),
+}
+
+/// The shard(s) of one key alternative.
+fn resolve(map: &ShardMap, alt: &[KeyExpr], params: &[Option<String>]) -> Resolved {
+    // An array parameter spreads over its elements (single-column keys only).
+    if let [KeyExpr::ParamArray(n)] = alt {
+        let Some(Some(text)) = params.get(n - 1) else {
+            return Resolved::AtBind;
+        };
+        let mut out = Vec::new();
+        for item in parse_array(text) {
+            match KeyValue::parse(map.key_types[0], &item) {
+                Ok(k) => match shard_for_key(map, &[k]) {
+                    Some(s) => out.push(s.to_owned()),
+                    None => return Resolved::Bad(format!("no shard holds key {item}")),
+                },
+                Err(e) => return Resolved::Bad(e),
+            }
+        }
+        return Resolved::Shards(out);
+    }
+    let mut key = Vec::with_capacity(alt.len());
+    for (ty, e) in map.key_types.iter().zip(alt) {
+        let text = match e {
+            KeyExpr::Literal(t) => t.as_str(),
+            KeyExpr::Param(n) => match params.get(n - 1) {
+                Some(Some(t)) => t.as_str(),
+                _ => return Resolved::AtBind,
+            },
+            KeyExpr::ParamArray(_) => return Resolved::Bad("= ANY over a multi-column key".into()),
+        };
+        match KeyValue::parse(*ty, text) {
+            Ok(k) => key.push(k),
+            Err(e) => return Resolved::Bad(e),
+        }
+    }
+    match shard_for_key(map, &key) {
+        Some(s) => Resolved::Shards(vec![s.to_owned()]),
+        None => Resolved::Bad("no shard holds the key".into()),
+    }
+}
+
+/// The elements of a one-dimensional array in text form: `{1,2,"a b"}`.
+fn parse_array(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur).trim().to_owned()),
+            c => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() || !out.is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::analyze;
+
+    /// The test database, loaded once (tests run in parallel).
+    fn db() -> DatabaseConfig {
+        static DB: std::sync::OnceLock<DatabaseConfig> = std::sync::OnceLock::new();
+        DB.get_or_init(load_db).clone()
+    }
+
+    fn load_db() -> DatabaseConfig {
+        let dir = std::env::temp_dir().join(format!("sg-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("m.yaml"),
+            "name: m\ntype: hash\nkey_type: bigint\npartitions: 4\nassign: { s0: [0, 1], s1: [2, 3] }\ntables:\n  - { table: orders, column: customer_id }\n  - { table: payments, column: customer_id }\n",
+        )
+        .unwrap();
+        let text = "users: [{ name: u, auth: trust }]\ndatabases:\n  app:\n    shard_maps: [m.yaml]\n    reference_tables: [countries]\n    shards:\n      s0: { primary: \"postgres://h/d\" }\n      s1: { primary: \"postgres://h/e\" }\n";
+        let c = sgconfig::load_str(&dir.join("c.yaml"), text).unwrap();
+        c.databases["app"].clone()
+    }
+
+    fn p(sql: &str, params: &[Option<String>]) -> Plan {
+        let d = db();
+        let keys = |t: &str| map_for(&d, t).map(|(_, c)| c.to_vec());
+        plan(&d, &analyze(sql, &keys).unwrap(), params)
+    }
+
+    fn shard_of(k: i64) -> String {
+        let d = db();
+        let (m, _) = map_for(&d, "orders").unwrap();
+        shard_for_key(m, &[KeyValue::Int(k)]).unwrap().to_owned()
+    }
+
+    #[test]
+    fn one_key_one_shard() {
+        assert_eq!(
+            p("SELECT * FROM orders WHERE customer_id = 7", &[]),
+            Plan::Shard(shard_of(7))
+        );
+        assert_eq!(
+            p("SELECT * FROM orders WHERE customer_id = $1", &[]),
+            Plan::AtBind
+        );
+        assert_eq!(
+            p(
+                "SELECT * FROM orders WHERE customer_id = $1",
+                &[Some("7".into())]
+            ),
+            Plan::Shard(shard_of(7))
+        );
+        assert_eq!(
+            p("SELECT * FROM orders o JOIN countries c ON c.code = o.country WHERE o.customer_id = 7", &[]),
+            Plan::Shard(shard_of(7))
+        );
+    }
+
+    #[test]
+    fn in_lists_go_to_every_shard_they_touch() {
+        let keys: Vec<i64> = (1..40).collect();
+        let shards: BTreeSet<String> = keys.iter().map(|k| shard_of(*k)).collect();
+        assert_eq!(shards.len(), 2, "the keys cover both shards");
+        let sql = format!(
+            "SELECT * FROM orders WHERE customer_id IN ({})",
+            keys.iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert_eq!(p(&sql, &[]), Plan::Shards(shards.into_iter().collect()));
+        let arr = format!(
+            "{{{}}}",
+            keys.iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(
+            matches!(p("SELECT * FROM orders WHERE customer_id = ANY($1)", &[Some(arr)]), Plan::Shards(s) if s.len() == 2)
+        );
+    }
+
+    #[test]
+    fn keyless_reads_concatenate_or_are_refused() {
+        assert_eq!(
+            p("SELECT * FROM orders WHERE total > 3", &[]),
+            Plan::AllShards
+        );
+        assert!(matches!(
+            p("SELECT * FROM orders ORDER BY total", &[]),
+            Plan::Refuse { .. }
+        ));
+        assert!(matches!(
+            p("SELECT count(*) FROM orders", &[]),
+            Plan::Refuse { .. }
+        ));
+        assert!(matches!(
+            p("DELETE FROM orders WHERE total = 0", &[]),
+            Plan::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn tables_by_kind() {
+        assert_eq!(p("SELECT * FROM countries", &[]), Plan::AnyShard);
+        assert_eq!(
+            p("INSERT INTO countries VALUES ('x')", &[]),
+            Plan::AllShards
+        );
+        assert_eq!(p("SELECT * FROM unmapped", &[]), Plan::Session);
+        assert_eq!(p("CREATE TABLE x (id int)", &[]), Plan::AllShards);
+        assert_eq!(p("BEGIN", &[]), Plan::Session);
+    }
+
+    #[test]
+    fn disagreeing_or_bad_keys_are_refused() {
+        let (a, b) = (1..100)
+            .find_map(|a| {
+                (1..100)
+                    .find(|b| shard_of(a) != shard_of(*b))
+                    .map(|b| (a, b))
+            })
+            .unwrap();
+        let sql = format!(
+            "SELECT * FROM orders o, payments p WHERE o.customer_id = {a} AND p.customer_id = {b}"
+        );
+        assert!(matches!(p(&sql, &[]), Plan::Refuse { .. }));
+        assert!(
+            matches!(p("SELECT * FROM orders WHERE customer_id = 'abc'", &[]), Plan::Refuse { reason, .. } if reason.contains("invalid input syntax for type bigint"))
+        );
+    }
+}
