@@ -7,6 +7,7 @@
 //! bit for bit, for hash shard maps.
 
 pub mod analyze;
+pub mod cache;
 pub mod hash;
 pub mod lexer;
 pub mod plan;

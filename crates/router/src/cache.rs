@@ -1,0 +1,312 @@
+//! Statements analysed once: the route cache.
+//!
+//! Simple-protocol statements are keyed by a fingerprint of their tokens with the constants
+//! taken out (as pg_stat_statements normalises), so `... WHERE aid = 123` and `... = 456`
+//! share one entry. The entry was made by analysing the statement with each constant turned
+//! into a parameter numbered after the statement's own, so it says which constant is the key;
+//! routing a cached statement only re-scans its tokens to read the constants.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::analyze::{analyze, Analysis, ParseError};
+use crate::lexer::{Lexer, Token};
+
+/// Entries kept before the cache starts over.
+const CAPACITY: usize = 10_000;
+
+/// The shape of a statement and its constants, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub hash: u64,
+    /// Constants as text (strings unquoted), in order of appearance.
+    pub constants: Vec<String>,
+    /// Highest `$n` the statement uses itself.
+    pub max_param: usize,
+    /// False when the text has constants the normaliser does not take out faithfully (E''
+    /// strings): such statements are analysed as they are, every time.
+    pub cacheable: bool,
+}
+
+fn unquote(s: &str) -> String {
+    s[1..s.len() - 1].replace("''", "'")
+}
+
+/// Fingerprints SQL text. Also returns the normalised text (constants as parameters) when
+/// asked, for analysing a statement not yet cached.
+pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut constants = Vec::new();
+    let mut max_param = 0usize;
+    let mut cacheable = true;
+    let mut prev: Option<Token<'_>> = None;
+    let tokens: Vec<Token<'_>> = Lexer::new(sql).collect();
+    let mut text = want_text.then(|| String::with_capacity(sql.len()));
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
+        // A minus sign that starts a number (after an operator, a comma or a parenthesis).
+        let negative = matches!(t, Token::Symbol("-"))
+            && matches!(tokens.get(i + 1), Some(Token::Number(_)))
+            && !matches!(
+                prev,
+                Some(
+                    Token::Word(_)
+                        | Token::QuotedIdent(_)
+                        | Token::Number(_)
+                        | Token::String(_)
+                        | Token::Param(_)
+                        | Token::Symbol(")")
+                )
+            );
+        let constant = match t {
+            Token::Number(n) => Some(n.to_owned()),
+            Token::String(s) if s.starts_with('\'') => Some(unquote(s)),
+            Token::String(s) if s.starts_with(['E', 'e']) => {
+                cacheable = false;
+                None
+            }
+            _ if negative => {
+                i += 1;
+                match tokens[i] {
+                    Token::Number(n) => Some(format!("-{n}")),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match constant {
+            Some(c) => {
+                constants.push(c);
+                "?".hash(&mut h);
+                if let Some(out) = text.as_mut() {
+                    out.push_str(" $#");
+                    out.push_str(&constants.len().to_string());
+                }
+            }
+            None => {
+                if let Token::Param(p) = t {
+                    max_param = max_param.max(p[1..].parse().unwrap_or(0));
+                }
+                match t {
+                    Token::Word(w) => w.to_ascii_lowercase().hash(&mut h),
+                    other => other.text().hash(&mut h),
+                }
+                if let Some(out) = text.as_mut() {
+                    out.push(' ');
+                    out.push_str(t.text());
+                }
+            }
+        }
+        prev = Some(tokens[i]);
+        i += 1;
+    }
+    // Constants become parameters numbered after the statement's own.
+    let text = text.map(|t| {
+        let mut out = t;
+        for k in (1..=constants.len()).rev() {
+            out = out.replace(&format!("$#{k}"), &format!("${}", max_param + k));
+        }
+        out
+    });
+    (
+        Fingerprint {
+            hash: h.finish(),
+            constants,
+            max_param,
+            cacheable,
+        },
+        text,
+    )
+}
+
+/// Analyses, once per statement shape.
+pub struct RouteCache {
+    entries: Mutex<HashMap<u64, Arc<Analysis>>>,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// An analysis and the values its parameters refer to: the statement's own parameters
+/// (`None` until bound), then its constants.
+pub struct Routed {
+    pub analysis: Arc<Analysis>,
+    pub params: Vec<Option<String>>,
+    pub cached: bool,
+}
+
+impl RouteCache {
+    pub fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The analysis of `sql` and its parameter values; `bound` are the statement's own
+    /// parameters where known.
+    pub fn route(
+        &self,
+        sql: &str,
+        bound: &[Option<String>],
+        key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
+    ) -> Result<Routed, ParseError> {
+        let (fp, _) = fingerprint(sql, false);
+        let params = |fp: Fingerprint| {
+            let mut p: Vec<Option<String>> = (0..fp.max_param)
+                .map(|i| bound.get(i).cloned().flatten())
+                .collect();
+            p.extend(fp.constants.into_iter().map(Some));
+            p
+        };
+        if fp.cacheable {
+            if let Some(a) = self.entries.lock().get(&fp.hash).cloned() {
+                return Ok(Routed {
+                    analysis: a,
+                    params: params(fp),
+                    cached: true,
+                });
+            }
+            let (_, normalised) = fingerprint(sql, true);
+            if let Some(text) = normalised {
+                if let Ok(a) = analyze(&text, key_columns) {
+                    let a = Arc::new(a);
+                    let mut entries = self.entries.lock();
+                    if entries.len() >= CAPACITY {
+                        entries.clear();
+                    }
+                    entries.insert(fp.hash, a.clone());
+                    return Ok(Routed {
+                        analysis: a,
+                        params: params(fp),
+                        cached: false,
+                    });
+                }
+            }
+        }
+        // Not cacheable, or the normalised text does not parse (a constant where only a
+        // constant may stand): analyse the text as it is.
+        let a = analyze(sql, key_columns)?;
+        let own: Vec<Option<String>> = bound.to_vec();
+        Ok(Routed {
+            analysis: Arc::new(a),
+            params: own,
+            cached: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::KeyExpr;
+
+    fn keys(t: &str) -> Option<Vec<String>> {
+        (t == "pgbench_accounts").then(|| vec!["aid".to_string()])
+    }
+
+    #[test]
+    fn statements_differing_in_constants_share_a_shape() {
+        let (a, _) = fingerprint(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123",
+            false,
+        );
+        let (b, _) = fingerprint(
+            "select abalance  from pgbench_accounts where aid=456",
+            false,
+        );
+        assert_eq!(a.hash, b.hash);
+        assert_eq!(b.constants, vec!["456"]);
+        let (c, _) = fingerprint(
+            "SELECT abalance FROM pgbench_accounts WHERE bid = 123",
+            false,
+        );
+        assert_ne!(a.hash, c.hash);
+        let (n, text) = fingerprint(
+            "SELECT * FROM t WHERE a = $1 AND b = -5 AND c = 'it''s'",
+            true,
+        );
+        assert_eq!(n.constants, vec!["-5", "it's"]);
+        assert_eq!(
+            text.unwrap(),
+            " SELECT * FROM t WHERE a = $1 AND b = $2 AND c = $3"
+        );
+    }
+
+    #[test]
+    fn a_cached_shape_still_reads_each_statement_s_key() {
+        let cache = RouteCache::default();
+        let r = cache
+            .route(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 123",
+                &[],
+                &keys,
+            )
+            .unwrap();
+        assert!(!r.cached);
+        let key = &r.analysis.keyed[0].keys.as_ref().unwrap()[0][0];
+        let KeyExpr::Param(n) = key else {
+            panic!("{key:?}")
+        };
+        assert_eq!(r.params[n - 1].as_deref(), Some("123"));
+        let r = cache
+            .route(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 456",
+                &[],
+                &keys,
+            )
+            .unwrap();
+        assert!(r.cached);
+        assert_eq!(r.params[n - 1].as_deref(), Some("456"));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn own_parameters_come_first() {
+        let cache = RouteCache::default();
+        let r = cache
+            .route(
+                "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = $1",
+                &[Some("77".into())],
+                &keys,
+            )
+            .unwrap();
+        let key = &r.analysis.keyed[0].keys.as_ref().unwrap()[0][0];
+        assert_eq!(key, &KeyExpr::Param(1));
+        assert_eq!(
+            r.params,
+            vec![Some("77".to_string()), Some("5".to_string())]
+        );
+    }
+
+    #[test]
+    fn constants_where_no_parameter_may_stand_fall_back_to_the_text() {
+        let cache = RouteCache::default();
+        let r = cache
+            .route("CREATE TABLE t (c varchar(64))", &[], &keys)
+            .unwrap();
+        assert_eq!(r.analysis.kind, crate::analyze::Kind::Ddl);
+        let r = cache
+            .route(
+                "SELECT * FROM pgbench_accounts WHERE aid = 5 AND filler = E'x\\'y'",
+                &[],
+                &keys,
+            )
+            .unwrap();
+        assert!(!r.cached);
+        assert_eq!(
+            r.analysis.keyed[0].keys,
+            Some(vec![vec![KeyExpr::Literal("5".into())]])
+        );
+    }
+}
