@@ -9,6 +9,7 @@
 pub mod analyze;
 pub mod cache;
 pub mod hash;
+pub mod hints;
 pub mod lexer;
 pub mod plan;
 pub mod session;

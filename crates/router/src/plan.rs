@@ -169,6 +169,59 @@ pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Pla
     }
 }
 
+/// Plans with the statement's hints: `shard=` names the shard outright, `key=` gives the key
+/// of the map of the statement's sharded table (or of the database's only map).
+pub fn plan_with_hints(
+    db: &DatabaseConfig,
+    a: &Analysis,
+    params: &[Option<String>],
+    hints: &crate::hints::Hints,
+) -> Plan {
+    if let Some(s) = &hints.shard {
+        return if db.shards.iter().any(|(n, _)| n == s) {
+            Plan::Shard(s.clone())
+        } else {
+            refuse(
+                format!("the hint names shard `{s}`, which the database does not have"),
+                format!(
+                    "Shards: {}.",
+                    db.shards
+                        .iter()
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        };
+    }
+    if let Some(k) = &hints.key {
+        let map = a
+            .keyed
+            .first()
+            .and_then(|u| map_for(db, &u.table))
+            .map(|(m, _)| m)
+            .or_else(|| (db.maps.len() == 1).then(|| &db.maps[0]));
+        let Some(map) = map else {
+            return refuse(
+                "a key hint needs a statement on a sharded table (or a database with one shard map)",
+                "Name the shard instead: /* shardgate: shard=NAME */.",
+            );
+        };
+        return match resolve(map, &[KeyExpr::Literal(k.clone())], &[]) {
+            Resolved::Shards(mut s) if s.len() == 1 => Plan::Shard(s.remove(0)),
+            Resolved::Bad(reason) => refuse(
+                reason,
+                format!("The key of map `{}` is {}.", map.name, type_names(map)),
+            ),
+            _ => refuse(
+                "the key hint names no single shard",
+                "Name the shard instead.",
+            ),
+        };
+    }
+    plan(db, a, params)
+}
+
 fn list(s: &BTreeSet<String>) -> String {
     s.iter()
         .map(|x| format!("`{x}`"))
@@ -369,6 +422,31 @@ mod tests {
         assert_eq!(p("SELECT * FROM unmapped", &[]), Plan::Session);
         assert_eq!(p("CREATE TABLE x (id int)", &[]), Plan::AllShards);
         assert_eq!(p("BEGIN", &[]), Plan::Session);
+    }
+
+    #[test]
+    fn hints_override_the_statement() {
+        use crate::hints::parse_hints;
+        let d = db();
+        let keys = |t: &str| map_for(&d, t).map(|(_, c)| c.to_vec());
+        let sql = "/* shardgate: shard=s1 */ SELECT count(*) FROM orders";
+        let a = analyze(sql, &keys).unwrap();
+        assert_eq!(
+            plan_with_hints(&d, &a, &[], &parse_hints(sql).unwrap()),
+            Plan::Shard("s1".into())
+        );
+        let sql = "/* shardgate: key=7 */ SELECT count(*) FROM orders";
+        let a = analyze(sql, &keys).unwrap();
+        assert_eq!(
+            plan_with_hints(&d, &a, &[], &parse_hints(sql).unwrap()),
+            Plan::Shard(shard_of(7))
+        );
+        let sql = "/* shardgate: shard=s7 */ SELECT 1";
+        let a = analyze(sql, &keys).unwrap();
+        assert!(matches!(
+            plan_with_hints(&d, &a, &[], &parse_hints(sql).unwrap()),
+            Plan::Refuse { .. }
+        ));
     }
 
     #[test]

@@ -140,8 +140,25 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
         return ExitCode::from(1);
     };
     let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+    let hints = match router::hints::parse_hints(&sql) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("refused (42601): {e}");
+            return ExitCode::from(1);
+        }
+    };
     let analysis = match router::analyze::analyze(&sql, &keys) {
         Ok(a) => a,
+        Err(e) if hints.shard.is_some() => {
+            println!("cannot parse ({e}); the hint decides");
+            router::analyze::Analysis {
+                kind: router::analyze::Kind::Session,
+                tables: Vec::new(),
+                keyed: Vec::new(),
+                needs_merge: false,
+                refuse: None,
+            }
+        }
         Err(e) => {
             println!("cannot parse: {e}");
             println!("hint: name the shard with /* shardgate: shard=NAME */");
@@ -157,7 +174,7 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
     for u in &analysis.keyed {
         println!("keys of {}: {:?}", u.table, u.keys);
     }
-    let plan = router::plan::plan(db, &analysis, &params);
+    let plan = router::plan::plan_with_hints(db, &analysis, &params, &hints);
     let home = db.shards.first().map(|(n, _)| n).unwrap_or("");
     match plan {
         router::plan::Plan::Shard(s) => println!("route: shard {s} (primary)"),
