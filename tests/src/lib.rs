@@ -264,3 +264,31 @@ pub async fn raw_round_trip(s: &mut tokio::net::TcpStream, out: &[u8]) -> Vec<u8
         }
     }
 }
+
+/// Starts a proxy from config text written to `dir/config.yaml` (shard maps may sit beside
+/// it). Returns its address.
+pub fn start_proxy_from(dir: &std::path::Path, yaml: &str) -> SocketAddr {
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, yaml).expect("write config");
+    let config = sgconfig::load_file(&file).unwrap_or_else(|e| panic!("test config: {e}"));
+    let proxy = proxy::Proxy::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("address");
+    runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        proxy.serve(listener).await
+    });
+    addr
+}
+
+/// A fresh database on the shared cluster; returns its name.
+pub fn create_database(prefix: &str) -> String {
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    psql_direct("postgres", &format!("CREATE DATABASE \"{name}\""));
+    name
+}

@@ -39,6 +39,8 @@ pub struct Proxy {
     pools: Mutex<HashMap<PoolKey, Pool>>,
     cancels: CancelRegistry,
     statements: statements::StatementRegistry,
+    /// Statement analyses by shape, for routing.
+    route_cache: router::cache::RouteCache,
     clients: AtomicUsize,
     /// Bumped by every reload.
     generation: AtomicU64,
@@ -56,6 +58,7 @@ impl Proxy {
             pools: Mutex::new(HashMap::new()),
             cancels: CancelRegistry::default(),
             statements: statements::StatementRegistry::default(),
+            route_cache: router::cache::RouteCache::default(),
             clients: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             startup_settings: Mutex::new(Vec::new()),

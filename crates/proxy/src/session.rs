@@ -86,6 +86,8 @@ struct Session {
     /// Bytes for the client.
     wbuf: BytesMut,
     server: Option<PooledConn>,
+    /// The shard of the attached server; `None`: the home shard.
+    server_shard: Option<String>,
     /// Bytes for the server.
     swbuf: BytesMut,
     pending: VecDeque<Expect>,
@@ -115,6 +117,7 @@ pub(crate) fn start(
         client,
         wbuf: BytesMut::new(),
         server: None,
+        server_shard: None,
         swbuf: BytesMut::new(),
         pending: VecDeque::new(),
         tx_status: b'I',
@@ -398,7 +401,11 @@ impl Session {
                 .with_hint("Use pool mode \"session\" for this user (users[].pool_mode: session)."),
             );
         }
-        if let Err(e) = self.ensure_server().await {
+        let target = match self.route(sql) {
+            Ok(t) => t,
+            Err(e) => return self.simple_error(e),
+        };
+        if let Err(e) = self.ensure_server_on(target).await {
             return self.simple_error(e);
         }
         self.forward(&frame);
@@ -413,7 +420,11 @@ impl Session {
             if command.is_some() || self.names.is_some() {
                 self.names().unnamed_command = command;
             }
-            if let Err(e) = self.ensure_server().await {
+            let target = match self.route(p.query) {
+                Ok(t) => t,
+                Err(e) => return self.extended_error(e),
+            };
+            if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
             self.forward(&frame);
@@ -426,6 +437,10 @@ impl Session {
         }
         let stmt = self.proxy.statements.intern(p.query, p.param_types);
         let name: Box<[u8]> = p.name.into();
+        let target = match self.route(p.query) {
+            Ok(t) => t,
+            Err(e) => return self.extended_error(e),
+        };
         self.names().statements.insert(name.clone(), stmt.clone());
         if self.server.is_none() && stmt.is_valid() {
             // A text some server has already parsed needs no server connection now: it is
@@ -435,7 +450,7 @@ impl Session {
             self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
             return Ok(());
         }
-        if let Err(e) = self.ensure_server().await {
+        if let Err(e) = self.ensure_server_on(target).await {
             return self.extended_error(e);
         }
         let server = self.server.as_mut().expect("ensured");
@@ -528,7 +543,11 @@ impl Session {
         let Some(stmt) = self.statement(b.statement) else {
             return self.extended_error(Self::unknown_statement(b.statement));
         };
-        if let Err(e) = self.ensure_server().await {
+        let target = match self.route(&stmt.query) {
+            Ok(t) => t,
+            Err(e) => return self.extended_error(e),
+        };
+        if let Err(e) = self.ensure_server_on(target).await {
             return self.extended_error(e);
         }
         self.prepare_on_server(&stmt);
@@ -551,7 +570,11 @@ impl Session {
         let Some(stmt) = self.statement(d.name) else {
             return self.extended_error(Self::unknown_statement(d.name));
         };
-        if let Err(e) = self.ensure_server().await {
+        let target = match self.route(&stmt.query) {
+            Ok(t) => t,
+            Err(e) => return self.extended_error(e),
+        };
+        if let Err(e) = self.ensure_server_on(target).await {
             return self.extended_error(e);
         }
         self.prepare_on_server(&stmt);
@@ -630,6 +653,128 @@ impl Session {
 
     /// Attaches a server connection if none is, and brings its settings in line with the
     /// client's when nothing is in flight.
+    /// Where a statement must run: `Some(shard)`, or `None` for the session's shard (the
+    /// attached server, else the home shard). Only databases with shard maps or reference
+    /// tables and more than one shard route; the others send everything home.
+    fn route(&self, sql: &[u8]) -> Result<Option<String>, ProxyError> {
+        use router::plan::Plan;
+        let config = self.proxy.config.load();
+        let Some(db) = config.databases.get(&self.client.database) else {
+            return Ok(None);
+        };
+        if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(sql);
+        let statements = router::lexer::split_statements(&text);
+        if statements.len() > 1 {
+            // Each statement of a multi-statement query routes; they must agree.
+            let mut target: Option<String> = None;
+            for st in statements {
+                if let Some(t) = self.route(st.as_bytes())? {
+                    match &target {
+                        Some(prev) if *prev != t => {
+                            return Err(ProxyError::error(
+                                "0A000",
+                                format!("shardgate cannot route this query: its statements need shards `{prev}` and `{t}`"),
+                            )
+                            .with_hint("Send the statements of each shard in a query of their own."))
+                        }
+                        _ => target = Some(t),
+                    }
+                }
+            }
+            return Ok(target);
+        }
+        let hints = router::hints::parse_hints(&text)
+            .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
+        let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+        let refuse = |reason: String, hint: &str| {
+            ProxyError::error(
+                "0A000",
+                format!("shardgate cannot route this statement: {reason}"),
+            )
+            .with_hint(hint.to_owned())
+        };
+        let plan = match self.proxy.route_cache.route(&text, &[], &keys) {
+            Ok(r) => router::plan::plan_with_hints(db, &r.analysis, &r.params, &hints),
+            Err(_) if hints.shard.is_some() => {
+                return Ok(hints.shard.clone());
+            }
+            Err(e) => {
+                return Err(refuse(
+                    format!("it does not parse ({e})"),
+                    "Name the shard in the statement: /* shardgate: shard=NAME */.",
+                ))
+            }
+        };
+        match plan {
+            Plan::Shard(s) => Ok(Some(s)),
+            Plan::Session | Plan::AnyShard => Ok(None),
+            Plan::AllShards => Err(refuse(
+                "it needs every shard, and running one statement on several shards is not available yet".into(),
+                "Add the shard key to the WHERE clause, or run it on each shard with /* shardgate: shard=NAME */.",
+            )),
+            Plan::Shards(s) => Err(refuse(
+                format!("its keys live on shards {}, and running one statement on several shards is not available yet", s.join(", ")),
+                "Send the keys of each shard in a statement of their own.",
+            )),
+            Plan::AtBind => Err(refuse(
+                "its shard key is a bound parameter, and routing by parameter values is not available yet".into(),
+                "Give the key as a constant, or name the shard: /* shardgate: shard=NAME */.",
+            )),
+            Plan::Refuse { reason, hint } => Err(refuse(reason, &hint)),
+        }
+    }
+
+    /// [`Self::ensure_server`] on a given shard: refused when a transaction already runs on
+    /// another one.
+    async fn ensure_server_on(&mut self, target: Option<String>) -> Result<(), ProxyError> {
+        if let Some(t) = &target {
+            if self.server.is_some() {
+                let home;
+                let attached = match &self.server_shard {
+                    Some(s) => s.as_str(),
+                    None => {
+                        home = self.home_shard();
+                        home.as_str()
+                    }
+                };
+                if attached != t {
+                    return Err(ProxyError::error(
+                        "0A000",
+                        format!("this transaction runs on shard `{attached}` and the statement needs shard `{t}`: transactions across shards are not available yet"),
+                    )
+                    .with_hint("Run the statements of each shard in transactions of their own."));
+                }
+                return self.ensure_server().await;
+            }
+            if *t != self.home_shard() {
+                let pool = self
+                    .proxy
+                    .pool_for(&self.client.database, &self.client.user, t)?;
+                let conn = match pool.try_get() {
+                    Some(c) => c,
+                    None => Box::pin(pool.get())
+                        .await
+                        .map_err(|e| pool_error(e, false))?,
+                };
+                self.attach(conn);
+                self.server_shard = Some(t.clone());
+            }
+        }
+        self.ensure_server().await
+    }
+
+    fn home_shard(&self) -> String {
+        let config = self.proxy.config.load();
+        config
+            .databases
+            .get(&self.client.database)
+            .and_then(|d| d.shards.first().map(|(n, _)| n.to_owned()))
+            .unwrap_or_default()
+    }
+
     async fn ensure_server(&mut self) -> Result<(), ProxyError> {
         // The common case needs no waiting: an idle connection is free and its settings are
         // already the client's. Only the rest runs as a boxed future, so that its state does
@@ -750,6 +895,7 @@ impl Session {
     fn drop_server(&mut self) {
         *self.client.cancel_slot.lock() = None;
         self.server = None;
+        self.server_shard = None;
         self.pending.clear();
         self.swbuf.clear();
     }
@@ -771,6 +917,7 @@ impl Session {
         // Only Flush messages can be left unsent with nothing pending.
         self.swbuf.clear();
         *self.client.cancel_slot.lock() = None;
+        self.server_shard = None;
         if let Some(conn) = self.server.take() {
             conn.release();
         }
