@@ -106,10 +106,26 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");
         assert!(e.as_db_error().unwrap().hint().is_some(), "{sql}");
     }
+    // Keys bound as parameters, binary (tokio-postgres) and text, route at Bind.
+    for id in [5i64, 6, 250] {
+        let row = c
+            .query_one("SELECT balance FROM accounts WHERE account_id = $1", &[&id])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), id as i32 * 10);
+        let row = c
+            .query_one(
+                "SELECT balance FROM accounts WHERE account_id = $1::text::int8",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), id as i32 * 10);
+    }
     let e = c
         .query(
             "SELECT balance FROM accounts WHERE account_id = $1",
-            &[&5i64],
+            &[&None::<i64>],
         )
         .await
         .unwrap_err();
@@ -166,5 +182,116 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         n,
         Some(psql_direct(&shards[1], "SELECT count(*) FROM accounts"))
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// pgbench's select-only script against pgbench_accounts hash-sharded by aid over two
+/// shards, each holding only its own rows.
+#[test]
+fn pgbench_select_only_reaches_only_the_owning_shard() {
+    let info = cluster();
+    let shards = [create_database("bench_s0"), create_database("bench_s1")];
+    let url = |db: &str| {
+        format!(
+            "postgres://{}:{SERVER_PASSWORD}@127.0.0.1:{}/{db}",
+            info.superuser, info.port
+        )
+    };
+    let remainders = ["0, 2", "1, 3"];
+    for (db, owned) in shards.iter().zip(remainders) {
+        let out = std::process::Command::new("pgbench")
+            .args(["-i", "-s", "1", "-q", "-I", "dtg"])
+            .arg(url(db))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        psql_direct(
+            db,
+            &format!(
+                "CREATE TABLE accounts_parent (aid int) PARTITION BY HASH (aid);
+                 DELETE FROM pgbench_accounts WHERE NOT (SELECT bool_or(satisfies_hash_partition('accounts_parent'::regclass, 4, r, aid)) FROM unnest(ARRAY[{owned}]) r);
+                 ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid);"
+            ),
+        );
+        psql_direct(db, "VACUUM ANALYZE pgbench_accounts");
+    }
+    let dir = std::env::temp_dir().join(format!("sg-pgbench-route-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("accounts.yaml"),
+        "name: accounts\ntype: hash\nkey_type: integer\npartitions: 4\nassign: { s0: [0, 2], s1: [1, 3] }\ntables: [{ table: pgbench_accounts, column: aid }]\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "pool: {{ size: 8 }}\nusers:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
+         databases:\n  app:\n    shard_maps: [accounts.yaml]\n    shards:\n\
+         \x20     s0: {{ primary: \"postgres://127.0.0.1:{port}/{d0}\" }}\n\
+         \x20     s1: {{ primary: \"postgres://127.0.0.1:{port}/{d1}\" }}\n",
+        su = info.superuser,
+        port = info.port,
+        d0 = shards[0],
+        d1 = shards[1],
+    );
+    let addr = e2e::start_proxy_from(&dir, &yaml);
+    let proxy_url = format!(
+        "postgres://app:{APP_PASSWORD}@127.0.0.1:{}/app",
+        addr.port()
+    );
+    let stats = |db: &str| -> (i64, i64) {
+        let v = psql_direct(
+            db,
+            "SELECT idx_scan, idx_tup_fetch FROM pg_stat_user_tables WHERE relname = 'pgbench_accounts'",
+        );
+        let (a, b) = v.split_once('|').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let before: Vec<(i64, i64)> = shards.iter().map(|d| stats(d)).collect();
+    for mode in ["simple", "extended", "prepared"] {
+        let out = std::process::Command::new("pgbench")
+            .args(["-n", "-S", "-c", "16", "-j", "2", "-t", "200", "-M", mode])
+            .arg(&proxy_url)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "-M {mode}:\n{text}");
+        assert!(
+            text.contains("number of failed transactions: 0 (0.000%)"),
+            "-M {mode}:\n{text}"
+        );
+        assert!(
+            text.contains("actually processed: 3200/3200"),
+            "-M {mode}:\n{text}"
+        );
+    }
+    // Statistics are reported asynchronously; wait for them (bounded).
+    let mut served = Vec::new();
+    for _ in 0..50 {
+        served = shards
+            .iter()
+            .zip(&before)
+            .map(|(d, b)| {
+                let (scan, fetch) = stats(d);
+                (scan - b.0, fetch - b.1)
+            })
+            .collect();
+        if served.iter().map(|s| s.0).sum::<i64>() >= 9600 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Every lookup found its row: no shard was asked for a key it does not own.
+    assert_eq!(served.iter().map(|s| s.0).sum::<i64>(), 9600, "{served:?}");
+    for (scans, fetched) in &served {
+        assert!(*scans > 1000, "{served:?}");
+        assert_eq!(scans, fetched, "index scans that found no row: {served:?}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

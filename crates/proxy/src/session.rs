@@ -51,7 +51,10 @@ enum Expect {
         client_name: Option<Box<[u8]>>,
     },
     Bind,
-    Describe,
+    /// `statement`: a named statement whose parameter types are worth keeping.
+    Describe {
+        statement: Option<Arc<Statement>>,
+    },
     Execute {
         command: Option<SessionCommand>,
     },
@@ -71,6 +74,14 @@ struct Names {
     statements: HashMap<Box<[u8]>, Arc<Statement>>,
     portal_commands: HashMap<Box<[u8]>, SessionCommand>,
     unnamed_command: Option<SessionCommand>,
+}
+
+/// A routing decision.
+enum Routing {
+    /// This shard (`None`: the session's).
+    To(Option<String>),
+    /// The key is a parameter: decided at Bind.
+    AtBind,
 }
 
 /// Why a session ends.
@@ -97,6 +108,8 @@ struct Session {
     error_since_ready: bool,
     /// What the client has named; allocated on first use, so most idle sessions have none.
     names: Option<Box<Names>>,
+    /// The last unnamed Parse, and whether it still waits for its Bind to pick the shard.
+    unnamed_parse: Option<(Frame, bool)>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
@@ -123,6 +136,7 @@ pub(crate) fn start(
         tx_status: b'I',
         error_since_ready: false,
         names: None,
+        unnamed_parse: None,
         skip_until_sync: false,
         copy_in_extended: false,
         terminated: false,
@@ -420,13 +434,21 @@ impl Session {
             if command.is_some() || self.names.is_some() {
                 self.names().unnamed_command = command;
             }
-            let target = match self.route(p.query) {
-                Ok(t) => t,
+            let target = match self.route_plan(p.query, &[]) {
+                Ok(Routing::To(t)) => t,
+                Ok(Routing::AtBind) if self.server.is_none() => {
+                    // The shard is known at Bind; the Parse goes with it.
+                    self.unnamed_parse = Some((frame.clone(), true));
+                    self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+                    return Ok(());
+                }
+                Ok(Routing::AtBind) => None,
                 Err(e) => return self.extended_error(e),
             };
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
+            self.unnamed_parse = Some((frame.clone(), false));
             self.forward(&frame);
             self.pending.push_back(Expect::Parse {
                 visible: true,
@@ -437,12 +459,13 @@ impl Session {
         }
         let stmt = self.proxy.statements.intern(p.query, p.param_types);
         let name: Box<[u8]> = p.name.into();
-        let target = match self.route(p.query) {
-            Ok(t) => t,
+        let (target, at_bind) = match self.route_plan(p.query, &[]) {
+            Ok(Routing::To(t)) => (t, false),
+            Ok(Routing::AtBind) => (None, true),
             Err(e) => return self.extended_error(e),
         };
         self.names().statements.insert(name.clone(), stmt.clone());
-        if self.server.is_none() && stmt.is_valid() {
+        if self.server.is_none() && (stmt.is_valid() || at_bind) {
             // A text some server has already parsed needs no server connection now: it is
             // prepared on whichever connection runs it. Waiting for a connection here would
             // stall clients that prepare synchronously (libpq's PQprepare) while others hold
@@ -528,9 +551,25 @@ impl Session {
     async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
         if b.statement.is_empty() {
-            if let Err(e) = self.ensure_server().await {
+            let target = match self.unnamed_parse.clone() {
+                Some((parse, _)) => {
+                    let pv = ParseView::new(&parse).map_err(malformed)?;
+                    let params = crate::statements::bind_params_as_text(
+                        b.rest,
+                        &crate::statements::parse_oids(pv.param_types),
+                    );
+                    match self.route_plan(pv.query, &params) {
+                        Ok(Routing::To(t)) => t,
+                        Ok(Routing::AtBind) => None,
+                        Err(e) => return self.extended_error(e),
+                    }
+                }
+                None => None,
+            };
+            if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
+            self.send_deferred_parse();
             let command = self
                 .names
                 .as_deref()
@@ -543,8 +582,10 @@ impl Session {
         let Some(stmt) = self.statement(b.statement) else {
             return self.extended_error(Self::unknown_statement(b.statement));
         };
-        let target = match self.route(&stmt.query) {
-            Ok(t) => t,
+        let params = crate::statements::bind_params_as_text(b.rest, &stmt.param_oids());
+        let target = match self.route_plan(&stmt.query, &params) {
+            Ok(Routing::To(t)) => t,
+            Ok(Routing::AtBind) => None,
             Err(e) => return self.extended_error(e),
         };
         if let Err(e) = self.ensure_server_on(target).await {
@@ -563,15 +604,18 @@ impl Session {
             if let Err(e) = self.ensure_server().await {
                 return self.extended_error(e);
             }
+            self.send_deferred_parse();
             self.forward(&frame);
-            self.pending.push_back(Expect::Describe);
+            self.pending.push_back(Expect::Describe { statement: None });
             return Ok(());
         }
         let Some(stmt) = self.statement(d.name) else {
             return self.extended_error(Self::unknown_statement(d.name));
         };
-        let target = match self.route(&stmt.query) {
-            Ok(t) => t,
+        // Any shard can describe a statement whose key is a parameter.
+        let target = match self.route_plan(&stmt.query, &[]) {
+            Ok(Routing::To(t)) => t,
+            Ok(Routing::AtBind) => None,
             Err(e) => return self.extended_error(e),
         };
         if let Err(e) = self.ensure_server_on(target).await {
@@ -579,7 +623,9 @@ impl Session {
         }
         self.prepare_on_server(&stmt);
         messages::target(&mut self.swbuf, tag::DESCRIBE, b'S', &stmt.server_name);
-        self.pending.push_back(Expect::Describe);
+        self.pending.push_back(Expect::Describe {
+            statement: Some(stmt),
+        });
         Ok(())
     }
 
@@ -656,14 +702,27 @@ impl Session {
     /// Where a statement must run: `Some(shard)`, or `None` for the session's shard (the
     /// attached server, else the home shard). Only databases with shard maps or reference
     /// tables and more than one shard route; the others send everything home.
+    /// Where a statement with no parameters to wait for runs.
     fn route(&self, sql: &[u8]) -> Result<Option<String>, ProxyError> {
+        match self.route_plan(sql, &[])? {
+            Routing::To(t) => Ok(t),
+            Routing::AtBind => Err(ProxyError::error(
+                "0A000",
+                "shardgate cannot route this statement: its shard key is a parameter and no values are bound",
+            )
+            .with_hint("Give the key as a constant, or name the shard: /* shardgate: shard=NAME */.")),
+        }
+    }
+
+    /// Where a statement with its parameters `bound` (empty: not known yet).
+    fn route_plan(&self, sql: &[u8], bound: &[Option<String>]) -> Result<Routing, ProxyError> {
         use router::plan::Plan;
         let config = self.proxy.config.load();
         let Some(db) = config.databases.get(&self.client.database) else {
-            return Ok(None);
+            return Ok(Routing::To(None));
         };
         if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
-            return Ok(None);
+            return Ok(Routing::To(None));
         }
         let text = String::from_utf8_lossy(sql);
         let statements = router::lexer::split_statements(&text);
@@ -671,7 +730,10 @@ impl Session {
             // Each statement of a multi-statement query routes; they must agree.
             let mut target: Option<String> = None;
             for st in statements {
-                if let Some(t) = self.route(st.as_bytes())? {
+                let Routing::To(next) = self.route_plan(st.as_bytes(), bound)? else {
+                    return Ok(Routing::AtBind);
+                };
+                if let Some(t) = next {
                     match &target {
                         Some(prev) if *prev != t => {
                             return Err(ProxyError::error(
@@ -684,7 +746,7 @@ impl Session {
                     }
                 }
             }
-            return Ok(target);
+            return Ok(Routing::To(target));
         }
         let hints = router::hints::parse_hints(&text)
             .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
@@ -696,10 +758,10 @@ impl Session {
             )
             .with_hint(hint.to_owned())
         };
-        let plan = match self.proxy.route_cache.route(&text, &[], &keys) {
+        let plan = match self.proxy.route_cache.route(&text, bound, &keys) {
             Ok(r) => router::plan::plan_with_hints(db, &r.analysis, &r.params, &hints),
             Err(_) if hints.shard.is_some() => {
-                return Ok(hints.shard.clone());
+                return Ok(Routing::To(hints.shard.clone()));
             }
             Err(e) => {
                 return Err(refuse(
@@ -709,8 +771,8 @@ impl Session {
             }
         };
         match plan {
-            Plan::Shard(s) => Ok(Some(s)),
-            Plan::Session | Plan::AnyShard => Ok(None),
+            Plan::Shard(s) => Ok(Routing::To(Some(s))),
+            Plan::Session | Plan::AnyShard => Ok(Routing::To(None)),
             Plan::AllShards => Err(refuse(
                 "it needs every shard, and running one statement on several shards is not available yet".into(),
                 "Add the shard key to the WHERE clause, or run it on each shard with /* shardgate: shard=NAME */.",
@@ -719,9 +781,10 @@ impl Session {
                 format!("its keys live on shards {}, and running one statement on several shards is not available yet", s.join(", ")),
                 "Send the keys of each shard in a statement of their own.",
             )),
+            Plan::AtBind if bound.is_empty() => Ok(Routing::AtBind),
             Plan::AtBind => Err(refuse(
-                "its shard key is a bound parameter, and routing by parameter values is not available yet".into(),
-                "Give the key as a constant, or name the shard: /* shardgate: shard=NAME */.",
+                "its shard key is a parameter the router cannot read (NULL, or binary of a type other than integer, text or uuid)".into(),
+                "Send the key in text format, or name the shard: /* shardgate: shard=NAME */.",
             )),
             Plan::Refuse { reason, hint } => Err(refuse(reason, &hint)),
         }
@@ -764,6 +827,20 @@ impl Session {
             }
         }
         self.ensure_server().await
+    }
+
+    /// Sends the unnamed Parse that waited for its Bind, its answer already given.
+    fn send_deferred_parse(&mut self) {
+        if let Some((parse, waiting @ true)) = self.unnamed_parse.as_mut() {
+            *waiting = false;
+            let raw = parse.raw().clone();
+            self.swbuf.extend_from_slice(&raw);
+            self.pending.push_back(Expect::Parse {
+                visible: false,
+                statement: None,
+                client_name: None,
+            });
+        }
     }
 
     fn home_shard(&self) -> String {
@@ -954,11 +1031,20 @@ impl Session {
                 _ => return Err(Self::desync("CloseComplete")),
             },
             tag::NO_DATA => match self.pending.pop_front() {
-                Some(Expect::Describe) => self.wbuf.extend_from_slice(frame.raw()),
+                Some(Expect::Describe { .. }) => self.wbuf.extend_from_slice(frame.raw()),
                 _ => return Err(Self::desync("NoData")),
             },
+            tag::PARAMETER_DESCRIPTION => {
+                if let Some(Expect::Describe {
+                    statement: Some(stmt),
+                }) = self.pending.front()
+                {
+                    stmt.set_described(crate::statements::parse_oids(frame.body()));
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
             tag::ROW_DESCRIPTION => {
-                if matches!(self.pending.front(), Some(Expect::Describe)) {
+                if matches!(self.pending.front(), Some(Expect::Describe { .. })) {
                     self.pending.pop_front();
                 }
                 self.wbuf.extend_from_slice(frame.raw());
@@ -1123,6 +1209,7 @@ impl Session {
                 server.applied_for = None;
                 server.prepared.clear();
                 self.names = None;
+                self.unnamed_parse = None;
                 return;
             }
             (SessionCommand::DeallocateAll, b"DEALLOCATE ALL") => {
