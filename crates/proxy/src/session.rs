@@ -98,7 +98,7 @@ struct Session {
     wbuf: BytesMut,
     server: Option<PooledConn>,
     /// The shard of the attached server; `None`: the home shard.
-    server_shard: Option<String>,
+    server_shard: Option<Box<str>>,
     /// Bytes for the server.
     swbuf: BytesMut,
     pending: VecDeque<Expect>,
@@ -109,7 +109,7 @@ struct Session {
     /// What the client has named; allocated on first use, so most idle sessions have none.
     names: Option<Box<Names>>,
     /// The last unnamed Parse, and whether it still waits for its Bind to pick the shard.
-    unnamed_parse: Option<(Frame, bool)>,
+    unnamed_parse: Option<Box<(Frame, bool)>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
@@ -438,7 +438,7 @@ impl Session {
                 Ok(Routing::To(t)) => t,
                 Ok(Routing::AtBind) if self.server.is_none() => {
                     // The shard is known at Bind; the Parse goes with it.
-                    self.unnamed_parse = Some((frame.clone(), true));
+                    self.unnamed_parse = Some(Box::new((frame.clone(), true)));
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                     return Ok(());
                 }
@@ -448,7 +448,7 @@ impl Session {
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
-            self.unnamed_parse = Some((frame.clone(), false));
+            self.unnamed_parse = Some(Box::new((frame.clone(), false)));
             self.forward(&frame);
             self.pending.push_back(Expect::Parse {
                 visible: true,
@@ -551,8 +551,8 @@ impl Session {
     async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
         if b.statement.is_empty() {
-            let target = match self.unnamed_parse.clone() {
-                Some((parse, _)) => {
+            let target = match self.unnamed_parse.as_ref().map(|p| p.0.clone()) {
+                Some(parse) => {
                     let pv = ParseView::new(&parse).map_err(malformed)?;
                     let params = crate::statements::bind_params_as_text(
                         b.rest,
@@ -797,7 +797,7 @@ impl Session {
             if self.server.is_some() {
                 let home;
                 let attached = match &self.server_shard {
-                    Some(s) => s.as_str(),
+                    Some(s) => &**s,
                     None => {
                         home = self.home_shard();
                         home.as_str()
@@ -823,7 +823,7 @@ impl Session {
                         .map_err(|e| pool_error(e, false))?,
                 };
                 self.attach(conn);
-                self.server_shard = Some(t.clone());
+                self.server_shard = Some(t.as_str().into());
             }
         }
         self.ensure_server().await
@@ -831,9 +831,9 @@ impl Session {
 
     /// Sends the unnamed Parse that waited for its Bind, its answer already given.
     fn send_deferred_parse(&mut self) {
-        if let Some((parse, waiting @ true)) = self.unnamed_parse.as_mut() {
-            *waiting = false;
-            let raw = parse.raw().clone();
+        if let Some(p) = self.unnamed_parse.as_mut().filter(|p| p.1) {
+            p.1 = false;
+            let raw = p.0.raw().clone();
             self.swbuf.extend_from_slice(&raw);
             self.pending.push_back(Expect::Parse {
                 visible: false,
