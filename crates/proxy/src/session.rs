@@ -551,7 +551,13 @@ impl Session {
     async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
         if b.statement.is_empty() {
-            let target = match self.unnamed_parse.as_ref().map(|p| p.0.clone()) {
+            let routes = self.routes();
+            let target = match self
+                .unnamed_parse
+                .as_ref()
+                .filter(|_| routes)
+                .map(|p| p.0.clone())
+            {
                 Some(parse) => {
                     let pv = ParseView::new(&parse).map_err(malformed)?;
                     let params = crate::statements::bind_params_as_text(
@@ -582,7 +588,11 @@ impl Session {
         let Some(stmt) = self.statement(b.statement) else {
             return self.extended_error(Self::unknown_statement(b.statement));
         };
-        let params = crate::statements::bind_params_as_text(b.rest, &stmt.param_oids());
+        let params = if self.routes() {
+            crate::statements::bind_params_as_text(b.rest, &stmt.param_oids())
+        } else {
+            Vec::new()
+        };
         let target = match self.route_plan(&stmt.query, &params) {
             Ok(Routing::To(t)) => t,
             Ok(Routing::AtBind) => None,
@@ -702,6 +712,18 @@ impl Session {
     /// Where a statement must run: `Some(shard)`, or `None` for the session's shard (the
     /// attached server, else the home shard). Only databases with shard maps or reference
     /// tables and more than one shard route; the others send everything home.
+    /// Whether this client's database routes statements at all (several shards and maps or
+    /// reference tables); the others send everything home and pay nothing for routing.
+    fn routes(&self) -> bool {
+        let config = self.proxy.config.load();
+        config
+            .databases
+            .get(&self.client.database)
+            .is_some_and(|db| {
+                db.shards.len() >= 2 && (!db.maps.is_empty() || !db.reference_tables.is_empty())
+            })
+    }
+
     /// Where a statement with no parameters to wait for runs.
     fn route(&self, sql: &[u8]) -> Result<Option<String>, ProxyError> {
         match self.route_plan(sql, &[])? {
