@@ -23,14 +23,74 @@ pub struct SandboxArgs {
 }
 
 const PASSWORD: &str = "sandbox";
+/// The same tables on every shard; customers and their orders are sharded by customer id
+/// (so a customer's orders live with the customer), countries is a reference table.
 const DEMO_SCHEMA: &str = "
-CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, country text NOT NULL);
-CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers(id),
+CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
+INSERT INTO countries VALUES ('us', 'United States'), ('de', 'Germany'), ('fr', 'France'), ('jp', 'Japan');
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, country text NOT NULL REFERENCES countries(code));
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers(id),
                      amount numeric(10,2) NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO customers SELECT g, 'customer ' || g, (ARRAY['us','de','fr','jp'])[1 + g % 4]
-  FROM generate_series(1, 100) g;
-INSERT INTO orders (customer_id, amount) SELECT 1 + g % 100, (g % 50) + 0.99 FROM generate_series(1, 1000) g;
 ";
+const CUSTOMERS: i64 = 100;
+const ORDERS: i64 = 1000;
+
+/// The demo's shard map: customers and orders by customer id, 8 hash partitions dealt to
+/// the shards in turn.
+fn demo_map(shards: u32) -> String {
+    let mut assign = Vec::new();
+    for s in 0..shards {
+        let parts: Vec<String> = (0..8u32)
+            .filter(|p| p % shards == s)
+            .map(|p| p.to_string())
+            .collect();
+        if !parts.is_empty() {
+            assign.push(format!("s{s}: [{}]", parts.join(", ")));
+        }
+    }
+    format!(
+        "name: customers\ntype: hash\nkey_type: bigint\npartitions: 8\nassign: {{ {} }}\ntables:\n  - {{ table: customers, column: id }}\n  - {{ table: orders, column: customer_id }}\n",
+        assign.join(", ")
+    )
+}
+
+/// Each shard's share of the demo data, as SQL.
+fn demo_data(map: &sgconfig::ShardMap, shards: u32) -> Vec<String> {
+    let owner = |id: i64| -> usize {
+        router::sharding::shard_for_key(map, &[sgconfig::KeyValue::Int(id)])
+            .and_then(|s| s.trim_start_matches('s').parse().ok())
+            .unwrap_or(0)
+    };
+    let countries = ["us", "de", "fr", "jp"];
+    let mut sql = vec![String::new(); shards as usize];
+    let mut customers = vec![Vec::new(); shards as usize];
+    for id in 1..=CUSTOMERS {
+        customers[owner(id)].push(format!(
+            "({id}, 'customer {id}', '{}')",
+            countries[(id % 4) as usize]
+        ));
+    }
+    let mut orders = vec![Vec::new(); shards as usize];
+    for g in 1..=ORDERS {
+        let customer = 1 + g % CUSTOMERS;
+        orders[owner(customer)].push(format!("({g}, {customer}, {}.99)", g % 50));
+    }
+    for s in 0..shards as usize {
+        if !customers[s].is_empty() {
+            sql[s].push_str(&format!(
+                "INSERT INTO customers VALUES {};\n",
+                customers[s].join(", ")
+            ));
+        }
+        if !orders[s].is_empty() {
+            sql[s].push_str(&format!(
+                "INSERT INTO orders (id, customer_id, amount) VALUES {};\n",
+                orders[s].join(", ")
+            ));
+        }
+    }
+    sql
+}
 
 pub fn run(args: SandboxArgs) -> ExitCode {
     match start(&args) {
@@ -75,12 +135,14 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         clusters.push((primary, replicas));
     }
-    // Until routing by shard key is in place, every table lives on the home shard s0.
-    clusters[0].0.psql("app", DEMO_SCHEMA)?;
-
+    let config_dir = base.clone().unwrap_or_else(std::env::temp_dir);
+    let tag = std::process::id();
+    let map_path = config_dir.join(format!("shardgate-sandbox-{tag}-customers.yaml"));
+    std::fs::write(&map_path, demo_map(args.shards))?;
     let mut yaml = format!(
-        "listen: 127.0.0.1:{}\npool: {{ mode: transaction, size: 10 }}\nusers:\n  - {{ name: app, password: {PASSWORD} }}\ndatabases:\n  app:\n    shards:\n",
-        args.port
+        "listen: 127.0.0.1:{}\npool: {{ mode: transaction, size: 10 }}\nusers:\n  - {{ name: app, password: {PASSWORD} }}\ndatabases:\n  app:\n    shard_maps: [\"{}\"]\n    reference_tables: [countries]\n    shards:\n",
+        args.port,
+        map_path.display()
     );
     for (i, (p, rs)) in clusters.iter().enumerate() {
         let replicas: Vec<String> = rs.iter().map(|r| format!("\"{}\"", r.url("app"))).collect();
@@ -90,17 +152,24 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             replicas.join(", ")
         ));
     }
-    let config_dir = base.clone().unwrap_or_else(std::env::temp_dir);
-    let config_path = config_dir.join(format!("shardgate-sandbox-{}.yaml", std::process::id()));
+    let config_path = config_dir.join(format!("shardgate-sandbox-{tag}.yaml"));
     std::fs::write(&config_path, &yaml)?;
     let config = sgconfig::load_file(&config_path).map_err(|e| e.to_string())?;
     if base.is_none() {
         let _ = std::fs::remove_file(&config_path);
+        let _ = std::fs::remove_file(&map_path);
     }
+    let map = config.databases["app"].maps[0].clone();
+    for ((primary, _), data) in clusters.iter().zip(demo_data(&map, args.shards)) {
+        primary.psql("app", DEMO_SCHEMA)?;
+        primary.psql("app", &data)?;
+    }
+    let last = format!("s{}", args.shards - 1);
+    let on_last = clusters[args.shards as usize - 1]
+        .0
+        .psql("app", "SELECT count(*) FROM customers")?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime(config.worker_threads())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let result = rt.block_on(async move {
         let server = tokio::spawn(crate::serve(
@@ -116,10 +185,14 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
             println!("Connect with:");
             println!("  psql postgres://app:{PASSWORD}@{addr}/app");
-            println!("Try:");
-            println!("  SELECT count(*) FROM customers;                 -- 100");
-            println!("  SELECT name FROM customers WHERE id = 42;        -- customer 42");
-            println!("  SELECT count(*) FROM orders WHERE customer_id = 7;  -- 10");
+            println!("Try (customers and orders are sharded by customer id, countries is on every shard):");
+            println!("  SELECT name FROM customers WHERE id = 42;                      -- customer 42");
+            println!("  SELECT count(*), sum(amount) FROM orders WHERE customer_id = 7;  -- 10 | 69.90");
+            println!("  SELECT name FROM countries WHERE code = 'de';                  -- Germany");
+            println!("  /* shardgate: shard={last} */ SELECT count(*) FROM customers;   -- {on_last}, the customers on {last}");
+            if args.shards > 1 {
+                println!("  SELECT count(*) FROM customers;     -- refused (0A000): needs every shard");
+            }
             println!("Press Ctrl-C to stop everything.");
         }
         server.await

@@ -1,0 +1,105 @@
+//! `shardgate sandbox` as a newcomer runs it: shards with streaming replicas come up, psql
+//! connects, and the README's demo queries give the documented results. Ctrl-C stops it all.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
+
+fn psql(port: u16, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", sql])
+        .arg(format!("postgres://app:sandbox@127.0.0.1:{port}/app"))
+        .output()
+        .expect("psql");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_sandbox_serves_the_readme_demo() {
+    let port = cluster::free_port();
+    let mut child = Command::new(BIN)
+        .args(["sandbox", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut printed = String::new();
+    while !printed.contains("Press Ctrl-C") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                printed.push_str(&line);
+                printed.push('\n');
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the sandbox did not become ready:\n{printed}");
+            }
+        }
+    }
+    assert!(
+        printed.contains("2 shard(s), 1 replica(s) each"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("psql postgres://app:sandbox@127.0.0.1:{port}/app")),
+        "{printed}"
+    );
+
+    assert_eq!(
+        psql(port, "SELECT name FROM customers WHERE id = 42"),
+        (true, "customer 42".into())
+    );
+    assert_eq!(
+        psql(
+            port,
+            "SELECT count(*), sum(amount) FROM orders WHERE customer_id = 7"
+        ),
+        (true, "10|69.90".into())
+    );
+    assert_eq!(
+        psql(port, "SELECT name FROM countries WHERE code = 'de'"),
+        (true, "Germany".into())
+    );
+    let (ok, n) = psql(
+        port,
+        "/* shardgate: shard=s1 */ SELECT count(*) FROM customers",
+    );
+    assert!(ok, "{n}");
+    assert!(
+        printed.contains(&format!("-- {n}, the customers on s1")),
+        "{printed}"
+    );
+    let (ok, err) = psql(port, "SELECT count(*) FROM customers");
+    assert!(!ok);
+    assert!(err.contains("cannot route"), "{err}");
+
+    // Ctrl-C stops the proxy and every server it started.
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sandbox did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!psql(port, "SELECT 1").0, "the proxy still answers");
+}
