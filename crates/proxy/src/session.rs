@@ -76,6 +76,9 @@ struct Names {
     unnamed_command: Option<SessionCommand>,
 }
 
+/// A session's pools of other shards: (config generation, shard name → pool).
+type ShardPools = (u64, Vec<(Box<str>, pool::Pool)>);
+
 /// A routing decision.
 enum Routing {
     /// This shard (`None`: the session's).
@@ -110,6 +113,8 @@ struct Session {
     names: Option<Box<Names>>,
     /// The last unnamed Parse, and whether it still waits for its Bind to pick the shard.
     unnamed_parse: Option<Box<(Frame, bool)>>,
+    /// Pools of shards other than home this session has used, for one config generation.
+    shard_pools: Option<Box<ShardPools>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
@@ -137,6 +142,7 @@ pub(crate) fn start(
         error_since_ready: false,
         names: None,
         unnamed_parse: None,
+        shard_pools: None,
         skip_until_sync: false,
         copy_in_extended: false,
         terminated: false,
@@ -747,7 +753,13 @@ impl Session {
             return Ok(Routing::To(None));
         }
         let text = String::from_utf8_lossy(sql);
-        let statements = router::lexer::split_statements(&text);
+        // Only a query with a `;` before its end can hold several statements.
+        let several = text.trim_end().trim_end_matches(';').contains(';');
+        let statements = if several {
+            router::lexer::split_statements(&text)
+        } else {
+            Vec::new()
+        };
         if statements.len() > 1 {
             // Each statement of a multi-statement query routes; they must agree.
             let mut target: Option<String> = None;
@@ -835,9 +847,7 @@ impl Session {
                 return self.ensure_server().await;
             }
             if *t != self.home_shard() {
-                let pool = self
-                    .proxy
-                    .pool_for(&self.client.database, &self.client.user, t)?;
+                let pool = self.shard_pool(t)?;
                 let conn = match pool.try_get() {
                     Some(c) => c,
                     None => Box::pin(pool.get())
@@ -863,6 +873,27 @@ impl Session {
                 client_name: None,
             });
         }
+    }
+
+    /// The pool of another shard, remembered by the session for its config generation.
+    fn shard_pool(&mut self, shard: &str) -> Result<pool::Pool, ProxyError> {
+        let generation = self.proxy.generation();
+        let cached = self
+            .shard_pools
+            .as_deref_mut()
+            .filter(|c| c.0 == generation);
+        if let Some(p) = cached.and_then(|c| c.1.iter().find(|(n, _)| &**n == shard)) {
+            return Ok(p.1.clone());
+        }
+        let pool = self
+            .proxy
+            .pool_for(&self.client.database, &self.client.user, shard)?;
+        let entry = self.shard_pools.get_or_insert_with(Default::default);
+        if entry.0 != generation {
+            *entry = Box::new((generation, Vec::new()));
+        }
+        entry.1.push((shard.into(), pool.clone()));
+        Ok(pool)
     }
 
     fn home_shard(&self) -> String {
