@@ -890,7 +890,7 @@ impl Session {
             .pool_for(&self.client.database, &self.client.user, shard)?;
         let entry = self.shard_pools.get_or_insert_with(Default::default);
         if entry.0 != generation {
-            *entry = Box::new((generation, Vec::new()));
+            **entry = (generation, Vec::new());
         }
         entry.1.push((shard.into(), pool.clone()));
         Ok(pool)
