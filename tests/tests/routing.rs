@@ -182,6 +182,51 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         n,
         Some(psql_direct(&shards[1], "SELECT count(*) FROM accounts"))
     );
+    // The same as session settings, kept by the proxy and never sent to PostgreSQL.
+    let first_value = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        })
+    };
+    let on_s1 = Some(Some(psql_direct(
+        &shards[1],
+        "SELECT count(*) FROM accounts",
+    )));
+    c.batch_execute("SET shardgate.shard = 's1'").await.unwrap();
+    let n = first_value(
+        c.simple_query("SELECT count(*) FROM accounts")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, on_s1);
+    let seen = first_value(
+        c.simple_query("SELECT current_setting('shardgate.shard', true)")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(seen, Some(None), "the setting reached PostgreSQL");
+    c.batch_execute("RESET shardgate.shard").await.unwrap();
+    let e = c
+        .simple_query("SELECT count(*) FROM accounts")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    let e = c
+        .batch_execute("SET shardgate.shard = 's9'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+    c.batch_execute(&format!("SET shardgate.key = '{b}'"))
+        .await
+        .unwrap();
+    let n = first_value(
+        c.simple_query("SELECT count(*) FROM accounts")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, on_s1);
+    c.batch_execute("RESET shardgate.key").await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
 

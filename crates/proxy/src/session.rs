@@ -66,6 +66,8 @@ enum Expect {
     Synthetic(u8),
     SyntheticError(ProxyError),
     SyntheticReady,
+    /// A CommandComplete with this tag, for a statement the proxy ran itself.
+    SyntheticDone(&'static str),
 }
 
 /// A client's prepared statements and the portals whose statement changes session state.
@@ -115,6 +117,8 @@ struct Session {
     unnamed_parse: Option<Box<(Frame, bool)>>,
     /// Pools of shards other than home this session has used, for one config generation.
     shard_pools: Option<Box<ShardPools>>,
+    /// `SET shardgate.shard` / `SET shardgate.key`.
+    session_hints: Option<Box<router::hints::Hints>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
@@ -143,6 +147,7 @@ pub(crate) fn start(
         names: None,
         unnamed_parse: None,
         shard_pools: None,
+        session_hints: None,
         skip_until_sync: false,
         copy_in_extended: false,
         terminated: false,
@@ -182,6 +187,32 @@ fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {
     } else {
         Some(cmds)
     }
+}
+
+fn is_proxy_setting(c: &SessionCommand) -> bool {
+    match c {
+        SessionCommand::Set { name, .. } | SessionCommand::Reset { name } => {
+            name.starts_with("shardgate.")
+        }
+        _ => false,
+    }
+}
+
+/// The value of `SET name {TO|=} value`, unquoted.
+fn setting_value(sql: &str) -> String {
+    let mut lx = router::lexer::Lexer::new(sql);
+    while let Some(t) = lx.next() {
+        if t.is_keyword("to") || t.text() == "=" {
+            return match lx.next() {
+                Some(router::lexer::Token::String(s)) if s.starts_with('\'') => {
+                    s[1..s.len() - 1].replace("''", "'")
+                }
+                Some(t) => t.text().to_owned(),
+                None => String::new(),
+            };
+        }
+    }
+    String::new()
 }
 
 fn tracked(sql: &[u8]) -> Option<SessionCommand> {
@@ -408,6 +439,11 @@ impl Session {
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
         let sql = messages::query_text(&frame).map_err(malformed)?;
         let commands = session_commands(sql);
+        if let Some(cmds) = &commands {
+            if cmds.iter().any(is_proxy_setting) {
+                return self.proxy_setting(cmds);
+            }
+        }
         if self.client.mode == PoolMode::Transaction
             && commands
                 .as_ref()
@@ -685,6 +721,7 @@ impl Session {
                     messages::ready_for_query(&mut self.wbuf, self.tx_status);
                     self.error_since_ready = false;
                 }
+                Some(Expect::SyntheticDone(t)) => messages::command_complete(&mut self.wbuf, t),
                 Some(Expect::CopyEnd) => {}
                 _ => return,
             }
@@ -718,6 +755,66 @@ impl Session {
     /// Where a statement must run: `Some(shard)`, or `None` for the session's shard (the
     /// attached server, else the home shard). Only databases with shard maps or reference
     /// tables and more than one shard route; the others send everything home.
+    /// `SET shardgate.shard|key = ...` and `RESET shardgate.*`: session hints the proxy keeps
+    /// and never sends to PostgreSQL.
+    fn proxy_setting(&mut self, cmds: &VecDeque<SessionCommand>) -> Result<(), End> {
+        if cmds.len() != 1 {
+            return self.simple_error(
+                ProxyError::error(
+                    "0A000",
+                    "SET shardgate.* must be sent as a query of its own",
+                )
+                .with_hint("Send SET shardgate.shard = '...' without other statements."),
+            );
+        }
+        let (done, result) = match &cmds[0] {
+            SessionCommand::Set { name, sql } => (
+                "SET",
+                self.set_proxy_setting(name, Some(setting_value(sql))),
+            ),
+            SessionCommand::Reset { name } => ("RESET", self.set_proxy_setting(name, None)),
+            _ => ("SET", Ok(())),
+        };
+        if let Err(e) = result {
+            return self.simple_error(e);
+        }
+        self.push_synthetic(Expect::SyntheticDone(done));
+        self.push_synthetic(Expect::SyntheticReady);
+        Ok(())
+    }
+
+    fn set_proxy_setting(&mut self, name: &str, value: Option<String>) -> Result<(), ProxyError> {
+        match name {
+            "shardgate.shard" => {
+                if let Some(v) = &value {
+                    let config = self.proxy.config.load();
+                    let known = config
+                        .databases
+                        .get(&self.client.database)
+                        .is_some_and(|d| d.shards.iter().any(|(n, _)| n == v));
+                    if !known {
+                        return Err(ProxyError::error(
+                            "22023",
+                            format!("shardgate.shard: shard \"{v}\" does not exist"),
+                        ));
+                    }
+                }
+                self.session_hints
+                    .get_or_insert_with(Default::default)
+                    .shard = value;
+            }
+            "shardgate.key" => self.session_hints.get_or_insert_with(Default::default).key = value,
+            other => {
+                return Err(ProxyError::error(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{other}\""),
+                )
+                .with_hint("shardgate knows shardgate.shard and shardgate.key."))
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this client's database routes statements at all (several shards and maps or
     /// reference tables); the others send everything home and pay nothing for routing.
     fn routes(&self) -> bool {
@@ -782,8 +879,14 @@ impl Session {
             }
             return Ok(Routing::To(target));
         }
-        let hints = router::hints::parse_hints(&text)
+        let mut hints = router::hints::parse_hints(&text)
             .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
+        if let Some(session) = self.session_hints.as_deref() {
+            if hints.shard.is_none() && hints.key.is_none() {
+                hints.shard = session.shard.clone();
+                hints.key = session.key.clone();
+            }
+        }
         let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
         let refuse = |reason: String, hint: &str| {
             ProxyError::error(
