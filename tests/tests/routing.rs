@@ -3,9 +3,39 @@
 
 use e2e::{cluster, create_database, psql_direct, sqlstate, APP_PASSWORD, SERVER_PASSWORD};
 
+/// A proxy over two shard databases with one hash map (4 partitions: s0 owns remainders 0
+/// and 2, s1 owns 1 and 3) of `table` by `column` of `key_type`.
+fn two_shard_proxy(
+    shards: &[String; 2],
+    name: &str,
+    table: &str,
+    column: &str,
+    key_type: &str,
+    pool_size: u32,
+) -> (std::net::SocketAddr, std::path::PathBuf) {
+    let info = cluster();
+    let dir = std::env::temp_dir().join(format!("sg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("map.yaml"),
+        format!("name: {name}\ntype: hash\nkey_type: {key_type}\npartitions: 4\nassign: {{ s0: [0, 2], s1: [1, 3] }}\ntables: [{{ table: {table}, column: {column} }}]\n"),
+    )
+    .unwrap();
+    let yaml = format!(
+        "pool: {{ size: {pool_size} }}\nusers:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
+         databases:\n  app:\n    shard_maps: [map.yaml]\n    shards:\n\
+         \x20     s0: {{ primary: \"postgres://127.0.0.1:{port}/{d0}\" }}\n\
+         \x20     s1: {{ primary: \"postgres://127.0.0.1:{port}/{d1}\" }}\n",
+        su = info.superuser,
+        port = info.port,
+        d0 = shards[0],
+        d1 = shards[1],
+    );
+    (e2e::start_proxy_from(&dir, &yaml), dir)
+}
+
 #[tokio::test]
 async fn keyed_statements_reach_the_shard_of_their_key() {
-    let info = cluster();
     let shards = [create_database("route_s0"), create_database("route_s1")];
     for db in &shards {
         psql_direct(
@@ -18,24 +48,7 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         );
         psql_direct(db, "CREATE TABLE notes (id int)");
     }
-    let dir = std::env::temp_dir().join(format!("sg-route-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("accounts.yaml"),
-        "name: accounts\ntype: hash\nkey_type: bigint\npartitions: 4\nassign: { s0: [0, 2], s1: [1, 3] }\ntables: [{ table: accounts, column: account_id }]\n",
-    )
-    .unwrap();
-    let yaml = format!(
-        "users:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
-         databases:\n  app:\n    shard_maps: [accounts.yaml]\n    shards:\n\
-         \x20     s0: {{ primary: \"postgres://127.0.0.1:{port}/{d0}\" }}\n\
-         \x20     s1: {{ primary: \"postgres://127.0.0.1:{port}/{d1}\" }}\n",
-        su = info.superuser,
-        port = info.port,
-        d0 = shards[0],
-        d1 = shards[1],
-    );
-    let addr = e2e::start_proxy_from(&dir, &yaml);
+    let (addr, dir) = two_shard_proxy(&shards, "route", "accounts", "account_id", "bigint", 5);
     let c = e2e::connect(&format!(
         "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
         addr.port()
@@ -264,24 +277,7 @@ fn pgbench_select_only_reaches_only_the_owning_shard() {
         );
         psql_direct(db, "VACUUM ANALYZE pgbench_accounts");
     }
-    let dir = std::env::temp_dir().join(format!("sg-pgbench-route-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("accounts.yaml"),
-        "name: accounts\ntype: hash\nkey_type: integer\npartitions: 4\nassign: { s0: [0, 2], s1: [1, 3] }\ntables: [{ table: pgbench_accounts, column: aid }]\n",
-    )
-    .unwrap();
-    let yaml = format!(
-        "pool: {{ size: 8 }}\nusers:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
-         databases:\n  app:\n    shard_maps: [accounts.yaml]\n    shards:\n\
-         \x20     s0: {{ primary: \"postgres://127.0.0.1:{port}/{d0}\" }}\n\
-         \x20     s1: {{ primary: \"postgres://127.0.0.1:{port}/{d1}\" }}\n",
-        su = info.superuser,
-        port = info.port,
-        d0 = shards[0],
-        d1 = shards[1],
-    );
-    let addr = e2e::start_proxy_from(&dir, &yaml);
+    let (addr, dir) = two_shard_proxy(&shards, "bench", "pgbench_accounts", "aid", "integer", 8);
     let proxy_url = format!(
         "postgres://app:{APP_PASSWORD}@127.0.0.1:{}/app",
         addr.port()
