@@ -635,12 +635,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        let target = match self.route_plan(&stmt.query, &params) {
-            Ok(Routing::To(t)) => t,
-            Ok(Routing::AtBind) => None,
-            Err(e) => return self.extended_error(e),
-        };
-        if let Err(e) = self.ensure_server_on(target).await {
+        if let Err(e) = self.ensure_server_for(&stmt.query, &params).await {
             return self.extended_error(e);
         }
         self.prepare_on_server(&stmt);
@@ -665,12 +660,7 @@ impl Session {
             return self.extended_error(Self::unknown_statement(d.name));
         };
         // Any shard can describe a statement whose key is a parameter.
-        let target = match self.route_plan(&stmt.query, &[]) {
-            Ok(Routing::To(t)) => t,
-            Ok(Routing::AtBind) => None,
-            Err(e) => return self.extended_error(e),
-        };
-        if let Err(e) = self.ensure_server_on(target).await {
+        if let Err(e) = self.ensure_server_for(&stmt.query, &[]).await {
             return self.extended_error(e);
         }
         self.prepare_on_server(&stmt);
@@ -925,6 +915,20 @@ impl Session {
             )),
             Plan::Refuse { reason, hint } => Err(refuse(reason, &hint)),
         }
+    }
+
+    /// Attaches the server a statement runs on (by its key, where the database routes); a
+    /// key still waiting for its Bind leaves the choice to the session.
+    async fn ensure_server_for(
+        &mut self,
+        sql: &[u8],
+        params: &[Option<String>],
+    ) -> Result<(), ProxyError> {
+        let target = match self.route_plan(sql, params)? {
+            Routing::To(t) => t,
+            Routing::AtBind => None,
+        };
+        self.ensure_server_on(target).await
     }
 
     /// [`Self::ensure_server`] on a given shard: refused when a transaction already runs on
