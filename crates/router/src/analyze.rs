@@ -63,6 +63,9 @@ pub struct Analysis {
     /// The top-level query has ORDER BY, LIMIT/OFFSET/FETCH, DISTINCT, GROUP BY, HAVING or
     /// an aggregate: its rows cannot simply be concatenated across shards.
     pub needs_merge: bool,
+    /// A top-level `INSERT ... VALUES` into a sharded table: `keyed[0].keys` has one
+    /// alternative per row, in order, and the rows can be split by shard.
+    pub insert_rows: bool,
     /// Why the statement cannot be routed by its shape, whatever the keys.
     pub refuse: Option<String>,
 }
@@ -117,6 +120,7 @@ pub fn analyze(
             tables: Vec::new(),
             keyed: Vec::new(),
             needs_merge: false,
+            insert_rows: false,
             refuse: None,
         });
     }
@@ -136,6 +140,7 @@ pub fn analyze(
             tables: Vec::new(),
             keyed: Vec::new(),
             needs_merge: false,
+            insert_rows: false,
             refuse: None,
         },
     };
@@ -150,6 +155,12 @@ pub fn analyze(
         Statement::Insert(i) => {
             w.out.kind = Kind::Write;
             w.insert(i);
+            w.out.insert_rows = w.out.keyed.len() == 1
+                && w.out.keyed[0].keys.is_some()
+                && matches!(
+                    i.source.as_deref().map(|q| q.body.as_ref()),
+                    Some(SetExpr::Values(_))
+                );
         }
         Statement::Update(u) => {
             w.out.kind = Kind::Write;

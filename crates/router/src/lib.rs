@@ -12,6 +12,7 @@ pub mod hash;
 pub mod hints;
 pub mod lexer;
 pub mod plan;
+pub mod rewrite;
 pub mod session;
 pub mod sharding;
 

@@ -222,6 +222,28 @@ pub fn plan_with_hints(
     plan(db, a, params)
 }
 
+/// The shard of each row of a multi-row `INSERT ... VALUES`, in order; `None` when the
+/// statement is not one or a row's key does not resolve (the plan says why).
+pub fn row_shards(
+    db: &DatabaseConfig,
+    a: &Analysis,
+    params: &[Option<String>],
+) -> Option<Vec<String>> {
+    if !a.insert_rows {
+        return None;
+    }
+    let u = a.keyed.first()?;
+    let (map, _) = map_for(db, &u.table)?;
+    u.keys
+        .as_ref()?
+        .iter()
+        .map(|alt| match resolve(map, alt, params) {
+            Resolved::Shards(mut s) if s.len() == 1 => Some(s.remove(0)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn list(s: &BTreeSet<String>) -> String {
     s.iter()
         .map(|x| format!("`{x}`"))

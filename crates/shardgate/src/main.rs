@@ -156,6 +156,7 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
                 tables: Vec::new(),
                 keyed: Vec::new(),
                 needs_merge: false,
+                insert_rows: false,
                 refuse: None,
             }
         }

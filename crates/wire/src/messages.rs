@@ -464,6 +464,14 @@ pub fn bind(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
     end(buf, at);
 }
 
+/// An Execute of a portal; `max_rows` 0 is no limit.
+pub fn execute(buf: &mut BytesMut, portal: &[u8], max_rows: i32) {
+    let at = begin(buf, tag::EXECUTE);
+    put_cstr(buf, portal);
+    buf.put_i32(max_rows);
+    end(buf, at);
+}
+
 /// A Describe or Close of a statement or portal.
 pub fn target(buf: &mut BytesMut, t: u8, kind: u8, name: &[u8]) {
     let at = begin(buf, t);
