@@ -292,3 +292,60 @@ pub fn create_database(prefix: &str) -> String {
     psql_direct("postgres", &format!("CREATE DATABASE \"{name}\""));
     name
 }
+
+/// A proxy whose database `app` has the given shard databases as `s0`, `s1`, ..., one shard
+/// map (`map_yaml`, written to `map.yaml`) and `db_extra` (more keys of the database, e.g.
+/// `reference_tables: [t]`). `pool` is the proxy's `pool:` section, e.g. `{ size: 5 }`.
+/// Returns the proxy's address and its config directory.
+pub fn sharded_proxy(
+    name: &str,
+    shards: &[String],
+    map_yaml: &str,
+    db_extra: &str,
+    pool: &str,
+) -> (SocketAddr, std::path::PathBuf) {
+    let info = cluster();
+    let dir = std::env::temp_dir().join(format!("sg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    std::fs::write(dir.join("map.yaml"), map_yaml).expect("write map");
+    let mut yaml = format!(
+        "pool: {pool}\nusers:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
+         databases:\n  app:\n    shard_maps: [map.yaml]\n",
+        su = info.superuser,
+    );
+    if !db_extra.is_empty() {
+        yaml.push_str(&format!("    {db_extra}\n"));
+    }
+    yaml.push_str("    shards:\n");
+    for (i, db) in shards.iter().enumerate() {
+        yaml.push_str(&format!(
+            "      s{i}: {{ primary: \"postgres://127.0.0.1:{}/{db}\" }}\n",
+            info.port
+        ));
+    }
+    (start_proxy_from(&dir, &yaml), dir)
+}
+
+/// The rows of a simple query's results, as text (`None`: NULL).
+pub fn simple_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The row counts of a simple query's CommandCompletes.
+pub fn simple_counts(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}

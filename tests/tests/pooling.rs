@@ -343,3 +343,38 @@ async fn a_known_statement_is_prepared_without_waiting_for_a_connection() {
     assert_eq!(&again[5..], &[b'Z', 0, 0, 0, 5, b'I']);
     a.batch_execute("COMMIT").await.unwrap();
 }
+
+/// The unnamed statement a client parsed stays its own: another client's Bind of the
+/// unnamed statement on the same server connection is refused as PostgreSQL would, and the
+/// first client, back on a connection after a Sync, still binds its own statement.
+#[tokio::test]
+async fn the_unnamed_statement_does_not_leak_between_clients() {
+    use bytes::BytesMut;
+    use wire::messages;
+    let db = TestDb::new(
+        "unnamed",
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    );
+    let mut a = e2e::raw_login(&db).await;
+    let mut b = e2e::raw_login(&db).await;
+    let mut out = BytesMut::new();
+    messages::parse(&mut out, b"", b"SELECT 'mine'", &[0, 0]);
+    messages::empty_message(&mut out, wire::messages::tag::SYNC);
+    let reply = e2e::raw_round_trip(&mut a, &out).await;
+    assert_eq!(reply[0], b'1', "ParseComplete");
+    // b binds the unnamed statement without parsing one.
+    let mut out = BytesMut::new();
+    messages::bind(&mut out, b"", b"", &[0, 0, 0, 0, 0, 0]);
+    messages::execute(&mut out, b"", 0);
+    messages::empty_message(&mut out, wire::messages::tag::SYNC);
+    let reply = e2e::raw_round_trip(&mut b, &out).await;
+    assert_eq!(reply[0], b'E', "{:?}", String::from_utf8_lossy(&reply));
+    assert!(String::from_utf8_lossy(&reply).contains("26000"));
+    // a's Bind, after its Sync let the connection go, still runs a's statement.
+    let reply = e2e::raw_round_trip(&mut a, &out).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("mine"), "{text:?}");
+}

@@ -13,25 +13,13 @@ fn two_shard_proxy(
     key_type: &str,
     pool_size: u32,
 ) -> (std::net::SocketAddr, std::path::PathBuf) {
-    let info = cluster();
-    let dir = std::env::temp_dir().join(format!("sg-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("map.yaml"),
-        format!("name: {name}\ntype: hash\nkey_type: {key_type}\npartitions: 4\nassign: {{ s0: [0, 2], s1: [1, 3] }}\ntables: [{{ table: {table}, column: {column} }}]\n"),
+    e2e::sharded_proxy(
+        name,
+        shards,
+        &format!("name: {name}\ntype: hash\nkey_type: {key_type}\npartitions: 4\nassign: {{ s0: [0, 2], s1: [1, 3] }}\ntables: [{{ table: {table}, column: {column} }}]\n"),
+        "",
+        &format!("{{ size: {pool_size} }}"),
     )
-    .unwrap();
-    let yaml = format!(
-        "pool: {{ size: {pool_size} }}\nusers:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
-         databases:\n  app:\n    shard_maps: [map.yaml]\n    shards:\n\
-         \x20     s0: {{ primary: \"postgres://127.0.0.1:{port}/{d0}\" }}\n\
-         \x20     s1: {{ primary: \"postgres://127.0.0.1:{port}/{d1}\" }}\n",
-        su = info.superuser,
-        port = info.port,
-        d0 = shards[0],
-        d1 = shards[1],
-    );
-    (e2e::start_proxy_from(&dir, &yaml), dir)
 }
 
 #[tokio::test]
@@ -111,9 +99,9 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
     // Refused, not run on the wrong shard.
     for sql in [
         "SELECT count(*) FROM accounts",
-        "SELECT * FROM accounts",
+        "SELECT * FROM accounts ORDER BY account_id",
+        "SELECT * FROM accounts LIMIT 3",
         "DELETE FROM accounts WHERE balance = 0",
-        "CREATE TABLE more (id int)",
     ] {
         let e = c.simple_query(sql).await.unwrap_err();
         assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");

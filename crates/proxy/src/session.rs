@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pool::PooledConn;
 use router::lexer::split_statements;
 use router::SessionCommand;
@@ -25,6 +25,7 @@ use wire::messages::{self, tag, BindView, ParseView, ProxyError, TargetView};
 use wire::Frame;
 
 use crate::cancel::CancelTarget;
+use crate::fanout;
 use crate::startup::{pool_error, Client};
 use crate::statements::Statement;
 use crate::Proxy;
@@ -62,6 +63,9 @@ enum Expect {
     Sync,
     /// Where the client ended a COPY FROM STDIN (CopyDone or CopyFail); answers nothing.
     CopyEnd,
+    /// A held-back BEGIN sent ahead of the statement that picked the shard: its answers
+    /// (the client already had them) are swallowed.
+    HeldBegin,
     /// A message the proxy answers itself when its turn comes.
     Synthetic(u8),
     SyntheticError(ProxyError),
@@ -87,6 +91,28 @@ enum Routing {
     To(Option<String>),
     /// The key is a parameter: decided at Bind.
     AtBind,
+    /// Several shards, the answers merged.
+    Fanout(Box<Fanout>),
+}
+
+/// A statement for several shards, in the database's shard order (connections are taken in
+/// that order, so two fan-outs never wait on each other's).
+struct Fanout {
+    shards: Vec<String>,
+    /// Per shard, its own statement text (a multi-row INSERT keeps only that shard's rows);
+    /// `None`: every shard runs the statement as the client sent it.
+    texts: Option<Vec<String>>,
+}
+
+/// An extended-protocol statement for several shards, collected from its Bind up to its
+/// Execute: the messages every shard gets.
+struct PendingFanout {
+    fanout: Box<Fanout>,
+    /// The statement's text and parameter types, for the unnamed Parse every shard gets.
+    query: Bytes,
+    param_types: Bytes,
+    /// The Bind and what followed it.
+    messages: BytesMut,
 }
 
 /// Why a session ends.
@@ -119,6 +145,12 @@ struct Session {
     shard_pools: Option<Box<ShardPools>>,
     /// `SET shardgate.shard` / `SET shardgate.key`.
     session_hints: Option<Box<router::hints::Hints>>,
+    /// A statement for several shards waiting for its Execute.
+    pending_fanout: Option<Box<PendingFanout>>,
+    /// A BEGIN the client was told succeeded, held back until a statement picks the shard
+    /// the transaction runs on. Meanwhile the client's status (`tx_status`) is `T` (or `E`
+    /// after an error the proxy raised) while no server is in a transaction.
+    held_begin: Option<Box<Bytes>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
@@ -148,6 +180,8 @@ pub(crate) fn start(
         unnamed_parse: None,
         shard_pools: None,
         session_hints: None,
+        pending_fanout: None,
+        held_begin: None,
         skip_until_sync: false,
         copy_in_extended: false,
         terminated: false,
@@ -361,6 +395,22 @@ impl Session {
         if self.skip_until_sync && t != tag::SYNC {
             return Ok(());
         }
+        if self.pending_fanout.is_some() {
+            match t {
+                tag::EXECUTE => return self.fanout_execute(frame).await,
+                tag::DESCRIBE if frame.body().first() == Some(&b'P') => {
+                    let p = self.pending_fanout.as_mut().expect("pending");
+                    p.messages.extend_from_slice(frame.raw());
+                    return Ok(());
+                }
+                _ => {
+                    self.run_pending_fanout().await?;
+                    if self.skip_until_sync && t != tag::SYNC {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         match t {
             tag::QUERY => self.on_query(frame).await,
             tag::PARSE => self.on_parse(frame).await,
@@ -420,6 +470,7 @@ impl Session {
                 if let Err(e) = self.ensure_server().await {
                     return self.simple_error(e);
                 }
+                self.begin_if_held();
                 self.forward(&frame);
                 self.pending.push_back(Expect::Query { commands: None });
                 Ok(())
@@ -457,13 +508,33 @@ impl Session {
                 .with_hint("Use pool mode \"session\" for this user (users[].pool_mode: session)."),
             );
         }
+        if self.held_begin.is_some() {
+            if let Some(done) = self.end_held(sql) {
+                return done;
+            }
+        } else if self.server.is_none()
+            && self.tx_status == b'I'
+            && self.client.mode == PoolMode::Transaction
+            && lone_begin(sql)
+            && self.routes()
+        {
+            // Held until a statement picks the shard.
+            self.held_begin = Some(Box::new(frame.raw().clone()));
+            self.tx_status = b'T';
+            self.push_synthetic(Expect::SyntheticDone("BEGIN"));
+            self.push_synthetic(Expect::SyntheticReady);
+            return Ok(());
+        }
         let target = match self.route(sql) {
-            Ok(t) => t,
+            Ok(Routing::To(t)) => t,
+            Ok(Routing::Fanout(f)) => return self.simple_fanout(&frame, f).await,
+            Ok(Routing::AtBind) => None,
             Err(e) => return self.simple_error(e),
         };
         if let Err(e) = self.ensure_server_on(target).await {
             return self.simple_error(e);
         }
+        self.begin_if_held();
         self.forward(&frame);
         self.pending.push_back(Expect::Query { commands });
         Ok(())
@@ -478,13 +549,13 @@ impl Session {
             }
             let target = match self.route_plan(p.query, &[]) {
                 Ok(Routing::To(t)) => t,
-                Ok(Routing::AtBind) if self.server.is_none() => {
+                Ok(Routing::AtBind | Routing::Fanout(_)) if self.server.is_none() => {
                     // The shard is known at Bind; the Parse goes with it.
                     self.unnamed_parse = Some(Box::new((frame.clone(), true)));
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                     return Ok(());
                 }
-                Ok(Routing::AtBind) => None,
+                Ok(Routing::AtBind | Routing::Fanout(_)) => None,
                 Err(e) => return self.extended_error(e),
             };
             if let Err(e) = self.ensure_server_on(target).await {
@@ -503,7 +574,7 @@ impl Session {
         let name: Box<[u8]> = p.name.into();
         let (target, at_bind) = match self.route_plan(p.query, &[]) {
             Ok(Routing::To(t)) => (t, false),
-            Ok(Routing::AtBind) => (None, true),
+            Ok(Routing::AtBind | Routing::Fanout(_)) => (None, true),
             Err(e) => return self.extended_error(e),
         };
         self.names().statements.insert(name.clone(), stmt.clone());
@@ -581,6 +652,9 @@ impl Session {
     }
 
     fn unknown_statement(name: &[u8]) -> ProxyError {
+        if name.is_empty() {
+            return ProxyError::error("26000", "unnamed prepared statement does not exist");
+        }
         ProxyError::error(
             "26000",
             format!(
@@ -593,6 +667,10 @@ impl Session {
     async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
         if b.statement.is_empty() {
+            if self.unnamed_parse.is_none() {
+                // Never the unnamed statement another client left on a pooled connection.
+                return self.extended_error(Self::unknown_statement(b""));
+            }
             let routes = self.routes();
             let target = match self
                 .unnamed_parse
@@ -609,14 +687,32 @@ impl Session {
                     match self.route_plan(pv.query, &params) {
                         Ok(Routing::To(t)) => t,
                         Ok(Routing::AtBind) => None,
+                        Ok(Routing::Fanout(fanout)) => {
+                            let mut messages = BytesMut::new();
+                            messages.extend_from_slice(frame.raw());
+                            self.pending_fanout = Some(Box::new(PendingFanout {
+                                fanout,
+                                query: Bytes::copy_from_slice(pv.query),
+                                param_types: Bytes::copy_from_slice(pv.param_types),
+                                messages,
+                            }));
+                            return Ok(());
+                        }
                         Err(e) => return self.extended_error(e),
                     }
                 }
                 None => None,
             };
+            if self.held_begin.is_some() {
+                if let Some(e) = self.held_refusal() {
+                    return self.extended_error(e);
+                }
+                self.settle().await?;
+            }
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
+            self.begin_if_held();
             self.send_deferred_parse();
             let command = self
                 .names
@@ -635,9 +731,28 @@ impl Session {
         } else {
             Vec::new()
         };
-        if let Err(e) = self.ensure_server_for(&stmt.query, &params).await {
-            return self.extended_error(e);
+        if self.held_begin.is_some() {
+            if let Some(e) = self.held_refusal() {
+                return self.extended_error(e);
+            }
+            self.settle().await?;
         }
+        match self.ensure_server_for(&stmt.query, &params).await {
+            Ok(None) => {}
+            Ok(Some(fanout)) => {
+                let mut messages = BytesMut::new();
+                messages::bind(&mut messages, b.portal, b"", b.rest);
+                self.pending_fanout = Some(Box::new(PendingFanout {
+                    fanout,
+                    query: stmt.query.clone(),
+                    param_types: stmt.param_types.clone(),
+                    messages,
+                }));
+                return Ok(());
+            }
+            Err(e) => return self.extended_error(e),
+        }
+        self.begin_if_held();
         self.prepare_on_server(&stmt);
         messages::bind(&mut self.swbuf, b.portal, &stmt.server_name, b.rest);
         self.pending.push_back(Expect::Bind);
@@ -647,6 +762,9 @@ impl Session {
 
     async fn on_describe(&mut self, frame: Frame) -> Result<(), End> {
         let d = TargetView::new(&frame).map_err(malformed)?;
+        if d.kind == b'S' && d.name.is_empty() && self.unnamed_parse.is_none() {
+            return self.extended_error(Self::unknown_statement(b""));
+        }
         if d.kind == b'P' || d.name.is_empty() {
             if let Err(e) = self.ensure_server().await {
                 return self.extended_error(e);
@@ -659,8 +777,13 @@ impl Session {
         let Some(stmt) = self.statement(d.name) else {
             return self.extended_error(Self::unknown_statement(d.name));
         };
-        // Any shard can describe a statement whose key is a parameter.
-        if let Err(e) = self.ensure_server_for(&stmt.query, &[]).await {
+        // Any shard can describe a statement whose key is a parameter, or one that runs on
+        // several shards: the schema is the same on all.
+        let attached = match self.ensure_server_for(&stmt.query, &[]).await {
+            Ok(Some(_)) => self.ensure_server_on(None).await,
+            r => r.map(|_| ()),
+        };
+        if let Err(e) = attached {
             return self.extended_error(e);
         }
         self.prepare_on_server(&stmt);
@@ -725,6 +848,9 @@ impl Session {
         if e.fatal {
             return Err(End::Fatal(e));
         }
+        if self.held_begin.is_some() {
+            self.tx_status = b'E';
+        }
         self.push_synthetic(Expect::SyntheticError(e));
         self.skip_until_sync = true;
         Ok(())
@@ -734,6 +860,9 @@ impl Session {
     fn simple_error(&mut self, e: ProxyError) -> Result<(), End> {
         if e.fatal {
             return Err(End::Fatal(e));
+        }
+        if self.held_begin.is_some() {
+            self.tx_status = b'E';
         }
         self.push_synthetic(Expect::SyntheticError(e));
         self.push_synthetic(Expect::SyntheticReady);
@@ -818,14 +947,14 @@ impl Session {
     }
 
     /// Where a statement with no parameters to wait for runs.
-    fn route(&self, sql: &[u8]) -> Result<Option<String>, ProxyError> {
+    fn route(&self, sql: &[u8]) -> Result<Routing, ProxyError> {
         match self.route_plan(sql, &[])? {
-            Routing::To(t) => Ok(t),
             Routing::AtBind => Err(ProxyError::error(
                 "0A000",
                 "shardgate cannot route this statement: its shard key is a parameter and no values are bound",
             )
             .with_hint("Give the key as a constant, or name the shard: /* shardgate: shard=NAME */.")),
+            r => Ok(r),
         }
     }
 
@@ -851,8 +980,16 @@ impl Session {
             // Each statement of a multi-statement query routes; they must agree.
             let mut target: Option<String> = None;
             for st in statements {
-                let Routing::To(next) = self.route_plan(st.as_bytes(), bound)? else {
-                    return Ok(Routing::AtBind);
+                let next = match self.route_plan(st.as_bytes(), bound)? {
+                    Routing::To(next) => next,
+                    Routing::AtBind => return Ok(Routing::AtBind),
+                    Routing::Fanout(_) => {
+                        return Err(ProxyError::error(
+                            "0A000",
+                            "shardgate cannot route this query: one of its statements runs on several shards",
+                        )
+                        .with_hint("Send a statement that runs on several shards as a query of its own."))
+                    }
                 };
                 if let Some(t) = next {
                     match &target {
@@ -885,8 +1022,8 @@ impl Session {
             )
             .with_hint(hint.to_owned())
         };
-        let plan = match self.proxy.route_cache.route(&text, bound, &keys) {
-            Ok(r) => router::plan::plan_with_hints(db, &r.analysis, &r.params, &hints),
+        let routed = match self.proxy.route_cache.route(&text, bound, &keys) {
+            Ok(r) => r,
             Err(_) if hints.shard.is_some() => {
                 return Ok(Routing::To(hints.shard.clone()));
             }
@@ -897,20 +1034,37 @@ impl Session {
                 ))
             }
         };
+        let plan = router::plan::plan_with_hints(db, &routed.analysis, &routed.params, &hints);
         match plan {
             Plan::Shard(s) => Ok(Routing::To(Some(s))),
             Plan::Session | Plan::AnyShard => Ok(Routing::To(None)),
-            Plan::AllShards => Err(refuse(
-                "it needs every shard, and running one statement on several shards is not available yet".into(),
-                "Add the shard key to the WHERE clause, or run it on each shard with /* shardgate: shard=NAME */.",
-            )),
-            Plan::Shards(s) => Err(refuse(
-                format!("its keys live on shards {}, and running one statement on several shards is not available yet", s.join(", ")),
-                "Send the keys of each shard in a statement of their own.",
-            )),
+            Plan::AllShards => Ok(Routing::Fanout(Box::new(Fanout {
+                shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
+                texts: None,
+            }))),
+            Plan::Shards(some) => {
+                // In the database's order.
+                let shards: Vec<String> = db
+                    .shards
+                    .iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| some.iter().any(|s| s == n))
+                    .map(str::to_owned)
+                    .collect();
+                let texts = match router::plan::row_shards(db, &routed.analysis, &routed.params) {
+                    None => None,
+                    Some(rows) => Some(router::rewrite::split_insert(&text, &rows, &shards).map_err(|why| {
+                        refuse(
+                            format!("its rows live on shards {} and {why}", shards.join(", ")),
+                            "Send the rows of each shard in an INSERT of their own.",
+                        )
+                    })?),
+                };
+                Ok(Routing::Fanout(Box::new(Fanout { shards, texts })))
+            }
             Plan::AtBind if bound.is_empty() => Ok(Routing::AtBind),
             Plan::AtBind => Err(refuse(
-                "its shard key is a parameter the router cannot read (NULL, or binary of a type other than integer, text or uuid)".into(),
+                "its shard key is a parameter the router cannot read (NULL, or binary of a type it does not decode)".into(),
                 "Send the key in text format, or name the shard: /* shardgate: shard=NAME */.",
             )),
             Plan::Refuse { reason, hint } => Err(refuse(reason, &hint)),
@@ -919,16 +1073,18 @@ impl Session {
 
     /// Attaches the server a statement runs on (by its key, where the database routes); a
     /// key still waiting for its Bind leaves the choice to the session.
+    /// A statement for several shards attaches nothing and comes back.
     async fn ensure_server_for(
         &mut self,
         sql: &[u8],
         params: &[Option<String>],
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<Box<Fanout>>, ProxyError> {
         let target = match self.route_plan(sql, params)? {
             Routing::To(t) => t,
             Routing::AtBind => None,
+            Routing::Fanout(f) => return Ok(Some(f)),
         };
-        self.ensure_server_on(target).await
+        self.ensure_server_on(target).await.map(|()| None)
     }
 
     /// [`Self::ensure_server`] on a given shard: refused when a transaction already runs on
@@ -966,6 +1122,290 @@ impl Session {
             }
         }
         self.ensure_server().await
+    }
+
+    /// Sends the held-back BEGIN ahead of the statement that picked the attached server.
+    fn begin_if_held(&mut self) {
+        if self.server.is_none() {
+            return;
+        }
+        if let Some(begin) = self.held_begin.take() {
+            self.swbuf.extend_from_slice(&begin);
+            self.pending.push_back(Expect::HeldBegin);
+        }
+    }
+
+    /// A failed transaction that never reached a server accepts nothing but its end.
+    fn held_refusal(&self) -> Option<ProxyError> {
+        (self.tx_status == b'E').then(|| {
+            ProxyError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
+        })
+    }
+
+    /// A query while BEGIN is held: COMMIT or ROLLBACK end the transaction no server saw;
+    /// after an error only those are accepted. `None`: go on and run it.
+    fn end_held(&mut self, sql: &[u8]) -> Option<Result<(), End>> {
+        let word = first_word(sql);
+        let ends = matches!(word.as_str(), "commit" | "end" | "rollback" | "abort")
+            && !String::from_utf8_lossy(sql)
+                .trim_end()
+                .trim_end_matches(';')
+                .contains(';')
+            && !String::from_utf8_lossy(sql)
+                .to_ascii_lowercase()
+                .contains("prepared");
+        if ends {
+            let tag = if self.tx_status == b'E' || matches!(word.as_str(), "rollback" | "abort") {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            self.held_begin = None;
+            self.tx_status = b'I';
+            self.push_synthetic(Expect::SyntheticDone(tag));
+            self.push_synthetic(Expect::SyntheticReady);
+            return Some(Ok(()));
+        }
+        self.held_refusal().map(|e| self.simple_error(e))
+    }
+
+    /// A simple Query for several shards.
+    async fn simple_fanout(&mut self, frame: &Frame, f: Box<Fanout>) -> Result<(), End> {
+        let requests: Vec<Bytes> = match &f.texts {
+            None => vec![frame.raw().clone(); f.shards.len()],
+            Some(texts) => texts
+                .iter()
+                .map(|t| {
+                    let mut b = BytesMut::with_capacity(t.len() + 6);
+                    messages::query(&mut b, t);
+                    b.freeze()
+                })
+                .collect(),
+        };
+        let merge = fanout::Merge {
+            drop_parse_complete: false,
+            ready: true,
+        };
+        match self.fan_out(&f, requests, merge).await? {
+            Ok(outcome) => {
+                self.tx_status = outcome.status;
+                self.error_since_ready = false;
+                Ok(())
+            }
+            Err(e) => self.simple_error(e),
+        }
+    }
+
+    /// The Execute of a statement for several shards: every shard runs it now.
+    async fn fanout_execute(&mut self, frame: Frame) -> Result<(), End> {
+        let (_, max_rows) = messages::execute_view(&frame).map_err(malformed)?;
+        if max_rows != 0 {
+            self.pending_fanout = None;
+            return self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "shardgate cannot fetch a statement that runs on several shards in batches of rows",
+                )
+                .with_hint("Execute it with no row limit, or use a cursor on each shard."),
+            );
+        }
+        if let Some(p) = self.pending_fanout.as_mut() {
+            p.messages.extend_from_slice(frame.raw());
+        }
+        self.run_pending_fanout().await
+    }
+
+    /// Runs the collected statement for several shards: each gets an unnamed Parse of its
+    /// text, the client's Bind and what followed, and a Sync of its own.
+    async fn run_pending_fanout(&mut self) -> Result<(), End> {
+        let Some(p) = self.pending_fanout.take() else {
+            return Ok(());
+        };
+        let requests: Vec<Bytes> = (0..p.fanout.shards.len())
+            .map(|i| {
+                let query = match &p.fanout.texts {
+                    Some(t) => t[i].as_bytes(),
+                    None => &p.query,
+                };
+                let mut b = BytesMut::with_capacity(query.len() + p.messages.len() + 32);
+                messages::parse(&mut b, b"", query, &p.param_types);
+                b.extend_from_slice(&p.messages);
+                messages::empty_message(&mut b, tag::SYNC);
+                b.freeze()
+            })
+            .collect();
+        let merge = fanout::Merge {
+            drop_parse_complete: true,
+            ready: false,
+        };
+        match self.fan_out(&p.fanout, requests, merge).await? {
+            Ok(outcome) if outcome.error => {
+                self.error_since_ready = true;
+                self.skip_until_sync = true;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => self.extended_error(e),
+        }
+    }
+
+    /// Runs a statement on several shards (`requests[i]` on `f.shards[i]`) and merges their
+    /// answers to the client. What stops it before anything ran comes back as the inner
+    /// error, for the caller to report in its protocol's way.
+    async fn fan_out(
+        &mut self,
+        f: &Fanout,
+        requests: Vec<Bytes>,
+        merge: fanout::Merge,
+    ) -> Result<Result<fanout::Outcome, ProxyError>, End> {
+        self.settle().await?;
+        if self.tx_status != b'I' {
+            return Ok(Err(ProxyError::error(
+                "0A000",
+                format!(
+                    "shardgate cannot run this statement in a transaction block: it needs shards {}, and a transaction runs on one shard until two-phase commit is available",
+                    f.shards.join(", ")
+                ),
+            )
+            .with_hint("Run it outside the transaction block, or name one shard: /* shardgate: shard=NAME */.")));
+        }
+        // The session's own connection (session pooling) serves its shard; the others come
+        // from their pools, taken in shard order.
+        let own_shard = match (&self.server, &self.server_shard) {
+            (None, _) => None,
+            (Some(_), Some(s)) => Some(s.to_string()),
+            (Some(_), None) => Some(self.home_shard()),
+        };
+        let mut own = None;
+        let mut legs: Vec<PooledConn> = Vec::with_capacity(f.shards.len());
+        for shard in &f.shards {
+            if own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
+                if let Some(conn) = self.server.take() {
+                    own = Some(legs.len());
+                    legs.push(conn);
+                    continue;
+                }
+            }
+            let conn = match self.shard_pool(shard) {
+                Ok(pool) => match pool.try_get() {
+                    Some(c) => Ok(c),
+                    None => Box::pin(pool.get()).await.map_err(|e| pool_error(e, false)),
+                },
+                Err(e) => Err(e),
+            };
+            match conn {
+                Ok(c) => legs.push(c),
+                Err(e) => {
+                    self.put_back(legs, own);
+                    return Ok(Err(e));
+                }
+            }
+        }
+        for leg in legs.iter_mut() {
+            if let Err(e) = Box::pin(sync_conn(leg, &self.client, b'I')).await {
+                self.lose_legs(legs, own);
+                return Ok(Err(e));
+            }
+        }
+        *self.client.cancel_slot.lock() = Some(CancelTarget {
+            addr: legs[0].addr,
+            backend_pid: legs[0].backend_pid,
+            secret_key: legs[0].secret_key,
+        });
+        let result = Box::pin(fanout::run(
+            &mut legs,
+            &f.shards,
+            &requests,
+            &mut self.client.conn.stream,
+            &mut self.wbuf,
+            merge,
+        ))
+        .await;
+        *self.client.cancel_slot.lock() = None;
+        match result {
+            Ok(outcome) if outcome.status == b'I' => {
+                self.put_back(legs, own);
+                Ok(Ok(outcome))
+            }
+            Ok(_) => {
+                self.lose_legs(legs, own);
+                Ok(Err(fanout::failure_error(
+                    "a shard left a transaction open",
+                )))
+            }
+            Err(fanout::Failure::ClientGone) => {
+                self.lose_legs(legs, own);
+                Err(End::ClientGone)
+            }
+            Err(fanout::Failure::Server(why)) => {
+                tracing::warn!(client = self.client.id, why = %why, "fan-out failed");
+                self.lose_legs(legs, own);
+                Ok(Err(fanout::failure_error(&why)))
+            }
+        }
+    }
+
+    /// Idle fan-out connections go back: the session's own to the session, the rest to
+    /// their pools.
+    fn put_back(&mut self, legs: Vec<PooledConn>, own: Option<usize>) {
+        for (i, leg) in legs.into_iter().enumerate() {
+            if Some(i) == own {
+                self.attach(leg);
+            } else {
+                leg.release();
+            }
+        }
+    }
+
+    /// Fan-out connections in an unknown state are closed, the session's own included.
+    fn lose_legs(&mut self, legs: Vec<PooledConn>, own: Option<usize>) {
+        drop(legs);
+        if own.is_some() {
+            self.drop_server();
+        }
+    }
+
+    /// Waits until everything sent to the attached server is answered (the answers go to
+    /// the client as usual), so that a statement for several shards starts from a quiet
+    /// session.
+    async fn settle(&mut self) -> Result<(), End> {
+        use tokio::io::AsyncWriteExt;
+        if self.server.is_some() && !self.pending.is_empty() {
+            // Answers to a batch without its Sync yet come only on a Flush.
+            messages::empty_message(&mut self.swbuf, tag::FLUSH);
+        }
+        while !self.pending.is_empty() {
+            let Some(server) = self.server.as_deref_mut() else {
+                break;
+            };
+            if !self.swbuf.is_empty() {
+                server
+                    .stream
+                    .write_all(&self.swbuf)
+                    .await
+                    .map_err(|e| End::ServerGone(e.to_string()))?;
+                self.swbuf.clear();
+            }
+            let frame = server
+                .read_frame()
+                .await
+                .map_err(|e| End::ServerGone(e.to_string()))?;
+            self.on_server(frame)?;
+            if self.wbuf.len() >= HIGH_WATER {
+                self.client
+                    .conn
+                    .stream
+                    .write_all(&self.wbuf)
+                    .await
+                    .map_err(|_| End::ClientGone)?;
+                self.wbuf.clear();
+            }
+        }
+        self.maybe_release();
+        Ok(())
     }
 
     /// Sends the unnamed Parse that waited for its Bind, its answer already given.
@@ -1085,48 +1525,15 @@ impl Session {
     }
 
     async fn sync_settings(&mut self) -> Result<(), ProxyError> {
+        // Nothing is in flight: whatever is still buffered for the server is a Flush.
+        self.swbuf.clear();
         let server = self.server.as_mut().expect("attached");
-        let key = (self.client.id, self.client.settings.generation);
-        if server.applied_for == Some(key) && !server.settings_unknown {
-            return Ok(());
+        // Boxed: rare, and its state would otherwise sit in every idle session.
+        let r = Box::pin(sync_conn(server, &self.client, self.tx_status)).await;
+        if r.is_err() {
+            self.drop_server();
         }
-        let settings = &self.client.settings;
-        let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) else {
-            // Already in line: only the tag moves.
-            server.applied_for = Some(key);
-            return Ok(());
-        };
-        {
-            // Nothing is in flight: whatever is still buffered for the server is a Flush.
-            self.swbuf.clear();
-            // Boxed: rare, and its state would otherwise sit in every idle session.
-            match Box::pin(server.run_simple(&sql)).await {
-                Ok(None) => {}
-                Ok(Some(err)) => {
-                    self.drop_server();
-                    return Err(ProxyError {
-                        fatal: false,
-                        code: err.code.into(),
-                        message: format!("could not apply session setting: {}", err.message),
-                        detail: Some(sql),
-                        hint: None,
-                    });
-                }
-                Err(e) => {
-                    self.drop_server();
-                    return Err(ProxyError::error(
-                        "08006",
-                        format!("server connection lost while applying session settings: {e}"),
-                    ));
-                }
-            }
-        }
-        let server = self.server.as_mut().expect("attached");
-        server.applied = settings.desired().clone(); // an Arc: shared, not copied
-        server.applied_for = Some(key);
-        // Inside a transaction block, what was applied lasts only if it commits.
-        server.settings_unknown = self.tx_status != b'I';
-        Ok(())
+        r
     }
 
     fn drop_server(&mut self) {
@@ -1140,7 +1547,7 @@ impl Session {
     /// Transaction pooling: hand the server back once it is idle outside a transaction.
     fn maybe_release(&mut self) {
         if self.client.mode != PoolMode::Transaction
-            || self.tx_status != b'I'
+            || (self.tx_status != b'I' && self.held_begin.is_none())
             || !self.pending.is_empty()
             || self.server.is_none()
         {
@@ -1153,6 +1560,10 @@ impl Session {
         }
         // Only Flush messages can be left unsent with nothing pending.
         self.swbuf.clear();
+        // The unnamed statement stays with this connection: the next one gets it anew.
+        if let Some(p) = self.unnamed_parse.as_mut() {
+            p.1 = true;
+        }
         *self.client.cancel_slot.lock() = None;
         self.server_shard = None;
         if let Some(conn) = self.server.take() {
@@ -1209,6 +1620,7 @@ impl Session {
                 }
                 self.wbuf.extend_from_slice(frame.raw());
             }
+            tag::COMMAND_COMPLETE if matches!(self.pending.front(), Some(Expect::HeldBegin)) => {}
             tag::COMMAND_COMPLETE | tag::EMPTY_QUERY => {
                 self.on_command_complete(&frame)?;
                 self.wbuf.extend_from_slice(frame.raw());
@@ -1234,7 +1646,18 @@ impl Session {
                     messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
                 match self.pending.pop_front() {
                     Some(Expect::Sync) | Some(Expect::Query { .. }) => {}
+                    Some(Expect::HeldBegin) => {
+                        self.tx_status = status;
+                        return Ok(());
+                    }
                     _ => return Err(Self::desync("ReadyForQuery")),
+                }
+                if self.held_begin.is_some() {
+                    // No server is in the client's transaction yet: the client's status holds.
+                    messages::ready_for_query(&mut self.wbuf, self.tx_status);
+                    self.error_since_ready = false;
+                    self.emit_synthetic_head();
+                    return Ok(());
                 }
                 self.tx_status = status;
                 if status == b'I' {
@@ -1278,7 +1701,7 @@ impl Session {
     fn on_error(&mut self) {
         match self.pending.front_mut() {
             Some(Expect::Query { commands }) => *commands = None,
-            Some(Expect::Sync) | None => {}
+            Some(Expect::Sync) | Some(Expect::HeldBegin) | None => {}
             Some(_) => {
                 while let Some(e) = self.pending.front() {
                     if matches!(e, Expect::Sync) {
@@ -1451,6 +1874,72 @@ impl Session {
     }
 }
 
+/// A query that is only `BEGIN` or `START TRANSACTION` (with its options).
+fn lone_begin(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    let mut lx = router::lexer::Lexer::new(&text);
+    let starts = match lx.next() {
+        Some(t) if t.is_keyword("begin") => true,
+        Some(t) if t.is_keyword("start") => lx
+            .clone()
+            .next()
+            .is_some_and(|t| t.is_keyword("transaction")),
+        _ => false,
+    };
+    starts && !text.trim_end().trim_end_matches(';').contains(';')
+}
+
+/// The first keyword of a query, lower-cased.
+fn first_word(sql: &[u8]) -> String {
+    let text = String::from_utf8_lossy(sql);
+    match router::lexer::Lexer::new(&text).next() {
+        Some(router::lexer::Token::Word(w)) => w.to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// Brings an idle server connection's settings in line with the client's, in one round trip
+/// when they differ. On error the connection must be dropped.
+async fn sync_conn(
+    server: &mut pool::ServerConn,
+    client: &Client,
+    tx_status: u8,
+) -> Result<(), ProxyError> {
+    let key = (client.id, client.settings.generation);
+    if server.applied_for == Some(key) && !server.settings_unknown {
+        return Ok(());
+    }
+    let settings = &client.settings;
+    let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) else {
+        // Already in line: only the tag moves.
+        server.applied_for = Some(key);
+        return Ok(());
+    };
+    match server.run_simple(&sql).await {
+        Ok(None) => {}
+        Ok(Some(err)) => {
+            return Err(ProxyError {
+                fatal: false,
+                code: err.code.into(),
+                message: format!("could not apply session setting: {}", err.message),
+                detail: Some(sql),
+                hint: None,
+            });
+        }
+        Err(e) => {
+            return Err(ProxyError::error(
+                "08006",
+                format!("server connection lost while applying session settings: {e}"),
+            ));
+        }
+    }
+    server.applied = settings.desired().clone(); // an Arc: shared, not copied
+    server.applied_for = Some(key);
+    // Inside a transaction block, what was applied lasts only if it commits.
+    server.settings_unknown = tx_status != b'I';
+    Ok(())
+}
+
 async fn cancel_backend((pid, key, addr): (i32, i32, std::net::SocketAddr)) {
     use tokio::io::AsyncWriteExt;
     if let Ok(Ok(mut s)) =
@@ -1518,7 +2007,7 @@ mod tests {
     #[test]
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<super::Session>();
-        assert!(size <= 400, "Session is {size} bytes");
+        assert!(size <= 416, "Session is {size} bytes");
     }
 
     #[test]

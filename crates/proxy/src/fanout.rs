@@ -1,0 +1,269 @@
+//! One statement on several shards, its answers merged into one.
+//!
+//! Every shard runs the same statement (or, for a multi-row INSERT, its own rows of it), so
+//! every shard answers with the same sequence of messages; only the rows and the counts
+//! differ. The merge walks the answers in lockstep, one result at a time: the first shard's
+//! messages go to the client as they are, the other shards' rows are appended after the
+//! first shard's, and the results' CommandComplete counts are summed. The first error any
+//! shard reports is the one the client sees, after which every shard is read to its end.
+//!
+//! Rows are streamed: the client gets the first shard's rows while the others wait in their
+//! sockets, so a large result never sits in memory.
+
+use bytes::{Bytes, BytesMut};
+use pool::PooledConn;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use wire::messages::{self, tag, ProxyError};
+use wire::Frame;
+
+/// Write to the client once this much is buffered.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// How a fan-out ended.
+pub(crate) enum Failure {
+    /// The client's socket failed.
+    ClientGone,
+    /// A shard's connection failed or answered out of step; the text says which and how.
+    Server(String),
+}
+
+/// What the merge reports.
+pub(crate) struct Outcome {
+    /// A shard reported an error (the first one was sent to the client).
+    pub error: bool,
+    /// The transaction status of the last ReadyForQuery.
+    pub status: u8,
+}
+
+/// Options of one merge.
+pub(crate) struct Merge {
+    /// Drop every ParseComplete: the client's Parse was answered before the fan-out.
+    pub drop_parse_complete: bool,
+    /// Send one ReadyForQuery at the end (simple Query); otherwise the client's own Sync
+    /// gets its ReadyForQuery later.
+    pub ready: bool,
+}
+
+/// Sends `requests[i]` to `legs[i]` and merges the answers into `out`, writing to `client`
+/// as it fills. Each request must end in Sync or be a simple Query.
+pub(crate) async fn run(
+    legs: &mut [PooledConn],
+    shards: &[String],
+    requests: &[Bytes],
+    client: &mut TcpStream,
+    out: &mut BytesMut,
+    merge: Merge,
+) -> Result<Outcome, Failure> {
+    debug_assert_eq!(legs.len(), requests.len());
+    for (i, (leg, req)) in legs.iter_mut().zip(requests).enumerate() {
+        leg.stream
+            .write_all(req)
+            .await
+            .map_err(|e| lost(&shards[i], e))?;
+    }
+    let mut outcome = Outcome {
+        error: false,
+        status: b'I',
+    };
+    let n = legs.len();
+    let mut ended = vec![false; n];
+    loop {
+        // One result from every shard that has not ended.
+        let mut boundaries: Vec<Option<Frame>> = Vec::with_capacity(n);
+        for i in 0..n {
+            if ended[i] {
+                boundaries.push(None);
+                continue;
+            }
+            let first = boundaries.iter().all(Option::is_none);
+            let b = next_result(&mut legs[i], &shards[i], first, &merge, client, out).await?;
+            boundaries.push(Some(b));
+        }
+        let present: Vec<&Frame> = boundaries.iter().flatten().collect();
+        if present.is_empty() {
+            break;
+        }
+        if let Some(err) = present.iter().find(|f| f.tag() == tag::ERROR_RESPONSE) {
+            // The first error stands for all; every shard is read to its ReadyForQuery.
+            outcome.error = true;
+            out.extend_from_slice(err.raw());
+            for i in 0..n {
+                let at_ready = boundaries[i]
+                    .as_ref()
+                    .is_some_and(|f| f.tag() == tag::READY_FOR_QUERY);
+                if !ended[i] && !at_ready {
+                    skip_to_ready(&mut legs[i], &shards[i], &mut outcome).await?;
+                } else if let Some(f) = boundaries[i].as_ref() {
+                    if f.tag() == tag::READY_FOR_QUERY {
+                        outcome.status = messages::ready_status(f).unwrap_or(b'I');
+                    }
+                }
+                ended[i] = true;
+            }
+            if merge.ready {
+                messages::ready_for_query(out, outcome.status);
+            }
+            break;
+        }
+        let first = present[0];
+        if present.iter().any(|f| f.tag() != first.tag()) {
+            return Err(Failure::Server(
+                "shards answered the same statement differently".into(),
+            ));
+        }
+        match first.tag() {
+            tag::READY_FOR_QUERY => {
+                outcome.status = messages::ready_status(first).unwrap_or(b'I');
+                if merge.ready {
+                    out.extend_from_slice(first.raw());
+                }
+                break;
+            }
+            tag::COMMAND_COMPLETE => {
+                let tags: Vec<&[u8]> = present
+                    .iter()
+                    .map(|f| messages::command_tag(f).unwrap_or_default())
+                    .collect();
+                match summed_tag(&tags) {
+                    Some(t) => messages::command_complete(out, &t),
+                    None => out.extend_from_slice(first.raw()),
+                }
+            }
+            tag::PORTAL_SUSPENDED => {
+                return Err(Failure::Server(
+                    "a shard suspended a portal of a statement run on several shards".into(),
+                ))
+            }
+            _ => out.extend_from_slice(first.raw()),
+        }
+        for (i, b) in boundaries.iter().enumerate() {
+            if b.as_ref().is_some_and(|f| f.tag() == tag::READY_FOR_QUERY) {
+                ended[i] = true;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Reads one shard's messages up to the end of its next result (CommandComplete,
+/// EmptyQueryResponse, PortalSuspended, ErrorResponse or ReadyForQuery), which it returns.
+/// Rows go to the client; the rest of the messages only from the `first` shard.
+async fn next_result(
+    leg: &mut PooledConn,
+    shard: &str,
+    first: bool,
+    merge: &Merge,
+    client: &mut TcpStream,
+    out: &mut BytesMut,
+) -> Result<Frame, Failure> {
+    loop {
+        let f = leg.read_frame().await.map_err(|e| lost(shard, e))?;
+        match f.tag() {
+            tag::COMMAND_COMPLETE
+            | tag::EMPTY_QUERY
+            | tag::PORTAL_SUSPENDED
+            | tag::ERROR_RESPONSE
+            | tag::READY_FOR_QUERY => return Ok(f),
+            tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                return Err(Failure::Server(format!(
+                    "shard `{shard}` started a COPY in a statement run on several shards"
+                )))
+            }
+            tag::DATA_ROW => out.extend_from_slice(f.raw()),
+            tag::PARSE_COMPLETE if merge.drop_parse_complete => {}
+            // Notices of every shard reach the client; the rest only once.
+            tag::NOTICE_RESPONSE => out.extend_from_slice(f.raw()),
+            _ if first => out.extend_from_slice(f.raw()),
+            _ => {}
+        }
+        if out.len() >= FLUSH_AT {
+            client
+                .write_all(out)
+                .await
+                .map_err(|_| Failure::ClientGone)?;
+            out.clear();
+        }
+    }
+}
+
+async fn skip_to_ready(
+    leg: &mut PooledConn,
+    shard: &str,
+    outcome: &mut Outcome,
+) -> Result<(), Failure> {
+    loop {
+        let f = leg.read_frame().await.map_err(|e| lost(shard, e))?;
+        if f.tag() == tag::READY_FOR_QUERY {
+            outcome.status = messages::ready_status(&f).unwrap_or(b'I');
+            return Ok(());
+        }
+        if matches!(
+            f.tag(),
+            tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE
+        ) {
+            return Err(Failure::Server(format!(
+                "shard `{shard}` started a COPY in a statement run on several shards"
+            )));
+        }
+    }
+}
+
+fn lost(shard: &str, e: std::io::Error) -> Failure {
+    Failure::Server(format!("connection to shard `{shard}` lost: {e}"))
+}
+
+/// The command tag of several shards' results: counts summed (`SELECT 3` + `SELECT 4` =
+/// `SELECT 7`, `INSERT 0 2` + `INSERT 0 1` = `INSERT 0 3`). `None` when the tags carry no
+/// count (DDL) and the first one stands.
+pub(crate) fn summed_tag(tags: &[&[u8]]) -> Option<String> {
+    let first = std::str::from_utf8(tags.first()?).ok()?;
+    let (head, _) = first.rsplit_once(' ')?;
+    if !matches!(
+        head,
+        "SELECT" | "INSERT 0" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"
+    ) {
+        return None;
+    }
+    let mut total: u64 = 0;
+    for t in tags {
+        let t = std::str::from_utf8(t).ok()?;
+        let (h, n) = t.rsplit_once(' ')?;
+        if h != head {
+            return None;
+        }
+        total += n.parse::<u64>().ok()?;
+    }
+    Some(format!("{head} {total}"))
+}
+
+/// The error a client gets when a shard fails mid-fan-out (the session goes on).
+pub(crate) fn failure_error(why: &str) -> ProxyError {
+    ProxyError::error(
+        "08006",
+        format!("a statement run on several shards failed: {why}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_summed() {
+        assert_eq!(
+            summed_tag(&[b"SELECT 3", b"SELECT 4"]).as_deref(),
+            Some("SELECT 7")
+        );
+        assert_eq!(
+            summed_tag(&[b"INSERT 0 2", b"INSERT 0 1", b"INSERT 0 0"]).as_deref(),
+            Some("INSERT 0 3")
+        );
+        assert_eq!(
+            summed_tag(&[b"DELETE 1", b"DELETE 0"]).as_deref(),
+            Some("DELETE 1")
+        );
+        assert_eq!(summed_tag(&[b"CREATE TABLE", b"CREATE TABLE"]), None);
+        assert_eq!(summed_tag(&[b"UPDATE 1", b"DELETE 1"]), None);
+    }
+}

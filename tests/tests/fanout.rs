@@ -1,0 +1,342 @@
+//! Statements that run on several shards: DDL and reference-table writes on every shard,
+//! keyless reads and IN lists with their rows concatenated, multi-row INSERTs split by
+//! shard, counts summed; and what still needs a merge is refused.
+
+use e2e::{create_database, psql_direct, simple_counts, simple_rows, sqlstate, APP_PASSWORD};
+
+/// 4 hash partitions of `items.id` (bigint): s0 owns remainders 0 and 2, s1 owns 1 and 3;
+/// `countries` is a reference table.
+fn proxy(name: &str, pool: &str) -> ([String; 2], String, std::path::PathBuf) {
+    let shards = [
+        create_database(&format!("{name}_s0")),
+        create_database(&format!("{name}_s1")),
+    ];
+    for db in &shards {
+        psql_direct(
+            db,
+            "CREATE TABLE items_parent (id bigint) PARTITION BY HASH (id)",
+        );
+    }
+    let (addr, dir) = e2e::sharded_proxy(
+        name,
+        &shards,
+        &format!("name: {name}\ntype: hash\nkey_type: bigint\npartitions: 4\nassign: {{ s0: [0, 2], s1: [1, 3] }}\ntables: [{{ table: items, column: id }}]\n"),
+        "reference_tables: [countries]",
+        pool,
+    );
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+        addr.port()
+    );
+    (shards, conninfo, dir)
+}
+
+/// Rows of `items` on a shard that the map does not send there.
+fn misplaced(db: &str, remainders: &str) -> String {
+    psql_direct(
+        db,
+        &format!("SELECT count(*) FROM items WHERE NOT (SELECT bool_or(satisfies_hash_partition('items_parent'::regclass, 4, r, id)) FROM unnest(ARRAY[{remainders}]) r)"),
+    )
+}
+
+fn count(db: &str, sql: &str) -> i64 {
+    psql_direct(db, sql).parse().unwrap()
+}
+
+#[tokio::test]
+async fn statements_for_several_shards_run_on_each_and_merge() {
+    let (shards, conninfo, dir) = proxy("fan", "{ size: 4 }");
+    let c = e2e::connect(&conninfo).await;
+
+    // DDL runs on every shard, by the simple and the extended protocol.
+    let m = c
+        .simple_query("CREATE TABLE items (id bigint PRIMARY KEY, owner text NOT NULL)")
+        .await
+        .unwrap();
+    assert!(matches!(
+        m.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(0))
+    ));
+    c.execute("CREATE INDEX items_owner ON items (owner)", &[])
+        .await
+        .unwrap();
+    c.batch_execute("CREATE TABLE countries (code text PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    for db in &shards {
+        assert_eq!(
+            psql_direct(db, "SELECT count(*) FROM pg_class WHERE relname IN ('items', 'items_owner', 'countries')"),
+            "3",
+            "{db}"
+        );
+    }
+
+    // A multi-row INSERT is split: each shard gets its own rows; the count is the sum.
+    let values: Vec<String> = (1..=40).map(|i| format!("({i}, 'o{}')", i % 3)).collect();
+    let m = c
+        .simple_query(&format!(
+            "INSERT INTO items (id, owner) VALUES {} RETURNING id",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(simple_counts(&m), vec![40]);
+    let mut returned: Vec<i64> = simple_rows(&m)
+        .iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    returned.sort();
+    assert_eq!(returned, (1..=40).collect::<Vec<i64>>());
+    let on = [
+        count(&shards[0], "SELECT count(*) FROM items"),
+        count(&shards[1], "SELECT count(*) FROM items"),
+    ];
+    assert_eq!(on[0] + on[1], 40);
+    assert!(on[0] > 5 && on[1] > 5, "{on:?}");
+    assert_eq!(misplaced(&shards[0], "0, 2"), "0");
+    assert_eq!(misplaced(&shards[1], "1, 3"), "0");
+
+    // A keyless read is every shard's rows, concatenated; extended and simple.
+    let mut ids: Vec<i64> = c
+        .query("SELECT id FROM items WHERE owner <> $1", &[&"none"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=40).collect::<Vec<i64>>());
+    let m = c.simple_query("SELECT id, owner FROM items").await.unwrap();
+    assert_eq!(simple_rows(&m).len(), 40);
+    assert_eq!(simple_counts(&m), vec![40]);
+
+    // An IN list over both shards reaches both; constants and bound parameters.
+    let m = c
+        .simple_query("SELECT id FROM items WHERE id IN (1, 2, 3, 4, 5, 6)")
+        .await
+        .unwrap();
+    assert_eq!(simple_counts(&m), vec![6]);
+    let rows = c
+        .query(
+            "SELECT owner FROM items WHERE id IN ($1, $2, $3)",
+            &[&7i64, &8i64, &9i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let n = c
+        .execute(
+            "UPDATE items SET owner = 'z' WHERE id IN ($1, $2, $3, $4)",
+            &[&1i64, &2i64, &3i64, &4i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(
+        count(&shards[0], "SELECT count(*) FROM items WHERE owner = 'z'")
+            + count(&shards[1], "SELECT count(*) FROM items WHERE owner = 'z'"),
+        4
+    );
+    let m = c
+        .simple_query("DELETE FROM items WHERE id IN (38, 39, 40)")
+        .await
+        .unwrap();
+    assert_eq!(simple_counts(&m), vec![3]);
+
+    // A prepared statement for several shards, executed again with other keys.
+    let st = c
+        .prepare("SELECT id FROM items WHERE id IN ($1, $2)")
+        .await
+        .unwrap();
+    for (a, b) in [(10i64, 11i64), (12, 13), (14, 15)] {
+        let rows = c.query(&st, &[&a, &b]).await.unwrap();
+        let mut got: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        got.sort();
+        assert_eq!(got, vec![a, b]);
+    }
+
+    // Reference tables: writes reach every shard, reads one.
+    c.batch_execute("INSERT INTO countries VALUES ('de', 'Germany'), ('fr', 'France')")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO countries VALUES ($1, $2)", &[&"it", &"Italy"])
+        .await
+        .unwrap();
+    for db in &shards {
+        assert_eq!(psql_direct(db, "SELECT count(*) FROM countries"), "3");
+    }
+    let row = c
+        .query_one("SELECT count(*) FROM countries", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+
+    // An error on one shard is the client's error; the session goes on.
+    let e = c
+        .batch_execute("INSERT INTO items (id, owner) VALUES (1, 'dup'), (2, 'dup')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23505", "{e:?}");
+    let e = c.query("SELECT id / 0 FROM items", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22012", "{e:?}");
+    let row = c
+        .query_one("SELECT owner FROM items WHERE id = $1", &[&1i64])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "z");
+
+    // A result bigger than the proxy's buffers streams through whole.
+    let values: Vec<String> = (1000..6000)
+        .map(|i| format!("({i}, '{}')", "x".repeat(40)))
+        .collect();
+    c.batch_execute(&format!(
+        "INSERT INTO items (id, owner) VALUES {}",
+        values.join(",")
+    ))
+    .await
+    .unwrap();
+    let rows = c.query("SELECT id, owner FROM items", &[]).await.unwrap();
+    assert_eq!(rows.len(), 5000 + 37);
+
+    // Pipelined behind a single-shard statement.
+    let (a, b) = tokio::join!(
+        c.query("SELECT owner FROM items WHERE id = $1", &[&5i64]),
+        c.query("SELECT id FROM items WHERE id IN ($1, $2)", &[&5i64, &6i64]),
+    );
+    assert_eq!(a.unwrap().len(), 1);
+    assert_eq!(b.unwrap().len(), 2);
+
+    // What needs a merge, and several shards inside a transaction, are refused.
+    for sql in [
+        "SELECT count(*) FROM items",
+        "SELECT id FROM items ORDER BY id",
+        "SELECT DISTINCT owner FROM items",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{sql}");
+    }
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("UPDATE items SET owner = 'y' WHERE id = 5")
+        .await
+        .unwrap();
+    let e = c.simple_query("SELECT id FROM items").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn session_pooling_fans_out_with_its_own_connection() {
+    let (shards, conninfo, dir) = proxy("fansess", "{ size: 2, mode: session }");
+    let c = e2e::connect(&conninfo).await;
+    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, owner text)")
+        .await
+        .unwrap();
+    c.batch_execute("SET application_name = 'fan-session'")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO items (id, owner) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
+        .await
+        .unwrap();
+    let rows = c.query("SELECT id FROM items", &[]).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    for db in &shards {
+        assert!(count(db, "SELECT count(*) FROM items") >= 1, "{db}");
+    }
+    // The session's settings followed it onto the other shard's connection.
+    let names = c
+        .query("SELECT current_setting('application_name') FROM items", &[])
+        .await
+        .unwrap();
+    assert!(names.iter().all(|r| r.get::<_, String>(0) == "fan-session"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// BEGIN waits for the statement that picks the shard; the transaction then runs there.
+#[tokio::test]
+async fn begin_waits_for_the_first_statement_that_picks_a_shard() {
+    let (shards, conninfo, dir) = proxy("held", "{ size: 4 }");
+    let mut c = e2e::connect(&conninfo).await;
+    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, owner text)")
+        .await
+        .unwrap();
+    let ids: Vec<String> = (1..=20).map(|i| format!("({i}, 'a')")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO items (id, owner) VALUES {}",
+        ids.join(", ")
+    ))
+    .await
+    .unwrap();
+    let on = |db: &str, id: i64| {
+        psql_direct(db, &format!("SELECT count(*) FROM items WHERE id = {id}")) == "1"
+    };
+    // Keys owned by the second shard (the home shard is the first).
+    let b: Vec<i64> = (1..=20).filter(|i| on(&shards[1], *i)).collect();
+    let a: Vec<i64> = (1..=20).filter(|i| on(&shards[0], *i)).collect();
+
+    // Simple protocol.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("UPDATE items SET owner = 'b' WHERE id = {}", b[0]))
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute(&format!("UPDATE items SET owner = 'b' WHERE id = {}", a[0]))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    c.batch_execute("ROLLBACK").await.unwrap();
+
+    // Extended protocol (a driver's transaction object), committed on the second shard.
+    let t = c.transaction().await.unwrap();
+    let n = t
+        .execute("UPDATE items SET owner = $1 WHERE id = $2", &[&"t", &b[1]])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let got: String = t
+        .query_one("SELECT owner FROM items WHERE id = $1", &[&b[1]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, "t");
+    t.commit().await.unwrap();
+    assert_eq!(
+        psql_direct(
+            &shards[1],
+            &format!("SELECT owner FROM items WHERE id = {}", b[1])
+        ),
+        "t"
+    );
+
+    // A transaction that never ran a statement, and one the proxy failed.
+    c.batch_execute("BEGIN; ").await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c
+        .simple_query("SELECT count(*) FROM items")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    let e = c
+        .simple_query(&format!("SELECT owner FROM items WHERE id = {}", b[0]))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02");
+    let m = c.simple_query("COMMIT").await.unwrap();
+    assert!(matches!(
+        m.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(0))
+    ));
+    // Back outside any transaction: the first shard's keys work again.
+    c.batch_execute(&format!("UPDATE items SET owner = 'c' WHERE id = {}", a[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        psql_direct(
+            &shards[0],
+            &format!("SELECT owner FROM items WHERE id = {}", a[0])
+        ),
+        "c"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
