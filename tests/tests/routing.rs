@@ -102,6 +102,9 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         "SELECT * FROM accounts ORDER BY account_id",
         "SELECT * FROM accounts LIMIT 3",
         "DELETE FROM accounts WHERE balance = 0",
+        "COPY accounts TO STDOUT",
+        "COPY accounts FROM STDIN",
+        "DO $$ BEGIN UPDATE accounts SET balance = 1; END $$",
     ] {
         let e = c.simple_query(sql).await.unwrap_err();
         assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");
@@ -157,6 +160,25 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
     c.batch_execute("ROLLBACK").await.unwrap();
+    // Code the router cannot see into runs on the shard the transaction is pinned to.
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE accounts SET balance = 8 WHERE account_id = {b}"
+    ))
+    .await
+    .unwrap();
+    c.batch_execute(&format!(
+        "DO $$ BEGIN UPDATE accounts SET balance = balance + 1 WHERE account_id = {b}; END $$"
+    ))
+    .await
+    .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        psql_direct(
+            &shards[1],
+            &format!("SELECT balance FROM accounts WHERE account_id = {b}")
+        ),
+        "9"
+    );
     c.batch_execute(&format!("UPDATE accounts SET balance = 6 WHERE account_id = {b}; UPDATE accounts SET balance = 6 WHERE account_id = {b}")).await.unwrap();
     assert_eq!(
         psql_direct(

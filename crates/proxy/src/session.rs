@@ -1062,6 +1062,13 @@ impl Session {
                 };
                 Ok(Routing::Fanout(Box::new(Fanout { shards, texts })))
             }
+            Plan::Pinned if self.server.is_some() && self.tx_status != b'I' => {
+                Ok(Routing::To(None))
+            }
+            Plan::Pinned => Err(refuse(
+                "the router cannot see which shards its code touches".into(),
+                "Run it inside a transaction already on the shard it needs, or name the shard: /* shardgate: shard=NAME */.",
+            )),
             Plan::AtBind if bound.is_empty() => Ok(Routing::AtBind),
             Plan::AtBind => Err(refuse(
                 "its shard key is a parameter the router cannot read (NULL, or binary of a type it does not decode)".into(),

@@ -51,6 +51,9 @@ pub enum Kind {
     Maintenance,
     /// SET, SHOW, RESET, DISCARD, LISTEN, and whatever else acts on the session.
     Session,
+    /// Code the router cannot see into (DO blocks, CALL): it runs where the session is
+    /// pinned (a transaction's shard, a shard hint), or is refused.
+    Opaque,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,9 @@ pub struct Analysis {
     /// A top-level `INSERT ... VALUES` into a sharded table: `keyed[0].keys` has one
     /// alternative per row, in order, and the rows can be split by shard.
     pub insert_rows: bool,
+    /// The statement cannot be merged across shards whatever its shape (COPY): it runs
+    /// on one shard or is refused.
+    pub one_shard: bool,
     /// Why the statement cannot be routed by its shape, whatever the keys.
     pub refuse: Option<String>,
 }
@@ -91,7 +97,9 @@ fn classify_by_keyword(sql: &str) -> Option<Kind> {
         _ => return Some(Kind::Session),
     };
     Some(match first.as_str() {
-        "select" | "with" | "values" | "table" | "insert" | "update" | "delete" => return None,
+        "select" | "with" | "values" | "table" | "insert" | "update" | "delete" | "explain" => {
+            return None
+        }
         "create" | "alter" | "drop" | "truncate" | "comment" | "grant" | "revoke" | "security" => {
             Kind::Ddl
         }
@@ -105,6 +113,7 @@ fn classify_by_keyword(sql: &str) -> Option<Kind> {
         "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint" => {
             Kind::Maintenance
         }
+        "do" | "call" => Kind::Opaque,
         _ => Kind::Session,
     })
 }
@@ -114,6 +123,9 @@ pub fn analyze(
     sql: &str,
     key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<Analysis, ParseError> {
+    if Lexer::new(sql).next().is_some_and(|t| t.is_keyword("copy")) {
+        return analyze_copy(sql, key_columns);
+    }
     if let Some(kind) = classify_by_keyword(sql) {
         return Ok(Analysis {
             kind,
@@ -121,6 +133,7 @@ pub fn analyze(
             keyed: Vec::new(),
             needs_merge: false,
             insert_rows: false,
+            one_shard: false,
             refuse: None,
         });
     }
@@ -141,38 +154,132 @@ pub fn analyze(
             keyed: Vec::new(),
             needs_merge: false,
             insert_rows: false,
+            one_shard: false,
             refuse: None,
         },
     };
-    match &stmt {
-        Statement::Query(q) => {
-            w.out.needs_merge = needs_merge(q);
-            if !q.locks.is_empty() {
-                w.out.kind = Kind::Write;
-            }
-            w.query(q);
-        }
-        Statement::Insert(i) => {
-            w.out.kind = Kind::Write;
-            w.insert(i);
-            w.out.insert_rows = w.out.keyed.len() == 1
-                && w.out.keyed[0].keys.is_some()
-                && matches!(
-                    i.source.as_deref().map(|q| q.body.as_ref()),
-                    Some(SetExpr::Values(_))
-                );
-        }
-        Statement::Update(u) => {
-            w.out.kind = Kind::Write;
-            w.update(u);
-        }
-        Statement::Delete(d) => {
-            w.out.kind = Kind::Write;
-            w.delete(d);
-        }
-        _ => w.out.kind = Kind::Session,
-    }
+    w.statement(&stmt);
     Ok(w.out)
+}
+
+/// `COPY table ...` and `COPY (query) TO ...`, read with the lexer (sqlparser does not take
+/// every COPY option). COPY data is not split or merged by shard: a COPY runs on one shard.
+fn analyze_copy(
+    sql: &str,
+    key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Analysis, ParseError> {
+    let mut lx = Lexer::new(sql);
+    lx.next(); // COPY
+    let offset = |t: &Token| t.text().as_ptr() as usize - sql.as_ptr() as usize;
+    let mut a = Analysis {
+        kind: Kind::Read,
+        tables: Vec::new(),
+        keyed: Vec::new(),
+        needs_merge: false,
+        insert_rows: false,
+        one_shard: true,
+        refuse: None,
+    };
+    match lx.next() {
+        Some(open @ Token::Symbol("(")) => {
+            let start = offset(&open) + 1;
+            let mut depth = 1;
+            let end = loop {
+                match lx.next() {
+                    Some(Token::Symbol("(")) => depth += 1,
+                    Some(t @ Token::Symbol(")")) => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break offset(&t);
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Err(ParseError("unterminated COPY query".into())),
+                }
+            };
+            let mut inner = analyze(&sql[start..end], key_columns)?;
+            inner.one_shard = true;
+            Ok(inner)
+        }
+        Some(first @ (Token::Word(_) | Token::QuotedIdent(_))) => {
+            // schema.table: the last part names the table.
+            let mut name = first;
+            let mut peek = lx.clone();
+            while peek.next() == Some(Token::Symbol(".")) {
+                match peek.next() {
+                    Some(t @ (Token::Word(_) | Token::QuotedIdent(_))) => {
+                        name = t;
+                        lx = peek.clone();
+                    }
+                    _ => break,
+                }
+            }
+            let table = match name {
+                Token::QuotedIdent(q) => q[1..q.len() - 1].replace("\"\"", "\""),
+                t => t.text().to_ascii_lowercase(),
+            };
+            let mut depth = 0;
+            for t in lx {
+                match t {
+                    Token::Symbol("(") => depth += 1,
+                    Token::Symbol(")") => depth -= 1,
+                    t if depth == 0 && t.is_keyword("from") => {
+                        a.kind = Kind::Write;
+                        break;
+                    }
+                    t if depth == 0 && t.is_keyword("to") => break,
+                    _ => {}
+                }
+            }
+            if key_columns(&table).is_some() {
+                a.refuse = Some(format!(
+                    "COPY of sharded table `{table}`: the proxy does not split or merge COPY data by shard yet; copy each shard's rows with /* shardgate: shard=NAME */"
+                ));
+                a.keyed.push(TableUse {
+                    table: table.clone(),
+                    keys: None,
+                });
+            }
+            a.tables.push(table);
+            Ok(a)
+        }
+        _ => Err(ParseError("COPY of what?".into())),
+    }
+}
+
+impl Walker<'_> {
+    fn statement(&mut self, stmt: &Statement) {
+        let w = self;
+        match stmt {
+            Statement::Explain { statement, .. } => w.statement(statement),
+            Statement::Query(q) => {
+                w.out.needs_merge = needs_merge(q);
+                if !q.locks.is_empty() {
+                    w.out.kind = Kind::Write;
+                }
+                w.query(q);
+            }
+            Statement::Insert(i) => {
+                w.out.kind = Kind::Write;
+                w.insert(i);
+                w.out.insert_rows = w.out.keyed.len() == 1
+                    && w.out.keyed[0].keys.is_some()
+                    && matches!(
+                        i.source.as_deref().map(|q| q.body.as_ref()),
+                        Some(SetExpr::Values(_))
+                    );
+            }
+            Statement::Update(u) => {
+                w.out.kind = Kind::Write;
+                w.update(u);
+            }
+            Statement::Delete(d) => {
+                w.out.kind = Kind::Write;
+                w.delete(d);
+            }
+            _ => w.out.kind = Kind::Session,
+        }
+    }
 }
 
 fn needs_merge(q: &Query) -> bool {
@@ -718,7 +825,7 @@ mod tests {
             Kind::Transaction
         );
         assert_eq!(a("SET search_path TO a").kind, Kind::Session);
-        assert_eq!(a("DO $$ BEGIN END $$").kind, Kind::Session);
+        assert_eq!(a("DO $$ BEGIN END $$").kind, Kind::Opaque);
         assert!(analyze("SELECT FROM WHERE", &keys).is_err());
     }
 }

@@ -31,6 +31,9 @@ pub enum Plan {
     Session,
     /// A key comes from a parameter that is not bound yet.
     AtBind,
+    /// Code the router cannot see into: the shard the session is pinned to (its
+    /// transaction's), else refused.
+    Pinned,
     /// Cannot be run correctly: the reason and what to do.
     Refuse { reason: String, hint: String },
 }
@@ -55,9 +58,21 @@ pub fn map_for<'d>(db: &'d DatabaseConfig, table: &str) -> Option<(&'d ShardMap,
 /// Plans one analysed statement. `params` are the bound values in text form (`None`: not
 /// bound yet or NULL).
 pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
+    let p = plan_shape(db, a, params);
+    if a.one_shard && matches!(p, Plan::Shards(_) | Plan::AllShards) {
+        return refuse(
+            "a COPY that would need several shards (COPY data is not split or merged by shard yet)",
+            "Copy each shard's rows with /* shardgate: shard=NAME */.",
+        );
+    }
+    p
+}
+
+fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
     match a.kind {
         Kind::Ddl | Kind::Maintenance => return Plan::AllShards,
         Kind::Transaction | Kind::Session => return Plan::Session,
+        Kind::Opaque => return Plan::Pinned,
         Kind::Read | Kind::Write => {}
     }
     if let Some(reason) = &a.refuse {
@@ -487,5 +502,76 @@ mod tests {
         assert!(
             matches!(p("SELECT * FROM orders WHERE customer_id = 'abc'", &[]), Plan::Refuse { reason, .. } if reason.contains("invalid input syntax for type bigint"))
         );
+    }
+
+    #[test]
+    fn copy_runs_on_one_shard_or_is_refused() {
+        assert_eq!(p("COPY unmapped FROM STDIN", &[]), Plan::Session);
+        assert_eq!(
+            p(
+                "COPY public.unmapped (a, b) TO STDOUT WITH (FORMAT csv)",
+                &[]
+            ),
+            Plan::Session
+        );
+        assert!(
+            matches!(p("COPY orders FROM STDIN WITH (FREEZE ON)", &[]), Plan::Refuse { reason, .. } if reason.contains("COPY"))
+        );
+        assert!(matches!(
+            p("COPY \"orders\" TO STDOUT", &[]),
+            Plan::Refuse { .. }
+        ));
+        // A reference table is written on every shard: not with one COPY.
+        assert!(matches!(
+            p("COPY countries FROM STDIN", &[]),
+            Plan::Refuse { .. }
+        ));
+        assert_eq!(p("COPY countries TO STDOUT", &[]), Plan::AnyShard);
+        assert_eq!(
+            p(
+                "COPY (SELECT * FROM orders WHERE customer_id = 7) TO STDOUT",
+                &[]
+            ),
+            Plan::Shard(shard_of(7))
+        );
+        assert!(matches!(
+            p("COPY (SELECT * FROM orders) TO STDOUT", &[]),
+            Plan::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn opaque_code_and_explain() {
+        assert_eq!(p("DO $$ BEGIN PERFORM 1; END $$", &[]), Plan::Pinned);
+        assert_eq!(p("CALL transfer(1, 2)", &[]), Plan::Pinned);
+        assert_eq!(
+            p("EXPLAIN SELECT * FROM orders WHERE customer_id = 7", &[]),
+            Plan::Shard(shard_of(7))
+        );
+        assert!(matches!(
+            p("EXPLAIN ANALYZE DELETE FROM orders", &[]),
+            Plan::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn multi_row_inserts_give_each_row_its_shard() {
+        let d = db();
+        let keys = |t: &str| map_for(&d, t).map(|(_, c)| c.to_vec());
+        let a = analyze(
+            "INSERT INTO orders (customer_id, total) VALUES (1, 2), (2, 3), (3, 4)",
+            &keys,
+        )
+        .unwrap();
+        assert_eq!(
+            row_shards(&d, &a, &[]),
+            Some(vec![shard_of(1), shard_of(2), shard_of(3)])
+        );
+        let a = analyze(
+            "UPDATE orders SET total = 1 WHERE customer_id IN (1, 2)",
+            &keys,
+        )
+        .unwrap();
+        assert_eq!(row_shards(&d, &a, &[]), None);
     }
 }

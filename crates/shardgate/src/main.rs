@@ -157,6 +157,7 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
                 keyed: Vec::new(),
                 needs_merge: false,
                 insert_rows: false,
+                one_shard: false,
                 refuse: None,
             }
         }
@@ -179,13 +180,24 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
     let home = db.shards.first().map(|(n, _)| n).unwrap_or("");
     match plan {
         router::plan::Plan::Shard(s) => println!("route: shard {s} (primary)"),
-        router::plan::Plan::Shards(s) => println!(
-            "route: shards {} (rows concatenated, counts summed)",
-            s.join(", ")
-        ),
+        router::plan::Plan::Shards(s) => {
+            println!(
+                "route: shards {} (rows concatenated, counts summed)",
+                s.join(", ")
+            );
+            if let Some(rows) = router::plan::row_shards(db, &analysis, &params) {
+                for shard in &s {
+                    let n = rows.iter().filter(|r| *r == shard).count();
+                    println!("  {shard}: {n} of the INSERT's {} rows", rows.len());
+                }
+            }
+        }
         router::plan::Plan::AllShards => println!("route: every shard"),
         router::plan::Plan::AnyShard => println!("route: any one shard (reference tables)"),
         router::plan::Plan::Session => println!("route: the session's shard (home: {home})"),
+        router::plan::Plan::Pinned => println!(
+            "route: the shard the session's transaction is pinned to; refused outside one (name the shard with /* shardgate: shard=NAME */)"
+        ),
         router::plan::Plan::AtBind => {
             println!("route: decided at Bind (a key comes from a parameter; give it with --param)")
         }
