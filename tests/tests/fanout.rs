@@ -96,6 +96,41 @@ async fn statements_for_several_shards_run_on_each_and_merge() {
     assert_eq!(misplaced(&shards[0], "0, 2"), "0");
     assert_eq!(misplaced(&shards[1], "1, 3"), "0");
 
+    // With bound parameters: each shard gets its rows' values, renumbered.
+    let n = c
+        .execute(
+            "INSERT INTO items (id, owner) VALUES ($1, $2), ($3, $2), ($4, $5) ON CONFLICT (id) DO UPDATE SET owner = $6",
+            &[&101i64, &"p", &102i64, &103i64, &"q", &"r"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    for db in &shards {
+        assert!(
+            count(db, "SELECT count(*) FROM items WHERE id > 100") >= 1,
+            "{db}"
+        );
+    }
+    assert_eq!(misplaced(&shards[0], "0, 2"), "0");
+    assert_eq!(misplaced(&shards[1], "1, 3"), "0");
+    let rows = c
+        .query(
+            "INSERT INTO items (id, owner) VALUES ($1, 'x'), ($2, 'x') ON CONFLICT (id) DO UPDATE SET owner = $3 RETURNING id, owner",
+            &[&101i64, &102i64, &"again"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.get::<_, String>(1) == "again"));
+    let n = c
+        .execute(
+            "DELETE FROM items WHERE id IN ($1, $2, $3)",
+            &[&101i64, &102i64, &103i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+
     // A keyless read is every shard's rows, concatenated; extended and simple.
     let mut ids: Vec<i64> = c
         .query("SELECT id FROM items WHERE owner <> $1", &[&"none"])

@@ -237,6 +237,58 @@ pub(crate) fn summed_tag(tags: &[&[u8]]) -> Option<String> {
     Some(format!("{head} {total}"))
 }
 
+/// A Parse's parameter types (`int16 n | int32 oid * n`) for the parameters `keep` (1-based
+/// original numbers), in that order; unknown ones left for the server to infer (0).
+pub(crate) fn select_param_types(raw: &[u8], keep: &[usize]) -> Vec<u8> {
+    let oids = crate::statements::parse_oids(raw);
+    let mut out = Vec::with_capacity(2 + 4 * keep.len());
+    out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
+    for k in keep {
+        let oid = oids.get(k - 1).copied().unwrap_or(0);
+        out.extend_from_slice(&oid.to_be_bytes());
+    }
+    out
+}
+
+/// A Bind's body after its portal and statement names, with only the parameters `keep`
+/// (1-based original numbers), in that order. `None` when it does not parse.
+pub(crate) fn select_bind_values(rest: &[u8], keep: &[usize]) -> Option<Vec<u8>> {
+    let rd16 = |at: usize| {
+        rest.get(at..at + 2)
+            .map(|x| i16::from_be_bytes([x[0], x[1]]))
+    };
+    let nfmt = usize::try_from(rd16(0)?).ok()?;
+    let formats: Vec<&[u8]> = (0..nfmt)
+        .map(|i| rest.get(2 + 2 * i..4 + 2 * i))
+        .collect::<Option<_>>()?;
+    let mut at = 2 + 2 * nfmt;
+    let nval = usize::try_from(rd16(at)?).ok()?;
+    at += 2;
+    let mut values: Vec<&[u8]> = Vec::with_capacity(nval);
+    for _ in 0..nval {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        let end = at + 4 + usize::try_from(len.max(0)).ok()?;
+        values.push(rest.get(at..end)?);
+        at = end;
+    }
+    let results = rest.get(at..)?;
+    let mut out = Vec::with_capacity(rest.len());
+    if nfmt <= 1 {
+        out.extend_from_slice(&rest[..2 + 2 * nfmt]);
+    } else {
+        out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
+        for k in keep {
+            out.extend_from_slice(formats.get(k - 1)?);
+        }
+    }
+    out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
+    for k in keep {
+        out.extend_from_slice(values.get(k - 1)?);
+    }
+    out.extend_from_slice(results);
+    Some(out)
+}
+
 /// The error a client gets when a shard fails mid-fan-out (the session goes on).
 pub(crate) fn failure_error(why: &str) -> ProxyError {
     ProxyError::error(
@@ -248,6 +300,30 @@ pub(crate) fn failure_error(why: &str) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_values_are_selected_with_their_formats() {
+        // formats: text, binary, text; values: "a", [1, 2], NULL; results: 1 format (binary)
+        let mut rest = vec![0, 3, 0, 0, 0, 1, 0, 0, 0, 3];
+        rest.extend_from_slice(&1i32.to_be_bytes());
+        rest.push(b'a');
+        rest.extend_from_slice(&2i32.to_be_bytes());
+        rest.extend_from_slice(&[1, 2]);
+        rest.extend_from_slice(&(-1i32).to_be_bytes());
+        rest.extend_from_slice(&[0, 1, 0, 1]);
+        let got = select_bind_values(&rest, &[3, 2]).unwrap();
+        let mut want = vec![0, 2, 0, 0, 0, 1, 0, 2];
+        want.extend_from_slice(&(-1i32).to_be_bytes());
+        want.extend_from_slice(&2i32.to_be_bytes());
+        want.extend_from_slice(&[1, 2]);
+        want.extend_from_slice(&[0, 1, 0, 1]);
+        assert_eq!(got, want);
+        assert_eq!(select_bind_values(&rest[..12], &[1]), None);
+        assert_eq!(
+            select_param_types(&[0, 2, 0, 0, 0, 20, 0, 0, 0, 25], &[2, 3]),
+            vec![0, 2, 0, 0, 0, 25, 0, 0, 0, 0]
+        );
+    }
 
     #[test]
     fn counts_are_summed() {

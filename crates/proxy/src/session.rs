@@ -99,9 +99,9 @@ enum Routing {
 /// that order, so two fan-outs never wait on each other's).
 struct Fanout {
     shards: Vec<String>,
-    /// Per shard, its own statement text (a multi-row INSERT keeps only that shard's rows);
-    /// `None`: every shard runs the statement as the client sent it.
-    texts: Option<Vec<String>>,
+    /// Per shard, its own statement (a multi-row INSERT keeps only that shard's rows, its
+    /// parameters renumbered); `None`: every shard runs the statement as the client sent it.
+    parts: Option<Vec<router::rewrite::Part>>,
 }
 
 /// An extended-protocol statement for several shards, collected from its Bind up to its
@@ -111,7 +111,10 @@ struct PendingFanout {
     /// The statement's text and parameter types, for the unnamed Parse every shard gets.
     query: Bytes,
     param_types: Bytes,
-    /// The Bind and what followed it.
+    /// The Bind's portal, and its body after the statement name.
+    portal: Bytes,
+    bind_rest: Bytes,
+    /// What followed the Bind.
     messages: BytesMut,
 }
 
@@ -688,13 +691,13 @@ impl Session {
                         Ok(Routing::To(t)) => t,
                         Ok(Routing::AtBind) => None,
                         Ok(Routing::Fanout(fanout)) => {
-                            let mut messages = BytesMut::new();
-                            messages.extend_from_slice(frame.raw());
                             self.pending_fanout = Some(Box::new(PendingFanout {
                                 fanout,
                                 query: Bytes::copy_from_slice(pv.query),
                                 param_types: Bytes::copy_from_slice(pv.param_types),
-                                messages,
+                                portal: Bytes::copy_from_slice(b.portal),
+                                bind_rest: Bytes::copy_from_slice(b.rest),
+                                messages: BytesMut::new(),
                             }));
                             return Ok(());
                         }
@@ -740,13 +743,13 @@ impl Session {
         match self.ensure_server_for(&stmt.query, &params).await {
             Ok(None) => {}
             Ok(Some(fanout)) => {
-                let mut messages = BytesMut::new();
-                messages::bind(&mut messages, b.portal, b"", b.rest);
                 self.pending_fanout = Some(Box::new(PendingFanout {
                     fanout,
                     query: stmt.query.clone(),
                     param_types: stmt.param_types.clone(),
-                    messages,
+                    portal: Bytes::copy_from_slice(b.portal),
+                    bind_rest: Bytes::copy_from_slice(b.rest),
+                    messages: BytesMut::new(),
                 }));
                 return Ok(());
             }
@@ -1040,7 +1043,7 @@ impl Session {
             Plan::Session | Plan::AnyShard => Ok(Routing::To(None)),
             Plan::AllShards => Ok(Routing::Fanout(Box::new(Fanout {
                 shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
-                texts: None,
+                parts: None,
             }))),
             Plan::Shards(some) => {
                 // In the database's order.
@@ -1051,7 +1054,7 @@ impl Session {
                     .filter(|n| some.iter().any(|s| s == n))
                     .map(str::to_owned)
                     .collect();
-                let texts = match router::plan::row_shards(db, &routed.analysis, &routed.params) {
+                let parts = match router::plan::row_shards(db, &routed.analysis, &routed.params) {
                     None => None,
                     Some(rows) => Some(router::rewrite::split_insert(&text, &rows, &shards).map_err(|why| {
                         refuse(
@@ -1060,7 +1063,7 @@ impl Session {
                         )
                     })?),
                 };
-                Ok(Routing::Fanout(Box::new(Fanout { shards, texts })))
+                Ok(Routing::Fanout(Box::new(Fanout { shards, parts })))
             }
             Plan::Pinned if self.server.is_some() && self.tx_status != b'I' => {
                 Ok(Routing::To(None))
@@ -1181,13 +1184,13 @@ impl Session {
 
     /// A simple Query for several shards.
     async fn simple_fanout(&mut self, frame: &Frame, f: Box<Fanout>) -> Result<(), End> {
-        let requests: Vec<Bytes> = match &f.texts {
+        let requests: Vec<Bytes> = match &f.parts {
             None => vec![frame.raw().clone(); f.shards.len()],
-            Some(texts) => texts
+            Some(parts) => parts
                 .iter()
-                .map(|t| {
-                    let mut b = BytesMut::with_capacity(t.len() + 6);
-                    messages::query(&mut b, t);
+                .map(|p| {
+                    let mut b = BytesMut::with_capacity(p.text.len() + 6);
+                    messages::query(&mut b, &p.text);
                     b.freeze()
                 })
                 .collect(),
@@ -1231,19 +1234,29 @@ impl Session {
         let Some(p) = self.pending_fanout.take() else {
             return Ok(());
         };
-        let requests: Vec<Bytes> = (0..p.fanout.shards.len())
-            .map(|i| {
-                let query = match &p.fanout.texts {
-                    Some(t) => t[i].as_bytes(),
-                    None => &p.query,
-                };
-                let mut b = BytesMut::with_capacity(query.len() + p.messages.len() + 32);
-                messages::parse(&mut b, b"", query, &p.param_types);
-                b.extend_from_slice(&p.messages);
-                messages::empty_message(&mut b, tag::SYNC);
-                b.freeze()
-            })
-            .collect();
+        let mut requests: Vec<Bytes> = Vec::with_capacity(p.fanout.shards.len());
+        for i in 0..p.fanout.shards.len() {
+            let mut b =
+                BytesMut::with_capacity(p.query.len() + p.bind_rest.len() + p.messages.len() + 64);
+            match p.fanout.parts.as_ref().map(|parts| &parts[i]) {
+                None => {
+                    messages::parse(&mut b, b"", &p.query, &p.param_types);
+                    messages::bind(&mut b, &p.portal, b"", &p.bind_rest);
+                }
+                Some(part) => {
+                    let types = fanout::select_param_types(&p.param_types, &part.params);
+                    let Some(values) = fanout::select_bind_values(&p.bind_rest, &part.params)
+                    else {
+                        return Err(malformed(wire::frame::Malformed("Bind parameters")));
+                    };
+                    messages::parse(&mut b, b"", part.text.as_bytes(), &types);
+                    messages::bind(&mut b, &p.portal, b"", &values);
+                }
+            }
+            b.extend_from_slice(&p.messages);
+            messages::empty_message(&mut b, tag::SYNC);
+            requests.push(b.freeze());
+        }
         let merge = fanout::Merge {
             drop_parse_complete: true,
             ready: false,

@@ -62,13 +62,24 @@ pub fn values_rows(sql: &str) -> Option<ValuesRows> {
     }
 }
 
+/// One shard's part of a split INSERT.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Part {
+    pub text: String,
+    /// The statement's parameters this part uses, by their original 1-based number, in
+    /// their new order: the part's `$k` is the statement's `$params[k-1]`.
+    pub params: Vec<usize>,
+}
+
 /// Splits a multi-row INSERT by shard: for each of `shards`, the statement with only the
-/// rows `row_shards` gives it (one entry per row, in order). An error says why it cannot.
+/// rows `row_shards` gives it (one entry per row, in order). Parameters are renumbered so
+/// that each part's are `$1..$k`, in the order of their original numbers; those outside
+/// the rows (ON CONFLICT, RETURNING) stay in every part. An error says why it cannot.
 pub fn split_insert(
     sql: &str,
     row_shards: &[String],
     shards: &[String],
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<Part>, String> {
     let rows = values_rows(sql).ok_or("the VALUES list was not found")?;
     if rows.rows.len() != row_shards.len() {
         return Err(format!(
@@ -77,28 +88,55 @@ pub fn split_insert(
             row_shards.len()
         ));
     }
-    if rows.params {
-        return Err("its rows use parameters, which cannot be split between shards".into());
+    // Every parameter: its byte range and number.
+    let mut params: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+    for t in Lexer::new(sql) {
+        if let Token::Param(p) = t {
+            let at = p.as_ptr() as usize - sql.as_ptr() as usize;
+            let n = p[1..]
+                .parse::<usize>()
+                .map_err(|_| format!("bad parameter {p}"))?;
+            params.push((at..at + p.len(), n));
+        }
     }
-    let head = &sql[..rows.rows[0].start];
-    let tail = &sql[rows.rows[rows.rows.len() - 1].end..];
+    let head = 0..rows.rows[0].start;
+    let tail = rows.rows[rows.rows.len() - 1].end..sql.len();
     Ok(shards
         .iter()
         .map(|shard| {
+            let mut segments = vec![head.clone()];
+            segments.extend(
+                rows.rows
+                    .iter()
+                    .zip(row_shards)
+                    .filter(|(_, s)| *s == shard)
+                    .map(|(r, _)| r.clone()),
+            );
+            segments.push(tail.clone());
+            let inside = |at: usize| segments.iter().any(|r| r.contains(&at));
+            let used: std::collections::BTreeSet<usize> = params
+                .iter()
+                .filter(|(r, _)| inside(r.start))
+                .map(|(_, n)| *n)
+                .collect();
+            let used: Vec<usize> = used.into_iter().collect();
             let mut text = String::with_capacity(sql.len());
-            text.push_str(head);
-            let mut first = true;
-            for (r, s) in rows.rows.iter().zip(row_shards) {
-                if s == shard {
-                    if !first {
-                        text.push_str(", ");
-                    }
-                    first = false;
-                    text.push_str(&sql[r.clone()]);
+            let last_row = segments.len() - 2;
+            for (i, seg) in segments.iter().enumerate() {
+                let mut at = seg.start;
+                for (r, n) in params.iter().filter(|(r, _)| seg.contains(&r.start)) {
+                    text.push_str(&sql[at..r.start]);
+                    let k = used.iter().position(|u| u == n).expect("used") + 1;
+                    text.push('$');
+                    text.push_str(&k.to_string());
+                    at = r.end;
+                }
+                text.push_str(&sql[at..seg.end]);
+                if i >= 1 && i < last_row {
+                    text.push_str(", ");
                 }
             }
-            text.push_str(tail);
-            text
+            Part { text, params: used }
         })
         .collect())
 }
@@ -130,13 +168,32 @@ mod tests {
         let shards = ["s0", "s1"].map(String::from);
         let parts = split_insert(sql, &rs, &shards).unwrap();
         assert_eq!(
-            parts[0],
+            parts[0].text,
             "/* c */ INSERT INTO t (a) VALUES (2) RETURNING a;"
         );
         assert_eq!(
-            parts[1],
+            parts[1].text,
             "/* c */ INSERT INTO t (a) VALUES (1), (3) RETURNING a;"
         );
+        assert!(parts[0].params.is_empty());
         assert!(split_insert(sql, &rs[..2], &shards).is_err());
+    }
+
+    #[test]
+    fn parameters_are_renumbered_per_part() {
+        let sql = "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4), ($5, $6::int) ON CONFLICT (a) DO UPDATE SET b = $7";
+        let rs = ["s0", "s1", "s0"].map(String::from);
+        let shards = ["s0", "s1"].map(String::from);
+        let parts = split_insert(sql, &rs, &shards).unwrap();
+        assert_eq!(
+            parts[0].text,
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4::int) ON CONFLICT (a) DO UPDATE SET b = $5"
+        );
+        assert_eq!(parts[0].params, vec![1, 2, 5, 6, 7]);
+        assert_eq!(
+            parts[1].text,
+            "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = $3"
+        );
+        assert_eq!(parts[1].params, vec![3, 4, 7]);
     }
 }
