@@ -362,6 +362,19 @@ async fn begin_waits_for_the_first_statement_that_picks_a_shard() {
         m.last(),
         Some(tokio_postgres::SimpleQueryMessage::CommandComplete(0))
     ));
+    // Pipelined statements for different shards, each in its own implicit transaction.
+    let q = |id: i64| {
+        let c = &c;
+        async move {
+            c.query_one("SELECT owner FROM items WHERE id = $1", &[&id])
+                .await
+                .map(|r| r.get::<_, String>(0))
+        }
+    };
+    let (r1, r2, r3, r4) = tokio::join!(q(a[1]), q(b[2]), q(a[2]), q(b[3]));
+    for r in [r1, r2, r3, r4] {
+        assert!(r.is_ok(), "{r:?}");
+    }
     // Back outside any transaction: the first shard's keys work again.
     c.batch_execute(&format!("UPDATE items SET owner = 'c' WHERE id = {}", a[0]))
         .await

@@ -156,6 +156,9 @@ struct Session {
     held_begin: Option<Box<Bytes>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
+    /// Extended-protocol messages went to the attached server since the client's last Sync:
+    /// the server is inside that batch (its implicit transaction) and stays attached.
+    unsynced: bool,
     /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
     /// not ended it yet: the server ignores Sync meanwhile.
     copy_in_extended: bool,
@@ -186,6 +189,7 @@ pub(crate) fn start(
         pending_fanout: None,
         held_begin: None,
         skip_until_sync: false,
+        unsynced: false,
         copy_in_extended: false,
         terminated: false,
     };
@@ -431,12 +435,13 @@ impl Session {
                     _ => None,
                 };
                 self.forward(&frame);
-                self.pending.push_back(Expect::Execute { command });
+                self.expect_extended(Expect::Execute { command });
                 Ok(())
             }
             tag::CLOSE => self.on_close(frame),
             tag::SYNC => {
                 self.skip_until_sync = false;
+                self.unsynced = false;
                 if self.server.is_some() {
                     self.forward(&frame);
                     if !self.copy_in_extended {
@@ -566,7 +571,7 @@ impl Session {
             }
             self.unnamed_parse = Some(Box::new((frame.clone(), false)));
             self.forward(&frame);
-            self.pending.push_back(Expect::Parse {
+            self.expect_extended(Expect::Parse {
                 visible: true,
                 statement: None,
                 client_name: None,
@@ -575,7 +580,7 @@ impl Session {
         }
         let stmt = self.proxy.statements.intern(p.query, p.param_types);
         let name: Box<[u8]> = p.name.into();
-        let (target, at_bind) = match self.route_plan(p.query, &[]) {
+        let (target, at_bind) = match self.route_statement(&stmt, &[]) {
             Ok(Routing::To(t)) => (t, false),
             Ok(Routing::AtBind | Routing::Fanout(_)) => (None, true),
             Err(e) => return self.extended_error(e),
@@ -603,7 +608,7 @@ impl Session {
                 &stmt.query,
                 &stmt.param_types,
             );
-            self.pending.push_back(Expect::Parse {
+            self.expect_extended(Expect::Parse {
                 visible: true,
                 statement: Some(stmt.clone()),
                 client_name: Some(name),
@@ -646,7 +651,7 @@ impl Session {
                 &stmt.query,
                 &stmt.param_types,
             );
-            self.pending.push_back(Expect::Parse {
+            self.expect_extended(Expect::Parse {
                 visible: false,
                 statement: Some(Arc::clone(stmt)),
                 client_name: None,
@@ -710,7 +715,9 @@ impl Session {
                 if let Some(e) = self.held_refusal() {
                     return self.extended_error(e);
                 }
-                self.settle().await?;
+                if let Err(e) = self.settle().await {
+                    return self.extended_error(e);
+                }
             }
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
@@ -723,7 +730,7 @@ impl Session {
                 .and_then(|n| n.unnamed_command.clone());
             self.note_portal(b.portal, command);
             self.forward(&frame);
-            self.pending.push_back(Expect::Bind);
+            self.expect_extended(Expect::Bind);
             return Ok(());
         }
         let Some(stmt) = self.statement(b.statement) else {
@@ -738,9 +745,11 @@ impl Session {
             if let Some(e) = self.held_refusal() {
                 return self.extended_error(e);
             }
-            self.settle().await?;
+            if let Err(e) = self.settle().await {
+                return self.extended_error(e);
+            }
         }
-        match self.ensure_server_for(&stmt.query, &params).await {
+        match self.ensure_server_for(&stmt, &params).await {
             Ok(None) => {}
             Ok(Some(fanout)) => {
                 self.pending_fanout = Some(Box::new(PendingFanout {
@@ -758,7 +767,7 @@ impl Session {
         self.begin_if_held();
         self.prepare_on_server(&stmt);
         messages::bind(&mut self.swbuf, b.portal, &stmt.server_name, b.rest);
-        self.pending.push_back(Expect::Bind);
+        self.expect_extended(Expect::Bind);
         self.note_portal(b.portal, stmt.command.clone());
         Ok(())
     }
@@ -774,7 +783,7 @@ impl Session {
             }
             self.send_deferred_parse();
             self.forward(&frame);
-            self.pending.push_back(Expect::Describe { statement: None });
+            self.expect_extended(Expect::Describe { statement: None });
             return Ok(());
         }
         let Some(stmt) = self.statement(d.name) else {
@@ -782,7 +791,7 @@ impl Session {
         };
         // Any shard can describe a statement whose key is a parameter, or one that runs on
         // several shards: the schema is the same on all.
-        let attached = match self.ensure_server_for(&stmt.query, &[]).await {
+        let attached = match self.ensure_server_for(&stmt, &[]).await {
             Ok(Some(_)) => self.ensure_server_on(None).await,
             r => r.map(|_| ()),
         };
@@ -791,7 +800,7 @@ impl Session {
         }
         self.prepare_on_server(&stmt);
         messages::target(&mut self.swbuf, tag::DESCRIBE, b'S', &stmt.server_name);
-        self.pending.push_back(Expect::Describe {
+        self.expect_extended(Expect::Describe {
             statement: Some(stmt),
         });
         Ok(())
@@ -809,12 +818,19 @@ impl Session {
         }
         if self.server.is_some() {
             self.forward(&frame);
-            self.pending.push_back(Expect::Close);
+            self.expect_extended(Expect::Close);
         } else {
             // No server: no portal or unnamed statement exists; closing one is no error.
             messages::empty_message(&mut self.wbuf, tag::CLOSE_COMPLETE);
         }
         Ok(())
+    }
+
+    /// Queues the answer to an extended-protocol message sent to the server: until the
+    /// client's Sync, the server is in the batch's implicit transaction.
+    fn expect_extended(&mut self, e: Expect) {
+        self.pending.push_back(e);
+        self.unsynced = true;
     }
 
     /// Queues an answer of the proxy's own; written now when nothing is in flight before it.
@@ -963,7 +979,6 @@ impl Session {
 
     /// Where a statement with its parameters `bound` (empty: not known yet).
     fn route_plan(&self, sql: &[u8], bound: &[Option<String>]) -> Result<Routing, ProxyError> {
-        use router::plan::Plan;
         let config = self.proxy.config.load();
         let Some(db) = config.databases.get(&self.client.database) else {
             return Ok(Routing::To(None));
@@ -1011,20 +1026,8 @@ impl Session {
         }
         let mut hints = router::hints::parse_hints(&text)
             .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
-        if let Some(session) = self.session_hints.as_deref() {
-            if hints.shard.is_none() && hints.key.is_none() {
-                hints.shard = session.shard.clone();
-                hints.key = session.key.clone();
-            }
-        }
+        self.merge_session_hints(&mut hints);
         let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
-        let refuse = |reason: String, hint: &str| {
-            ProxyError::error(
-                "0A000",
-                format!("shardgate cannot route this statement: {reason}"),
-            )
-            .with_hint(hint.to_owned())
-        };
         let routed = match self.proxy.route_cache.route(&text, bound, &keys) {
             Ok(r) => r,
             Err(_) if hints.shard.is_some() => {
@@ -1037,7 +1040,95 @@ impl Session {
                 ))
             }
         };
-        let plan = router::plan::plan_with_hints(db, &routed.analysis, &routed.params, &hints);
+        self.routing(
+            db,
+            &text,
+            &routed.analysis,
+            &routed.params,
+            &hints,
+            bound.is_empty(),
+        )
+    }
+
+    /// A comment hint in the statement wins over `SET shardgate.*`.
+    fn merge_session_hints(&self, hints: &mut router::hints::Hints) {
+        if let Some(session) = self.session_hints.as_deref() {
+            if hints.shard.is_none() && hints.key.is_none() {
+                hints.shard = session.shard.clone();
+                hints.key = session.key.clone();
+            }
+        }
+    }
+
+    /// Where a prepared statement runs with its parameters `bound` (empty: not known yet).
+    /// The statement is analysed on its first use and the analysis kept with it.
+    fn route_statement(
+        &self,
+        stmt: &Statement,
+        bound: &[Option<String>],
+    ) -> Result<Routing, ProxyError> {
+        let config = self.proxy.config.load();
+        let Some(db) = config.databases.get(&self.client.database) else {
+            return Ok(Routing::To(None));
+        };
+        if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
+            return Ok(Routing::To(None));
+        }
+        let generation = self.proxy.generation();
+        let kept = stmt.route.load();
+        let route = match kept.as_ref().filter(|r| r.generation == generation) {
+            Some(r) => r.clone(),
+            None => {
+                let text = String::from_utf8_lossy(&stmt.query);
+                let Ok(hints) = router::hints::parse_hints(&text) else {
+                    return self.route_plan(&stmt.query, bound);
+                };
+                let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+                if text.trim_end().trim_end_matches(';').contains(';') {
+                    return self.route_plan(&stmt.query, bound);
+                }
+                let Ok(routed) = self.proxy.route_cache.route(&text, &[], &keys) else {
+                    return self.route_plan(&stmt.query, bound);
+                };
+                let r = Arc::new(crate::statements::StatementRoute {
+                    generation,
+                    analysis: routed.analysis,
+                    constants: routed.params[routed.own.min(routed.params.len())..].to_vec(),
+                    own: routed.own,
+                    hints,
+                });
+                stmt.route.store(Some(r.clone()));
+                r
+            }
+        };
+        let mut params: Vec<Option<String>> = Vec::with_capacity(route.own + route.constants.len());
+        params.extend((0..route.own).map(|i| bound.get(i).cloned().flatten()));
+        params.extend(route.constants.iter().cloned());
+        let mut hints = route.hints.clone();
+        self.merge_session_hints(&mut hints);
+        let text = String::from_utf8_lossy(&stmt.query);
+        self.routing(
+            db,
+            &text,
+            &route.analysis,
+            &params,
+            &hints,
+            bound.is_empty(),
+        )
+    }
+
+    /// The routing of an analysed statement.
+    fn routing(
+        &self,
+        db: &sgconfig::DatabaseConfig,
+        text: &str,
+        analysis: &router::analyze::Analysis,
+        params: &[Option<String>],
+        hints: &router::hints::Hints,
+        unbound: bool,
+    ) -> Result<Routing, ProxyError> {
+        use router::plan::Plan;
+        let plan = router::plan::plan_with_hints(db, analysis, params, hints);
         match plan {
             Plan::Shard(s) => Ok(Routing::To(Some(s))),
             Plan::Session | Plan::AnyShard => Ok(Routing::To(None)),
@@ -1054,9 +1145,9 @@ impl Session {
                     .filter(|n| some.iter().any(|s| s == n))
                     .map(str::to_owned)
                     .collect();
-                let parts = match router::plan::row_shards(db, &routed.analysis, &routed.params) {
+                let parts = match router::plan::row_shards(db, analysis, params) {
                     None => None,
-                    Some(rows) => Some(router::rewrite::split_insert(&text, &rows, &shards).map_err(|why| {
+                    Some(rows) => Some(router::rewrite::split_insert(text, &rows, &shards).map_err(|why| {
                         refuse(
                             format!("its rows live on shards {} and {why}", shards.join(", ")),
                             "Send the rows of each shard in an INSERT of their own.",
@@ -1072,7 +1163,7 @@ impl Session {
                 "the router cannot see which shards its code touches".into(),
                 "Run it inside a transaction already on the shard it needs, or name the shard: /* shardgate: shard=NAME */.",
             )),
-            Plan::AtBind if bound.is_empty() => Ok(Routing::AtBind),
+            Plan::AtBind if unbound => Ok(Routing::AtBind),
             Plan::AtBind => Err(refuse(
                 "its shard key is a parameter the router cannot read (NULL, or binary of a type it does not decode)".into(),
                 "Send the key in text format, or name the shard: /* shardgate: shard=NAME */.",
@@ -1086,10 +1177,10 @@ impl Session {
     /// A statement for several shards attaches nothing and comes back.
     async fn ensure_server_for(
         &mut self,
-        sql: &[u8],
+        stmt: &Statement,
         params: &[Option<String>],
     ) -> Result<Option<Box<Fanout>>, ProxyError> {
-        let target = match self.route_plan(sql, params)? {
+        let target = match self.route_statement(stmt, params)? {
             Routing::To(t) => t,
             Routing::AtBind => None,
             Routing::Fanout(f) => return Ok(Some(f)),
@@ -1101,6 +1192,16 @@ impl Session {
     /// another one.
     async fn ensure_server_on(&mut self, target: Option<String>) -> Result<(), ProxyError> {
         if let Some(t) = &target {
+            let quiet = self.client.mode == PoolMode::Transaction
+                && self.tx_status == b'I'
+                && self.held_begin.is_none()
+                && !self.unsynced
+                && !self.pending.is_empty();
+            if quiet && self.server_shard_name().as_deref() != Some(t.as_str()) {
+                // Earlier statements of another shard are still answering; once they have,
+                // their server goes back and this one's is taken.
+                Box::pin(self.settle()).await?;
+            }
             if self.server.is_some() {
                 let home;
                 let attached = match &self.server_shard {
@@ -1281,7 +1382,9 @@ impl Session {
         requests: Vec<Bytes>,
         merge: fanout::Merge,
     ) -> Result<Result<fanout::Outcome, ProxyError>, End> {
-        self.settle().await?;
+        if let Err(e) = self.settle().await {
+            return Err(End::Fatal(e));
+        }
         if self.tx_status != b'I' {
             return Ok(Err(ProxyError::error(
                 "0A000",
@@ -1389,10 +1492,17 @@ impl Session {
     }
 
     /// Waits until everything sent to the attached server is answered (the answers go to
-    /// the client as usual), so that a statement for several shards starts from a quiet
-    /// session.
-    async fn settle(&mut self) -> Result<(), End> {
+    /// the client as usual), so that the next statement starts from a quiet session; in
+    /// transaction pooling an idle server goes back to its pool. Errors are fatal: the
+    /// server or the client is gone, or the server is out of step.
+    async fn settle(&mut self) -> Result<(), ProxyError> {
         use tokio::io::AsyncWriteExt;
+        let server_gone = |e: String| {
+            ProxyError::fatal(
+                "08006",
+                format!("server closed the connection unexpectedly ({e}); the session is closed"),
+            )
+        };
         if self.server.is_some() && !self.pending.is_empty() {
             // Answers to a batch without its Sync yet come only on a Flush.
             messages::empty_message(&mut self.swbuf, tag::FLUSH);
@@ -1406,21 +1516,27 @@ impl Session {
                     .stream
                     .write_all(&self.swbuf)
                     .await
-                    .map_err(|e| End::ServerGone(e.to_string()))?;
+                    .map_err(|e| server_gone(e.to_string()))?;
                 self.swbuf.clear();
             }
             let frame = server
                 .read_frame()
                 .await
-                .map_err(|e| End::ServerGone(e.to_string()))?;
-            self.on_server(frame)?;
+                .map_err(|e| server_gone(e.to_string()))?;
+            if let Err(end) = self.on_server(frame) {
+                return Err(match end {
+                    End::Fatal(e) => e,
+                    End::ServerGone(why) => server_gone(why),
+                    End::ClientGone => ProxyError::fatal("08006", "client gone"),
+                });
+            }
             if self.wbuf.len() >= HIGH_WATER {
                 self.client
                     .conn
                     .stream
                     .write_all(&self.wbuf)
                     .await
-                    .map_err(|_| End::ClientGone)?;
+                    .map_err(|_| ProxyError::fatal("08006", "client gone"))?;
                 self.wbuf.clear();
             }
         }
@@ -1434,7 +1550,7 @@ impl Session {
             p.1 = false;
             let raw = p.0.raw().clone();
             self.swbuf.extend_from_slice(&raw);
-            self.pending.push_back(Expect::Parse {
+            self.expect_extended(Expect::Parse {
                 visible: false,
                 statement: None,
                 client_name: None,
@@ -1461,6 +1577,15 @@ impl Session {
         }
         entry.1.push((shard.into(), pool.clone()));
         Ok(pool)
+    }
+
+    /// The shard of the attached server.
+    fn server_shard_name(&self) -> Option<String> {
+        self.server.as_ref()?;
+        Some(match &self.server_shard {
+            Some(s) => s.to_string(),
+            None => self.home_shard(),
+        })
     }
 
     fn home_shard(&self) -> String {
@@ -1557,6 +1682,7 @@ impl Session {
     }
 
     fn drop_server(&mut self) {
+        self.unsynced = false;
         *self.client.cancel_slot.lock() = None;
         self.server = None;
         self.server_shard = None;
@@ -1568,6 +1694,7 @@ impl Session {
     fn maybe_release(&mut self) {
         if self.client.mode != PoolMode::Transaction
             || (self.tx_status != b'I' && self.held_begin.is_none())
+            || self.unsynced
             || !self.pending.is_empty()
             || self.server.is_none()
         {
@@ -1892,6 +2019,15 @@ impl Session {
             conn.release();
         }
     }
+}
+
+/// The router's refusal: 0A000, the reason and what to do.
+fn refuse(reason: String, hint: &str) -> ProxyError {
+    ProxyError::error(
+        "0A000",
+        format!("shardgate cannot route this statement: {reason}"),
+    )
+    .with_hint(hint.to_owned())
 }
 
 /// A query that is only `BEGIN` or `START TRANSACTION` (with its options).

@@ -25,6 +25,20 @@ pub struct Statement {
     valid: std::sync::atomic::AtomicBool,
     /// Parameter types a server described (for reading binary parameters at Bind).
     described: std::sync::OnceLock<Vec<u32>>,
+    /// How the router sees the statement, kept so that a Bind does not analyse it again.
+    pub route: arc_swap::ArcSwapOption<StatementRoute>,
+}
+
+/// A prepared statement's analysis for one config generation.
+#[derive(Debug)]
+pub struct StatementRoute {
+    pub generation: u64,
+    pub analysis: Arc<router::analyze::Analysis>,
+    /// Parameters of the analysis that are the statement's own (bound at Bind); its
+    /// constants follow them.
+    pub own: usize,
+    pub constants: Vec<Option<String>>,
+    pub hints: router::hints::Hints,
 }
 
 impl Statement {
@@ -97,6 +111,7 @@ impl StatementRegistry {
             command,
             valid: std::sync::atomic::AtomicBool::new(false),
             described: std::sync::OnceLock::new(),
+            route: arc_swap::ArcSwapOption::empty(),
         });
         bucket.push(s.clone());
         s

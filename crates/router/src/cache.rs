@@ -44,7 +44,23 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
     let mut cacheable = true;
     let mut prev: Option<Token<'_>> = None;
     let tokens: Vec<Token<'_>> = Lexer::new(sql).collect();
-    let mut text = want_text.then(|| String::with_capacity(sql.len()));
+    let offset = |t: &Token<'_>| t.text().as_ptr() as usize - sql.as_ptr() as usize;
+    // Constants become parameters numbered after the statement's own, in the text as
+    // written otherwise (so `::`, comments and spacing stay as they were).
+    let own_params = if want_text {
+        tokens
+            .iter()
+            .filter_map(|t| match t {
+                Token::Param(p) => p[1..].parse::<usize>().ok(),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let mut text = want_text.then(|| String::with_capacity(sql.len() + 16));
+    let mut copied = 0usize;
     let mut i = 0;
     while i < tokens.len() {
         let t = tokens[i];
@@ -83,8 +99,13 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
                 constants.push(c);
                 "?".hash(&mut h);
                 if let Some(out) = text.as_mut() {
-                    out.push_str(" $#");
-                    out.push_str(&constants.len().to_string());
+                    // Constants are slices of `sql` (unlike `;`, which is a static token).
+                    let start = offset(&t);
+                    let end = offset(&tokens[i]) + tokens[i].text().len();
+                    out.push_str(&sql[copied..start]);
+                    out.push('$');
+                    out.push_str(&(own_params + constants.len()).to_string());
+                    copied = end;
                 }
             }
             None => {
@@ -95,22 +116,14 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
                     Token::Word(w) => w.to_ascii_lowercase().hash(&mut h),
                     other => other.text().hash(&mut h),
                 }
-                if let Some(out) = text.as_mut() {
-                    out.push(' ');
-                    out.push_str(t.text());
-                }
             }
         }
         prev = Some(tokens[i]);
         i += 1;
     }
-    // Constants become parameters numbered after the statement's own.
-    let text = text.map(|t| {
-        let mut out = t;
-        for k in (1..=constants.len()).rev() {
-            out = out.replace(&format!("$#{k}"), &format!("${}", max_param + k));
-        }
-        out
+    let text = text.map(|mut t| {
+        t.push_str(&sql[copied..]);
+        t
     });
     (
         Fingerprint {
@@ -141,6 +154,8 @@ impl Default for RouteCache {
 pub struct Routed {
     pub analysis: Arc<Analysis>,
     pub params: Vec<Option<String>>,
+    /// How many of `params` are the statement's own (the rest are its constants).
+    pub own: usize,
     pub cached: bool,
 }
 
@@ -173,6 +188,7 @@ impl RouteCache {
             if let Some(a) = self.entries.lock().get(&fp.hash).cloned() {
                 return Ok(Routed {
                     analysis: a,
+                    own: fp.max_param,
                     params: params(fp),
                     cached: true,
                 });
@@ -188,6 +204,7 @@ impl RouteCache {
                     entries.insert(fp.hash, a.clone());
                     return Ok(Routed {
                         analysis: a,
+                        own: fp.max_param,
                         params: params(fp),
                         cached: false,
                     });
@@ -200,6 +217,7 @@ impl RouteCache {
         let own: Vec<Option<String>> = bound.to_vec();
         Ok(Routed {
             analysis: Arc::new(a),
+            own: own.len(),
             params: own,
             cached: false,
         })
@@ -239,7 +257,16 @@ mod tests {
         assert_eq!(n.constants, vec!["-5", "it's"]);
         assert_eq!(
             text.unwrap(),
-            " SELECT * FROM t WHERE a = $1 AND b = $2 AND c = $3"
+            "SELECT * FROM t WHERE a = $1 AND b = $2 AND c = $3"
+        );
+        // Casts and comments stay as written.
+        let (_, text) = fingerprint(
+            "SELECT x::int8 /* c */ FROM t WHERE a = $2::text::int8 AND b = 7;",
+            true,
+        );
+        assert_eq!(
+            text.unwrap(),
+            "SELECT x::int8 /* c */ FROM t WHERE a = $2::text::int8 AND b = $3;"
         );
     }
 
@@ -308,5 +335,18 @@ mod tests {
             r.analysis.keyed[0].keys,
             Some(vec![vec![KeyExpr::Literal("5".into())]])
         );
+    }
+
+    proptest::proptest! {
+        /// Any text fingerprints without panicking, and its normalised text keeps every
+        /// character that is not a constant.
+        #[test]
+        fn any_text_fingerprints(sql in "[a-z0-9$;:'\"(),.* -]{0,40}") {
+            let (fp, text) = fingerprint(&sql, true);
+            let text = text.unwrap();
+            if fp.constants.is_empty() {
+                proptest::prop_assert_eq!(text, sql);
+            }
+        }
     }
 }
