@@ -87,10 +87,18 @@ impl KeyValue {
             KeyType::Uuid => uuid::Uuid::parse_str(text.trim())
                 .map(|u| KeyValue::Uuid(*u.as_bytes()))
                 .map_err(|_| format!("invalid input syntax for type uuid: \"{text}\"")),
-            KeyType::Date => chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-                .map(|d| KeyValue::Date((d - pg_epoch()).num_days() as i32))
+            KeyType::Date => match infinity(text) {
+                Some(true) => Ok(KeyValue::Date(i32::MAX)),
+                Some(false) => Ok(KeyValue::Date(i32::MIN)),
+                None => chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+                    .map(|d| KeyValue::Date((d - pg_epoch()).num_days() as i32)),
+            }
                 .map_err(|_| format!("invalid input syntax for type date: \"{text}\" (use YYYY-MM-DD)")),
-            KeyType::Timestamptz => parse_timestamptz(text.trim())
+            KeyType::Timestamptz => match infinity(text) {
+                Some(true) => Some(i64::MAX),
+                Some(false) => Some(i64::MIN),
+                None => parse_timestamptz(text.trim()),
+            }
                 .map(KeyValue::Timestamptz)
                 .ok_or_else(|| {
                     format!(
@@ -98,6 +106,19 @@ impl KeyValue {
                     )
                 }),
         }
+    }
+}
+
+/// `infinity` (`Some(true)`) or `-infinity` (`Some(false)`), which PostgreSQL stores as the
+/// largest and smallest date or timestamp.
+fn infinity(text: &str) -> Option<bool> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("infinity") || t.eq_ignore_ascii_case("+infinity") {
+        Some(true)
+    } else if t.eq_ignore_ascii_case("-infinity") {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -777,6 +798,22 @@ mod tests {
         assert_eq!(
             KeyValue::parse(KeyType::Timestamptz, "2000-01-01T00:00:01.5Z"),
             Ok(KeyValue::Timestamptz(1_500_000))
+        );
+        assert_eq!(
+            KeyValue::parse(KeyType::Date, "Infinity"),
+            Ok(KeyValue::Date(i32::MAX))
+        );
+        assert_eq!(
+            KeyValue::parse(KeyType::Date, "-infinity"),
+            Ok(KeyValue::Date(i32::MIN))
+        );
+        assert_eq!(
+            KeyValue::parse(KeyType::Timestamptz, " infinity"),
+            Ok(KeyValue::Timestamptz(i64::MAX))
+        );
+        assert_eq!(
+            KeyValue::parse(KeyType::Timestamptz, "-infinity"),
+            Ok(KeyValue::Timestamptz(i64::MIN))
         );
         assert!(KeyValue::parse(KeyType::Integer, "2147483648").is_err());
         assert_eq!(

@@ -289,6 +289,9 @@ fn resolve(map: &ShardMap, alt: &[KeyExpr], params: &[Option<String>]) -> Resolv
         };
         let mut out = Vec::new();
         for item in parse_array(text) {
+            let Some(item) = item else {
+                return Resolved::Bad("the key array holds a NULL, which no shard holds".into());
+            };
             match KeyValue::parse(map.key_types[0], &item) {
                 Ok(k) => match shard_for_key(map, &[k]) {
                     Some(s) => out.push(s.to_owned()),
@@ -320,31 +323,62 @@ fn resolve(map: &ShardMap, alt: &[KeyExpr], params: &[Option<String>]) -> Resolv
     }
 }
 
-/// The elements of a one-dimensional array in text form: `{1,2,"a b"}`.
-fn parse_array(text: &str) -> Vec<String> {
-    let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+/// The elements of a one-dimensional array in text form: `{1,2,"a b",NULL}`. Double-quoted
+/// elements are taken as written (a backslash escapes the next character), unquoted ones
+/// without their surrounding white space; an unquoted `NULL` is `None`.
+pub fn parse_array(text: &str) -> Vec<Option<String>> {
+    let text = text.trim();
+    let inner = text.strip_prefix('{').unwrap_or(text);
+    let inner = inner.strip_suffix('}').unwrap_or(inner);
     let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
+    if inner.trim().is_empty() {
+        return out;
+    }
     let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => quoted = !quoted,
-            '\\' if quoted => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
+    loop {
+        let mut item = String::new();
+        let mut quoted = false;
+        // Quotes or escapes make the element a value even when it reads NULL.
+        let mut literal = false;
+        // Length of `item` up to its last character that is not unquoted white space.
+        let mut kept = 0;
+        let mut more = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    literal = true;
+                }
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        item.push(n);
+                    }
+                    literal = true;
+                    kept = item.len();
+                }
+                ',' if !quoted => {
+                    more = true;
+                    break;
+                }
+                c if !quoted && c.is_whitespace() => {
+                    if kept > 0 {
+                        item.push(c);
+                    }
+                }
+                c => {
+                    item.push(c);
+                    kept = item.len();
                 }
             }
-            ',' if !quoted => out.push(std::mem::take(&mut cur).trim().to_owned()),
-            c => cur.push(c),
+        }
+        item.truncate(kept);
+        let null = !literal && item.eq_ignore_ascii_case("NULL");
+        out.push((!null).then_some(item));
+        if !more {
+            return out;
         }
     }
-    if !cur.trim().is_empty() || !out.is_empty() {
-        out.push(cur.trim().to_owned());
-    }
-    out
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +461,31 @@ mod tests {
         assert!(
             matches!(p("SELECT * FROM orders WHERE customer_id = ANY($1)", &[Some(arr)]), Plan::Shards(s) if s.len() == 2)
         );
+    }
+
+    #[test]
+    fn arrays_in_text_form() {
+        let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(parse_array("{1,2, 3 }"), some(&["1", "2", "3"]));
+        assert_eq!(parse_array("{}"), Vec::<Option<String>>::new());
+        assert_eq!(parse_array(" { } "), Vec::<Option<String>>::new());
+        assert_eq!(
+            parse_array(r#"{"a b"," x ","","{,}","q\"\\",a b}"#),
+            some(&["a b", " x ", "", "{,}", "q\"\\", "a b"])
+        );
+        assert_eq!(
+            parse_array(r#"{NULL,"NULL",null,\NULL}"#),
+            vec![None, Some("NULL".into()), None, Some("NULL".into())]
+        );
+        assert_eq!(
+            parse_array(r#"{"2000-01-01 00:00:00+00"}"#),
+            some(&["2000-01-01 00:00:00+00"])
+        );
+        // A NULL in a key array names no shard: refused, not routed.
+        assert!(matches!(
+            p("SELECT * FROM orders WHERE customer_id = ANY($1)", &[Some("{1,NULL}".into())]),
+            Plan::Refuse { reason, .. } if reason.contains("NULL")
+        ));
     }
 
     #[test]
