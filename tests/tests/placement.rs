@@ -24,10 +24,9 @@ const KEYS: usize = 12_000;
 const ROWS_PER_STATEMENT: usize = 500;
 /// Connections each way writes over at once (clients log in once, for all ways).
 const CONNECTIONS: usize = 4;
-/// Statements in flight at once on one connection. One: the proxy refuses (0A000) a
-/// statement pipelined behind another one's Sync or Query when their shards differ, as if
-/// they were one transaction.
-const IN_FLIGHT: usize = 1;
+/// Statements pipelined at once on one connection (each ends in its own Sync or is its own
+/// Query, so consecutive ones may go to different shards).
+const IN_FLIGHT: usize = 32;
 /// Hash partitions, and the remainders each shard owns.
 const PARTITIONS: u32 = 8;
 const OWNED: [&[i32]; 2] = [&[0, 3, 5, 6], &[1, 2, 4, 7]];

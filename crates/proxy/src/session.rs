@@ -557,7 +557,9 @@ impl Session {
             }
             let target = match self.route_plan(p.query, &[]) {
                 Ok(Routing::To(t)) => t,
-                Ok(Routing::AtBind | Routing::Fanout(_)) if self.server.is_none() => {
+                Ok(Routing::AtBind | Routing::Fanout(_))
+                    if self.server.is_none() || !self.unsynced =>
+                {
                     // The shard is known at Bind; the Parse goes with it.
                     self.unnamed_parse = Some(Box::new((frame.clone(), true)));
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
@@ -586,7 +588,7 @@ impl Session {
             Err(e) => return self.extended_error(e),
         };
         self.names().statements.insert(name.clone(), stmt.clone());
-        if self.server.is_none() && (stmt.is_valid() || at_bind) {
+        if (self.server.is_none() || !self.unsynced) && (stmt.is_valid() || at_bind) {
             // A text some server has already parsed needs no server connection now: it is
             // prepared on whichever connection runs it. Waiting for a connection here would
             // stall clients that prepare synchronously (libpq's PQprepare) while others hold
