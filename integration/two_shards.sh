@@ -20,7 +20,7 @@ for i in 0 1; do
   r1=$i; r2=$((i + 2))
   $P -d "shard$i" -c "CREATE TABLE ap (aid int) PARTITION BY HASH (aid)" \
     -c "DELETE FROM pgbench_accounts WHERE NOT (satisfies_hash_partition('ap'::regclass, 4, $r1, aid) OR satisfies_hash_partition('ap'::regclass, 4, $r2, aid))" \
-    -c "ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid)" -c "VACUUM ANALYZE pgbench_accounts"
+    -c "ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid)" -c "VACUUM FULL ANALYZE pgbench_accounts"
 done
 cat > "$WORK/accounts.yaml" <<Y
 name: accounts
