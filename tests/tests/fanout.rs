@@ -241,6 +241,24 @@ async fn statements_for_several_shards_run_on_each_and_merge() {
     assert_eq!(a.unwrap().len(), 1);
     assert_eq!(b.unwrap().len(), 2);
 
+    // A cancel reaches every shard's backend.
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let e = c
+        .simple_query("SELECT pg_sleep(30) FROM items WHERE id IN (1, 2, 3, 4)")
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    assert!(
+        started.elapsed().as_secs() < 25,
+        "a shard was not cancelled"
+    );
+
     // What needs a merge, and several shards inside a transaction, are refused.
     for sql in [
         "SELECT count(*) FROM items",

@@ -17,7 +17,31 @@ pub struct CancelTarget {
     pub secret_key: i32,
 }
 
-pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
+/// Where a client's query runs: one server, or each shard of a statement run on several
+/// (`more` allocates only then).
+#[derive(Debug, Default)]
+pub struct Targets {
+    one: Option<CancelTarget>,
+    more: Vec<CancelTarget>,
+}
+
+pub type CancelSlot = Arc<Mutex<Targets>>;
+
+/// Points a client's slot at one server, or at none.
+pub fn point(slot: &CancelSlot, target: Option<CancelTarget>) {
+    let mut s = slot.lock();
+    s.one = target;
+    if !s.more.is_empty() {
+        s.more = Vec::new();
+    }
+}
+
+/// Points a client's slot at several servers.
+pub fn point_many(slot: &CancelSlot, targets: impl Iterator<Item = CancelTarget>) {
+    let mut s = slot.lock();
+    s.one = None;
+    s.more = targets.collect();
+}
 
 #[derive(Default)]
 pub struct CancelRegistry {
@@ -27,7 +51,7 @@ pub struct CancelRegistry {
 impl CancelRegistry {
     /// Makes a fresh key for a client; the key is freed by [`CancelRegistry::remove`].
     pub fn register(&self) -> ((i32, i32), CancelSlot) {
-        let slot: CancelSlot = Arc::new(Mutex::new(None));
+        let slot: CancelSlot = Arc::new(Mutex::new(Targets::default()));
         let mut rng = rand::thread_rng();
         let mut slots = self.slots.lock();
         loop {
@@ -43,22 +67,29 @@ impl CancelRegistry {
         self.slots.lock().remove(&key);
     }
 
-    /// Forwards a cancel to the server running the client's query, if any. Unknown keys are
-    /// ignored, as PostgreSQL does.
+    /// Forwards a cancel to the server(s) running the client's query, if any. Unknown keys
+    /// are ignored, as PostgreSQL does.
     pub async fn cancel(&self, key: (i32, i32)) {
-        let target = {
+        let targets: Vec<CancelTarget> = {
             let slots = self.slots.lock();
-            slots.get(&key).and_then(|s| *s.lock())
+            slots
+                .get(&key)
+                .map(|s| {
+                    let t = s.lock();
+                    t.one.iter().chain(&t.more).copied().collect()
+                })
+                .unwrap_or_default()
         };
-        let Some(t) = target else { return };
-        let packet = wire::startup::encode_cancel(t.backend_pid, t.secret_key);
-        match tokio::net::TcpStream::connect(t.addr).await {
-            Ok(mut s) => {
-                let _ = s.write_all(&packet).await;
-                let _ = s.shutdown().await;
-            }
-            Err(e) => {
-                tracing::warn!(addr = %t.addr, error = %e, "could not forward cancel request")
+        for t in targets {
+            let packet = wire::startup::encode_cancel(t.backend_pid, t.secret_key);
+            match tokio::net::TcpStream::connect(t.addr).await {
+                Ok(mut s) => {
+                    let _ = s.write_all(&packet).await;
+                    let _ = s.shutdown().await;
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %t.addr, error = %e, "could not forward cancel request")
+                }
             }
         }
     }

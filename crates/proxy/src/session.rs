@@ -1435,11 +1435,15 @@ impl Session {
                 return Ok(Err(e));
             }
         }
-        *self.client.cancel_slot.lock() = Some(CancelTarget {
-            addr: legs[0].addr,
-            backend_pid: legs[0].backend_pid,
-            secret_key: legs[0].secret_key,
-        });
+        // A cancel reaches every shard's backend.
+        crate::cancel::point_many(
+            &self.client.cancel_slot,
+            legs.iter().map(|l| CancelTarget {
+                addr: l.addr,
+                backend_pid: l.backend_pid,
+                secret_key: l.secret_key,
+            }),
+        );
         let result = Box::pin(fanout::run(
             &mut legs,
             &f.shards,
@@ -1449,7 +1453,7 @@ impl Session {
             merge,
         ))
         .await;
-        *self.client.cancel_slot.lock() = None;
+        crate::cancel::point(&self.client.cancel_slot, None);
         match result {
             Ok(outcome) if outcome.status == b'I' => {
                 self.put_back(legs, own);
@@ -1638,11 +1642,14 @@ impl Session {
     }
 
     fn attach(&mut self, conn: PooledConn) {
-        *self.client.cancel_slot.lock() = Some(CancelTarget {
-            addr: conn.addr,
-            backend_pid: conn.backend_pid,
-            secret_key: conn.secret_key,
-        });
+        crate::cancel::point(
+            &self.client.cancel_slot,
+            Some(CancelTarget {
+                addr: conn.addr,
+                backend_pid: conn.backend_pid,
+                secret_key: conn.secret_key,
+            }),
+        );
         self.server = Some(conn);
     }
 
@@ -1685,7 +1692,7 @@ impl Session {
 
     fn drop_server(&mut self) {
         self.unsynced = false;
-        *self.client.cancel_slot.lock() = None;
+        crate::cancel::point(&self.client.cancel_slot, None);
         self.server = None;
         self.server_shard = None;
         self.pending.clear();
@@ -1713,7 +1720,7 @@ impl Session {
         if let Some(p) = self.unnamed_parse.as_mut() {
             p.1 = true;
         }
-        *self.client.cancel_slot.lock() = None;
+        crate::cancel::point(&self.client.cancel_slot, None);
         self.server_shard = None;
         if let Some(conn) = self.server.take() {
             conn.release();
@@ -1988,7 +1995,7 @@ impl Session {
             )
             .await;
         }
-        *self.client.cancel_slot.lock() = None;
+        crate::cancel::point(&self.client.cancel_slot, None);
         let Some(mut conn) = self.server.take() else {
             return;
         };

@@ -1,5 +1,6 @@
-//! Routing cost per statement: cold (parse and analyse) and cached (fingerprint, cache
-//! lookup, plan), for pgbench's statements and typical ORM statements.
+//! Routing cost per statement: cold (parse and analyse), cached (fingerprint and cache
+//! lookup) and routed (cached, then the plan: key parsed, hashed, shard found), for
+//! pgbench's statements and typical ORM statements.
 //!
 //! `cargo bench -p router --bench route`
 
@@ -31,7 +32,33 @@ fn keys(t: &str) -> Option<Vec<String>> {
     }
 }
 
+/// A database with two shards and hash maps for the tables the statements use.
+fn database() -> sgconfig::DatabaseConfig {
+    let dir = std::env::temp_dir().join(format!("sg-route-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let maps = [
+        ("accounts", "integer", "[{ table: pgbench_accounts, column: aid }, { table: pgbench_history, column: aid }]"),
+        ("customers", "bigint", "[{ table: orders, column: customer_id }, { table: customers, column: customer_id }, { table: carts, column: customer_id }]"),
+        ("users", "bigint", "[{ table: users, column: user_id }, { table: sessions, column: user_id }]"),
+    ];
+    for (name, ty, tables) in maps {
+        std::fs::write(
+            dir.join(format!("{name}.yaml")),
+            format!("name: {name}\ntype: hash\nkey_type: {ty}\npartitions: 8\nassign: {{ s0: [0, 1, 2, 3], s1: [4, 5, 6, 7] }}\ntables: {tables}\n"),
+        )
+        .unwrap();
+    }
+    let config = "users: [{ name: u, auth: trust }]\ndatabases:\n  app:\n    shard_maps: [accounts.yaml, customers.yaml, users.yaml]\n    shards:\n      s0: { primary: \"postgres://h/a\" }\n      s1: { primary: \"postgres://h/b\" }\n";
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config).unwrap();
+    let mut c = sgconfig::load_file(&file).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    c.databases.remove("app").unwrap()
+}
+
 fn bench(c: &mut Criterion) {
+    let db = database();
+    let hints = router::hints::Hints::default();
     let mut g = c.benchmark_group("route");
     for (name, sql) in STATEMENTS {
         g.bench_function(format!("cold/{name}"), |b| {
@@ -44,6 +71,12 @@ fn bench(c: &mut Criterion) {
                 let r = cache.route(black_box(sql), &[], &keys).unwrap();
                 assert!(r.cached);
                 r
+            })
+        });
+        g.bench_function(format!("routed/{name}"), |b| {
+            b.iter(|| {
+                let r = cache.route(black_box(sql), &[], &keys).unwrap();
+                router::plan::plan_with_hints(&db, &r.analysis, &r.params, &hints)
             })
         });
     }

@@ -189,6 +189,7 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("  SELECT name FROM customers WHERE id = 42;                      -- customer 42");
             println!("  SELECT count(*), sum(amount) FROM orders WHERE customer_id = 7;  -- 10 | 69.90");
             println!("  SELECT name FROM countries WHERE code = 'de';                  -- Germany");
+            println!("  SELECT id FROM customers WHERE id IN (1, 2, 3, 4);             -- 4 rows, from every shard that holds one");
             println!("  /* shardgate: shard={last} */ SELECT count(*) FROM customers;   -- {on_last}, the customers on {last}");
             if args.shards > 1 {
                 println!("  SELECT count(*) FROM customers;     -- refused (0A000): needs every shard");

@@ -76,6 +76,11 @@ fn the_sandbox_serves_the_readme_demo() {
         psql(port, "SELECT name FROM countries WHERE code = 'de'"),
         (true, "Germany".into())
     );
+    let (ok, ids) = psql(port, "SELECT id FROM customers WHERE id IN (1, 2, 3, 4)");
+    assert!(ok, "{ids}");
+    let mut ids: Vec<&str> = ids.lines().collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3", "4"]);
     let (ok, n) = psql(
         port,
         "/* shardgate: shard=s1 */ SELECT count(*) FROM customers",
