@@ -63,10 +63,22 @@ async fn statements_for_several_shards_run_on_each_and_merge() {
     c.batch_execute("CREATE TABLE countries (code text PRIMARY KEY, name text)")
         .await
         .unwrap();
+    // A query of several DDL statements runs whole on every shard; mixed with a statement
+    // for one shard, it is refused.
+    c.batch_execute("CREATE TABLE notes (id int); CREATE INDEX notes_id ON notes (id);")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute(
+            "CREATE TABLE more_notes (id int); INSERT INTO items (id, owner) VALUES (1, 'x')",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
     for db in &shards {
         assert_eq!(
-            psql_direct(db, "SELECT count(*) FROM pg_class WHERE relname IN ('items', 'items_owner', 'countries')"),
-            "3",
+            psql_direct(db, "SELECT count(*) FROM pg_class WHERE relname IN ('items', 'items_owner', 'countries', 'notes', 'notes_id')"),
+            "5",
             "{db}"
         );
     }
@@ -247,9 +259,14 @@ async fn statements_for_several_shards_run_on_each_and_merge() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     });
+    for db in &shards {
+        assert!(count(db, "SELECT count(*) FROM items WHERE id BETWEEN 1 AND 12") > 0);
+    }
     let started = std::time::Instant::now();
     let e = c
-        .simple_query("SELECT pg_sleep(30) FROM items WHERE id IN (1, 2, 3, 4)")
+        .simple_query(
+            "SELECT pg_sleep(30) FROM items WHERE id IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)",
+        )
         .await
         .unwrap_err();
     canceller.await.unwrap();

@@ -997,12 +997,16 @@ impl Session {
             Vec::new()
         };
         if statements.len() > 1 {
-            // Each statement of a multi-statement query routes; they must agree.
+            // Each statement of a multi-statement query routes; they must agree. A query
+            // whose statements all run on every shard (a batch of DDL) runs whole on each.
             let mut target: Option<String> = None;
+            let (mut everywhere, mut elsewhere) = (0, 0);
             for st in statements {
-                let next = match self.route_plan(st.as_bytes(), bound)? {
-                    Routing::To(next) => next,
+                match self.route_plan(st.as_bytes(), bound)? {
                     Routing::AtBind => return Ok(Routing::AtBind),
+                    Routing::Fanout(f) if f.parts.is_none() && f.shards.len() == db.shards.len() => {
+                        everywhere += 1
+                    }
                     Routing::Fanout(_) => {
                         return Err(ProxyError::error(
                             "0A000",
@@ -1010,19 +1014,35 @@ impl Session {
                         )
                         .with_hint("Send a statement that runs on several shards as a query of its own."))
                     }
-                };
-                if let Some(t) = next {
-                    match &target {
-                        Some(prev) if *prev != t => {
-                            return Err(ProxyError::error(
-                                "0A000",
-                                format!("shardgate cannot route this query: its statements need shards `{prev}` and `{t}`"),
-                            )
-                            .with_hint("Send the statements of each shard in a query of their own."))
+                    Routing::To(next) => {
+                        elsewhere += 1;
+                        if let Some(t) = next {
+                            match &target {
+                                Some(prev) if *prev != t => {
+                                    return Err(ProxyError::error(
+                                        "0A000",
+                                        format!("shardgate cannot route this query: its statements need shards `{prev}` and `{t}`"),
+                                    )
+                                    .with_hint("Send the statements of each shard in a query of their own."))
+                                }
+                                _ => target = Some(t),
+                            }
                         }
-                        _ => target = Some(t),
                     }
                 }
+            }
+            if everywhere > 0 {
+                if elsewhere > 0 {
+                    return Err(ProxyError::error(
+                        "0A000",
+                        "shardgate cannot route this query: some of its statements run on every shard and others on one",
+                    )
+                    .with_hint("Send the statements that run on every shard (DDL) in a query of their own."));
+                }
+                return Ok(Routing::Fanout(Box::new(Fanout {
+                    shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
+                    parts: None,
+                })));
             }
             return Ok(Routing::To(target));
         }
