@@ -296,29 +296,91 @@ async fn statements_for_several_shards_run_on_each_and_merge() {
 }
 
 #[tokio::test]
-async fn session_pooling_fans_out_with_its_own_connection() {
+async fn session_pooling_keeps_a_connection_per_shard() {
     let (shards, conninfo, dir) = proxy("fansess", "{ size: 2, mode: session }");
     let c = e2e::connect(&conninfo).await;
-    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, owner text)")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, owner text); CREATE TABLE notes (id int)",
+    )
+    .await
+    .unwrap();
     c.batch_execute("SET application_name = 'fan-session'")
         .await
         .unwrap();
-    c.batch_execute("INSERT INTO items (id, owner) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
+    let values: Vec<String> = (1..=20).map(|i| format!("({i}, 'o')")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO items (id, owner) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO notes VALUES (1)")
         .await
         .unwrap();
-    let rows = c.query("SELECT id FROM items", &[]).await.unwrap();
-    assert_eq!(rows.len(), 4);
-    for db in &shards {
-        assert!(count(db, "SELECT count(*) FROM items") >= 1, "{db}");
+    let on =
+        |db: &str, id: i64| count(db, &format!("SELECT count(*) FROM items WHERE id = {id}")) == 1;
+    let a: Vec<i64> = (1..=20).filter(|i| on(&shards[0], *i)).collect();
+    let b: Vec<i64> = (1..=20).filter(|i| on(&shards[1], *i)).collect();
+    assert!(!a.is_empty() && !b.is_empty());
+
+    // Statements for either shard, one after the other and prepared, outside transactions.
+    let st = c
+        .prepare("SELECT current_setting('application_name') FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    for id in [a[0], b[0], a[1], b[1]] {
+        let row = c.query_one(&st, &[&id]).await.unwrap();
+        // The session's settings follow it onto each shard's connection.
+        assert_eq!(row.get::<_, String>(0), "fan-session");
     }
-    // The session's settings followed it onto the other shard's connection.
-    let names = c
-        .query("SELECT current_setting('application_name') FROM items", &[])
+    // Unsharded tables stay on the home shard even while the session sits on another.
+    c.query_one("SELECT id FROM items WHERE id = $1", &[&b[2]])
         .await
         .unwrap();
-    assert!(names.iter().all(|r| r.get::<_, String>(0) == "fan-session"));
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // A transaction on the second shard.
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE items SET owner = 't' WHERE id = {}; COMMIT",
+        b[0]
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        psql_direct(
+            &shards[1],
+            &format!("SELECT owner FROM items WHERE id = {}", b[0])
+        ),
+        "t"
+    );
+    // Statements for several shards use the session's connections.
+    let rows = c.query("SELECT id FROM items", &[]).await.unwrap();
+    assert_eq!(rows.len(), 20);
+
+    // Gone: every connection the session held was reset and handed back.
+    drop(c);
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = [&shards[0], &shards[1]]
+            .iter()
+            .map(|db| {
+                psql_direct(
+                    db,
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fan-session'",
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        if left == "0,0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, "0,0");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -410,6 +472,22 @@ async fn begin_waits_for_the_first_statement_that_picks_a_shard() {
     for r in [r1, r2, r3, r4] {
         assert!(r.is_ok(), "{r:?}");
     }
+    // Pipelined behind a statement of the second shard, an unsharded table is still read
+    // on the home shard.
+    c.batch_execute("CREATE TABLE notes (id int)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO notes VALUES (1), (2)")
+        .await
+        .unwrap();
+    let key = b[4];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+    let (r1, r2) = tokio::join!(
+        c.query_one("SELECT owner FROM items WHERE id = $1", &params),
+        c.query_one("SELECT count(*) FROM notes", &[]),
+    );
+    r1.unwrap();
+    assert_eq!(r2.unwrap().get::<_, i64>(0), 2);
     // Back outside any transaction: the first shard's keys work again.
     c.batch_execute(&format!("UPDATE items SET owner = 'c' WHERE id = {}", a[0]))
         .await

@@ -82,8 +82,16 @@ struct Names {
     unnamed_command: Option<SessionCommand>,
 }
 
-/// A session's pools of other shards: (config generation, shard name → pool).
-type ShardPools = (u64, Vec<(Box<str>, pool::Pool)>);
+/// A session's view of shards other than home.
+#[derive(Default)]
+struct ShardPools {
+    /// Pools by shard name, for one config generation.
+    generation: u64,
+    pools: Vec<(Box<str>, pool::Pool)>,
+    /// Session pooling: the session's own idle connections to shards other than the
+    /// attached one's, kept for its next statement there.
+    parked: Vec<(Box<str>, PooledConn)>,
+}
 
 /// A routing decision.
 enum Routing {
@@ -475,7 +483,7 @@ impl Session {
                 Ok(())
             }
             tag::FUNCTION_CALL => {
-                if let Err(e) = self.ensure_server().await {
+                if let Err(e) = self.ensure_server_on(None).await {
                     return self.simple_error(e);
                 }
                 self.begin_if_held();
@@ -780,7 +788,7 @@ impl Session {
             return self.extended_error(Self::unknown_statement(b""));
         }
         if d.kind == b'P' || d.name.is_empty() {
-            if let Err(e) = self.ensure_server().await {
+            if let Err(e) = self.ensure_server_on(None).await {
                 return self.extended_error(e);
             }
             self.send_deferred_parse();
@@ -1213,6 +1221,19 @@ impl Session {
     /// [`Self::ensure_server`] on a given shard: refused when a transaction already runs on
     /// another one.
     async fn ensure_server_on(&mut self, target: Option<String>) -> Result<(), ProxyError> {
+        // Outside a transaction (and between batches) the session's shard is home, even
+        // while a server of another shard is still attached (answering, or parked there by
+        // session pooling).
+        let target = match target {
+            None if self.server_shard.is_some()
+                && self.tx_status == b'I'
+                && self.held_begin.is_none()
+                && !self.unsynced =>
+            {
+                Some(self.home_shard())
+            }
+            t => t,
+        };
         if let Some(t) = &target {
             let quiet = self.client.mode == PoolMode::Transaction
                 && self.tx_status == b'I'
@@ -1223,6 +1244,36 @@ impl Session {
                 // Earlier statements of another shard are still answering; once they have,
                 // their server goes back and this one's is taken.
                 Box::pin(self.settle()).await?;
+            }
+            if self.client.mode == PoolMode::Session
+                && self.tx_status == b'I'
+                && self.held_begin.is_none()
+                && !self.unsynced
+            {
+                if let Some(attached) = self.server_shard_name().filter(|a| a != t) {
+                    // Session pooling keeps a connection per shard: between transactions the
+                    // attached one is parked and this shard's taken.
+                    Box::pin(self.settle()).await?;
+                    if self.tx_status == b'I' && self.pending.is_empty() {
+                        if let Some(conn) = self.server.take() {
+                            crate::cancel::point(&self.client.cancel_slot, None);
+                            self.server_shard = None;
+                            self.swbuf.clear(); // nothing pending: a Flush at most
+                            self.shard_pools
+                                .get_or_insert_with(Default::default)
+                                .parked
+                                .push((attached.into(), conn));
+                        }
+                    }
+                }
+            }
+            if self.server.is_none() {
+                if let Some(conn) = self.unpark(t) {
+                    let home = *t == self.home_shard();
+                    self.attach(conn);
+                    self.server_shard = (!home).then(|| t.as_str().into());
+                    return self.ensure_server().await;
+                }
             }
             if self.server.is_some() {
                 let home;
@@ -1426,6 +1477,8 @@ impl Session {
         };
         let mut own = None;
         let mut legs: Vec<PooledConn> = Vec::with_capacity(f.shards.len());
+        // Legs that are the session's parked connections (session pooling), by shard.
+        let mut parked: Vec<Option<Box<str>>> = vec![None; f.shards.len()];
         for shard in &f.shards {
             if own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
                 if let Some(conn) = self.server.take() {
@@ -1433,6 +1486,11 @@ impl Session {
                     legs.push(conn);
                     continue;
                 }
+            }
+            if let Some(conn) = self.unpark(shard) {
+                parked[legs.len()] = Some(shard.as_str().into());
+                legs.push(conn);
+                continue;
             }
             let conn = match self.shard_pool(shard) {
                 Ok(pool) => match pool.try_get() {
@@ -1444,7 +1502,7 @@ impl Session {
             match conn {
                 Ok(c) => legs.push(c),
                 Err(e) => {
-                    self.put_back(legs, own);
+                    self.put_back(legs, own, &mut parked);
                     return Ok(Err(e));
                 }
             }
@@ -1476,7 +1534,7 @@ impl Session {
         crate::cancel::point(&self.client.cancel_slot, None);
         match result {
             Ok(outcome) if outcome.status == b'I' => {
-                self.put_back(legs, own);
+                self.put_back(legs, own, &mut parked);
                 Ok(Ok(outcome))
             }
             Ok(_) => {
@@ -1499,10 +1557,20 @@ impl Session {
 
     /// Idle fan-out connections go back: the session's own to the session, the rest to
     /// their pools.
-    fn put_back(&mut self, legs: Vec<PooledConn>, own: Option<usize>) {
+    fn put_back(
+        &mut self,
+        legs: Vec<PooledConn>,
+        own: Option<usize>,
+        parked: &mut [Option<Box<str>>],
+    ) {
         for (i, leg) in legs.into_iter().enumerate() {
             if Some(i) == own {
                 self.attach(leg);
+            } else if let Some(shard) = parked[i].take() {
+                self.shard_pools
+                    .get_or_insert_with(Default::default)
+                    .parked
+                    .push((shard, leg));
             } else {
                 leg.release();
             }
@@ -1590,19 +1658,27 @@ impl Session {
         let cached = self
             .shard_pools
             .as_deref_mut()
-            .filter(|c| c.0 == generation);
-        if let Some(p) = cached.and_then(|c| c.1.iter().find(|(n, _)| &**n == shard)) {
+            .filter(|c| c.generation == generation);
+        if let Some(p) = cached.and_then(|c| c.pools.iter().find(|(n, _)| &**n == shard)) {
             return Ok(p.1.clone());
         }
         let pool = self
             .proxy
             .pool_for(&self.client.database, &self.client.user, shard)?;
         let entry = self.shard_pools.get_or_insert_with(Default::default);
-        if entry.0 != generation {
-            **entry = (generation, Vec::new());
+        if entry.generation != generation {
+            entry.generation = generation;
+            entry.pools.clear();
         }
-        entry.1.push((shard.into(), pool.clone()));
+        entry.pools.push((shard.into(), pool.clone()));
         Ok(pool)
+    }
+
+    /// Session pooling: the session's parked connection to `shard`, if it has one.
+    fn unpark(&mut self, shard: &str) -> Option<PooledConn> {
+        let parked = &mut self.shard_pools.as_deref_mut()?.parked;
+        let i = parked.iter().position(|(n, _)| &**n == shard)?;
+        Some(parked.swap_remove(i).1)
     }
 
     /// The shard of the attached server.
@@ -2016,6 +2092,24 @@ impl Session {
             .await;
         }
         crate::cancel::point(&self.client.cancel_slot, None);
+        let parked = self
+            .shard_pools
+            .as_deref_mut()
+            .map(|p| std::mem::take(&mut p.parked))
+            .unwrap_or_default();
+        for (_, mut conn) in parked {
+            // Idle between transactions when parked: only the session reset is due.
+            if matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
+                Ok(Ok(None))
+            ) {
+                conn.prepared.clear();
+                conn.applied = Default::default();
+                conn.applied_for = None;
+                conn.settings_unknown = false;
+                conn.release();
+            }
+        }
         let Some(mut conn) = self.server.take() else {
             return;
         };
