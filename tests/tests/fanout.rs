@@ -224,6 +224,32 @@ async fn statements_for_several_shards_run_on_each_and_merge() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "23505", "{e:?}");
+    // The shards' parts of a write commit together: a duplicate key on one shard leaves
+    // nothing of the statement on the other.
+    let on_s0 = |id: i64| {
+        psql_direct(
+            &shards[0],
+            &format!("SELECT satisfies_hash_partition('items_parent'::regclass, 4, 0, {id}::bigint) OR satisfies_hash_partition('items_parent'::regclass, 4, 2, {id}::bigint)"),
+        ) == "t"
+    };
+    let fresh = (500i64..600).find(|i| on_s0(*i) != on_s0(1)).unwrap();
+    for sql in [
+        format!("INSERT INTO items (id, owner) VALUES ({fresh}, 'new'), (1, 'dup')"),
+        format!("INSERT INTO items (id, owner) VALUES (1, 'dup'), ({fresh}, 'new')"),
+    ] {
+        let e = c.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "23505", "{e:?}");
+        for db in &shards {
+            assert_eq!(
+                count(
+                    db,
+                    &format!("SELECT count(*) FROM items WHERE id = {fresh}")
+                ),
+                0,
+                "{sql}"
+            );
+        }
+    }
     let e = c.query("SELECT id / 0 FROM items", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "22012", "{e:?}");
     let row = c

@@ -43,6 +43,17 @@ pub(crate) struct Merge {
     /// Send one ReadyForQuery at the end (simple Query); otherwise the client's own Sync
     /// gets its ReadyForQuery later.
     pub ready: bool,
+    /// COPY TO STDOUT with a header line: only the first shard's header reaches the client.
+    pub copy_header: bool,
+}
+
+/// COPY TO STDOUT in one result: every shard's CopyData, one CopyDone at the end.
+#[derive(Default)]
+struct CopyOut {
+    /// A shard started copying out in this result.
+    seen: bool,
+    /// Per shard: its next CopyData is its header line, which the client already has.
+    skip_header: Vec<bool>,
 }
 
 /// Sends `requests[i]` to `legs[i]` and merges the answers into `out`, writing to `client`
@@ -68,6 +79,10 @@ pub(crate) async fn run(
     };
     let n = legs.len();
     let mut ended = vec![false; n];
+    let mut copy = CopyOut {
+        seen: false,
+        skip_header: vec![false; n],
+    };
     loop {
         // One result from every shard that has not ended.
         let mut boundaries: Vec<Option<Frame>> = Vec::with_capacity(n);
@@ -77,7 +92,17 @@ pub(crate) async fn run(
                 continue;
             }
             let first = boundaries.iter().all(Option::is_none);
-            let b = next_result(&mut legs[i], &shards[i], first, &merge, client, out).await?;
+            let b = next_result(
+                &mut legs[i],
+                i,
+                &shards[i],
+                first,
+                &merge,
+                &mut copy,
+                client,
+                out,
+            )
+            .await?;
             boundaries.push(Some(b));
         }
         let present: Vec<&Frame> = boundaries.iter().flatten().collect();
@@ -121,6 +146,9 @@ pub(crate) async fn run(
                 break;
             }
             tag::COMMAND_COMPLETE => {
+                if std::mem::take(&mut copy.seen) {
+                    messages::empty_message(out, tag::COPY_DONE);
+                }
                 let tags: Vec<&[u8]> = present
                     .iter()
                     .map(|f| messages::command_tag(f).unwrap_or_default())
@@ -146,14 +174,53 @@ pub(crate) async fn run(
     Ok(outcome)
 }
 
+/// Ends every shard's transaction with `sql` (COMMIT or ROLLBACK); the first error, if any.
+pub(crate) async fn end_all(
+    legs: &mut [PooledConn],
+    sql: &str,
+    shards: &[String],
+) -> Result<Option<wire::Frame>, Failure> {
+    let mut q = BytesMut::new();
+    messages::query(&mut q, sql);
+    let mut first_error = None;
+    for (i, leg) in legs.iter_mut().enumerate() {
+        let lost = |e: std::io::Error| {
+            Failure::Server(format!("connection to shard `{}` lost: {e}", shards[i]))
+        };
+        leg.stream.write_all(&q).await.map_err(lost)?;
+        loop {
+            let f = leg.read_frame().await.map_err(lost)?;
+            match f.tag() {
+                tag::ERROR_RESPONSE => {
+                    first_error.get_or_insert(f);
+                }
+                tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+    }
+    Ok(first_error)
+}
+
+/// Sends `sql` (BEGIN) to every shard and reads each to its ReadyForQuery; an error is a failure.
+pub(crate) async fn begin_all(legs: &mut [PooledConn], shards: &[String]) -> Result<(), Failure> {
+    match end_all(legs, "BEGIN", shards).await? {
+        None => Ok(()),
+        Some(_) => Err(Failure::Server("a shard refused BEGIN".into())),
+    }
+}
+
 /// Reads one shard's messages up to the end of its next result (CommandComplete,
 /// EmptyQueryResponse, PortalSuspended, ErrorResponse or ReadyForQuery), which it returns.
 /// Rows go to the client; the rest of the messages only from the `first` shard.
+#[allow(clippy::too_many_arguments)]
 async fn next_result(
     leg: &mut PooledConn,
+    index: usize,
     shard: &str,
     first: bool,
     merge: &Merge,
+    copy: &mut CopyOut,
     client: &mut TcpStream,
     out: &mut BytesMut,
 ) -> Result<Frame, Failure> {
@@ -165,12 +232,22 @@ async fn next_result(
             | tag::PORTAL_SUSPENDED
             | tag::ERROR_RESPONSE
             | tag::READY_FOR_QUERY => return Ok(f),
-            tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+            tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => {
                 return Err(Failure::Server(format!(
                     "shard `{shard}` started a COPY in a statement run on several shards"
                 )))
             }
-            tag::DATA_ROW => out.extend_from_slice(f.raw()),
+            tag::COPY_OUT_RESPONSE => {
+                copy.seen = true;
+                copy.skip_header[index] = merge.copy_header && !first;
+                if first {
+                    out.extend_from_slice(f.raw());
+                }
+            }
+            tag::COPY_DATA if std::mem::take(&mut copy.skip_header[index]) => {}
+            tag::COPY_DATA | tag::DATA_ROW => out.extend_from_slice(f.raw()),
+            // One CopyDone, after every shard's data.
+            tag::COPY_DONE => {}
             tag::PARSE_COMPLETE if merge.drop_parse_complete => {}
             // Notices of every shard reach the client; the rest only once.
             tag::NOTICE_RESPONSE => out.extend_from_slice(f.raw()),

@@ -7,6 +7,7 @@
 
 mod auth;
 mod cancel;
+mod copyin;
 mod fanout;
 mod session;
 mod settings;

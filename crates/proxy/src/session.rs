@@ -110,6 +110,20 @@ struct Fanout {
     /// Per shard, its own statement (a multi-row INSERT keeps only that shard's rows, its
     /// parameters renumbered); `None`: every shard runs the statement as the client sent it.
     parts: Option<Vec<router::rewrite::Part>>,
+    /// A COPY TO STDOUT with a header line (only the first shard's reaches the client).
+    copy_header: bool,
+    /// A write: each shard runs it in a transaction of its own, committed only when no shard
+    /// reported an error and rolled back everywhere otherwise.
+    write: bool,
+}
+
+/// The connections of a statement on several shards, one per shard in order.
+struct Legs {
+    conns: Vec<PooledConn>,
+    /// Which one is the session's attached connection.
+    own: Option<usize>,
+    /// Which ones are the session's parked connections, by shard (session pooling).
+    parked: Vec<Option<Box<str>>>,
 }
 
 /// An extended-protocol statement for several shards, collected from its Bind up to its
@@ -475,7 +489,9 @@ impl Session {
                 Ok(())
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
-                if self.server.is_some() {
+                // With nothing in flight no COPY runs: a stray end (after a COPY the proxy
+                // refused) is ignored, as by PostgreSQL.
+                if self.server.is_some() && !self.pending.is_empty() {
                     self.forward(&frame);
                     self.copy_in_extended = false;
                     self.pending.push_back(Expect::CopyEnd);
@@ -540,6 +556,11 @@ impl Session {
             self.push_synthetic(Expect::SyntheticDone("BEGIN"));
             self.push_synthetic(Expect::SyntheticReady);
             return Ok(());
+        }
+        match self.copy_target(sql) {
+            Ok(Some(target)) => return self.copy_in(&frame, target).await,
+            Ok(None) => {}
+            Err(e) => return self.simple_error(e),
         }
         let target = match self.route(sql) {
             Ok(Routing::To(t)) => t,
@@ -1050,6 +1071,8 @@ impl Session {
                 return Ok(Routing::Fanout(Box::new(Fanout {
                     shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
                     parts: None,
+                    copy_header: copy_header(&text),
+                    write: false,
                 })));
             }
             return Ok(Routing::To(target));
@@ -1165,6 +1188,8 @@ impl Session {
             Plan::AllShards => Ok(Routing::Fanout(Box::new(Fanout {
                 shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
                 parts: None,
+                copy_header: copy_header(text),
+                write: analysis.kind == router::analyze::Kind::Write,
             }))),
             Plan::Shards(some) => {
                 // In the database's order.
@@ -1184,7 +1209,12 @@ impl Session {
                         )
                     })?),
                 };
-                Ok(Routing::Fanout(Box::new(Fanout { shards, parts })))
+                Ok(Routing::Fanout(Box::new(Fanout {
+                    shards,
+                    parts,
+                    copy_header: false,
+                    write: analysis.kind == router::analyze::Kind::Write,
+                })))
             }
             Plan::Pinned if self.server.is_some() && self.tx_status != b'I' => {
                 Ok(Routing::To(None))
@@ -1356,6 +1386,93 @@ impl Session {
         self.held_refusal().map(|e| self.simple_error(e))
     }
 
+    /// A `COPY ... FROM STDIN` into a sharded or reference table (without a shard hint):
+    /// its rows are split by shard.
+    fn copy_target(&self, sql: &[u8]) -> Result<Option<crate::copyin::CopyTarget>, ProxyError> {
+        // A quick look first: this runs for every simple query.
+        let head = sql.trim_ascii_start();
+        let is_copy = head
+            .get(..4)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"copy"))
+            || ((head.starts_with(b"/*") || head.starts_with(b"--")) && first_word(sql) == "copy");
+        if !is_copy {
+            return Ok(None);
+        }
+        if !self.routes() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(sql);
+        let Ok(mut hints) = router::hints::parse_hints(&text) else {
+            return Ok(None);
+        };
+        self.merge_session_hints(&mut hints);
+        if hints.shard.is_some() || hints.key.is_some() {
+            return Ok(None);
+        }
+        let config = self.proxy.config.load();
+        let Some(db) = config.databases.get(&self.client.database) else {
+            return Ok(None);
+        };
+        let Some(Ok(stmt)) = router::copy::parse_copy(&text) else {
+            return Ok(None);
+        };
+        if !stmt.from || !stmt.client_side || stmt.query {
+            return Ok(None);
+        }
+        let map = router::plan::map_for(db, &stmt.table).map(|(m, c)| (m.clone(), c.to_vec()));
+        if map.is_none() && !db.reference_tables.contains(&stmt.table) {
+            return Ok(None);
+        }
+        if stmt.format.binary {
+            return Err(refuse(
+                "binary COPY data cannot be split by shard".into(),
+                "Use text or CSV format, or copy each shard's rows with /* shardgate: shard=NAME */.",
+            ));
+        }
+        Ok(Some(crate::copyin::CopyTarget {
+            shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
+            stmt,
+            map,
+        }))
+    }
+
+    /// Runs a COPY FROM STDIN on every shard, the rows split between them.
+    async fn copy_in(
+        &mut self,
+        frame: &Frame,
+        target: crate::copyin::CopyTarget,
+    ) -> Result<(), End> {
+        let mut legs = match self.take_legs(&target.shards).await? {
+            Ok(l) => l,
+            Err(e) => return self.simple_error(e),
+        };
+        let result = Box::pin(crate::copyin::run(
+            &mut legs.conns,
+            &target,
+            frame.raw(),
+            &mut self.client.conn,
+            &mut self.wbuf,
+        ))
+        .await;
+        match result {
+            Ok(_) => {
+                self.put_back(legs);
+                self.tx_status = b'I';
+                self.error_since_ready = false;
+                Ok(())
+            }
+            Err(fanout::Failure::ClientGone) => {
+                self.lose_legs(legs);
+                Err(End::ClientGone)
+            }
+            Err(fanout::Failure::Server(why)) => {
+                tracing::warn!(client = self.client.id, why = %why, "COPY over several shards failed");
+                self.lose_legs(legs);
+                self.simple_error(fanout::failure_error(&why))
+            }
+        }
+    }
+
     /// A simple Query for several shards.
     async fn simple_fanout(&mut self, frame: &Frame, f: Box<Fanout>) -> Result<(), End> {
         let requests: Vec<Bytes> = match &f.parts {
@@ -1372,6 +1489,7 @@ impl Session {
         let merge = fanout::Merge {
             drop_parse_complete: false,
             ready: true,
+            copy_header: f.copy_header,
         };
         match self.fan_out(&f, requests, merge).await? {
             Ok(outcome) => {
@@ -1434,6 +1552,7 @@ impl Session {
         let merge = fanout::Merge {
             drop_parse_complete: true,
             ready: false,
+            copy_header: p.fanout.copy_header,
         };
         match self.fan_out(&p.fanout, requests, merge).await? {
             Ok(outcome) if outcome.error => {
@@ -1455,6 +1574,76 @@ impl Session {
         requests: Vec<Bytes>,
         merge: fanout::Merge,
     ) -> Result<Result<fanout::Outcome, ProxyError>, End> {
+        let mut legs = match self.take_legs(&f.shards).await? {
+            Ok(l) => l,
+            Err(e) => return Ok(Err(e)),
+        };
+        let ready = merge.ready;
+        let result = if f.write {
+            // Each shard's part in a transaction: all commit, or none does.
+            let merge = fanout::Merge {
+                ready: false,
+                ..merge
+            };
+            let out = &mut self.wbuf;
+            let stream = &mut self.client.conn.stream;
+            Box::pin(async {
+                fanout::begin_all(&mut legs.conns, &f.shards).await?;
+                let mut outcome =
+                    fanout::run(&mut legs.conns, &f.shards, &requests, stream, out, merge).await?;
+                let end = if outcome.error { "ROLLBACK" } else { "COMMIT" };
+                if let Some(e) = fanout::end_all(&mut legs.conns, end, &f.shards).await? {
+                    if !outcome.error {
+                        out.extend_from_slice(e.raw());
+                        outcome.error = true;
+                    }
+                }
+                outcome.status = b'I';
+                if ready {
+                    messages::ready_for_query(out, b'I');
+                }
+                Ok(outcome)
+            })
+            .await
+        } else {
+            Box::pin(fanout::run(
+                &mut legs.conns,
+                &f.shards,
+                &requests,
+                &mut self.client.conn.stream,
+                &mut self.wbuf,
+                merge,
+            ))
+            .await
+        };
+        match result {
+            Ok(outcome) if outcome.status == b'I' => {
+                self.put_back(legs);
+                Ok(Ok(outcome))
+            }
+            Ok(_) => {
+                self.lose_legs(legs);
+                Ok(Err(fanout::failure_error(
+                    "a shard left a transaction open",
+                )))
+            }
+            Err(fanout::Failure::ClientGone) => {
+                self.lose_legs(legs);
+                Err(End::ClientGone)
+            }
+            Err(fanout::Failure::Server(why)) => {
+                tracing::warn!(client = self.client.id, why = %why, "fan-out failed");
+                self.lose_legs(legs);
+                Ok(Err(fanout::failure_error(&why)))
+            }
+        }
+    }
+
+    /// One idle connection per shard of `shards`, with the client's settings, for a
+    /// statement outside any transaction: the session's own for its shard (and, in session
+    /// pooling, its parked ones), the others from their pools, taken in shard order. A
+    /// cancel from the client reaches all of them.
+    async fn take_legs(&mut self, shards: &[String]) -> Result<Result<Legs, ProxyError>, End> {
         if let Err(e) = self.settle().await {
             return Err(End::Fatal(e));
         }
@@ -1463,33 +1652,32 @@ impl Session {
                 "0A000",
                 format!(
                     "shardgate cannot run this statement in a transaction block: it needs shards {}, and a transaction runs on one shard until two-phase commit is available",
-                    f.shards.join(", ")
+                    shards.join(", ")
                 ),
             )
             .with_hint("Run it outside the transaction block, or name one shard: /* shardgate: shard=NAME */.")));
         }
-        // The session's own connection (session pooling) serves its shard; the others come
-        // from their pools, taken in shard order.
         let own_shard = match (&self.server, &self.server_shard) {
             (None, _) => None,
             (Some(_), Some(s)) => Some(s.to_string()),
             (Some(_), None) => Some(self.home_shard()),
         };
-        let mut own = None;
-        let mut legs: Vec<PooledConn> = Vec::with_capacity(f.shards.len());
-        // Legs that are the session's parked connections (session pooling), by shard.
-        let mut parked: Vec<Option<Box<str>>> = vec![None; f.shards.len()];
-        for shard in &f.shards {
-            if own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
+        let mut legs = Legs {
+            conns: Vec::with_capacity(shards.len()),
+            own: None,
+            parked: vec![None; shards.len()],
+        };
+        for shard in shards {
+            if legs.own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
                 if let Some(conn) = self.server.take() {
-                    own = Some(legs.len());
-                    legs.push(conn);
+                    legs.own = Some(legs.conns.len());
+                    legs.conns.push(conn);
                     continue;
                 }
             }
             if let Some(conn) = self.unpark(shard) {
-                parked[legs.len()] = Some(shard.as_str().into());
-                legs.push(conn);
+                legs.parked[legs.conns.len()] = Some(shard.as_str().into());
+                legs.conns.push(conn);
                 continue;
             }
             let conn = match self.shard_pool(shard) {
@@ -1500,70 +1688,40 @@ impl Session {
                 Err(e) => Err(e),
             };
             match conn {
-                Ok(c) => legs.push(c),
+                Ok(c) => legs.conns.push(c),
                 Err(e) => {
-                    self.put_back(legs, own, &mut parked);
+                    self.put_back(legs);
                     return Ok(Err(e));
                 }
             }
         }
-        for leg in legs.iter_mut() {
+        for leg in legs.conns.iter_mut() {
             if let Err(e) = Box::pin(sync_conn(leg, &self.client, b'I')).await {
-                self.lose_legs(legs, own);
+                self.lose_legs(legs);
                 return Ok(Err(e));
             }
         }
-        // A cancel reaches every shard's backend.
         crate::cancel::point_many(
             &self.client.cancel_slot,
-            legs.iter().map(|l| CancelTarget {
+            legs.conns.iter().map(|l| CancelTarget {
                 addr: l.addr,
                 backend_pid: l.backend_pid,
                 secret_key: l.secret_key,
             }),
         );
-        let result = Box::pin(fanout::run(
-            &mut legs,
-            &f.shards,
-            &requests,
-            &mut self.client.conn.stream,
-            &mut self.wbuf,
-            merge,
-        ))
-        .await;
-        crate::cancel::point(&self.client.cancel_slot, None);
-        match result {
-            Ok(outcome) if outcome.status == b'I' => {
-                self.put_back(legs, own, &mut parked);
-                Ok(Ok(outcome))
-            }
-            Ok(_) => {
-                self.lose_legs(legs, own);
-                Ok(Err(fanout::failure_error(
-                    "a shard left a transaction open",
-                )))
-            }
-            Err(fanout::Failure::ClientGone) => {
-                self.lose_legs(legs, own);
-                Err(End::ClientGone)
-            }
-            Err(fanout::Failure::Server(why)) => {
-                tracing::warn!(client = self.client.id, why = %why, "fan-out failed");
-                self.lose_legs(legs, own);
-                Ok(Err(fanout::failure_error(&why)))
-            }
-        }
+        Ok(Ok(legs))
     }
 
-    /// Idle fan-out connections go back: the session's own to the session, the rest to
-    /// their pools.
-    fn put_back(
-        &mut self,
-        legs: Vec<PooledConn>,
-        own: Option<usize>,
-        parked: &mut [Option<Box<str>>],
-    ) {
-        for (i, leg) in legs.into_iter().enumerate() {
+    /// Idle fan-out connections go back: the session's own to the session, parked ones to
+    /// their place, the rest to their pools.
+    fn put_back(&mut self, legs: Legs) {
+        crate::cancel::point(&self.client.cancel_slot, None);
+        let Legs {
+            conns,
+            own,
+            mut parked,
+        } = legs;
+        for (i, leg) in conns.into_iter().enumerate() {
             if Some(i) == own {
                 self.attach(leg);
             } else if let Some(shard) = parked[i].take() {
@@ -1578,7 +1736,9 @@ impl Session {
     }
 
     /// Fan-out connections in an unknown state are closed, the session's own included.
-    fn lose_legs(&mut self, legs: Vec<PooledConn>, own: Option<usize>) {
+    fn lose_legs(&mut self, legs: Legs) {
+        crate::cancel::point(&self.client.cancel_slot, None);
+        let own = legs.own;
         drop(legs);
         if own.is_some() {
             self.drop_server();
@@ -2142,6 +2302,17 @@ impl Session {
             conn.release();
         }
     }
+}
+
+/// A `COPY ... TO STDOUT` whose data starts with a header line.
+fn copy_header(text: &str) -> bool {
+    if !router::lexer::Lexer::new(text)
+        .next()
+        .is_some_and(|t| t.is_keyword("copy"))
+    {
+        return false;
+    }
+    matches!(router::copy::parse_copy(text), Some(Ok(c)) if c.format.header)
 }
 
 /// The router's refusal: 0A000, the reason and what to do.

@@ -198,7 +198,10 @@ fn analyze_copy(
                 }
             };
             let mut inner = analyze(&sql[start..end], key_columns)?;
-            inner.one_shard = true;
+            // Rows to the client can be concatenated across shards; a file on the server
+            // cannot.
+            inner.one_shard = !matches!(lx.next(), Some(t) if t.is_keyword("to"))
+                || !matches!(lx.next(), Some(t) if t.is_keyword("stdout"));
             Ok(inner)
         }
         Some(first @ (Token::Word(_) | Token::QuotedIdent(_))) => {
@@ -219,22 +222,35 @@ fn analyze_copy(
                 t => t.text().to_ascii_lowercase(),
             };
             let mut depth = 0;
-            for t in lx {
+            let mut client_side = false;
+            while let Some(t) = lx.next() {
                 match t {
                     Token::Symbol("(") => depth += 1,
                     Token::Symbol(")") => depth -= 1,
-                    t if depth == 0 && t.is_keyword("from") => {
-                        a.kind = Kind::Write;
+                    t if depth == 0 && (t.is_keyword("from") || t.is_keyword("to")) => {
+                        if t.is_keyword("from") {
+                            a.kind = Kind::Write;
+                        }
+                        client_side = matches!(lx.next(), Some(t) if t.is_keyword("stdin") || t.is_keyword("stdout"));
                         break;
                     }
-                    t if depth == 0 && t.is_keyword("to") => break,
                     _ => {}
                 }
             }
+            // Rows to the client can be concatenated across shards; a file on the server
+            // cannot, and data into a sharded table is split by the session, never here.
+            a.one_shard = a.kind == Kind::Write || !client_side;
             if key_columns(&table).is_some() {
-                a.refuse = Some(format!(
-                    "COPY of sharded table `{table}`: the proxy does not split or merge COPY data by shard yet; copy each shard's rows with /* shardgate: shard=NAME */"
-                ));
+                if a.kind == Kind::Write {
+                    a.refuse = Some(format!(
+                        "COPY into sharded table `{table}` {}",
+                        if client_side {
+                            "is split by shard only when it comes as a simple query (not through Parse/Bind)"
+                        } else {
+                            "from a file on the server: each shard would read its own file"
+                        }
+                    ));
+                }
                 a.keyed.push(TableUse {
                     table: table.clone(),
                     keys: None,

@@ -8,6 +8,7 @@
 
 pub mod analyze;
 pub mod cache;
+pub mod copy;
 pub mod hash;
 pub mod hints;
 pub mod lexer;

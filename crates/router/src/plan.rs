@@ -576,8 +576,10 @@ mod tests {
         assert!(
             matches!(p("COPY orders FROM STDIN WITH (FREEZE ON)", &[]), Plan::Refuse { reason, .. } if reason.contains("COPY"))
         );
+        // Rows out to the client concatenate; a server-side file does not.
+        assert_eq!(p("COPY \"orders\" TO STDOUT", &[]), Plan::AllShards);
         assert!(matches!(
-            p("COPY \"orders\" TO STDOUT", &[]),
+            p("COPY orders TO '/tmp/o.csv'", &[]),
             Plan::Refuse { .. }
         ));
         // A reference table is written on every shard: not with one COPY.
@@ -593,8 +595,16 @@ mod tests {
             ),
             Plan::Shard(shard_of(7))
         );
-        assert!(matches!(
+        assert_eq!(
             p("COPY (SELECT * FROM orders) TO STDOUT", &[]),
+            Plan::AllShards
+        );
+        assert!(matches!(
+            p("COPY (SELECT * FROM orders ORDER BY 1) TO STDOUT", &[]),
+            Plan::Refuse { .. }
+        ));
+        assert!(matches!(
+            p("COPY (SELECT * FROM orders) TO '/tmp/o'", &[]),
             Plan::Refuse { .. }
         ));
     }

@@ -1,0 +1,396 @@
+//! COPY FROM STDIN into a sharded (or reference) table: every shard starts the same COPY,
+//! and the client's data is cut into rows, each sent to the shard its key belongs to (every
+//! row of a reference table to every shard). The client sees one COPY: the first shard's
+//! CopyInResponse, then one CommandComplete with the rows of all shards, or the first error.
+//!
+//! Each shard copies inside a transaction of its own, committed only when every shard's
+//! COPY succeeded and rolled back everywhere otherwise: a row one shard rejects (a duplicate
+//! key, a bad value) leaves nothing of the COPY on any shard. (Only a failure between the
+//! shards' COMMITs could leave part of it; two-phase commit closes that.)
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pool::PooledConn;
+use router::copy::{CopyStatement, Row, RowSplitter};
+use sgconfig::shardmap::{KeyValue, ShardMap};
+use tokio::io::AsyncWriteExt;
+use wire::messages::{self, tag, ProxyError};
+
+use crate::fanout::{end_all, summed_tag, Failure};
+use crate::startup::ClientConn;
+
+/// Send a shard its buffered rows once this much has gathered.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Where a COPY FROM STDIN's rows go.
+pub(crate) struct CopyTarget {
+    /// Every shard of the database, in order.
+    pub shards: Vec<String>,
+    pub stmt: CopyStatement,
+    /// The table's map and key columns; `None`: a reference table (every row everywhere).
+    pub map: Option<(ShardMap, Vec<String>)>,
+}
+
+/// How a COPY ended when the client is still there: its answer is in `out`.
+pub(crate) enum Ended {
+    /// Every shard is idle again: the connections can go back.
+    Clean,
+    /// The client's data was refused mid-way; the client may still be sending CopyData,
+    /// which the session ignores from now on, as PostgreSQL does.
+    Refused,
+}
+
+/// Runs the COPY: `query` is the client's Query message.
+pub(crate) async fn run(
+    legs: &mut [PooledConn],
+    target: &CopyTarget,
+    query: &Bytes,
+    client: &mut ClientConn,
+    out: &mut BytesMut,
+) -> Result<Ended, Failure> {
+    let shards = &target.shards;
+    let lost = |i: usize| {
+        let s = shards[i].clone();
+        move |e: std::io::Error| Failure::Server(format!("connection to shard `{s}` lost: {e}"))
+    };
+    // Where the key fields are among a row's fields.
+    let key_fields = match &target.map {
+        None => Vec::new(),
+        Some((_, key_columns)) => {
+            let columns = if target.stmt.columns.is_empty() {
+                match table_columns(&mut legs[0], &target.stmt.table_sql).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        // The table does not exist (or is not visible): PostgreSQL's error.
+                        out.extend_from_slice(&e);
+                        messages::ready_for_query(out, b'I');
+                        return Ok(Ended::Clean);
+                    }
+                    Err(e) => return Err(lost(0)(e)),
+                }
+            } else {
+                target.stmt.columns.clone()
+            };
+            let mut fields = Vec::new();
+            for k in key_columns {
+                match columns.iter().position(|c| c == k) {
+                    Some(p) => fields.push(p),
+                    None => {
+                        ProxyError::error(
+                            "0A000",
+                            format!("shardgate cannot split this COPY by shard: its columns do not include the shard key column `{k}`"),
+                        )
+                        .with_hint("Name the shard key column in the COPY's column list.")
+                        .encode(out);
+                        messages::ready_for_query(out, b'I');
+                        return Ok(Ended::Clean);
+                    }
+                }
+            }
+            fields
+        }
+    };
+    // Every shard starts a transaction and the COPY in it.
+    let mut begin = BytesMut::new();
+    messages::query(&mut begin, "BEGIN");
+    for (i, leg) in legs.iter_mut().enumerate() {
+        leg.stream.write_all(&begin).await.map_err(lost(i))?;
+        leg.stream.write_all(query).await.map_err(lost(i))?;
+        loop {
+            let f = leg.read_frame().await.map_err(lost(i))?;
+            match f.tag() {
+                tag::READY_FOR_QUERY => break,
+                tag::ERROR_RESPONSE => {
+                    return Err(Failure::Server(format!(
+                        "shard `{}` refused BEGIN",
+                        shards[i]
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut first_error: Option<wire::Frame> = None;
+    let mut copying = vec![false; legs.len()];
+    for (i, leg) in legs.iter_mut().enumerate() {
+        loop {
+            let f = leg.read_frame().await.map_err(lost(i))?;
+            match f.tag() {
+                tag::COPY_IN_RESPONSE => {
+                    if i == 0 {
+                        out.extend_from_slice(f.raw());
+                    }
+                    copying[i] = true;
+                    break;
+                }
+                tag::ERROR_RESPONSE => {
+                    first_error.get_or_insert(f);
+                }
+                tag::READY_FOR_QUERY => break,
+                tag::NOTICE_RESPONSE if i == 0 => out.extend_from_slice(f.raw()),
+                _ => {}
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // A shard refused the COPY itself: the others are stopped.
+        out.clear();
+        abort(legs, &copying, "another shard refused the COPY", shards).await?;
+        end_all(legs, "ROLLBACK", shards).await?;
+        out.extend_from_slice(e.raw());
+        messages::ready_for_query(out, b'I');
+        return Ok(Ended::Clean);
+    }
+    client
+        .write_all(out)
+        .await
+        .map_err(|_| Failure::ClientGone)?;
+    out.clear();
+
+    let mut splitter = RowSplitter::new(target.stmt.format.clone(), key_fields);
+    let mut pending: Vec<BytesMut> = vec![BytesMut::new(); legs.len()];
+    let route = |row: Row<'_>, pending: &mut Vec<BytesMut>| -> Result<(), String> {
+        let Some((map, _)) = target.map.as_ref().filter(|_| !row.header) else {
+            for p in pending.iter_mut() {
+                p.extend_from_slice(row.bytes);
+            }
+            return Ok(());
+        };
+        let mut key = Vec::with_capacity(row.keys.len());
+        for (ty, v) in map.key_types.iter().zip(&row.keys) {
+            let Some(v) = v else {
+                return Err("a row's shard key is NULL".into());
+            };
+            key.push(KeyValue::parse(*ty, v)?);
+        }
+        let shard = router::sharding::shard_for_key(map, &key)
+            .ok_or_else(|| "no shard holds a row's key".to_owned())?;
+        let i = shards.iter().position(|s| s == shard).unwrap_or(0);
+        pending[i].extend_from_slice(row.bytes);
+        Ok(())
+    };
+    loop {
+        let f = match client.read_frame().await {
+            Ok(f) => f,
+            Err(e) if e.code == "08P01" => {
+                abort(
+                    legs,
+                    &copying,
+                    "the client sent a malformed message",
+                    shards,
+                )
+                .await?;
+                end_all(legs, "ROLLBACK", shards).await?;
+                e.encode(out); // the session closes the client with it
+                return Err(Failure::ClientGone);
+            }
+            Err(_) => return Err(Failure::ClientGone),
+        };
+        match f.tag() {
+            tag::COPY_DATA => {
+                let mut refused = None;
+                let r = splitter.feed(f.body(), &mut |row| route(row, &mut pending));
+                if let Err(e) = r {
+                    refused = Some(e);
+                }
+                if let Some(why) = refused {
+                    abort(legs, &copying, &why, shards).await?;
+                    end_all(legs, "ROLLBACK", shards).await?;
+                    ProxyError::error(
+                        "22P04",
+                        format!("shardgate cannot route a row of this COPY: {why}"),
+                    )
+                    .with_hint("Every row needs a valid, non-NULL shard key.")
+                    .encode(out);
+                    messages::ready_for_query(out, b'I');
+                    return Ok(Ended::Refused);
+                }
+                for (i, p) in pending.iter_mut().enumerate() {
+                    if p.len() >= FLUSH_AT {
+                        send_data(&mut legs[i], p).await.map_err(lost(i))?;
+                    }
+                }
+            }
+            tag::COPY_DONE => {
+                if let Err(why) = splitter.finish(&mut |row| route(row, &mut pending)) {
+                    abort(legs, &copying, &why, shards).await?;
+                    end_all(legs, "ROLLBACK", shards).await?;
+                    ProxyError::error(
+                        "22P04",
+                        format!("shardgate cannot route a row of this COPY: {why}"),
+                    )
+                    .encode(out);
+                    messages::ready_for_query(out, b'I');
+                    return Ok(Ended::Clean);
+                }
+                for (i, p) in pending.iter_mut().enumerate() {
+                    send_data(&mut legs[i], p).await.map_err(lost(i))?;
+                    let mut done = BytesMut::new();
+                    messages::empty_message(&mut done, tag::COPY_DONE);
+                    legs[i].stream.write_all(&done).await.map_err(lost(i))?;
+                }
+                let (tag, error) = finish(legs, shards, out).await?;
+                let error = match error {
+                    Some(e) => {
+                        end_all(legs, "ROLLBACK", shards).await?;
+                        Some(e)
+                    }
+                    None => end_all(legs, "COMMIT", shards).await?,
+                };
+                match error {
+                    Some(e) => out.extend_from_slice(e.raw()),
+                    None => messages::command_complete(out, &tag),
+                }
+                messages::ready_for_query(out, b'I');
+                return Ok(Ended::Clean);
+            }
+            tag::COPY_FAIL => {
+                let why = String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body()))
+                    .into_owned();
+                let mut fail = BytesMut::new();
+                fail.put_u8(tag::COPY_FAIL);
+                fail.put_i32(4 + why.len() as i32 + 1);
+                fail.extend_from_slice(why.as_bytes());
+                fail.put_u8(0);
+                for (i, leg) in legs.iter_mut().enumerate() {
+                    leg.stream.write_all(&fail).await.map_err(lost(i))?;
+                }
+                let (_, error) = finish(legs, shards, out).await?;
+                end_all(legs, "ROLLBACK", shards).await?;
+                if let Some(e) = error {
+                    out.extend_from_slice(e.raw());
+                }
+                messages::ready_for_query(out, b'I');
+                return Ok(Ended::Clean);
+            }
+            // Ignored during COPY, as by PostgreSQL.
+            tag::FLUSH | tag::SYNC => {}
+            tag::TERMINATE => return Err(Failure::ClientGone),
+            other => {
+                abort(legs, &copying, "unexpected message", shards).await?;
+                end_all(legs, "ROLLBACK", shards).await?;
+                ProxyError::error(
+                    "08P01",
+                    format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                )
+                .encode(out);
+                messages::ready_for_query(out, b'I');
+                return Ok(Ended::Refused);
+            }
+        }
+    }
+}
+
+/// Sends a shard the rows gathered for it.
+async fn send_data(leg: &mut PooledConn, rows: &mut BytesMut) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut head = [0u8; 5];
+    head[0] = tag::COPY_DATA;
+    head[1..].copy_from_slice(&(rows.len() as i32 + 4).to_be_bytes());
+    leg.stream.write_all(&head).await?;
+    leg.stream.write_all(rows).await?;
+    rows.clear();
+    Ok(())
+}
+
+/// Stops the COPY on every shard still copying, and reads each to its ReadyForQuery.
+async fn abort(
+    legs: &mut [PooledConn],
+    copying: &[bool],
+    why: &str,
+    shards: &[String],
+) -> Result<(), Failure> {
+    let mut fail = BytesMut::new();
+    fail.put_u8(tag::COPY_FAIL);
+    let text = format!("shardgate: {why}");
+    fail.put_i32(4 + text.len() as i32 + 1);
+    fail.extend_from_slice(text.as_bytes());
+    fail.put_u8(0);
+    for (i, leg) in legs.iter_mut().enumerate() {
+        if !copying[i] {
+            continue;
+        }
+        let lost = |e: std::io::Error| {
+            Failure::Server(format!("connection to shard `{}` lost: {e}", shards[i]))
+        };
+        leg.stream.write_all(&fail).await.map_err(lost)?;
+        loop {
+            let f = leg.read_frame().await.map_err(lost)?;
+            if f.tag() == tag::READY_FOR_QUERY {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every shard's answer to the end of its COPY: the summed tag, and the first error.
+async fn finish(
+    legs: &mut [PooledConn],
+    shards: &[String],
+    out: &mut BytesMut,
+) -> Result<(String, Option<wire::Frame>), Failure> {
+    let mut first_error: Option<wire::Frame> = None;
+    let mut tags: Vec<Vec<u8>> = Vec::with_capacity(legs.len());
+    for (i, leg) in legs.iter_mut().enumerate() {
+        loop {
+            let f = leg.read_frame().await.map_err(|e| {
+                Failure::Server(format!("connection to shard `{}` lost: {e}", shards[i]))
+            })?;
+            match f.tag() {
+                tag::COMMAND_COMPLETE => {
+                    tags.push(messages::command_tag(&f).unwrap_or_default().to_vec())
+                }
+                tag::ERROR_RESPONSE => {
+                    first_error.get_or_insert(f);
+                }
+                tag::NOTICE_RESPONSE => out.extend_from_slice(f.raw()),
+                tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+    }
+    let tags: Vec<&[u8]> = tags.iter().map(Vec::as_slice).collect();
+    let tag = summed_tag(&tags).unwrap_or_else(|| "COPY 0".to_owned());
+    Ok((tag, first_error))
+}
+
+/// The columns COPY without a column list reads, in order (generated columns excepted), as
+/// the first shard's catalog has them; `Err(frame)`: the server's error.
+async fn table_columns(
+    leg: &mut PooledConn,
+    table_sql: &str,
+) -> std::io::Result<Result<Vec<String>, Vec<u8>>> {
+    let sql = format!(
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = '{}'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+        table_sql.replace('\'', "''")
+    );
+    let mut q = BytesMut::new();
+    messages::query(&mut q, &sql);
+    leg.stream.write_all(&q).await?;
+    let mut columns = Vec::new();
+    let mut error = None;
+    loop {
+        let f = leg.read_frame().await?;
+        match f.tag() {
+            tag::DATA_ROW => {
+                // int16 count | int32 len | bytes
+                let b = f.body();
+                if b.len() >= 6 {
+                    let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]).max(0) as usize;
+                    if let Some(v) = b.get(6..6 + len) {
+                        columns.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+            }
+            tag::ERROR_RESPONSE => error = Some(f.raw().to_vec()),
+            tag::READY_FOR_QUERY => break,
+            _ => {}
+        }
+    }
+    Ok(match error {
+        Some(e) => Err(e),
+        None => Ok(columns),
+    })
+}
