@@ -40,6 +40,8 @@ pub(crate) struct Outcome {
 pub(crate) struct Merge {
     /// Drop every ParseComplete: the client's Parse was answered before the fan-out.
     pub drop_parse_complete: bool,
+    /// Drop every BindComplete: the proxy answered the Bind already.
+    pub drop_bind_complete: bool,
     /// Send one ReadyForQuery at the end (simple Query); otherwise the client's own Sync
     /// gets its ReadyForQuery later.
     pub ready: bool,
@@ -249,6 +251,7 @@ async fn next_result(
             // One CopyDone, after every shard's data.
             tag::COPY_DONE => {}
             tag::PARSE_COMPLETE if merge.drop_parse_complete => {}
+            tag::BIND_COMPLETE if merge.drop_bind_complete => {}
             // Notices of every shard reach the client; the rest only once.
             tag::NOTICE_RESPONSE => out.extend_from_slice(f.raw()),
             _ if first => out.extend_from_slice(f.raw()),

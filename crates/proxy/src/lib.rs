@@ -174,6 +174,8 @@ impl Proxy {
         }
         self.users.store(Arc::new(users));
         self.config.store(Arc::new(config));
+        // Analyses depend on the maps' key columns.
+        self.route_cache.clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(generation = self.generation(), "configuration reloaded");
     }

@@ -120,6 +120,7 @@ struct Fanout {
 /// The connections of a statement on several shards, one per shard in order.
 struct Legs {
     conns: Vec<PooledConn>,
+    shards: Vec<Box<str>>,
     /// Which one is the session's attached connection.
     own: Option<usize>,
     /// Which ones are the session's parked connections, by shard (session pooling).
@@ -138,6 +139,8 @@ struct PendingFanout {
     bind_rest: Bytes,
     /// What followed the Bind.
     messages: BytesMut,
+    /// The proxy already answered the Bind (the client flushed before its Execute).
+    bind_answered: bool,
 }
 
 /// Why a session ends.
@@ -432,6 +435,24 @@ impl Session {
                     p.messages.extend_from_slice(frame.raw());
                     return Ok(());
                 }
+                tag::FLUSH
+                    if self
+                        .pending_fanout
+                        .as_ref()
+                        .is_some_and(|p| p.messages.is_empty()) =>
+                {
+                    // The client may wait for its BindComplete before it sends the Execute:
+                    // the proxy answers the Bind, and the shards' answers to it are dropped.
+                    let p = self.pending_fanout.as_mut().expect("pending");
+                    if !p.bind_answered {
+                        p.bind_answered = true;
+                        self.push_synthetic(Expect::Synthetic(tag::BIND_COMPLETE));
+                    }
+                    if self.server.is_some() {
+                        self.forward(&frame);
+                    }
+                    return Ok(());
+                }
                 _ => {
                     self.run_pending_fanout().await?;
                     if self.skip_until_sync && t != tag::SYNC {
@@ -585,6 +606,13 @@ impl Session {
                 self.names().unnamed_command = command;
             }
             let target = match self.route_plan(p.query, &[]) {
+                // While BEGIN is held, the Parse waits for its Bind, which sends the BEGIN
+                // first (a BEGIN after it would drop the unnamed statement).
+                Ok(Routing::To(_)) if self.held_begin.is_some() => {
+                    self.unnamed_parse = Some(Box::new((frame.clone(), true)));
+                    self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+                    return Ok(());
+                }
                 Ok(Routing::To(t)) => t,
                 Ok(Routing::AtBind | Routing::Fanout(_))
                     if self.server.is_none() || !self.unsynced =>
@@ -734,6 +762,7 @@ impl Session {
                                 portal: Bytes::copy_from_slice(b.portal),
                                 bind_rest: Bytes::copy_from_slice(b.rest),
                                 messages: BytesMut::new(),
+                                bind_answered: false,
                             }));
                             return Ok(());
                         }
@@ -790,6 +819,7 @@ impl Session {
                     portal: Bytes::copy_from_slice(b.portal),
                     bind_rest: Bytes::copy_from_slice(b.rest),
                     messages: BytesMut::new(),
+                    bind_answered: false,
                 }));
                 return Ok(());
             }
@@ -857,11 +887,15 @@ impl Session {
         Ok(())
     }
 
-    /// Queues the answer to an extended-protocol message sent to the server: until the
-    /// client's Sync, the server is in the batch's implicit transaction.
+    /// Queues the answer to an extended-protocol message sent to the server: after a Bind
+    /// or Execute, until the client's Sync, the server is in the batch's implicit
+    /// transaction.
     fn expect_extended(&mut self, e: Expect) {
+        // Parse, Describe and Close run nothing; a Bind or Execute starts the batch's work.
+        if matches!(e, Expect::Bind | Expect::Execute { .. }) {
+            self.unsynced = true;
+        }
         self.pending.push_back(e);
-        self.unsynced = true;
     }
 
     /// Queues an answer of the proxy's own; written now when nothing is in flight before it.
@@ -1081,7 +1115,11 @@ impl Session {
             .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
         self.merge_session_hints(&mut hints);
         let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
-        let routed = match self.proxy.route_cache.route(&text, bound, &keys) {
+        let routed = match self
+            .proxy
+            .route_cache
+            .route_in(self.scope(), &text, bound, &keys)
+        {
             Ok(r) => r,
             Err(_) if hints.shard.is_some() => {
                 return Ok(Routing::To(hints.shard.clone()));
@@ -1101,6 +1139,14 @@ impl Session {
             &hints,
             bound.is_empty(),
         )
+    }
+
+    /// The route cache's scope of this client's database.
+    fn scope(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.client.database.hash(&mut h);
+        h.finish()
     }
 
     /// A comment hint in the statement wins over `SET shardgate.*`.
@@ -1128,8 +1174,12 @@ impl Session {
             return Ok(Routing::To(None));
         }
         let generation = self.proxy.generation();
+        let scope = self.scope();
         let kept = stmt.route.load();
-        let route = match kept.as_ref().filter(|r| r.generation == generation) {
+        let route = match kept
+            .as_ref()
+            .filter(|r| r.generation == generation && r.scope == scope)
+        {
             Some(r) => r.clone(),
             None => {
                 let text = String::from_utf8_lossy(&stmt.query);
@@ -1140,11 +1190,16 @@ impl Session {
                 if text.trim_end().trim_end_matches(';').contains(';') {
                     return self.route_plan(&stmt.query, bound);
                 }
-                let Ok(routed) = self.proxy.route_cache.route(&text, &[], &keys) else {
+                let Ok(routed) = self
+                    .proxy
+                    .route_cache
+                    .route_in(self.scope(), &text, &[], &keys)
+                else {
                     return self.route_plan(&stmt.query, bound);
                 };
                 let r = Arc::new(crate::statements::StatementRoute {
                     generation,
+                    scope,
                     analysis: routed.analysis,
                     constants: routed.params[routed.own.min(routed.params.len())..].to_vec(),
                     own: routed.own,
@@ -1488,6 +1543,7 @@ impl Session {
         };
         let merge = fanout::Merge {
             drop_parse_complete: false,
+            drop_bind_complete: false,
             ready: true,
             copy_header: f.copy_header,
         };
@@ -1526,6 +1582,23 @@ impl Session {
         let Some(p) = self.pending_fanout.take() else {
             return Ok(());
         };
+        if let Err(e) = self.settle().await {
+            return Err(End::Fatal(e));
+        }
+        if self.error_since_ready {
+            // An earlier statement of this batch failed: PostgreSQL skips the rest of it.
+            self.skip_until_sync = true;
+            return Ok(());
+        }
+        if self.unsynced {
+            return self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "shardgate cannot run a statement on several shards in the same batch as statements already run on one: they would not share the batch's transaction",
+                )
+                .with_hint("Send a Sync before the statement that runs on several shards."),
+            );
+        }
         let mut requests: Vec<Bytes> = Vec::with_capacity(p.fanout.shards.len());
         for i in 0..p.fanout.shards.len() {
             let mut b =
@@ -1551,6 +1624,7 @@ impl Session {
         }
         let merge = fanout::Merge {
             drop_parse_complete: true,
+            drop_bind_complete: p.bind_answered,
             ready: false,
             copy_header: p.fanout.copy_header,
         };
@@ -1663,6 +1737,7 @@ impl Session {
             (Some(_), None) => Some(self.home_shard()),
         };
         let mut legs = Legs {
+            shards: shards.iter().map(|s| s.as_str().into()).collect(),
             conns: Vec::with_capacity(shards.len()),
             own: None,
             parked: vec![None; shards.len()],
@@ -1720,6 +1795,7 @@ impl Session {
             conns,
             own,
             mut parked,
+            shards,
         } = legs;
         for (i, leg) in conns.into_iter().enumerate() {
             if Some(i) == own {
@@ -1729,6 +1805,13 @@ impl Session {
                     .get_or_insert_with(Default::default)
                     .parked
                     .push((shard, leg));
+            } else if self.client.mode == PoolMode::Session {
+                // Session pooling: what the statement left in the server session (a
+                // temporary table, a setting) stays the client's.
+                self.shard_pools
+                    .get_or_insert_with(Default::default)
+                    .parked
+                    .push((shards[i].clone(), leg));
             } else {
                 leg.release();
             }
@@ -1898,6 +1981,11 @@ impl Session {
     }
 
     fn attach(&mut self, conn: PooledConn) {
+        // A connection other than the one the client's unnamed statement was parsed on (or
+        // one a statement for several shards used since): it is parsed again before use.
+        if let Some(p) = self.unnamed_parse.as_mut() {
+            p.1 = true;
+        }
         crate::cancel::point(
             &self.client.cancel_slot,
             Some(CancelTarget {
@@ -2273,6 +2361,10 @@ impl Session {
         let Some(mut conn) = self.server.take() else {
             return;
         };
+        if self.unsynced {
+            // Inside a batch the client never synced: closing rolls its work back.
+            return;
+        }
         if !self.pending.is_empty() || !conn.read_buf.is_empty() {
             // Something is still running: cancel it and close the connection.
             let key = (conn.backend_pid, conn.secret_key, conn.addr);
@@ -2324,19 +2416,57 @@ fn refuse(reason: String, hint: &str) -> ProxyError {
     .with_hint(hint.to_owned())
 }
 
-/// A query that is only `BEGIN` or `START TRANSACTION` (with its options).
+/// A query that is only `BEGIN` or `START TRANSACTION` with valid transaction modes: the
+/// proxy may answer it itself (anything else goes to a server, which judges it).
 fn lone_begin(sql: &[u8]) -> bool {
+    use router::lexer::Token;
     let text = String::from_utf8_lossy(sql);
-    let mut lx = router::lexer::Lexer::new(&text);
-    let starts = match lx.next() {
-        Some(t) if t.is_keyword("begin") => true,
-        Some(t) if t.is_keyword("start") => lx
-            .clone()
-            .next()
-            .is_some_and(|t| t.is_keyword("transaction")),
-        _ => false,
+    let words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
+    let mut words: &[Token<'_>] = &words;
+    while let [rest @ .., Token::Semicolon] = words {
+        words = rest;
+    }
+    let kw = |t: &Token<'_>, k: &str| t.is_keyword(k);
+    let rest = match words {
+        [b, t, rest @ ..] if kw(b, "begin") && (kw(t, "work") || kw(t, "transaction")) => rest,
+        [b, rest @ ..] if kw(b, "begin") => rest,
+        [s, t, rest @ ..] if kw(s, "start") && kw(t, "transaction") => rest,
+        _ => return false,
     };
-    starts && !text.trim_end().trim_end_matches(';').contains(';')
+    // transaction_mode [, ...]: ISOLATION LEVEL ..., READ WRITE | READ ONLY, [NOT] DEFERRABLE
+    let mut i = 0;
+    let at = |i: usize, k: &str| rest.get(i).is_some_and(|t| t.is_keyword(k));
+    while i < rest.len() {
+        if i > 0 {
+            if rest[i] == Token::Symbol(",") {
+                i += 1;
+            }
+            if i >= rest.len() {
+                return false;
+            }
+        }
+        if at(i, "isolation") && at(i + 1, "level") {
+            i += 2;
+            if at(i, "serializable") {
+                i += 1;
+            } else if (at(i, "repeatable") && at(i + 1, "read"))
+                || (at(i, "read") && (at(i + 1, "committed") || at(i + 1, "uncommitted")))
+            {
+                i += 2;
+            } else {
+                return false;
+            }
+        } else if at(i, "read") && (at(i + 1, "write") || at(i + 1, "only")) {
+            i += 2;
+        } else if at(i, "deferrable") {
+            i += 1;
+        } else if at(i, "not") && at(i + 1, "deferrable") {
+            i += 2;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// The first keyword of a query, lower-cased.
@@ -2458,6 +2588,28 @@ mod tests {
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<super::Session>();
         assert!(size <= 416, "Session is {size} bytes");
+    }
+
+    #[test]
+    fn only_valid_begins_are_held() {
+        for ok in [
+            "BEGIN",
+            "begin;",
+            "BEGIN WORK",
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE NOT DEFERRABLE",
+        ] {
+            assert!(super::lone_begin(ok.as_bytes()), "{ok}");
+        }
+        for no in [
+            "BEGIN ISOLATION LEVEL BOGUS",
+            "BEGIN; SELECT 1",
+            "BEGIN READ",
+            "START",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE,",
+        ] {
+            assert!(!super::lone_begin(no.as_bytes()), "{no}");
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Statement {
 #[derive(Debug)]
 pub struct StatementRoute {
     pub generation: u64,
+    /// The database it was analysed for (statements are shared between databases).
+    pub scope: u64,
     pub analysis: Arc<router::analyze::Analysis>,
     /// Parameters of the analysis that are the statement's own (bound at Bind); its
     /// constants follow them.

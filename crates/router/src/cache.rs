@@ -138,7 +138,9 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
 
 /// Analyses, once per statement shape.
 pub struct RouteCache {
-    entries: Mutex<HashMap<u64, Arc<Analysis>>>,
+    /// By (scope, fingerprint): an analysis depends on the key columns of the database it
+    /// was made for, so each database has a scope of its own.
+    entries: Mutex<HashMap<(u64, u64), Arc<Analysis>>>,
 }
 
 impl Default for RouteCache {
@@ -176,6 +178,23 @@ impl RouteCache {
         bound: &[Option<String>],
         key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
     ) -> Result<Routed, ParseError> {
+        self.route_in(0, sql, bound, key_columns)
+    }
+
+    /// Forgets every analysis (the shard maps changed).
+    pub fn clear(&self) {
+        self.entries.lock().clear();
+    }
+
+    /// [`Self::route`] within `scope`: statements of different databases (whose tables
+    /// have different key columns) never share an entry.
+    pub fn route_in(
+        &self,
+        scope: u64,
+        sql: &str,
+        bound: &[Option<String>],
+        key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
+    ) -> Result<Routed, ParseError> {
         let (fp, _) = fingerprint(sql, false);
         let params = |fp: Fingerprint| {
             let mut p: Vec<Option<String>> = (0..fp.max_param)
@@ -185,7 +204,7 @@ impl RouteCache {
             p
         };
         if fp.cacheable {
-            if let Some(a) = self.entries.lock().get(&fp.hash).cloned() {
+            if let Some(a) = self.entries.lock().get(&(scope, fp.hash)).cloned() {
                 return Ok(Routed {
                     analysis: a,
                     own: fp.max_param,
@@ -201,7 +220,7 @@ impl RouteCache {
                     if entries.len() >= CAPACITY {
                         entries.clear();
                     }
-                    entries.insert(fp.hash, a.clone());
+                    entries.insert((scope, fp.hash), a.clone());
                     return Ok(Routed {
                         analysis: a,
                         own: fp.max_param,

@@ -1,5 +1,7 @@
-//! Review of the fan-out / held-BEGIN / session-parking work: each test shows one suspected
-//! bug against real PostgreSQL. They are expected to FAIL on the code under review.
+//! Edges of the protocol where sharding meets pooling: held BEGINs and unnamed statements,
+//! errors inside extended-protocol batches, statements for several shards bound and flushed,
+//! session pooling over several shards, clients that leave mid-batch, and route caching
+//! across databases.
 //!
 //! Setup: two shards, `items.id` (bigint) range-mapped: id < 100 on s0 (home), id >= 100 on
 //! s1. A `trustuser` lets tests speak the raw protocol.
@@ -54,7 +56,7 @@ fn setup(name: &str, mode: &str) -> Setup {
         &shards[1],
         "INSERT INTO items VALUES (150, 'b150'), (151, 'b151'), (152, 'b152')",
     );
-    let dir = std::env::temp_dir().join(format!("sg-review-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sg-edges-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("map.yaml"),
@@ -280,20 +282,25 @@ impl Raw {
 }
 
 fn errors(ms: &[M]) -> Vec<String> {
-    ms.iter().filter(|m| m.0 == 'E').map(|m| m.1.clone()).collect()
+    ms.iter()
+        .filter(|m| m.0 == 'E')
+        .map(|m| m.1.clone())
+        .collect()
 }
 fn rows(ms: &[M]) -> Vec<String> {
-    ms.iter().filter(|m| m.0 == 'D').map(|m| m.1.clone()).collect()
+    ms.iter()
+        .filter(|m| m.0 == 'D')
+        .map(|m| m.1.clone())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
 
-/// BEGIN is held; an unnamed extended statement whose key is a constant is parsed on its shard
-/// at once, and the held BEGIN (a simple Query) is slipped in between that Parse and its Bind.
-/// A simple Query destroys the unnamed statement, so the Bind fails.
+/// BEGIN is held; an unnamed extended statement whose key is a constant waits for its Bind,
+/// which sends the BEGIN first, so the statement is not dropped by it.
 #[tokio::test]
-async fn held_begin_then_unnamed_statement_with_constant_key() {
-    let st = setup("rv_heldunnamed", "transaction");
+async fn an_unnamed_statement_after_a_held_begin_runs_in_the_transaction() {
+    let st = setup("ed_heldunnamed", "transaction");
     let mut c = Raw::login(st.addr).await;
     let r = c.round(&[query("BEGIN")]).await;
     assert!(errors(&r).is_empty(), "{r:?}");
@@ -306,16 +313,20 @@ async fn held_begin_then_unnamed_statement_with_constant_key() {
         ])
         .await;
     let r2 = c.round(&[query("COMMIT")]).await;
-    assert_eq!(rows(&r), vec!["b150"], "statement in transaction: {r:?}; COMMIT: {r2:?}");
+    assert_eq!(
+        rows(&r),
+        vec!["b150"],
+        "statement in transaction: {r:?}; COMMIT: {r2:?}"
+    );
     assert!(errors(&r).is_empty(), "{r:?}");
 }
 
 /// In one extended batch (no Sync between), a statement fails on the home shard and a
-/// statement for several shards follows. PostgreSQL skips everything after an error up to
-/// Sync; the proxy runs the fan-out anyway, on the shard that did not see the error.
+/// statement for several shards follows: as PostgreSQL does, everything after the error up to
+/// Sync is skipped, on every shard.
 #[tokio::test]
-async fn fanout_after_an_error_in_the_same_batch_still_runs() {
-    let st = setup("rv_errfan", "transaction");
+async fn a_statement_for_several_shards_after_an_error_in_its_batch_is_skipped() {
+    let st = setup("ed_errfan", "transaction");
     let mut c = Raw::login(st.addr).await;
     let r = c
         .round(&[
@@ -341,11 +352,11 @@ async fn fanout_after_an_error_in_the_same_batch_still_runs() {
 }
 
 /// Session pooling: the unnamed statement is parsed (for a Describe) on the home shard's
-/// connection, then bound with a key of s1. The proxy thinks it was already sent and binds the
-/// *s1 connection's* old unnamed statement: another query runs.
+/// connection, then bound with a key of s1: it is parsed again on s1's connection, and the
+/// client's statement runs, not the one s1's connection had before.
 #[tokio::test]
-async fn session_mode_unnamed_statement_follows_to_the_shard() {
-    let st = setup("rv_sessunnamed", "session");
+async fn session_pooling_parses_the_unnamed_statement_on_each_shard_it_runs_on() {
+    let st = setup("ed_sessunnamed", "session");
     let mut c = Raw::login(st.addr).await;
     // The unnamed statement A runs on s1.
     let r = c
@@ -367,15 +378,17 @@ async fn session_mode_unnamed_statement_follows_to_the_shard() {
         .await;
     assert!(errors(&r).is_empty(), "{r:?}");
     // ... and executed with a key of s1.
-    let r = c.round(&[bind("", "", &["151"]), execute(""), sync()]).await;
+    let r = c
+        .round(&[bind("", "", &["151"]), execute(""), sync()])
+        .await;
     assert_eq!(rows(&r), vec!["B:b151"], "{r:?}");
 }
 
-/// Session pooling: a named statement for several shards is run with an unnamed Parse on
-/// the session's own connection, replacing the client's unnamed statement there.
+/// Session pooling: a named statement for several shards (run with an unnamed Parse on the
+/// session's own connection) does not take the place of the client's unnamed statement.
 #[tokio::test]
-async fn session_mode_fanout_clobbers_the_unnamed_statement() {
-    let st = setup("rv_sessclobber", "session");
+async fn session_pooling_keeps_the_unnamed_statement_across_a_fan_out() {
+    let st = setup("ed_sessclobber", "session");
     let mut c = Raw::login(st.addr).await;
     let r = c
         .round(&[
@@ -400,11 +413,11 @@ async fn session_mode_fanout_clobbers_the_unnamed_statement() {
     assert_eq!(rows(&r), vec!["A:a5"], "{r:?}");
 }
 
-/// `BEGIN` with invalid options is held and acknowledged; when it reaches the shard it fails,
-/// and the following statement runs in autocommit: ROLLBACK does not undo it.
+/// `BEGIN` with invalid options is not held: it fails at once, as on PostgreSQL, and nothing
+/// after it is written outside the client's control.
 #[tokio::test]
-async fn invalid_held_begin_is_acknowledged_and_the_write_autocommits() {
-    let st = setup("rv_badbegin", "transaction");
+async fn an_invalid_begin_is_not_held_but_fails_at_once() {
+    let st = setup("ed_badbegin", "transaction");
     let c = e2e::connect(&st.conninfo()).await;
     let begin = c.batch_execute("BEGIN ISOLATION LEVEL BOGUS").await;
     let insert = c
@@ -419,11 +432,10 @@ async fn invalid_held_begin_is_acknowledged_and_the_write_autocommits() {
 }
 
 /// A statement for several shards bound, then a Flush (the client waits for BindComplete),
-/// then its Execute: the fan-out runs at the Flush without the Execute and the Execute finds
-/// no portal.
+/// then its Execute: the Bind is answered at the Flush and the Execute returns every shard's rows.
 #[tokio::test]
-async fn fanout_bind_flush_execute() {
-    let st = setup("rv_flush", "transaction");
+async fn a_flush_between_bind_and_execute_of_a_fan_out_gets_its_bind_complete() {
+    let st = setup("ed_flush", "transaction");
     let mut c = Raw::login(st.addr).await;
     c.send(&[
         parse("", "SELECT owner FROM items WHERE id IN ($1, $2)"),
@@ -437,11 +449,11 @@ async fn fanout_bind_flush_execute() {
     assert_eq!(rows(&r).len(), 2, "{r:?}");
 }
 
-/// Parse, Describe (statement), Bind, Execute, Sync in one batch for a key of s1: the
-/// Describe attaches the home shard, which then pins the batch, and the Bind is refused.
+/// Parse, Describe, Bind (key on s1), Execute and Sync in one batch: the Describe (answered
+/// on any shard) does not pin the batch; the statement runs on s1.
 #[tokio::test]
-async fn describe_in_the_same_batch_pins_the_home_shard() {
-    let st = setup("rv_describe", "transaction");
+async fn a_describe_does_not_pin_its_batch_to_the_home_shard() {
+    let st = setup("ed_describe", "transaction");
     let mut c = Raw::login(st.addr).await;
     let r = c
         .round(&[
@@ -456,12 +468,11 @@ async fn describe_in_the_same_batch_pins_the_home_shard() {
     assert_eq!(rows(&r), vec!["b150"], "{r:?}");
 }
 
-/// Session pooling: a temporary table is DDL and runs on every shard; the connection taken
-/// for s1 is handed back to the pool right away, temporary table and all, and the next
-/// client gets it.
+/// Session pooling: a temporary table created on every shard stays the client's on each of
+/// them, and another client never sees it.
 #[tokio::test]
-async fn session_mode_fanout_leg_goes_back_to_the_pool_dirty() {
-    let st = setup("rv_sesstemp", "session");
+async fn session_pooling_keeps_what_a_fan_out_left_in_its_server_sessions() {
+    let st = setup("ed_sesstemp", "session");
     let a = e2e::connect(&st.conninfo()).await;
     a.batch_execute("CREATE TEMP TABLE scratch (id int)")
         .await
@@ -487,14 +498,12 @@ async fn session_mode_fanout_leg_goes_back_to_the_pool_dirty() {
 
 // ---------------------------------------------------------------------------------------------
 
-/// The route cache (and prepared statements' kept analyses) are proxy-wide and keyed by the
-/// statement's shape only, but the analysis depends on the database's key columns: the same
-/// shape in two databases whose `items` are keyed by different columns is routed by the
-/// first database's key column.
+/// Two databases of one proxy map a table of the same name by different key columns: a
+/// statement of the same shape routes by each database's own key.
 #[tokio::test]
-async fn route_cache_is_shared_between_databases() {
+async fn databases_with_different_keys_do_not_share_routes() {
     let info = cluster();
-    let name = "rv_twodb";
+    let name = "ed_twodb";
     let a = [
         create_database(&format!("{name}_a0")),
         create_database(&format!("{name}_a1")),
@@ -508,7 +517,7 @@ async fn route_cache_is_shared_between_databases() {
     }
     // Database `beta` shards items by `k`: k = 500 lives on its second shard.
     psql_direct(&b[1], "INSERT INTO items VALUES (5, 500, 'right')");
-    let dir = std::env::temp_dir().join(format!("sg-review-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sg-edges-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("a.yaml"),
@@ -572,16 +581,17 @@ databases:
     assert_eq!(got, vec![vec![Some("right".to_string())]]);
 }
 
-/// Transaction pooling: a client runs an INSERT by the extended protocol, waits for its
-/// answer with Flush, and disconnects before its Sync. PostgreSQL would roll the implicit
-/// transaction back; the proxy hands the connection back to the pool still inside it, and
-/// the next client's statement commits the departed client's INSERT.
+/// A client runs an INSERT by Parse/Bind/Execute and Flush, and leaves without a Sync: its
+/// implicit transaction is rolled back, never committed by the next user of the connection.
 #[tokio::test]
-async fn disconnect_inside_an_unsynced_batch_returns_a_dirty_connection() {
-    let st = setup("rv_unsyncedquit", "transaction");
+async fn a_client_gone_inside_an_unsynced_batch_leaves_nothing_committed() {
+    let st = setup("ed_unsyncedquit", "transaction");
     let mut c = Raw::login(st.addr).await;
     c.send(&[
-        parse("", "INSERT INTO items (id, owner) VALUES (8, 'never committed')"),
+        parse(
+            "",
+            "INSERT INTO items (id, owner) VALUES (8, 'never committed')",
+        ),
         bind("", "", &[]),
         execute(""),
         flush(),
@@ -599,5 +609,8 @@ async fn disconnect_inside_an_unsynced_batch_returns_a_dirty_connection() {
     drop(other);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = psql_direct(&st.shards[0], "SELECT count(*) FROM items WHERE id = 8");
-    assert_eq!(left, "0", "the departed client's uncommitted INSERT was committed");
+    assert_eq!(
+        left, "0",
+        "the departed client's uncommitted INSERT was committed"
+    );
 }
