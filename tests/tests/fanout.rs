@@ -514,6 +514,47 @@ async fn begin_waits_for_the_first_statement_that_picks_a_shard() {
     );
     r1.unwrap();
     assert_eq!(r2.unwrap().get::<_, i64>(0), 2);
+    // While BEGIN is held: a savepoint cannot exist yet, and COMMIT AND CHAIN starts the next
+    // transaction at once.
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c
+        .batch_execute("ROLLBACK TO SAVEPOINT s")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "3B001");
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("COMMIT AND CHAIN").await.unwrap();
+    c.batch_execute(&format!(
+        "UPDATE items SET owner = 'chain' WHERE id = {}",
+        b[0]
+    ))
+    .await
+    .unwrap();
+    let e = c
+        .batch_execute(&format!(
+            "UPDATE items SET owner = 'chain' WHERE id = {}",
+            a[0]
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&e),
+        "0A000",
+        "still in the chained transaction, on the second shard"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // A BEGIN pipelined behind a statement of the first shard is held all the same.
+    let first = format!("UPDATE items SET owner = 'p' WHERE id = {}", a[0]);
+    let (r1, r2) = tokio::join!(c.batch_execute(&first), c.batch_execute("BEGIN"));
+    r1.unwrap();
+    r2.unwrap();
+    c.batch_execute(&format!("UPDATE items SET owner = 'p' WHERE id = {}", b[0]))
+        .await
+        .unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
     // Back outside any transaction: the first shard's keys work again.
     c.batch_execute(&format!("UPDATE items SET owner = 'c' WHERE id = {}", a[0]))
         .await

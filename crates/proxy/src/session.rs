@@ -565,11 +565,19 @@ impl Session {
             if let Some(done) = self.end_held(sql) {
                 return done;
             }
-        } else if self.server.is_none()
-            && self.tx_status == b'I'
+        } else if self.tx_status == b'I'
             && self.client.mode == PoolMode::Transaction
+            && !self.unsynced
             && lone_begin(sql)
             && self.routes()
+            && (self.server.is_none() || {
+                // Pipelined behind statements still answering: once they have, their
+                // server goes back and the BEGIN can be held.
+                if let Err(e) = self.settle().await {
+                    return Err(End::Fatal(e));
+                }
+                self.server.is_none() && self.tx_status == b'I'
+            })
         {
             // Held until a statement picks the shard.
             self.held_begin = Some(Box::new(frame.raw().clone()));
@@ -1417,28 +1425,60 @@ impl Session {
     /// A query while BEGIN is held: COMMIT or ROLLBACK end the transaction no server saw;
     /// after an error only those are accepted. `None`: go on and run it.
     fn end_held(&mut self, sql: &[u8]) -> Option<Result<(), End>> {
-        let word = first_word(sql);
-        let ends = matches!(word.as_str(), "commit" | "end" | "rollback" | "abort")
-            && !String::from_utf8_lossy(sql)
-                .trim_end()
-                .trim_end_matches(';')
-                .contains(';')
-            && !String::from_utf8_lossy(sql)
-                .to_ascii_lowercase()
-                .contains("prepared");
-        if ends {
-            let tag = if self.tx_status == b'E' || matches!(word.as_str(), "rollback" | "abort") {
-                "ROLLBACK"
-            } else {
-                "COMMIT"
-            };
+        use router::lexer::Token;
+        let text = String::from_utf8_lossy(sql);
+        let mut words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
+        while words.last() == Some(&Token::Semicolon) {
+            words.pop();
+        }
+        let kw = |i: usize, k: &str| words.get(i).is_some_and(|t| t.is_keyword(k));
+        let rollback = kw(0, "rollback") || kw(0, "abort");
+        if !(rollback || kw(0, "commit") || kw(0, "end")) {
+            return self.held_refusal().map(|e| self.simple_error(e));
+        }
+        let mut i = 1;
+        if kw(i, "work") || kw(i, "transaction") {
+            i += 1;
+        }
+        if rollback && kw(i, "to") {
+            // No savepoint can exist in a transaction no statement has run in.
+            let name = words
+                .last()
+                .map(|t| t.text().to_owned())
+                .unwrap_or_default();
+            return Some(self.simple_error(ProxyError::error(
+                "3B001",
+                format!("savepoint \"{name}\" does not exist"),
+            )));
+        }
+        let chain = if kw(i, "and") && kw(i + 1, "chain") {
+            i += 2;
+            true
+        } else if kw(i, "and") && kw(i + 1, "no") && kw(i + 2, "chain") {
+            i += 3;
+            false
+        } else {
+            false
+        };
+        if i != words.len() {
+            // Something else (COMMIT PREPARED, ...): the server judges it.
+            return self.held_refusal().map(|e| self.simple_error(e));
+        }
+        let tag = if self.tx_status == b'E' || rollback {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        if chain {
+            // A new transaction with the same characteristics: the same BEGIN stays held.
+            self.tx_status = b'T';
+        } else {
             self.held_begin = None;
             self.tx_status = b'I';
-            self.push_synthetic(Expect::SyntheticDone(tag));
-            self.push_synthetic(Expect::SyntheticReady);
-            return Some(Ok(()));
         }
-        self.held_refusal().map(|e| self.simple_error(e))
+        self.push_synthetic(Expect::SyntheticDone(tag));
+        self.push_synthetic(Expect::SyntheticReady);
+        Some(Ok(()))
     }
 
     /// A `COPY ... FROM STDIN` into a sharded or reference table (without a shard hint):

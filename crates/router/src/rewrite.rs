@@ -101,6 +101,25 @@ pub fn split_insert(
     }
     let head = 0..rows.rows[0].start;
     let tail = rows.rows[rows.rows.len() - 1].end..sql.len();
+    // ORDER BY, LIMIT, OFFSET or FETCH on the VALUES list pick rows across all of them.
+    let mut depth = 0i32;
+    for t in Lexer::new(&sql[tail.clone()]) {
+        match t {
+            Token::Symbol("(") => depth += 1,
+            Token::Symbol(")") => depth -= 1,
+            t if depth == 0
+                && ["order", "limit", "offset", "fetch"]
+                    .iter()
+                    .any(|k| t.is_keyword(k)) =>
+            {
+                return Err(format!(
+                    "its VALUES list has {} over all the rows",
+                    t.text().to_ascii_uppercase()
+                ));
+            }
+            _ => {}
+        }
+    }
     Ok(shards
         .iter()
         .map(|shard| {
@@ -177,6 +196,10 @@ mod tests {
         );
         assert!(parts[0].params.is_empty());
         assert!(split_insert(sql, &rs[..2], &shards).is_err());
+        let limited = "INSERT INTO t (a) VALUES (1), (2), (3) LIMIT 2 RETURNING a";
+        assert!(split_insert(limited, &rs, &shards)
+            .unwrap_err()
+            .contains("LIMIT"));
     }
 
     #[test]
