@@ -661,4 +661,71 @@ mod tests {
         let e = s.feed(b"1\t2\n", &mut |_| Ok(())).unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }
+
+    /// A value in COPY text format.
+    fn text_escape(v: &str) -> String {
+        let mut out = String::new();
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// A value in CSV, quoted when it must be.
+    fn csv_quote(v: &str) -> String {
+        if v.is_empty() || v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_owned()
+        }
+    }
+
+    proptest::proptest! {
+        /// However the data is cut into CopyData messages, the rows found are the rows
+        /// written: their bytes are the data, and the key field reads back as written.
+        #[test]
+        fn rows_survive_any_chunking(
+            values in proptest::collection::vec("[a-z,\"\\\\\t\n\r é]{0,8}", 1..20),
+            cuts in proptest::collection::vec(0usize..400, 0..10),
+            csv in proptest::bool::ANY,
+        ) {
+            let data: String = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if csv {
+                    format!("{i},{}\n", csv_quote(v))
+                } else {
+                    format!("{i}\t{}\n", text_escape(v))
+                })
+                .collect();
+            let fmt = if csv {
+                parse_copy("COPY t FROM STDIN CSV").unwrap().unwrap().format
+            } else {
+                CopyFormat::default()
+            };
+            let bytes = data.as_bytes();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            points.sort();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for p in points {
+                chunks.push(&bytes[at..p]);
+                at = p;
+            }
+            chunks.push(&bytes[at..]);
+            let r = rows(fmt, vec![1], &chunks);
+            proptest::prop_assert_eq!(r.len(), values.len());
+            let all: Vec<u8> = r.iter().flat_map(|x| x.0.clone()).collect();
+            proptest::prop_assert_eq!(all, bytes.to_vec());
+            for (row, v) in r.iter().zip(&values) {
+                proptest::prop_assert_eq!(&row.1[0], &Some(v.clone()));
+            }
+        }
+    }
 }
