@@ -146,6 +146,7 @@ pub(crate) async fn run(
         .map_err(|_| Failure::ClientGone)?;
     out.clear();
 
+    let mut inbox: Vec<Inbox> = (0..legs.len()).map(|_| Inbox::default()).collect();
     let mut splitter = RowSplitter::new(target.stmt.format.clone(), key_fields);
     let mut pending: Vec<BytesMut> = vec![BytesMut::new(); legs.len()];
     let route = |row: Row<'_>, pending: &mut Vec<BytesMut>| -> Result<(), String> {
@@ -185,6 +186,23 @@ pub(crate) async fn run(
             }
             Err(_) => return Err(Failure::ClientGone),
         };
+        // What the shards said meanwhile (notices; an error that ended a shard's COPY).
+        for (i, leg) in legs.iter_mut().enumerate() {
+            drain(leg, &mut inbox[i], out).map_err(lost(i))?;
+        }
+        if let Some(i) = inbox.iter().position(|b| b.error.is_some()) {
+            let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
+            abort(legs, &copying, "another shard failed", shards).await?;
+            end_all(legs, "ROLLBACK", shards).await?;
+            if let Some(e) = inbox[i].error.take() {
+                out.extend_from_slice(e.raw());
+            }
+            messages::ready_for_query(out, b'I');
+            return Ok(Ended::Refused);
+        }
+        if !out.is_empty() {
+            flush_client(client, out).await?;
+        }
         match f.tag() {
             tag::COPY_DATA => {
                 let mut refused = None;
@@ -193,6 +211,7 @@ pub(crate) async fn run(
                     refused = Some(e);
                 }
                 if let Some(why) = refused {
+                    let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
                     abort(legs, &copying, &why, shards).await?;
                     end_all(legs, "ROLLBACK", shards).await?;
                     ProxyError::error(
@@ -206,12 +225,15 @@ pub(crate) async fn run(
                 }
                 for (i, p) in pending.iter_mut().enumerate() {
                     if p.len() >= FLUSH_AT {
-                        send_data(&mut legs[i], p).await.map_err(lost(i))?;
+                        send_data(&mut legs[i], p, &mut inbox[i], out)
+                            .await
+                            .map_err(lost(i))?;
                     }
                 }
             }
             tag::COPY_DONE => {
                 if let Err(why) = splitter.finish(&mut |row| route(row, &mut pending)) {
+                    let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
                     abort(legs, &copying, &why, shards).await?;
                     end_all(legs, "ROLLBACK", shards).await?;
                     ProxyError::error(
@@ -223,12 +245,22 @@ pub(crate) async fn run(
                     return Ok(Ended::Clean);
                 }
                 for (i, p) in pending.iter_mut().enumerate() {
-                    send_data(&mut legs[i], p).await.map_err(lost(i))?;
-                    let mut done = BytesMut::new();
-                    messages::empty_message(&mut done, tag::COPY_DONE);
-                    legs[i].stream.write_all(&done).await.map_err(lost(i))?;
+                    messages::empty_message(p, tag::COPY_DONE);
+                    let at = p.len() - 5;
+                    // The rows as one CopyData, then the CopyDone.
+                    let done = p.split_off(at);
+                    send_data(&mut legs[i], p, &mut inbox[i], out)
+                        .await
+                        .map_err(lost(i))?;
+                    send(&mut legs[i], &done, &mut inbox[i], out)
+                        .await
+                        .map_err(lost(i))?;
                 }
-                let (tag, error) = finish(legs, shards, out).await?;
+                let (mut tag, error) = finish(legs, &mut inbox, shards, out).await?;
+                if target.map.is_none() {
+                    // A reference table: every shard copied the same rows.
+                    tag = format!("COPY {}", splitter.rows());
+                }
                 let error = match error {
                     Some(e) => {
                         end_all(legs, "ROLLBACK", shards).await?;
@@ -252,9 +284,13 @@ pub(crate) async fn run(
                 fail.extend_from_slice(why.as_bytes());
                 fail.put_u8(0);
                 for (i, leg) in legs.iter_mut().enumerate() {
-                    leg.stream.write_all(&fail).await.map_err(lost(i))?;
+                    if !inbox[i].ready {
+                        send(leg, &fail, &mut inbox[i], out)
+                            .await
+                            .map_err(lost(i))?;
+                    }
                 }
-                let (_, error) = finish(legs, shards, out).await?;
+                let (_, error) = finish(legs, &mut inbox, shards, out).await?;
                 end_all(legs, "ROLLBACK", shards).await?;
                 if let Some(e) = error {
                     out.extend_from_slice(e.raw());
@@ -266,6 +302,7 @@ pub(crate) async fn run(
             tag::FLUSH | tag::SYNC => {}
             tag::TERMINATE => return Err(Failure::ClientGone),
             other => {
+                let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
                 abort(legs, &copying, "unexpected message", shards).await?;
                 end_all(legs, "ROLLBACK", shards).await?;
                 ProxyError::error(
@@ -280,17 +317,115 @@ pub(crate) async fn run(
     }
 }
 
+/// What a shard said while the proxy was writing to it.
+#[derive(Default)]
+struct Inbox {
+    /// The error that ended its COPY.
+    error: Option<wire::Frame>,
+    /// Its CommandComplete tag.
+    tag: Option<Vec<u8>>,
+    /// It sent its ReadyForQuery: its COPY is over.
+    ready: bool,
+}
+
 /// Sends a shard the rows gathered for it.
-async fn send_data(leg: &mut PooledConn, rows: &mut BytesMut) -> std::io::Result<()> {
+async fn send_data(
+    leg: &mut PooledConn,
+    rows: &mut BytesMut,
+    inbox: &mut Inbox,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let mut head = [0u8; 5];
     head[0] = tag::COPY_DATA;
     head[1..].copy_from_slice(&(rows.len() as i32 + 4).to_be_bytes());
-    leg.stream.write_all(&head).await?;
-    leg.stream.write_all(rows).await?;
+    send(leg, &head, inbox, out).await?;
+    send(leg, rows, inbox, out).await?;
     rows.clear();
+    Ok(())
+}
+
+/// Writes to a shard, reading what it sends meanwhile: a shard that writes notices while it
+/// copies would otherwise stop reading once its own output is not read.
+async fn send(
+    leg: &mut PooledConn,
+    data: &[u8],
+    inbox: &mut Inbox,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
+    use tokio::io::Interest;
+    let mut at = 0;
+    while at < data.len() {
+        match leg.stream.try_write(&data[at..]) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let ready = leg
+                    .stream
+                    .ready(Interest::READABLE | Interest::WRITABLE)
+                    .await?;
+                if ready.is_readable() {
+                    drain(leg, inbox, out)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what a shard has sent without waiting: notices go to the client, an error, the
+/// command tag and ReadyForQuery are noted.
+fn drain(leg: &mut PooledConn, inbox: &mut Inbox, out: &mut BytesMut) -> std::io::Result<()> {
+    let leg: &mut pool::ServerConn = leg;
+    loop {
+        if leg.read_buf.capacity() - leg.read_buf.len() < 4096 {
+            leg.read_buf.reserve(16 * 1024);
+        }
+        match leg.stream.try_read_buf(&mut leg.read_buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    while let Some(f) = leg
+        .decoder
+        .decode(&mut leg.read_buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+    {
+        match f.tag() {
+            tag::NOTICE_RESPONSE => out.extend_from_slice(f.raw()),
+            tag::ERROR_RESPONSE => {
+                inbox.error.get_or_insert(f);
+            }
+            tag::COMMAND_COMPLETE => {
+                inbox.tag = Some(messages::command_tag(&f).unwrap_or_default().to_vec())
+            }
+            tag::READY_FOR_QUERY => inbox.ready = true,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sends the client what is waiting for it, without waiting unless much has gathered.
+async fn flush_client(client: &mut ClientConn, out: &mut BytesMut) -> Result<(), Failure> {
+    match client.stream.try_write(out) {
+        Ok(n) => {
+            let _ = out.split_to(n);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return Err(Failure::ClientGone),
+    }
+    if out.len() > 1 << 20 {
+        client
+            .write_all(out)
+            .await
+            .map_err(|_| Failure::ClientGone)?;
+        out.clear();
+    }
     Ok(())
 }
 
@@ -328,12 +463,23 @@ async fn abort(
 /// Reads every shard's answer to the end of its COPY: the summed tag, and the first error.
 async fn finish(
     legs: &mut [PooledConn],
+    inbox: &mut [Inbox],
     shards: &[String],
     out: &mut BytesMut,
 ) -> Result<(String, Option<wire::Frame>), Failure> {
     let mut first_error: Option<wire::Frame> = None;
     let mut tags: Vec<Vec<u8>> = Vec::with_capacity(legs.len());
     for (i, leg) in legs.iter_mut().enumerate() {
+        let b = &mut inbox[i];
+        if let Some(e) = b.error.take() {
+            first_error.get_or_insert(e);
+        }
+        if let Some(t) = b.tag.take() {
+            tags.push(t);
+        }
+        if b.ready {
+            continue;
+        }
         loop {
             let f = leg.read_frame().await.map_err(|e| {
                 Failure::Server(format!("connection to shard `{}` lost: {e}", shards[i]))

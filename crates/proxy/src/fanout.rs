@@ -42,6 +42,9 @@ pub(crate) struct Merge {
     pub drop_parse_complete: bool,
     /// Drop every BindComplete: the proxy answered the Bind already.
     pub drop_bind_complete: bool,
+    /// Sum the shards' row counts (otherwise the first shard's stands: a write to
+    /// reference tables, the same rows on every shard).
+    pub sum: bool,
     /// Send one ReadyForQuery at the end (simple Query); otherwise the client's own Sync
     /// gets its ReadyForQuery later.
     pub ready: bool,
@@ -155,7 +158,7 @@ pub(crate) async fn run(
                     .iter()
                     .map(|f| messages::command_tag(f).unwrap_or_default())
                     .collect();
-                match summed_tag(&tags) {
+                match summed_tag(&tags).filter(|_| merge.sum) {
                     Some(t) => messages::command_complete(out, &t),
                     None => out.extend_from_slice(first.raw()),
                 }
@@ -240,11 +243,13 @@ async fn next_result(
                 )))
             }
             tag::COPY_OUT_RESPONSE => {
-                copy.seen = true;
-                copy.skip_header[index] = merge.copy_header && !first;
-                if first {
+                // The first shard to start copying out announces it (the first shard may
+                // have failed before it did).
+                copy.skip_header[index] = merge.copy_header && copy.seen;
+                if !copy.seen {
                     out.extend_from_slice(f.raw());
                 }
+                copy.seen = true;
             }
             tag::COPY_DATA if std::mem::take(&mut copy.skip_header[index]) => {}
             tag::COPY_DATA | tag::DATA_ROW => out.extend_from_slice(f.raw()),

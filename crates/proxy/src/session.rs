@@ -115,6 +115,9 @@ struct Fanout {
     /// A write: each shard runs it in a transaction of its own, committed only when no shard
     /// reported an error and rolled back everywhere otherwise.
     write: bool,
+    /// Row counts are summed; a write to reference tables reports one shard's (every shard
+    /// wrote the same rows).
+    sum: bool,
 }
 
 /// The connections of a statement on several shards, one per shard in order.
@@ -1075,7 +1078,9 @@ impl Session {
             for st in statements {
                 match self.route_plan(st.as_bytes(), bound)? {
                     Routing::AtBind => return Ok(Routing::AtBind),
-                    Routing::Fanout(f) if f.parts.is_none() && f.shards.len() == db.shards.len() => {
+                    Routing::Fanout(f)
+                        if f.parts.is_none() && f.shards.len() == db.shards.len() && f.sum =>
+                    {
                         everywhere += 1
                     }
                     Routing::Fanout(_) => {
@@ -1115,6 +1120,7 @@ impl Session {
                     parts: None,
                     copy_header: copy_header(&text),
                     write: false,
+                    sum: true,
                 })));
             }
             return Ok(Routing::To(target));
@@ -1253,6 +1259,12 @@ impl Session {
                 parts: None,
                 copy_header: copy_header(text),
                 write: analysis.kind == router::analyze::Kind::Write,
+                sum: !(analysis.kind == router::analyze::Kind::Write
+                    && !analysis.tables.is_empty()
+                    && analysis
+                        .tables
+                        .iter()
+                        .all(|t| db.reference_tables.contains(t))),
             }))),
             Plan::Shards(some) => {
                 // In the database's order.
@@ -1277,6 +1289,7 @@ impl Session {
                     parts,
                     copy_header: false,
                     write: analysis.kind == router::analyze::Kind::Write,
+                    sum: true,
                 })))
             }
             Plan::Pinned if self.server.is_some() && self.tx_status != b'I' => {
@@ -1511,12 +1524,20 @@ impl Session {
         let Some(Ok(stmt)) = router::copy::parse_copy(&text) else {
             return Ok(None);
         };
+        let several = text.trim_end().trim_end_matches(';').contains(';')
+            && router::lexer::split_statements(&text).len() > 1;
         if !stmt.from || !stmt.client_side || stmt.query {
             return Ok(None);
         }
         let map = router::plan::map_for(db, &stmt.table).map(|(m, c)| (m.clone(), c.to_vec()));
         if map.is_none() && !db.reference_tables.contains(&stmt.table) {
             return Ok(None);
+        }
+        if several {
+            return Err(refuse(
+                "a COPY into a sharded or reference table must be a query of its own".into(),
+                "Send the COPY without other statements.",
+            ));
         }
         if stmt.format.binary {
             return Err(refuse(
@@ -1584,6 +1605,7 @@ impl Session {
         let merge = fanout::Merge {
             drop_parse_complete: false,
             drop_bind_complete: false,
+            sum: f.sum,
             ready: true,
             copy_header: f.copy_header,
         };
@@ -1665,6 +1687,7 @@ impl Session {
         let merge = fanout::Merge {
             drop_parse_complete: true,
             drop_bind_complete: p.bind_answered,
+            sum: p.fanout.sum,
             ready: false,
             copy_header: p.fanout.copy_header,
         };

@@ -168,6 +168,8 @@ fn analyze_copy(
     sql: &str,
     key_columns: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<Analysis, ParseError> {
+    // Binary COPY streams have a header and a trailer each: they cannot be concatenated.
+    let binary = matches!(crate::copy::parse_copy(sql), Some(Ok(c)) if c.format.binary);
     let mut lx = Lexer::new(sql);
     lx.next(); // COPY
     let offset = |t: &Token| t.text().as_ptr() as usize - sql.as_ptr() as usize;
@@ -200,7 +202,8 @@ fn analyze_copy(
             let mut inner = analyze(&sql[start..end], key_columns)?;
             // Rows to the client can be concatenated across shards; a file on the server
             // cannot.
-            inner.one_shard = !matches!(lx.next(), Some(t) if t.is_keyword("to"))
+            inner.one_shard = binary
+                || !matches!(lx.next(), Some(t) if t.is_keyword("to"))
                 || !matches!(lx.next(), Some(t) if t.is_keyword("stdout"));
             Ok(inner)
         }
@@ -239,7 +242,7 @@ fn analyze_copy(
             }
             // Rows to the client can be concatenated across shards; a file on the server
             // cannot, and data into a sharded table is split by the session, never here.
-            a.one_shard = a.kind == Kind::Write || !client_side;
+            a.one_shard = a.kind == Kind::Write || !client_side || binary;
             if key_columns(&table).is_some() {
                 if a.kind == Kind::Write {
                     a.refuse = Some(format!(

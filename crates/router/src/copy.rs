@@ -233,6 +233,9 @@ fn parse_rest(
                 let value = match it.peek() {
                     Some(Token::Word(w)) => Some(w.to_ascii_lowercase()),
                     Some(Token::Number(n)) => Some((*n).to_owned()),
+                    Some(t @ Token::String(_)) => {
+                        string_value(Some(*t)).ok().map(|v| v.to_ascii_lowercase())
+                    }
                     _ => None,
                 };
                 match value.as_deref() {
@@ -274,18 +277,42 @@ pub struct Row<'a> {
     pub header: bool,
 }
 
+/// How lines end; PostgreSQL takes it from the first line of the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eol {
+    Nl,
+    Cr,
+    CrNl,
+}
+
+/// Where a row ends in the data.
+enum RowEnd {
+    /// The row's length, its line end included.
+    Line(usize),
+    /// The text end-of-data marker `\.` at this offset: the row before it (if any) is the
+    /// last one.
+    Marker(usize),
+}
+
 /// Cuts COPY FROM STDIN data into rows and reads their key fields.
 pub struct RowSplitter {
     format: CopyFormat,
     /// Positions of the key fields among a row's fields.
     key_fields: Vec<usize>,
-    /// Bytes of a row not complete yet.
+    /// Data of rows not complete yet.
     partial: Vec<u8>,
+    /// How far `partial` has been scanned for a row end, and the CSV quote state there:
+    /// each byte is looked at once however the data is cut.
+    scanned: usize,
+    quoted: bool,
+    eol: Option<Eol>,
     header_pending: bool,
     /// The end-of-data marker `\.` was seen: the rest is ignored.
     ended: bool,
     /// Rows seen, for error messages (1-based line of the data).
     line: u64,
+    /// Data rows passed on.
+    rows: u64,
 }
 
 impl RowSplitter {
@@ -295,9 +322,18 @@ impl RowSplitter {
             format,
             key_fields,
             partial: Vec::new(),
+            scanned: 0,
+            quoted: false,
+            eol: None,
             ended: false,
             line: 0,
+            rows: 0,
         }
+    }
+
+    /// Rows found so far (the header line excepted).
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 
     /// Feeds a chunk of data; `row` gets every row it completes.
@@ -310,23 +346,7 @@ impl RowSplitter {
             return Ok(());
         }
         self.partial.extend_from_slice(data);
-        let buf = std::mem::take(&mut self.partial);
-        let mut start = 0;
-        let result = (|| {
-            while let Some(end) = self.row_end(&buf[start..]) {
-                let line = &buf[start..start + end];
-                start += end;
-                self.emit(line, row)?;
-                if self.ended {
-                    break;
-                }
-            }
-            Ok(())
-        })();
-        if !self.ended {
-            self.partial = buf[start..].to_vec();
-        }
-        result
+        self.cut(false, row)
     }
 
     /// The end of the data: a last row without a line end is a row.
@@ -334,6 +354,10 @@ impl RowSplitter {
         &mut self,
         row: &mut dyn FnMut(Row<'_>) -> Result<(), String>,
     ) -> Result<(), String> {
+        if self.ended {
+            return Ok(());
+        }
+        self.cut(true, row)?;
         let rest = std::mem::take(&mut self.partial);
         if !self.ended && !rest.is_empty() {
             self.emit(&rest, row)?;
@@ -341,38 +365,128 @@ impl RowSplitter {
         Ok(())
     }
 
-    /// The length of the first complete row in `buf` (line end included).
-    fn row_end(&self, buf: &[u8]) -> Option<usize> {
+    /// Emits the complete rows of `partial` and keeps the rest.
+    fn cut(
+        &mut self,
+        last: bool,
+        row: &mut dyn FnMut(Row<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let buf = std::mem::take(&mut self.partial);
+        let mut start = 0;
+        let result = (|| {
+            loop {
+                match self.row_end(&buf[start..], last) {
+                    None => return Ok(()),
+                    Some(RowEnd::Line(end)) => {
+                        let line = &buf[start..start + end];
+                        start += end;
+                        self.scanned = 0;
+                        self.emit(line, row)?;
+                        if self.ended {
+                            return Ok(());
+                        }
+                    }
+                    Some(RowEnd::Marker(at)) => {
+                        self.ended = true;
+                        let content = &buf[start..start + at];
+                        if !content.is_empty() {
+                            // The last row, given a line end of its own.
+                            let mut line = content.to_vec();
+                            line.extend_from_slice(match self.eol {
+                                Some(Eol::Cr) => b"\r",
+                                Some(Eol::CrNl) => b"\r\n",
+                                _ => b"\n",
+                            });
+                            self.line += 1;
+                            self.emit_row(&line, content, row)?;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        })();
+        if !self.ended {
+            self.partial = buf;
+            self.partial.drain(..start);
+        }
+        result
+    }
+
+    /// The first complete row in `buf` (which starts a row), resuming the scan where the
+    /// last call stopped. `last`: no more data will come.
+    fn row_end(&mut self, buf: &[u8], last: bool) -> Option<RowEnd> {
         let f = &self.format;
-        let mut i = 0;
-        let mut quoted = false;
+        let mut i = self.scanned;
+        let mut quoted = if i == 0 { false } else { self.quoted };
         while i < buf.len() {
             let b = buf[i];
-            if f.csv {
-                if quoted {
-                    if b == f.escape && f.escape != f.quote && i + 1 < buf.len() {
+            if f.csv && quoted {
+                if b == f.escape && f.escape != f.quote {
+                    if i + 1 >= buf.len() && !last {
+                        break;
+                    }
+                    i += 2;
+                    continue;
+                }
+                if b == f.quote {
+                    quoted = false;
+                }
+                i += 1;
+                continue;
+            }
+            if f.csv && b == f.quote {
+                quoted = true;
+                i += 1;
+                continue;
+            }
+            if !f.csv && b == b'\\' {
+                match buf.get(i + 1) {
+                    None if !last => break, // the escaped byte is in the next chunk
+                    Some(b'.') => {
+                        self.scanned = 0;
+                        return Some(RowEnd::Marker(i));
+                    }
+                    _ => {
                         i += 2;
                         continue;
                     }
-                    if b == f.quote {
-                        quoted = false;
+                }
+            }
+            if b == b'\n' || b == b'\r' {
+                let eol = match self.eol {
+                    Some(e) => e,
+                    None => {
+                        let e = match (b, buf.get(i + 1)) {
+                            (b'\n', _) => Eol::Nl,
+                            (_, Some(b'\n')) => Eol::CrNl,
+                            (_, Some(_)) => Eol::Cr,
+                            (_, None) if last => Eol::Cr,
+                            (_, None) => break, // is it CR or CRLF? the next chunk says
+                        };
+                        self.eol = Some(e);
+                        e
                     }
-                } else if b == f.quote {
-                    quoted = true;
-                } else if b == b'\n' {
-                    return Some(i + 1);
+                };
+                match (eol, b) {
+                    (Eol::Nl, b'\n') | (Eol::Cr, b'\r') => {
+                        self.scanned = 0;
+                        return Some(RowEnd::Line(i + 1));
+                    }
+                    (Eol::CrNl, b'\r') => match buf.get(i + 1) {
+                        Some(b'\n') => {
+                            self.scanned = 0;
+                            return Some(RowEnd::Line(i + 2));
+                        }
+                        None if !last => break,
+                        _ => {}
+                    },
+                    _ => {}
                 }
-            } else if b == b'\\' {
-                if i + 1 >= buf.len() {
-                    return None; // the escaped byte is in the next chunk
-                }
-                i += 2;
-                continue;
-            } else if b == b'\n' {
-                return Some(i + 1);
             }
             i += 1;
         }
+        self.scanned = i.min(buf.len());
+        self.quoted = quoted;
         None
     }
 
@@ -382,14 +496,24 @@ impl RowSplitter {
         row: &mut dyn FnMut(Row<'_>) -> Result<(), String>,
     ) -> Result<(), String> {
         self.line += 1;
-        let content = line
-            .strip_suffix(b"\n")
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .unwrap_or(line);
+        let content = match self.eol {
+            Some(Eol::CrNl) => line.strip_suffix(b"\r\n").unwrap_or(line),
+            Some(Eol::Cr) => line.strip_suffix(b"\r").unwrap_or(line),
+            _ => line.strip_suffix(b"\n").unwrap_or(line),
+        };
         if content == b"\\." {
             self.ended = true;
             return Ok(());
         }
+        self.emit_row(line, content, row)
+    }
+
+    fn emit_row(
+        &mut self,
+        line: &[u8],
+        content: &[u8],
+        row: &mut dyn FnMut(Row<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
         if self.header_pending {
             self.header_pending = false;
             return row(Row {
@@ -398,6 +522,7 @@ impl RowSplitter {
                 header: true,
             });
         }
+        self.rows += 1;
         let fields = if self.format.csv {
             self.csv_fields(content)
         } else {
@@ -653,6 +778,40 @@ mod tests {
         assert_eq!(r[2].1, vec![Some("2".into()), None]);
         assert_eq!(r[3].1, vec![None, Some("".into())]);
         assert_eq!(r.len(), 4, "the end marker ends the data");
+    }
+
+    #[test]
+    fn line_ends_follow_the_first_line() {
+        let r = rows(CopyFormat::default(), vec![0], &[b"1\ta\r2\tb\r", b"3\tc"]);
+        assert_eq!(
+            r.iter()
+                .map(|x| x.1[0].clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["1", "2", "3"]
+        );
+        let r = rows(CopyFormat::default(), vec![0], &[b"1\ta\r", b"\n2\tb\r\n"]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, b"1\ta\r\n");
+        assert_eq!(r[1].1, vec![Some("2".into())]);
+        let csv = parse_copy("COPY t FROM STDIN CSV").unwrap().unwrap().format;
+        let r = rows(csv, vec![0], &[b"1,\"a\rb\"\r2,c\r"]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].1, vec![Some("2".into())]);
+    }
+
+    #[test]
+    fn the_text_end_marker_ends_the_data_even_after_a_row() {
+        let r = rows(CopyFormat::default(), vec![0], &[b"1\ta\n2\tb\\.\n3\tc\n"]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].0, b"2\tb\n");
+        let c = parse_copy("COPY t FROM STDIN WITH (FORMAT csv, HEADER 'false')")
+            .unwrap()
+            .unwrap();
+        assert!(!c.format.header);
+        let c = parse_copy("COPY t FROM STDIN WITH (FORMAT csv, HEADER 'on')")
+            .unwrap()
+            .unwrap();
+        assert!(c.format.header);
     }
 
     #[test]

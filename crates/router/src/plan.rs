@@ -579,6 +579,10 @@ mod tests {
         // Rows out to the client concatenate; a server-side file does not.
         assert_eq!(p("COPY \"orders\" TO STDOUT", &[]), Plan::AllShards);
         assert!(matches!(
+            p("COPY orders TO STDOUT WITH (FORMAT binary)", &[]),
+            Plan::Refuse { .. }
+        ));
+        assert!(matches!(
             p("COPY orders TO '/tmp/o.csv'", &[]),
             Plan::Refuse { .. }
         ));
