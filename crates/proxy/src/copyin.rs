@@ -109,6 +109,8 @@ pub(crate) async fn run(
             }
         }
     }
+    // What was already waiting for the client (answers to earlier messages) stays.
+    let before = out.len();
     let mut first_error: Option<wire::Frame> = None;
     let mut copying = vec![false; legs.len()];
     for (i, leg) in legs.iter_mut().enumerate() {
@@ -133,7 +135,7 @@ pub(crate) async fn run(
     }
     if let Some(e) = first_error {
         // A shard refused the COPY itself: the others are stopped.
-        out.clear();
+        out.truncate(before);
         abort(legs, &copying, "another shard refused the COPY", shards).await?;
         end_all(legs, "ROLLBACK", shards).await?;
         out.extend_from_slice(e.raw());
