@@ -147,6 +147,26 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
             return ExitCode::from(1);
         }
     };
+    if hints.shard.is_none() && hints.key.is_none() {
+        if let Some(Ok(c)) = router::copy::parse_copy(&sql) {
+            let sharded = router::plan::map_for(db, &c.table).is_some();
+            if c.from
+                && c.client_side
+                && !c.query
+                && !c.format.binary
+                && (sharded || db.reference_tables.contains(&c.table))
+            {
+                println!("database: {name}");
+                println!("statement: COPY FROM STDIN into {}", c.table);
+                if sharded {
+                    println!("route: every shard, each row to the shard of its key (a simple query; each shard in a transaction, all or nothing)");
+                } else {
+                    println!("route: every shard, every row (reference table)");
+                }
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
     let analysis = match router::analyze::analyze(&sql, &keys) {
         Ok(a) => a,
         Err(e) if hints.shard.is_some() => {

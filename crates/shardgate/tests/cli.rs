@@ -204,4 +204,12 @@ fn route_prints_the_plan_or_the_refusal() {
     assert!(out.contains("refused (0A000)"), "{out}");
     let (_, out) = run("SELECT * FROM events WHERE day = '2026-03-01'", &[]);
     assert!(out.contains("route: shard s1"), "{out}");
+    let (code, out) = run("COPY accounts (account_id, balance) FROM STDIN", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("each row to the shard of its key"), "{out}");
+    let (_, out) = run(
+        "INSERT INTO accounts (account_id, balance) VALUES (42, 1), (7, 2), (9, 3)",
+        &[],
+    );
+    assert!(out.contains("of the INSERT's 3 rows"), "{out}");
 }
