@@ -27,6 +27,16 @@ pub enum KeyExpr {
     ParamArray(usize),
 }
 
+/// A comparison of a single-column key with a value, from a predicate that does not pin
+/// the key (`day >= '2026-01-01'`, `id BETWEEN 1 AND 9`): range maps prune shards by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// `key > v` (false) or `key >= v` (true).
+    Above(KeyExpr, bool),
+    /// `key < v` (false) or `key <= v` (true).
+    Below(KeyExpr, bool),
+}
+
 /// One use of a table of a shard map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableUse {
@@ -35,6 +45,8 @@ pub struct TableUse {
     /// The keys the statement pins this use to: alternatives (an IN list gives several),
     /// each one value per key column. `None` when nothing pins it.
     pub keys: Option<Vec<Vec<KeyExpr>>>,
+    /// Comparisons of a single-column key with values, when nothing pins it.
+    pub bounds: Vec<Bound>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +269,7 @@ fn analyze_copy(
                 a.keyed.push(TableUse {
                     table: table.clone(),
                     keys: None,
+                    bounds: Vec::new(),
                 });
             }
             a.tables.push(table);
@@ -495,6 +508,7 @@ impl Walker<'_> {
                         self.out.keyed.push(TableUse {
                             table: name,
                             keys: None,
+                            bounds: Vec::new(),
                         });
                     }
                 }
@@ -626,9 +640,55 @@ impl Walker<'_> {
             } else {
                 None // IN lists over a multi-column key: not pinned
             };
+            let mut bounds = Vec::new();
+            if keys.is_none() && cols.len() == 1 {
+                let col = &cols[0];
+                for p in &parts {
+                    match p {
+                        Expr::BinaryOp { left, op, right } => {
+                            let (v, op) = if is_col(left, col) {
+                                (key_value(right), op.clone())
+                            } else if is_col(right, col) {
+                                // `v < key` is `key > v`.
+                                let flipped = match op {
+                                    BinaryOperator::Lt => BinaryOperator::Gt,
+                                    BinaryOperator::LtEq => BinaryOperator::GtEq,
+                                    BinaryOperator::Gt => BinaryOperator::Lt,
+                                    BinaryOperator::GtEq => BinaryOperator::LtEq,
+                                    other => other.clone(),
+                                };
+                                (key_value(left), flipped)
+                            } else {
+                                continue;
+                            };
+                            let Some(v) = v else { continue };
+                            match op {
+                                BinaryOperator::Gt => bounds.push(Bound::Above(v, false)),
+                                BinaryOperator::GtEq => bounds.push(Bound::Above(v, true)),
+                                BinaryOperator::Lt => bounds.push(Bound::Below(v, false)),
+                                BinaryOperator::LtEq => bounds.push(Bound::Below(v, true)),
+                                _ => {}
+                            }
+                        }
+                        Expr::Between {
+                            expr,
+                            negated: false,
+                            low,
+                            high,
+                        } if is_col(expr, col) => {
+                            if let (Some(l), Some(h)) = (key_value(low), key_value(high)) {
+                                bounds.push(Bound::Above(l, true));
+                                bounds.push(Bound::Below(h, true));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
             self.out.keyed.push(TableUse {
                 table: t.table.clone(),
                 keys,
+                bounds,
             });
         }
     }
@@ -678,7 +738,11 @@ impl Walker<'_> {
                 cols.join(", ")
             ));
         }
-        self.out.keyed.push(TableUse { table, keys: rows });
+        self.out.keyed.push(TableUse {
+            table,
+            keys: rows,
+            bounds: Vec::new(),
+        });
     }
 
     fn update(&mut self, u: &ast::Update) {

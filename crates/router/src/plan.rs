@@ -108,7 +108,27 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
             continue;
         };
         let Some(alternatives) = &u.keys else {
-            unpinned = true;
+            // A read whose key is only compared (`day >= ...`): a range map names the shards
+            // that may hold its rows.
+            match prune(map, &u.bounds, params).filter(|_| a.kind == Kind::Read) {
+                Some(these) => {
+                    shards = Some(match shards {
+                        None => these,
+                        Some(prev) if prev == these => prev,
+                        Some(prev) => {
+                            return refuse(
+                                format!(
+                                    "the statement needs shards {} for one table and {} for another",
+                                    list(&prev),
+                                    list(&these)
+                                ),
+                                "Cross-shard joins are not supported yet: query each shard's rows separately.",
+                            )
+                        }
+                    });
+                }
+                None => unpinned = true,
+            }
             continue;
         };
         let mut these = BTreeSet::new();
@@ -323,6 +343,64 @@ fn resolve(map: &ShardMap, alt: &[KeyExpr], params: &[Option<String>]) -> Resolv
     }
 }
 
+/// The shards of a range map that may hold keys within `bounds`; `None` when the map is not
+/// a range map, a bound is not known (a parameter not bound yet) or nothing is pruned.
+fn prune(
+    map: &ShardMap,
+    bounds: &[crate::analyze::Bound],
+    params: &[Option<String>],
+) -> Option<BTreeSet<String>> {
+    use crate::analyze::Bound;
+    use sgconfig::shardmap::Rule;
+    let Rule::Range { ranges, default } = &map.rule else {
+        return None;
+    };
+    if bounds.is_empty() || map.key_types.len() != 1 {
+        return None;
+    }
+    let value = |e: &KeyExpr| -> Option<KeyValue> {
+        let text = match e {
+            KeyExpr::Literal(t) => t.as_str(),
+            KeyExpr::Param(n) => params.get(n - 1)?.as_deref()?,
+            KeyExpr::ParamArray(_) => return None,
+        };
+        KeyValue::parse(map.key_types[0], text).ok()
+    };
+    // The tightest bounds: keys above `lo` and below `hi`.
+    let mut lo: Option<(KeyValue, bool)> = None;
+    let mut hi: Option<(KeyValue, bool)> = None;
+    for b in bounds {
+        match b {
+            Bound::Above(e, incl) => {
+                let v = value(e)?;
+                if lo.as_ref().is_none_or(|(l, _)| v > *l) {
+                    lo = Some((v, *incl));
+                }
+            }
+            Bound::Below(e, incl) => {
+                let v = value(e)?;
+                if hi.as_ref().is_none_or(|(h, _)| v < *h) {
+                    hi = Some((v, *incl));
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for r in ranges {
+        // The range holds [from, to).
+        let below = matches!((&r.to, &lo), (Some(to), Some((l, _))) if to <= l);
+        let above = matches!((&r.from, &hi), (Some(from), Some((h, incl))) if from > h || (!incl && from == h));
+        if !below && !above {
+            out.insert(r.shard.clone());
+        }
+    }
+    // Keys outside every range may match too (conservatively: whenever there is a default).
+    if let Some(d) = default {
+        out.insert(d.clone());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The elements of a one-dimensional array in text form: `{1,2,"a b",NULL}`. Double-quoted
 /// elements are taken as written (a backslash escapes the next character), unquoted ones
 /// without their surrounding white space; an unquoted `NULL` is `None`.
@@ -398,7 +476,12 @@ mod tests {
             "name: m\ntype: hash\nkey_type: bigint\npartitions: 4\nassign: { s0: [0, 1], s1: [2, 3] }\ntables:\n  - { table: orders, column: customer_id }\n  - { table: payments, column: customer_id }\n",
         )
         .unwrap();
-        let text = "users: [{ name: u, auth: trust }]\ndatabases:\n  app:\n    shard_maps: [m.yaml]\n    reference_tables: [countries]\n    shards:\n      s0: { primary: \"postgres://h/d\" }\n      s1: { primary: \"postgres://h/e\" }\n";
+        std::fs::write(
+            dir.join("r.yaml"),
+            "name: r\ntype: range\nkey_type: date\nranges:\n  - { from: null, to: 2026-01-01, shard: s0 }\n  - { from: 2026-01-01, to: null, shard: s1 }\ntables:\n  - { table: events, column: day }\n",
+        )
+        .unwrap();
+        let text = "users: [{ name: u, auth: trust }]\ndatabases:\n  app:\n    shard_maps: [m.yaml, r.yaml]\n    reference_tables: [countries]\n    shards:\n      s0: { primary: \"postgres://h/d\" }\n      s1: { primary: \"postgres://h/e\" }\n";
         let c = sgconfig::load_str(&dir.join("c.yaml"), text).unwrap();
         c.databases["app"].clone()
     }
@@ -646,5 +729,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(row_shards(&d, &a, &[]), None);
+    }
+
+    #[test]
+    fn range_predicates_prune_the_shards_of_a_range_map() {
+        let one = |sql: &str| p(sql, &[]);
+        assert_eq!(
+            one("SELECT * FROM events WHERE day >= '2026-03-01'"),
+            Plan::Shard("s1".into())
+        );
+        assert_eq!(
+            one("SELECT * FROM events WHERE day < '2026-01-01'"),
+            Plan::Shard("s0".into())
+        );
+        // `to` is exclusive: up to and including the bound needs both shards.
+        assert_eq!(
+            one("SELECT * FROM events WHERE day <= '2026-01-01'"),
+            Plan::Shards(vec!["s0".into(), "s1".into()])
+        );
+        assert_eq!(
+            one("SELECT * FROM events WHERE '2026-02-01' > day AND day > '2026-01-05'"),
+            Plan::Shard("s1".into())
+        );
+        assert_eq!(
+            one("SELECT * FROM events WHERE day BETWEEN '2025-12-01' AND '2025-12-31'"),
+            Plan::Shard("s0".into())
+        );
+        // Pruned to one shard, a merge is no longer needed.
+        assert_eq!(
+            one("SELECT count(*) FROM events WHERE day >= '2026-06-01'"),
+            Plan::Shard("s1".into())
+        );
+        assert!(matches!(
+            one("SELECT count(*) FROM events WHERE day >= '2025-06-01'"),
+            Plan::Refuse { .. }
+        ));
+        // Parameters resolve when bound; writes are not pruned (a write needs its key).
+        assert_eq!(
+            p(
+                "SELECT * FROM events WHERE day > $1",
+                &[Some("2026-02-01".into())]
+            ),
+            Plan::Shard("s1".into())
+        );
+        assert!(matches!(
+            one("DELETE FROM events WHERE day >= '2026-03-01'"),
+            Plan::Refuse { .. }
+        ));
+        // A hash map is not pruned by comparisons.
+        assert_eq!(
+            one("SELECT * FROM orders WHERE customer_id > 5"),
+            Plan::AllShards
+        );
     }
 }
