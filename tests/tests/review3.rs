@@ -1,0 +1,476 @@
+//! Review 3: fan-out writes in multi-statement queries, reload while sessions hold
+//! connections, and keys sent in a client encoding other than UTF-8.
+//!
+//! Setup: two shards, `items.id` (bigint) range-mapped: id < 100 on s0 (home), id >= 100 on
+//! s1; `people.country` (text) list-mapped: 'é' on s1, everything else on s0.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{cluster, create_database, psql_direct, APP_PASSWORD, SERVER_PASSWORD};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Setup {
+    shards: [String; 2],
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    proxy: Arc<proxy::Proxy>,
+    mode: String,
+}
+
+impl Setup {
+    fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+            self.addr.port()
+        )
+    }
+
+    /// The config with the shards listed in `order` (indexes into `shards`).
+    fn yaml(&self, order: [usize; 2]) -> String {
+        config_yaml(&self.mode, &self.shards, order)
+    }
+
+    /// Reloads the proxy (as SIGHUP does) with the shards listed in `order`.
+    fn reload(&self, order: [usize; 2]) {
+        let file = self.dir.join("config.yaml");
+        std::fs::write(&file, self.yaml(order)).unwrap();
+        let config = sgconfig::load_file(&file).unwrap_or_else(|e| panic!("config: {e}"));
+        self.proxy.reload(config);
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const MAP: &str = "type: range\nkey_type: bigint\nranges:\n  - { from: null, to: 100, shard: s0 }\n  - { from: 100, to: null, shard: s1 }\n";
+
+fn config_yaml(mode: &str, shards: &[String; 2], order: [usize; 2]) -> String {
+    let info = cluster();
+    let su = &info.superuser;
+    let mut yaml = format!(
+        "pool: {{ mode: {mode}, size: 3, checkout_timeout_ms: 3000 }}
+users:
+  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+  - {{ name: trustuser, auth: trust, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+databases:
+  app:
+    shard_maps: [map.yaml, people.yaml]
+    shards:
+"
+    );
+    for i in order {
+        yaml.push_str(&format!(
+            "      s{i}: {{ primary: \"postgres://127.0.0.1:{}/{}\" }}\n",
+            info.port, shards[i]
+        ));
+    }
+    yaml
+}
+
+async fn setup(name: &str, mode: &str) -> Setup {
+    let shards = [
+        create_database(&format!("{name}_s0")),
+        create_database(&format!("{name}_s1")),
+    ];
+    for db in &shards {
+        psql_direct(
+            db,
+            "CREATE TABLE items (id bigint PRIMARY KEY, owner text); CREATE TABLE notes (id int); CREATE TABLE people (country text, name text)",
+        );
+    }
+    psql_direct(
+        &shards[0],
+        "INSERT INTO items VALUES (5, 'a5'), (6, 'a6'), (7, 'a7')",
+    );
+    psql_direct(
+        &shards[1],
+        "INSERT INTO items VALUES (150, 'b150'), (151, 'b151'), (152, 'b152')",
+    );
+    let dir = std::env::temp_dir().join(format!("sg-review3-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("map.yaml"),
+        format!("name: {name}\n{MAP}tables: [{{ table: items, column: id }}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("people.yaml"),
+        "name: people\ntype: list\nkey_type: text\nvalues:\n  s1: [\"é\"]\ndefault: s0\ntables: [{ table: people, column: country }]\n",
+    )
+    .unwrap();
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config_yaml(mode, &shards, [0, 1])).unwrap();
+    let config = sgconfig::load_file(&file).unwrap_or_else(|e| panic!("test config: {e}"));
+    let proxy = proxy::Proxy::new(config);
+    let p = proxy.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { p.serve(listener).await });
+    Setup {
+        shards,
+        addr,
+        dir,
+        proxy,
+        mode: mode.into(),
+    }
+}
+
+fn count(db: &str, sql: &str) -> i64 {
+    psql_direct(db, sql).trim().parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny raw protocol client.
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+fn cstr(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(s.as_bytes());
+    b.push(0);
+}
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'P', &b)
+}
+fn bind(portal: &str, stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    cstr(&mut b, stmt);
+    b.extend_from_slice(&0i16.to_be_bytes()); // all text
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'B', &b)
+}
+fn describe(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    cstr(&mut b, name);
+    msg(b'D', &b)
+}
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    b.extend_from_slice(&0i32.to_be_bytes());
+    msg(b'E', &b)
+}
+fn sync() -> Vec<u8> {
+    msg(b'S', &[])
+}
+fn flush() -> Vec<u8> {
+    msg(b'H', &[])
+}
+fn query(sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, sql);
+    msg(b'Q', &b)
+}
+
+/// A backend message, summarised: its tag and a readable detail (error code+message, row
+/// values, command tag, ready status).
+#[derive(Debug, Clone, PartialEq)]
+struct M(char, String);
+
+fn summarise(tag: u8, body: &[u8]) -> M {
+    let detail = match tag {
+        b'E' | b'N' => {
+            let mut code = String::new();
+            let mut text = String::new();
+            for f in body.split(|b| *b == 0) {
+                if let Some((&k, v)) = f.split_first() {
+                    match k {
+                        b'C' => code = String::from_utf8_lossy(v).into(),
+                        b'M' => text = String::from_utf8_lossy(v).into(),
+                        _ => {}
+                    }
+                }
+            }
+            format!("{code} {text}")
+        }
+        b'D' => {
+            let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut at = 2;
+            let mut vals = Vec::new();
+            for _ in 0..n {
+                let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                at += 4;
+                if len < 0 {
+                    vals.push("NULL".to_string());
+                } else {
+                    vals.push(String::from_utf8_lossy(&body[at..at + len as usize]).into());
+                    at += len as usize;
+                }
+            }
+            vals.join("|")
+        }
+        b'C' => String::from_utf8_lossy(&body[..body.len() - 1]).into(),
+        b'Z' => (body[0] as char).to_string(),
+        _ => String::new(),
+    };
+    M(tag as char, detail)
+}
+
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn login(addr: SocketAddr) -> Raw {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&wire::startup::encode_startup(&[
+            ("user", "trustuser"),
+            ("database", "app"),
+        ]))
+        .await
+        .unwrap();
+        let mut r = Raw { s, buf: Vec::new() };
+        r.until_ready(1).await;
+        r
+    }
+
+    async fn send(&mut self, parts: &[Vec<u8>]) {
+        let all: Vec<u8> = parts.concat();
+        self.s.write_all(&all).await.unwrap();
+    }
+
+    /// Reads messages until `n` ReadyForQuery have come (10 s at most).
+    async fn until_ready(&mut self, n: usize) -> Vec<M> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen < n {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let frame: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let m = summarise(frame[0], &frame[5..]);
+                if m.0 == 'Z' {
+                    seen += 1;
+                }
+                out.push(m);
+                if seen == n {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let got = tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await;
+            match got {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    out.push(M('!', "connection closed".into()));
+                    return out;
+                }
+                Ok(Ok(k)) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(_) => {
+                    out.push(M('!', "timed out".into()));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads messages until one with tag `t` (10 s at most).
+    async fn until_tag(&mut self, t: char) -> Vec<M> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let frame: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let m = summarise(frame[0], &frame[5..]);
+                let done = m.0 == t;
+                out.push(m);
+                if done {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Ok(Ok(k)) if k > 0 => self.buf.extend_from_slice(&chunk[..k]),
+                _ => {
+                    out.push(M('!', "closed or timed out".into()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    async fn round(&mut self, parts: &[Vec<u8>]) -> Vec<M> {
+        self.send(parts).await;
+        self.until_ready(1).await
+    }
+}
+
+fn errors(ms: &[M]) -> Vec<String> {
+    ms.iter()
+        .filter(|m| m.0 == 'E')
+        .map(|m| m.1.clone())
+        .collect()
+}
+fn rows(ms: &[M]) -> Vec<String> {
+    ms.iter()
+        .filter(|m| m.0 == 'D')
+        .map(|m| m.1.clone())
+        .collect()
+}
+
+
+// ---------------------------------------------------------------------------------------------
+
+/// Logs in with extra startup parameters.
+async fn login_with(addr: SocketAddr, extra: &[(&str, &str)]) -> Raw {
+    let mut params = vec![("user", "trustuser"), ("database", "app")];
+    params.extend_from_slice(extra);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&wire::startup::encode_startup(&params))
+        .await
+        .unwrap();
+    let mut r = Raw { s, buf: Vec::new() };
+    r.until_ready(1).await;
+    r
+}
+
+fn query_bytes(sql: &[u8]) -> Vec<u8> {
+    let mut b = sql.to_vec();
+    b.push(0);
+    msg(b'Q', &b)
+}
+
+/// A query of two UPDATEs whose IN lists cover both shards runs whole on each shard. A write
+/// on several shards is promised all-or-nothing: the second UPDATE fails on s1 only
+/// (division by zero for id 150), so s0's part must be rolled back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_of_writes_on_every_shard_is_all_or_nothing() {
+    let s = setup("r3multiw", "transaction").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    let r = c
+        .batch_execute(
+            "UPDATE items SET owner = 'changed' WHERE id IN (5, 150); \
+             UPDATE items SET owner = (1 / (id - 150))::text WHERE id IN (5, 150)",
+        )
+        .await;
+    assert!(r.is_err(), "division by zero on s1 must fail the query");
+    let s0 = psql_direct(&s.shards[0], "SELECT owner FROM items WHERE id = 5");
+    let s1 = psql_direct(&s.shards[1], "SELECT owner FROM items WHERE id = 150");
+    assert_eq!(
+        (s0.trim(), s1.trim()),
+        ("a5", "b150"),
+        "a failed write on several shards left part of it committed"
+    );
+}
+
+/// A transaction runs on s0 (home). The config is reloaded with the shards listed the other
+/// way round (s1 first: s1 is home now). The next statement of the transaction needs s1:
+/// it must be refused (the transaction is on s0) or run on s1, never run on s0's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_home_does_not_move_a_transaction_to_another_shard() {
+    let s = setup("r3reltx", "transaction").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    c.batch_execute("BEGIN").await.unwrap();
+    let a = c
+        .query("SELECT owner FROM items WHERE id = 5", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    s.reload([1, 0]);
+    match c.simple_query("INSERT INTO items (id, owner) VALUES (170, 'new')").await {
+        Err(e) => {
+            // Refused: fine.
+            eprintln!("refused: {e:?}");
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        Ok(_) => {
+            c.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    assert_eq!(
+        count(&s.shards[0], "SELECT count(*) FROM items WHERE id = 170"),
+        0,
+        "row 170 (key of s1) was written to s0"
+    );
+}
+
+/// Session pooling: the client's connection to s0 (home) stays attached. After a reload that
+/// lists s1 first, a statement keyed to s1 must read s1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_after_a_reload_that_changes_home_reads_the_right_shard() {
+    let s = setup("r3relsess", "session").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    let a = c
+        .query("SELECT owner FROM items WHERE id = 5", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    s.reload([1, 0]);
+    let b = c
+        .simple_query("SELECT owner FROM items WHERE id = 150")
+        .await
+        .unwrap();
+    let got: Vec<String> = b
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec!["b150".to_string()], "read s0 for a key of s1");
+    let n = c
+        .simple_query("SELECT owner FROM items WHERE id = 6")
+        .await
+        .unwrap();
+    let got: Vec<String> = n
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec!["a6".to_string()], "read s1 for a key of s0");
+}
+
+/// A client whose client_encoding is LATIN1 sends the key 'é' as the byte 0xE9. PostgreSQL
+/// reads it as 'é'; the list map puts 'é' on s1. The row must land on s1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_key_in_latin1_routes_by_its_characters() {
+    let s = setup("r3latin1", "transaction").await;
+    let mut r = login_with(s.addr, &[("client_encoding", "LATIN1")]).await;
+    let ms = r
+        .round(&[query_bytes(b"INSERT INTO people (country, name) VALUES ('\xe9', 'latin1 client')")])
+        .await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    // A UTF-8 client looks the row up by its key.
+    let c = e2e::connect(&s.conninfo()).await;
+    let rows = c
+        .query("SELECT name FROM people WHERE country = 'é'", &[])
+        .await
+        .unwrap();
+    let on = [
+        count(&s.shards[0], "SELECT count(*) FROM people"),
+        count(&s.shards[1], "SELECT count(*) FROM people"),
+    ];
+    assert_eq!(on, [0, 1], "the row of 'é' is on the wrong shard");
+    assert_eq!(rows.len(), 1);
+}
