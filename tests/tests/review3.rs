@@ -474,3 +474,57 @@ async fn a_text_key_in_latin1_routes_by_its_characters() {
     assert_eq!(on, [0, 1], "the row of 'é' is on the wrong shard");
     assert_eq!(rows.len(), 1);
 }
+
+/// One extended-protocol batch (one Sync): an UPDATE on both shards, then a statement that
+/// fails. PostgreSQL runs a batch in one implicit transaction, and the proxy promises to keep
+/// it on one server or refuse it: either way the UPDATE must not stay committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_write_is_not_committed_when_a_later_statement_of_its_batch_fails() {
+    let s = setup("r3batchw", "transaction").await;
+    let mut r = Raw::login(s.addr).await;
+    let ms = r
+        .round(&[
+            parse("", "UPDATE items SET owner = 'changed' WHERE id IN (5, 150)"),
+            bind("", "", &[]),
+            execute(""),
+            parse("", "SELECT 1 / 0"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    assert_eq!(errors(&ms).len(), 1, "{ms:?}");
+    let s0 = psql_direct(&s.shards[0], "SELECT owner FROM items WHERE id = 5");
+    let s1 = psql_direct(&s.shards[1], "SELECT owner FROM items WHERE id = 150");
+    assert_eq!(
+        (s0.trim(), s1.trim()),
+        ("a5", "b150"),
+        "the UPDATE of a failed batch stayed committed: {ms:?}"
+    );
+}
+
+/// The same with two statements on both shards in one batch: the second fails on s1 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fan_out_writes_of_one_batch_are_all_or_nothing() {
+    let s = setup("r3batch2", "transaction").await;
+    let mut r = Raw::login(s.addr).await;
+    let ms = r
+        .round(&[
+            parse("", "UPDATE items SET owner = 'changed' WHERE id IN (5, 150)"),
+            bind("", "", &[]),
+            execute(""),
+            parse("", "UPDATE items SET owner = (1 / (id - 150))::text WHERE id IN (5, 150)"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    assert_eq!(errors(&ms).len(), 1, "{ms:?}");
+    let s0 = psql_direct(&s.shards[0], "SELECT owner FROM items WHERE id = 5");
+    let s1 = psql_direct(&s.shards[1], "SELECT owner FROM items WHERE id = 150");
+    assert_eq!(
+        (s0.trim(), s1.trim()),
+        ("a5", "b150"),
+        "part of a failed batch stayed committed: {ms:?}"
+    );
+}
