@@ -96,6 +96,11 @@ impl Pool {
         Pool { inner }
     }
 
+    /// The same pool (not merely one with the same settings).
+    pub fn same(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn target(&self) -> &ServerTarget {
         &self.inner.target
     }

@@ -28,6 +28,8 @@ pub(crate) struct CopyTarget {
     pub stmt: CopyStatement,
     /// The table's map and key columns; `None`: a reference table (every row everywhere).
     pub map: Option<(ShardMap, Vec<String>)>,
+    /// The client's encoding is not UTF-8: keys beyond ASCII cannot be read.
+    pub ascii_keys: bool,
 }
 
 /// How a COPY ended when the client is still there: its answer is in `out`.
@@ -163,6 +165,9 @@ pub(crate) async fn run(
             let Some(v) = v else {
                 return Err("a row's shard key is NULL".into());
             };
+            if target.ascii_keys && !v.is_ascii() {
+                return Err("a row's shard key has characters beyond ASCII and the client's encoding is not UTF8 (connect with client_encoding=UTF8)".into());
+            }
             key.push(KeyValue::parse(*ty, v)?);
         }
         let shard = router::sharding::shard_for_key(map, &key)

@@ -142,6 +142,15 @@ impl Proxy {
     }
 
     /// The pool of a database's home shard (its first) for a user, under the live config.
+    /// The shard whose pool for (database, user) `pool` is, if it is still one.
+    fn shard_of_pool(&self, database: &str, user: &str, pool: &Pool) -> Option<String> {
+        self.pools
+            .lock()
+            .iter()
+            .find(|(k, p)| k.database == database && k.user == user && p.same(pool))
+            .map(|(k, _)| k.shard.clone())
+    }
+
     fn home_pool(&self, database: &str, user: &str) -> Result<Pool, ProxyError> {
         let home = {
             let config = self.config.load();

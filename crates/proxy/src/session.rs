@@ -144,6 +144,8 @@ struct PendingFanout {
     messages: BytesMut,
     /// The proxy already answered the Bind (the client flushed before its Execute).
     bind_answered: bool,
+    /// The Execute of a write came: it runs at the Sync.
+    executed: bool,
 }
 
 /// Why a session ends.
@@ -429,6 +431,18 @@ impl Session {
         }
         if self.skip_until_sync && t != tag::SYNC {
             return Ok(());
+        }
+        if self.pending_fanout.as_ref().is_some_and(|p| p.executed) && t != tag::SYNC {
+            // Something more in the batch of a write on several shards: it would share the
+            // batch's transaction, which the shards cannot. Nothing of the batch has run.
+            self.pending_fanout = None;
+            return self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "shardgate cannot run more of this batch after a write on several shards: they would not share the batch's transaction",
+                )
+                .with_hint("Send Sync right after the Execute of a write that runs on several shards."),
+            );
         }
         if self.pending_fanout.is_some() {
             match t {
@@ -758,9 +772,10 @@ impl Session {
             {
                 Some(parse) => {
                     let pv = ParseView::new(&parse).map_err(malformed)?;
-                    let params = crate::statements::bind_params_as_text(
+                    let params = crate::statements::bind_params_for_routing(
                         b.rest,
                         &crate::statements::parse_oids(pv.param_types),
+                        self.client_utf8(),
                     );
                     match self.route_plan(pv.query, &params) {
                         Ok(Routing::To(t)) => t,
@@ -774,6 +789,7 @@ impl Session {
                                 bind_rest: Bytes::copy_from_slice(b.rest),
                                 messages: BytesMut::new(),
                                 bind_answered: false,
+                                executed: false,
                             }));
                             return Ok(());
                         }
@@ -808,7 +824,11 @@ impl Session {
             return self.extended_error(Self::unknown_statement(b.statement));
         };
         let params = if self.routes() {
-            crate::statements::bind_params_as_text(b.rest, &stmt.param_oids())
+            crate::statements::bind_params_for_routing(
+                b.rest,
+                &stmt.param_oids(),
+                self.client_utf8(),
+            )
         } else {
             Vec::new()
         };
@@ -831,6 +851,7 @@ impl Session {
                     bind_rest: Bytes::copy_from_slice(b.rest),
                     messages: BytesMut::new(),
                     bind_answered: false,
+                    executed: false,
                 }));
                 return Ok(());
             }
@@ -1075,12 +1096,14 @@ impl Session {
             // whose statements all run on every shard (a batch of DDL) runs whole on each.
             let mut target: Option<String> = None;
             let (mut everywhere, mut elsewhere) = (0, 0);
+            let mut writes = false;
             for st in statements {
                 match self.route_plan(st.as_bytes(), bound)? {
                     Routing::AtBind => return Ok(Routing::AtBind),
                     Routing::Fanout(f)
                         if f.parts.is_none() && f.shards.len() == db.shards.len() && f.sum =>
                     {
+                        writes |= f.write;
                         everywhere += 1
                     }
                     Routing::Fanout(_) => {
@@ -1119,7 +1142,8 @@ impl Session {
                     shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
                     parts: None,
                     copy_header: copy_header(&text),
-                    write: false,
+                    // A query of writes: all of it commits on every shard, or none of it.
+                    write: writes,
                     sum: true,
                 })));
             }
@@ -1128,6 +1152,12 @@ impl Session {
         let mut hints = router::hints::parse_hints(&text)
             .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
         self.merge_session_hints(&mut hints);
+        if hints.shard.is_none() && !sql.is_ascii() && !self.client_utf8() {
+            return Err(refuse(
+                "the client's encoding is not UTF8 and the statement has characters beyond ASCII, which the router would read wrongly".into(),
+                "Connect with client_encoding=UTF8, or name the shard: /* shardgate: shard=NAME */.",
+            ));
+        }
         let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
         let routed = match self
             .proxy
@@ -1153,6 +1183,20 @@ impl Session {
             &hints,
             bound.is_empty(),
         )
+    }
+
+    /// Whether the client's text is UTF-8, as the router reads it (`client_encoding` UTF8,
+    /// or SQL_ASCII, whose bytes reach the server unconverted).
+    fn client_utf8(&self) -> bool {
+        match self.client.settings.desired().get("client_encoding") {
+            None => true,
+            Some(sql) => {
+                let sql = sql.to_ascii_lowercase();
+                ["utf8", "utf-8", "unicode", "sql_ascii"]
+                    .iter()
+                    .any(|e| sql.contains(e))
+            }
+        }
     }
 
     /// The route cache's scope of this client's database.
@@ -1186,6 +1230,10 @@ impl Session {
         };
         if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
             return Ok(Routing::To(None));
+        }
+        if !stmt.query.is_ascii() && !self.client_utf8() {
+            // Judged (and refused unless a hint names the shard) as text.
+            return self.route_plan(&stmt.query, bound);
         }
         let generation = self.proxy.generation();
         let scope = self.scope();
@@ -1326,7 +1374,27 @@ impl Session {
 
     /// [`Self::ensure_server`] on a given shard: refused when a transaction already runs on
     /// another one.
+    /// After a reload that changed the database's home shard, a connection attached from the
+    /// previous home is named by its shard, so that it is never taken for the new home.
+    fn note_reload(&mut self) {
+        if self.client.generation == self.proxy.generation()
+            || self.server.is_none()
+            || self.server_shard.is_some()
+        {
+            return;
+        }
+        let home = self.home_shard();
+        let was = self
+            .proxy
+            .shard_of_pool(&self.client.database, &self.client.user, &self.client.pool)
+            .unwrap_or_else(|| "the home shard before the reload".to_owned());
+        if was != home {
+            self.server_shard = Some(was.into());
+        }
+    }
+
     async fn ensure_server_on(&mut self, target: Option<String>) -> Result<(), ProxyError> {
+        self.note_reload();
         // Outside a transaction (and between batches) the session's shard is home, even
         // while a server of another shard is still attached (answering, or parked there by
         // session pooling).
@@ -1549,6 +1617,7 @@ impl Session {
             shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
             stmt,
             map,
+            ascii_keys: !self.client_utf8(),
         }))
     }
 
@@ -1634,6 +1703,12 @@ impl Session {
         }
         if let Some(p) = self.pending_fanout.as_mut() {
             p.messages.extend_from_slice(frame.raw());
+            if p.fanout.write {
+                // A write commits on every shard at the batch's Sync, so that nothing else of
+                // the batch can fail after it has committed.
+                p.executed = true;
+                return Ok(());
+            }
         }
         self.run_pending_fanout().await
     }

@@ -136,7 +136,14 @@ pub fn parse_oids(raw: &[u8]) -> Vec<u32> {
 /// The values of a Bind (`rest` as held by a `BindView`) in text form, as far as the router
 /// can read them: text-format values, and binary values of the types [`binary_as_text`]
 /// reads. `None` for NULL and for what cannot be read.
+#[cfg(test)]
 pub fn bind_params_as_text(rest: &[u8], oids: &[u32]) -> Vec<Option<String>> {
+    bind_params_for_routing(rest, oids, true)
+}
+
+/// [`bind_params_as_text`] for a client whose encoding may not be UTF-8 (`utf8` false):
+/// text-format values beyond ASCII cannot be read then, and are `None`.
+pub fn bind_params_for_routing(rest: &[u8], oids: &[u32], utf8: bool) -> Vec<Option<String>> {
     let mut out = Vec::new();
     let rd16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
     let rd32 = |b: &[u8], at: usize| {
@@ -170,7 +177,7 @@ pub fn bind_params_as_text(rest: &[u8], oids: &[u32]) -> Vec<Option<String>> {
             _ => formats.get(i).copied().unwrap_or(0),
         };
         out.push(if format == 0 {
-            Some(String::from_utf8_lossy(v).into_owned())
+            (utf8 || v.is_ascii()).then(|| String::from_utf8_lossy(v).into_owned())
         } else {
             binary_as_text(oids.get(i).copied().unwrap_or(0), v)
         });
