@@ -1190,12 +1190,11 @@ impl Session {
     fn client_utf8(&self) -> bool {
         match self.client.settings.desired().get("client_encoding") {
             None => true,
-            Some(sql) => {
-                let sql = sql.to_ascii_lowercase();
-                ["utf8", "utf-8", "unicode", "sql_ascii"]
-                    .iter()
-                    .any(|e| sql.contains(e))
-            }
+            Some(sql) => ["utf8", "utf-8", "unicode", "sql_ascii"].iter().any(|e| {
+                sql.as_bytes()
+                    .windows(e.len())
+                    .any(|w| w.eq_ignore_ascii_case(e.as_bytes()))
+            }),
         }
     }
 
