@@ -358,6 +358,19 @@ fn prune(
     if bounds.is_empty() || map.key_types.len() != 1 {
         return None;
     }
+    // Only types whose order PostgreSQL compares as the map does: text compares by its
+    // collation, which may put a key the map placed below a bound above it.
+    use sgconfig::shardmap::KeyType;
+    if !matches!(
+        map.key_types[0],
+        KeyType::Smallint
+            | KeyType::Integer
+            | KeyType::Bigint
+            | KeyType::Date
+            | KeyType::Timestamptz
+    ) {
+        return None;
+    }
     let value = |e: &KeyExpr| -> Option<KeyValue> {
         let text = match e {
             KeyExpr::Literal(t) => t.as_str(),
