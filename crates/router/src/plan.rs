@@ -358,16 +358,12 @@ fn prune(
     if bounds.is_empty() || map.key_types.len() != 1 {
         return None;
     }
-    // Only types whose order PostgreSQL compares as the map does: text compares by its
-    // collation, which may put a key the map placed below a bound above it.
+    // Only types PostgreSQL compares as the map does: text compares by collation, and a
+    // timestamp bound without an offset depends on the session's TimeZone.
     use sgconfig::shardmap::KeyType;
     if !matches!(
         map.key_types[0],
-        KeyType::Smallint
-            | KeyType::Integer
-            | KeyType::Bigint
-            | KeyType::Date
-            | KeyType::Timestamptz
+        KeyType::Smallint | KeyType::Integer | KeyType::Bigint | KeyType::Date
     ) {
         return None;
     }
