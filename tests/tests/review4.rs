@@ -1,0 +1,567 @@
+//! Review 4: range pruning with bound parameters, the client-encoding guard (binary text
+//! parameters, COPY ENCODING, SET LOCAL client_encoding), and session shard hints (DISCARD
+//! ALL, SET through the extended protocol).
+//!
+//! Setup (as consistency.rs): two shards, `items.id` (bigint) range-mapped: id < 100 on s0
+//! (home), id >= 100 on s1; `people.country` (text) list-mapped: 'é' on s1, everything else
+//! on s0.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{cluster, create_database, psql_direct, APP_PASSWORD, SERVER_PASSWORD};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Setup {
+    shards: [String; 2],
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    proxy: Arc<proxy::Proxy>,
+    mode: String,
+}
+
+impl Setup {
+    fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+            self.addr.port()
+        )
+    }
+
+    /// The config with the shards listed in `order` (indexes into `shards`).
+    fn yaml(&self, order: [usize; 2]) -> String {
+        config_yaml(&self.mode, &self.shards, order)
+    }
+
+    /// Reloads the proxy (as SIGHUP does) with the shards listed in `order`.
+    fn reload(&self, order: [usize; 2]) {
+        let file = self.dir.join("config.yaml");
+        std::fs::write(&file, self.yaml(order)).unwrap();
+        let config = sgconfig::load_file(&file).unwrap_or_else(|e| panic!("config: {e}"));
+        self.proxy.reload(config);
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const MAP: &str = "type: range\nkey_type: bigint\nranges:\n  - { from: null, to: 100, shard: s0 }\n  - { from: 100, to: null, shard: s1 }\n";
+
+fn config_yaml(mode: &str, shards: &[String; 2], order: [usize; 2]) -> String {
+    let info = cluster();
+    let su = &info.superuser;
+    let mut yaml = format!(
+        "pool: {{ mode: {mode}, size: 3, checkout_timeout_ms: 3000 }}
+users:
+  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+  - {{ name: trustuser, auth: trust, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+databases:
+  app:
+    shard_maps: [map.yaml, people.yaml]
+    shards:
+"
+    );
+    for i in order {
+        yaml.push_str(&format!(
+            "      s{i}: {{ primary: \"postgres://127.0.0.1:{}/{}\" }}\n",
+            info.port, shards[i]
+        ));
+    }
+    yaml
+}
+
+async fn setup(name: &str, mode: &str) -> Setup {
+    let shards = [
+        create_database(&format!("{name}_s0")),
+        create_database(&format!("{name}_s1")),
+    ];
+    for db in &shards {
+        psql_direct(
+            db,
+            "CREATE TABLE items (id bigint PRIMARY KEY, owner text); CREATE TABLE notes (id int); CREATE TABLE people (country text, name text)",
+        );
+    }
+    psql_direct(
+        &shards[0],
+        "INSERT INTO items VALUES (5, 'a5'), (6, 'a6'), (7, 'a7')",
+    );
+    psql_direct(
+        &shards[1],
+        "INSERT INTO items VALUES (150, 'b150'), (151, 'b151'), (152, 'b152')",
+    );
+    let dir = std::env::temp_dir().join(format!("sg-review4-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("map.yaml"),
+        format!("name: {name}\n{MAP}tables: [{{ table: items, column: id }}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("people.yaml"),
+        "name: people\ntype: list\nkey_type: text\nvalues:\n  s1: [\"é\"]\ndefault: s0\ntables: [{ table: people, column: country }]\n",
+    )
+    .unwrap();
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config_yaml(mode, &shards, [0, 1])).unwrap();
+    let config = sgconfig::load_file(&file).unwrap_or_else(|e| panic!("test config: {e}"));
+    let proxy = proxy::Proxy::new(config);
+    let p = proxy.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { p.serve(listener).await });
+    Setup {
+        shards,
+        addr,
+        dir,
+        proxy,
+        mode: mode.into(),
+    }
+}
+
+fn count(db: &str, sql: &str) -> i64 {
+    psql_direct(db, sql).trim().parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny raw protocol client.
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+fn cstr(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(s.as_bytes());
+    b.push(0);
+}
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'P', &b)
+}
+fn bind(portal: &str, stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    cstr(&mut b, stmt);
+    b.extend_from_slice(&0i16.to_be_bytes()); // all text
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'B', &b)
+}
+fn describe(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    cstr(&mut b, name);
+    msg(b'D', &b)
+}
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    b.extend_from_slice(&0i32.to_be_bytes());
+    msg(b'E', &b)
+}
+fn sync() -> Vec<u8> {
+    msg(b'S', &[])
+}
+fn flush() -> Vec<u8> {
+    msg(b'H', &[])
+}
+fn query(sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, sql);
+    msg(b'Q', &b)
+}
+
+/// A backend message, summarised: its tag and a readable detail (error code+message, row
+/// values, command tag, ready status).
+#[derive(Debug, Clone, PartialEq)]
+struct M(char, String);
+
+fn summarise(tag: u8, body: &[u8]) -> M {
+    let detail = match tag {
+        b'E' | b'N' => {
+            let mut code = String::new();
+            let mut text = String::new();
+            for f in body.split(|b| *b == 0) {
+                if let Some((&k, v)) = f.split_first() {
+                    match k {
+                        b'C' => code = String::from_utf8_lossy(v).into(),
+                        b'M' => text = String::from_utf8_lossy(v).into(),
+                        _ => {}
+                    }
+                }
+            }
+            format!("{code} {text}")
+        }
+        b'D' => {
+            let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut at = 2;
+            let mut vals = Vec::new();
+            for _ in 0..n {
+                let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                at += 4;
+                if len < 0 {
+                    vals.push("NULL".to_string());
+                } else {
+                    vals.push(String::from_utf8_lossy(&body[at..at + len as usize]).into());
+                    at += len as usize;
+                }
+            }
+            vals.join("|")
+        }
+        b'C' => String::from_utf8_lossy(&body[..body.len() - 1]).into(),
+        b'Z' => (body[0] as char).to_string(),
+        _ => String::new(),
+    };
+    M(tag as char, detail)
+}
+
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn login(addr: SocketAddr) -> Raw {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&wire::startup::encode_startup(&[
+            ("user", "trustuser"),
+            ("database", "app"),
+        ]))
+        .await
+        .unwrap();
+        let mut r = Raw { s, buf: Vec::new() };
+        r.until_ready(1).await;
+        r
+    }
+
+    async fn send(&mut self, parts: &[Vec<u8>]) {
+        let all: Vec<u8> = parts.concat();
+        self.s.write_all(&all).await.unwrap();
+    }
+
+    /// Reads messages until `n` ReadyForQuery have come (10 s at most).
+    async fn until_ready(&mut self, n: usize) -> Vec<M> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen < n {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let frame: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let m = summarise(frame[0], &frame[5..]);
+                if m.0 == 'Z' {
+                    seen += 1;
+                }
+                out.push(m);
+                if seen == n {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let got = tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await;
+            match got {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    out.push(M('!', "connection closed".into()));
+                    return out;
+                }
+                Ok(Ok(k)) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(_) => {
+                    out.push(M('!', "timed out".into()));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads messages until one with tag `t` (10 s at most).
+    async fn until_tag(&mut self, t: char) -> Vec<M> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let frame: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let m = summarise(frame[0], &frame[5..]);
+                let done = m.0 == t;
+                out.push(m);
+                if done {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Ok(Ok(k)) if k > 0 => self.buf.extend_from_slice(&chunk[..k]),
+                _ => {
+                    out.push(M('!', "closed or timed out".into()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    async fn round(&mut self, parts: &[Vec<u8>]) -> Vec<M> {
+        self.send(parts).await;
+        self.until_ready(1).await
+    }
+}
+
+fn errors(ms: &[M]) -> Vec<String> {
+    ms.iter()
+        .filter(|m| m.0 == 'E')
+        .map(|m| m.1.clone())
+        .collect()
+}
+fn rows(ms: &[M]) -> Vec<String> {
+    ms.iter()
+        .filter(|m| m.0 == 'D')
+        .map(|m| m.1.clone())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Logs in with extra startup parameters.
+async fn login_with(addr: SocketAddr, extra: &[(&str, &str)]) -> Raw {
+    let mut params = vec![("user", "trustuser"), ("database", "app")];
+    params.extend_from_slice(extra);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&wire::startup::encode_startup(&params))
+        .await
+        .unwrap();
+    let mut r = Raw { s, buf: Vec::new() };
+    r.until_ready(1).await;
+    r
+}
+
+fn query_bytes(sql: &[u8]) -> Vec<u8> {
+    let mut b = sql.to_vec();
+    b.push(0);
+    msg(b'Q', &b)
+}
+
+
+fn bind_binary(portal: &str, stmt: &str, params: &[&[u8]]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    cstr(&mut b, stmt);
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes()); // all binary
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p);
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'B', &b)
+}
+
+fn parse_typed(name: &str, sql: &str, oids: &[u32]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&(oids.len() as i16).to_be_bytes());
+    for o in oids {
+        b.extend_from_slice(&o.to_be_bytes());
+    }
+    msg(b'P', &b)
+}
+
+/// `SELECT count(*) ... WHERE id >= $1` is pruned to one shard once $1 is bound (an aggregate
+/// pruned to one shard needs no merge, and a literal bound routes). Through a prepared
+/// statement the Parse is refused already, before any value is bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_aggregate_with_a_range_bound_parameter_is_not_refused() {
+    let s = setup("r4_prepagg", "transaction").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    // The same statement with a constant works.
+    let lit = c
+        .simple_query("SELECT count(*) FROM items WHERE id >= 150")
+        .await
+        .expect("literal bound");
+    assert_eq!(e2e::simple_rows(&lit), vec![vec![Some("3".to_string())]]);
+    let r = c
+        .query("SELECT count(*) FROM items WHERE id >= $1", &[&150i64])
+        .await;
+    match r {
+        Ok(rows) => assert_eq!(rows[0].get::<_, i64>(0), 3),
+        Err(e) => panic!("refused: {e:?}"),
+    }
+}
+
+/// A LATIN1 client binds a text parameter in binary format. PostgreSQL reads binary text in
+/// the client's encoding too: bytes C3 A9 are 'Ã©' (default shard s0), not 'é' (s1). The
+/// router must refuse the key or send it to s0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latin1_client_binary_text_parameter_is_not_misrouted() {
+    let s = setup("r4_latinbin", "transaction").await;
+    let mut r = login_with(s.addr, &[("client_encoding", "LATIN1")]).await;
+    let ms = r
+        .round(&[
+            parse_typed(
+                "",
+                "INSERT INTO people (country, name) VALUES ($1, 'latin1 binary')",
+                &[25],
+            ),
+            bind_binary("", "", &[b"\xc3\xa9"]),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    eprintln!("{ms:?}");
+    let on_s1 = count(&s.shards[1], "SELECT count(*) FROM people");
+    let on_s0 = count(&s.shards[0], "SELECT count(*) FROM people");
+    let stored = psql_direct(&s.shards[1], "SELECT country FROM people");
+    assert_eq!(
+        on_s1, 0,
+        "key 'Ã©' (list default s0) was written to s1 (stored there as {stored:?}); s0 has {on_s0}"
+    );
+}
+
+/// A UTF-8 client copies with `ENCODING 'LATIN1'`: PostgreSQL reads the COPY data as
+/// LATIN1, so the row's key C3 A9 is 'Ã©' (s0), not 'é' (s1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_with_an_encoding_option_is_not_misrouted() {
+    let s = setup("r4_copyenc", "transaction").await;
+    let mut r = Raw::login(s.addr).await;
+    r.send(&[query(
+        "COPY people (country, name) FROM STDIN WITH (ENCODING 'LATIN1')",
+    )])
+    .await;
+    let ms = r.until_tag('G').await;
+    eprintln!("{ms:?}");
+    let ms = if ms.last().is_some_and(|m| m.0 == 'G') {
+        r.round(&[msg(b'd', b"\xc3\xa9\tcopy latin1\n"), msg(b'c', &[])])
+            .await
+    } else {
+        ms
+    };
+    eprintln!("{ms:?}");
+    let on_s1 = count(&s.shards[1], "SELECT count(*) FROM people");
+    let stored = psql_direct(&s.shards[1], "SELECT country FROM people");
+    assert_eq!(
+        on_s1, 0,
+        "key 'Ã©' (list default s0) was copied to s1 (stored there as {stored:?})"
+    );
+}
+
+/// `SET LOCAL client_encoding` is not tracked, yet PostgreSQL reads the rest of the
+/// transaction's messages as LATIN1: the INSERT's key C3 A9 is 'Ã©' (s0), the router reads
+/// 'é' (s1), the transaction's shard, and writes it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_local_client_encoding_does_not_let_a_key_be_misrouted() {
+    let s = setup("r4_setlocal", "transaction").await;
+    let mut r = Raw::login(s.addr).await;
+    for q in [
+        &b"BEGIN"[..],
+        "SELECT name FROM people WHERE country = 'é'".as_bytes(),
+        b"SET LOCAL client_encoding = 'LATIN1'",
+        b"INSERT INTO people (country, name) VALUES ('\xc3\xa9', 'set local')",
+        b"COMMIT",
+    ] {
+        let ms = r.round(&[query_bytes(q)]).await;
+        eprintln!("{} -> {ms:?}", String::from_utf8_lossy(q));
+    }
+    let on_s1 = count(&s.shards[1], "SELECT count(*) FROM people");
+    let stored = psql_direct(&s.shards[1], "SELECT country FROM people");
+    assert_eq!(
+        on_s1, 0,
+        "key 'Ã©' (list default s0) was written to s1 (stored there as {stored:?})"
+    );
+}
+
+/// `DISCARD ALL` (what connection pools send when a connection is handed back) resets every
+/// setting of the session, `RESET ALL` too; `shardgate.shard` outlives both and sends the
+/// next user's keyed reads to the wrong shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_clears_the_session_shard_hint() {
+    let s = setup("r4_discard", "session").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    c.batch_execute("SET shardgate.shard = 's0'").await.unwrap();
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    let got = e2e::simple_rows(
+        &c.simple_query("SELECT owner FROM items WHERE id = 150")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        got,
+        vec![vec![Some("b150".to_string())]],
+        "after DISCARD ALL the read of key 150 still went to s0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_all_clears_the_session_shard_hint() {
+    let s = setup("r4_resetall", "transaction").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    c.batch_execute("SET shardgate.shard = 's0'").await.unwrap();
+    c.batch_execute("RESET ALL").await.unwrap();
+    let got = e2e::simple_rows(
+        &c.simple_query("SELECT owner FROM items WHERE id = 150")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        got,
+        vec![vec![Some("b150".to_string())]],
+        "after RESET ALL the read of key 150 still went to s0"
+    );
+}
+
+/// `SET shardgate.shard` through the extended protocol (how JDBC and tokio-postgres'
+/// `execute` send it) is passed to PostgreSQL, which takes any dotted name as a placeholder:
+/// the hint is silently ignored. It must act, or be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_shardgate_shard_through_the_extended_protocol_is_not_ignored() {
+    let s = setup("r4_extset", "session").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    match c.execute("SET shardgate.shard = 's1'", &[]).await {
+        Err(e) => {
+            eprintln!("refused: {e:?}");
+            return;
+        }
+        Ok(_) => {}
+    }
+    // With the hint, the aggregate runs on s1 (3 rows there).
+    let r = c.simple_query("SELECT count(*) FROM items").await;
+    match r {
+        Ok(m) => assert_eq!(e2e::simple_rows(&m), vec![vec![Some("3".to_string())]]),
+        Err(e) => panic!("SET shardgate.shard = 's1' was accepted but ignored: {e:?}"),
+    }
+}
+
+/// BETWEEN SYMMETRIC is valid PostgreSQL; sqlparser does not take it, and the read is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_symmetric_is_not_refused() {
+    let s = setup("r4_symm", "transaction").await;
+    let c = e2e::connect(&s.conninfo()).await;
+    let r = c
+        .simple_query("SELECT owner FROM items WHERE id BETWEEN SYMMETRIC 152 AND 150")
+        .await;
+    match r {
+        Ok(m) => assert_eq!(e2e::simple_rows(&m).len(), 3),
+        Err(e) => panic!("refused: {e:?}"),
+    }
+}
+
