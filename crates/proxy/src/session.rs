@@ -186,6 +186,8 @@ struct Session {
     held_begin: Option<Box<Bytes>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
+    /// The client may have changed its encoding in a way the settings do not track.
+    encoding_doubt: bool,
     /// Extended-protocol messages went to the attached server since the client's last Sync:
     /// the server is inside that batch (its implicit transaction) and stays attached.
     unsynced: bool,
@@ -220,6 +222,7 @@ pub(crate) fn start(
         held_begin: None,
         skip_until_sync: false,
         unsynced: false,
+        encoding_doubt: false,
         copy_in_extended: false,
         terminated: false,
     };
@@ -559,6 +562,7 @@ impl Session {
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
         let sql = messages::query_text(&frame).map_err(malformed)?;
+        self.note_encoding_change(sql);
         let commands = session_commands(sql);
         if let Some(cmds) = &commands {
             if cmds.iter().any(is_proxy_setting) {
@@ -625,6 +629,17 @@ impl Session {
 
     async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
         let p = ParseView::new(&frame).map_err(malformed)?;
+        self.note_encoding_change(p.query);
+        if matches!(tracked(p.query), Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
+        {
+            return self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "SET shardgate.* must be sent as a simple query: the proxy keeps it, and the extended protocol would send it to PostgreSQL",
+                )
+                .with_hint("Send SET shardgate.shard = '...' as a query of its own."),
+            );
+        }
         if p.name.is_empty() {
             let command = tracked(p.query);
             if command.is_some() || self.names.is_some() {
@@ -1188,13 +1203,34 @@ impl Session {
     /// Whether the client's text is UTF-8, as the router reads it (`client_encoding` UTF8,
     /// or SQL_ASCII, whose bytes reach the server unconverted).
     fn client_utf8(&self) -> bool {
+        if self.encoding_doubt {
+            return false;
+        }
         match self.client.settings.desired().get("client_encoding") {
             None => true,
-            Some(sql) => ["utf8", "utf-8", "unicode", "sql_ascii"].iter().any(|e| {
-                sql.as_bytes()
-                    .windows(e.len())
-                    .any(|w| w.eq_ignore_ascii_case(e.as_bytes()))
-            }),
+            Some(sql) => is_utf8_name(sql),
+        }
+    }
+
+    /// A statement that may change the client's encoding in a way the settings do not track
+    /// (`SET LOCAL client_encoding`, `set_config(...)`, `SET NAMES`): from then on the
+    /// session's text is not taken for UTF-8.
+    fn note_encoding_change(&mut self, sql: &[u8]) {
+        if self.encoding_doubt || !may_change_session(sql) {
+            return;
+        }
+        let has = |needle: &[u8]| {
+            sql.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        };
+        if has(b"names")
+            || (has(b"client_encoding")
+                && !matches!(
+                    tracked(sql),
+                    Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
+                ))
+        {
+            self.encoding_doubt = true;
         }
     }
 
@@ -1612,11 +1648,17 @@ impl Session {
                 "Use text or CSV format, or copy each shard's rows with /* shardgate: shard=NAME */.",
             ));
         }
+        let ascii_keys = !self.client_utf8()
+            || stmt
+                .format
+                .encoding
+                .as_deref()
+                .is_some_and(|e| !is_utf8_name(e));
         Ok(Some(crate::copyin::CopyTarget {
             shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
             stmt,
             map,
-            ascii_keys: !self.client_utf8(),
+            ascii_keys,
         }))
     }
 
@@ -2418,12 +2460,14 @@ impl Session {
                 return;
             }
             (SessionCommand::ResetAll, b"RESET") => {
+                self.session_hints = None;
                 settings.reset_all();
                 server.applied = Default::default();
                 server.applied_for = None;
                 return;
             }
             (SessionCommand::DiscardAll, b"DISCARD ALL") => {
+                self.session_hints = None;
                 settings.reset_all();
                 server.applied = Default::default();
                 server.applied_for = None;
@@ -2542,6 +2586,16 @@ fn copy_header(text: &str) -> bool {
         return false;
     }
     matches!(router::copy::parse_copy(text), Some(Ok(c)) if c.format.header)
+}
+
+/// An encoding name (or the statement that sets it) that means UTF-8 to the router: UTF8,
+/// or SQL_ASCII, whose bytes reach the server unconverted.
+fn is_utf8_name(text: &str) -> bool {
+    ["utf8", "utf-8", "unicode", "sql_ascii"].iter().any(|e| {
+        text.as_bytes()
+            .windows(e.len())
+            .any(|w| w.eq_ignore_ascii_case(e.as_bytes()))
+    })
 }
 
 /// The router's refusal: 0A000, the reason and what to do.

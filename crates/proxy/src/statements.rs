@@ -176,8 +176,13 @@ pub fn bind_params_for_routing(rest: &[u8], oids: &[u32], utf8: bool) -> Vec<Opt
             1 => formats[0],
             _ => formats.get(i).copied().unwrap_or(0),
         };
-        out.push(if format == 0 {
-            (utf8 || v.is_ascii()).then(|| String::from_utf8_lossy(v).into_owned())
+        let oid = oids.get(i).copied().unwrap_or(0);
+        // Text, in text format or binary, is in the client's encoding.
+        let textual = format == 0 || matches!(oid, 25 | 1043 | 1009 | 1015);
+        out.push(if textual && !utf8 && !v.is_ascii() {
+            None
+        } else if format == 0 {
+            Some(String::from_utf8_lossy(v).into_owned())
         } else {
             binary_as_text(oids.get(i).copied().unwrap_or(0), v)
         });

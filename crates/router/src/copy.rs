@@ -21,6 +21,8 @@ pub struct CopyFormat {
     pub null: Vec<u8>,
     /// The first line is a header.
     pub header: bool,
+    /// The data's encoding, when the COPY names one (`ENCODING 'LATIN1'`).
+    pub encoding: Option<String>,
 }
 
 impl Default for CopyFormat {
@@ -33,6 +35,7 @@ impl Default for CopyFormat {
             escape: b'"',
             null: b"\\N".to_vec(),
             header: false,
+            encoding: None,
         }
     }
 }
@@ -250,6 +253,7 @@ fn parse_rest(
                 }
             }
             "where" => return Err("COPY FROM with WHERE".into()),
+            "encoding" => c.format.encoding = Some(string_value(it.next())?),
             _ => {}
         }
     }

@@ -110,6 +110,12 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
         let Some(alternatives) = &u.keys else {
             // A read whose key is only compared (`day >= ...`): a range map names the shards
             // that may hold its rows.
+            if a.kind == Kind::Read
+                && matches!(map.rule, sgconfig::shardmap::Rule::Range { .. })
+                && bounds_wait_for_bind(&u.bounds, params)
+            {
+                return Plan::AtBind;
+            }
             match prune(map, &u.bounds, params).filter(|_| a.kind == Kind::Read) {
                 Some(these) => {
                     shards = Some(match shards {
@@ -341,6 +347,18 @@ fn resolve(map: &ShardMap, alt: &[KeyExpr], params: &[Option<String>]) -> Resolv
         Some(s) => Resolved::Shards(vec![s.to_owned()]),
         None => Resolved::Bad("no shard holds the key".into()),
     }
+}
+
+/// Whether a bound of a range map's key is a parameter not bound yet: the shards it prunes
+/// to are known at Bind (a merge it makes unnecessary must not be refused before).
+fn bounds_wait_for_bind(bounds: &[crate::analyze::Bound], params: &[Option<String>]) -> bool {
+    use crate::analyze::Bound;
+    bounds.iter().any(|b| match b {
+        Bound::Above(KeyExpr::Param(n), _) | Bound::Below(KeyExpr::Param(n), _) => {
+            !matches!(params.get(n - 1), Some(Some(_)))
+        }
+        _ => false,
+    })
 }
 
 /// The shards of a range map that may hold keys within `bounds`; `None` when the map is not

@@ -1,6 +1,6 @@
-//! Review 4: range pruning with bound parameters, the client-encoding guard (binary text
-//! parameters, COPY ENCODING, SET LOCAL client_encoding), and session shard hints (DISCARD
-//! ALL, SET through the extended protocol).
+//! Range pruning with bound parameters, the client-encoding guard (binary text parameters,
+//! COPY ENCODING, SET LOCAL client_encoding), and session shard hints (DISCARD ALL, SET
+//! through the extended protocol).
 //!
 //! Setup (as consistency.rs): two shards, `items.id` (bigint) range-mapped: id < 100 on s0
 //! (home), id >= 100 on s1; `people.country` (text) list-mapped: 'é' on s1, everything else
@@ -96,7 +96,7 @@ async fn setup(name: &str, mode: &str) -> Setup {
         &shards[1],
         "INSERT INTO items VALUES (150, 'b150'), (151, 'b151'), (152, 'b152')",
     );
-    let dir = std::env::temp_dir().join(format!("sg-review4-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sg-hints-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("map.yaml"),
@@ -360,7 +360,6 @@ fn query_bytes(sql: &[u8]) -> Vec<u8> {
     msg(b'Q', &b)
 }
 
-
 fn bind_binary(portal: &str, stmt: &str, params: &[&[u8]]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, portal);
@@ -388,11 +387,11 @@ fn parse_typed(name: &str, sql: &str, oids: &[u32]) -> Vec<u8> {
 }
 
 /// `SELECT count(*) ... WHERE id >= $1` is pruned to one shard once $1 is bound (an aggregate
-/// pruned to one shard needs no merge, and a literal bound routes). Through a prepared
-/// statement the Parse is refused already, before any value is bound.
+/// pruned to one shard needs no merge): through a prepared statement the Parse waits for the
+/// Bind instead of refusing the statement before any value is bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_aggregate_with_a_range_bound_parameter_is_not_refused() {
-    let s = setup("r4_prepagg", "transaction").await;
+    let s = setup("he_prepagg", "transaction").await;
     let c = e2e::connect(&s.conninfo()).await;
     // The same statement with a constant works.
     let lit = c
@@ -411,10 +410,10 @@ async fn prepared_aggregate_with_a_range_bound_parameter_is_not_refused() {
 
 /// A LATIN1 client binds a text parameter in binary format. PostgreSQL reads binary text in
 /// the client's encoding too: bytes C3 A9 are 'Ã©' (default shard s0), not 'é' (s1). The
-/// router must refuse the key or send it to s0.
+/// router refuses the key rather than misread it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latin1_client_binary_text_parameter_is_not_misrouted() {
-    let s = setup("r4_latinbin", "transaction").await;
+    let s = setup("he_latinbin", "transaction").await;
     let mut r = login_with(s.addr, &[("client_encoding", "LATIN1")]).await;
     let ms = r
         .round(&[
@@ -439,10 +438,11 @@ async fn latin1_client_binary_text_parameter_is_not_misrouted() {
 }
 
 /// A UTF-8 client copies with `ENCODING 'LATIN1'`: PostgreSQL reads the COPY data as
-/// LATIN1, so the row's key C3 A9 is 'Ã©' (s0), not 'é' (s1).
+/// LATIN1, so the row's key C3 A9 is 'Ã©' (s0), not 'é' (s1); the row is refused rather
+/// than misread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_with_an_encoding_option_is_not_misrouted() {
-    let s = setup("r4_copyenc", "transaction").await;
+    let s = setup("he_copyenc", "transaction").await;
     let mut r = Raw::login(s.addr).await;
     r.send(&[query(
         "COPY people (country, name) FROM STDIN WITH (ENCODING 'LATIN1')",
@@ -465,12 +465,12 @@ async fn copy_with_an_encoding_option_is_not_misrouted() {
     );
 }
 
-/// `SET LOCAL client_encoding` is not tracked, yet PostgreSQL reads the rest of the
-/// transaction's messages as LATIN1: the INSERT's key C3 A9 is 'Ã©' (s0), the router reads
-/// 'é' (s1), the transaction's shard, and writes it there.
+/// After `SET LOCAL client_encoding`, PostgreSQL reads the rest of the transaction's
+/// messages as LATIN1 (the INSERT's key C3 A9 is 'Ã©', for s0): the session's text is no
+/// longer taken for UTF-8, and the key is refused rather than misread as 'é' (s1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_local_client_encoding_does_not_let_a_key_be_misrouted() {
-    let s = setup("r4_setlocal", "transaction").await;
+    let s = setup("he_setlocal", "transaction").await;
     let mut r = Raw::login(s.addr).await;
     for q in [
         &b"BEGIN"[..],
@@ -491,11 +491,11 @@ async fn set_local_client_encoding_does_not_let_a_key_be_misrouted() {
 }
 
 /// `DISCARD ALL` (what connection pools send when a connection is handed back) resets every
-/// setting of the session, `RESET ALL` too; `shardgate.shard` outlives both and sends the
-/// next user's keyed reads to the wrong shard.
+/// setting of the session, `RESET ALL` too: `shardgate.shard` with them, so the next user's
+/// keyed reads go to their own shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_all_clears_the_session_shard_hint() {
-    let s = setup("r4_discard", "session").await;
+    let s = setup("he_discard", "session").await;
     let c = e2e::connect(&s.conninfo()).await;
     c.batch_execute("SET shardgate.shard = 's0'").await.unwrap();
     c.batch_execute("DISCARD ALL").await.unwrap();
@@ -513,7 +513,7 @@ async fn discard_all_clears_the_session_shard_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_all_clears_the_session_shard_hint() {
-    let s = setup("r4_resetall", "transaction").await;
+    let s = setup("he_resetall", "transaction").await;
     let c = e2e::connect(&s.conninfo()).await;
     c.batch_execute("SET shardgate.shard = 's0'").await.unwrap();
     c.batch_execute("RESET ALL").await.unwrap();
@@ -530,38 +530,44 @@ async fn reset_all_clears_the_session_shard_hint() {
 }
 
 /// `SET shardgate.shard` through the extended protocol (how JDBC and tokio-postgres'
-/// `execute` send it) is passed to PostgreSQL, which takes any dotted name as a placeholder:
-/// the hint is silently ignored. It must act, or be refused.
+/// `execute` send it) would reach PostgreSQL, which takes any dotted name as a placeholder,
+/// and the hint would be silently ignored: it is refused, and the simple-query form acts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_shardgate_shard_through_the_extended_protocol_is_not_ignored() {
-    let s = setup("r4_extset", "session").await;
+async fn set_shardgate_shard_through_the_extended_protocol_is_refused() {
+    let s = setup("he_extset", "session").await;
     let c = e2e::connect(&s.conninfo()).await;
-    match c.execute("SET shardgate.shard = 's1'", &[]).await {
-        Err(e) => {
-            eprintln!("refused: {e:?}");
-            return;
-        }
-        Ok(_) => {}
-    }
+    let e = c
+        .execute("SET shardgate.shard = 's1'", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e2e::sqlstate(&e), "0A000", "{e:?}");
+    c.batch_execute("SET shardgate.shard = 's1'").await.unwrap();
     // With the hint, the aggregate runs on s1 (3 rows there).
-    let r = c.simple_query("SELECT count(*) FROM items").await;
-    match r {
-        Ok(m) => assert_eq!(e2e::simple_rows(&m), vec![vec![Some("3".to_string())]]),
-        Err(e) => panic!("SET shardgate.shard = 's1' was accepted but ignored: {e:?}"),
-    }
+    let m = c.simple_query("SELECT count(*) FROM items").await.unwrap();
+    assert_eq!(e2e::simple_rows(&m), vec![vec![Some("3".to_string())]]);
 }
 
-/// BETWEEN SYMMETRIC is valid PostgreSQL; sqlparser does not take it, and the read is refused.
+/// BETWEEN SYMMETRIC is valid PostgreSQL that the statement parser does not take: the read
+/// is refused with a hint naming the way round it, never sent to a guessed shard; with the
+/// hint it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn between_symmetric_is_not_refused() {
-    let s = setup("r4_symm", "transaction").await;
+async fn between_symmetric_is_refused_with_a_hint_and_runs_with_one() {
+    let s = setup("he_symm", "transaction").await;
     let c = e2e::connect(&s.conninfo()).await;
-    let r = c
+    let e = c
         .simple_query("SELECT owner FROM items WHERE id BETWEEN SYMMETRIC 152 AND 150")
-        .await;
-    match r {
-        Ok(m) => assert_eq!(e2e::simple_rows(&m).len(), 3),
-        Err(e) => panic!("refused: {e:?}"),
-    }
+        .await
+        .unwrap_err();
+    assert_eq!(e2e::sqlstate(&e), "0A000", "{e:?}");
+    let hint = e
+        .as_db_error()
+        .and_then(|d| d.hint())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(hint.contains("shardgate: shard="), "{hint}");
+    let m = c
+        .simple_query("/* shardgate: shard=s1 */ SELECT owner FROM items WHERE id BETWEEN SYMMETRIC 152 AND 150")
+        .await
+        .unwrap();
+    assert_eq!(e2e::simple_rows(&m).len(), 3);
 }
-
