@@ -2611,6 +2611,15 @@ fn refuse(reason: String, hint: &str) -> ProxyError {
 /// proxy may answer it itself (anything else goes to a server, which judges it).
 fn lone_begin(sql: &[u8]) -> bool {
     use router::lexer::Token;
+    // A quick look first: this runs for every simple query between transactions.
+    let head = sql.trim_ascii_start();
+    let starts = |w: &[u8]| {
+        head.get(..w.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(w))
+    };
+    if !(starts(b"begin") || starts(b"start") || starts(b"/*") || starts(b"--")) {
+        return false;
+    }
     let text = String::from_utf8_lossy(sql);
     let words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
     let mut words: &[Token<'_>] = &words;
