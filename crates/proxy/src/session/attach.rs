@@ -1,0 +1,353 @@
+//! Server attachment and pooling: taking a connection of the right shard, bringing its
+//! session settings in line with the client's, and handing it back between transactions.
+
+use super::*;
+
+impl Session {
+    /// Attaches the server a statement runs on (by its key, where the database routes); a
+    /// key still waiting for its Bind leaves the choice to the session.
+    /// A statement for several shards attaches nothing and comes back.
+    pub(super) async fn ensure_server_for(
+        &mut self,
+        stmt: &Statement,
+        params: &[Option<String>],
+    ) -> Result<Option<Box<Fanout>>, ProxyError> {
+        let target = match self.route_statement(stmt, params)? {
+            Routing::To(t) => t,
+            Routing::AtBind => None,
+            Routing::Fanout(f) => return Ok(Some(f)),
+        };
+        self.ensure_server_on(target).await.map(|()| None)
+    }
+
+    /// [`Self::ensure_server`] on a given shard: refused when a transaction already runs on
+    /// another one.
+    /// After a reload that changed the database's home shard, a connection attached from the
+    /// previous home is named by its shard, so that it is never taken for the new home.
+    pub(super) fn note_reload(&mut self) {
+        if self.client.generation == self.proxy.generation()
+            || self.server.is_none()
+            || self.server_shard.is_some()
+        {
+            return;
+        }
+        let home = self.home_shard();
+        let was = self
+            .proxy
+            .shard_of_pool(&self.client.database, &self.client.user, &self.client.pool)
+            .unwrap_or_else(|| "the home shard before the reload".to_owned());
+        if was != home {
+            self.server_shard = Some(was.into());
+        }
+    }
+
+    pub(super) async fn ensure_server_on(
+        &mut self,
+        target: Option<String>,
+    ) -> Result<(), ProxyError> {
+        self.note_reload();
+        // Outside a transaction (and between batches) the session's shard is home, even
+        // while a server of another shard is still attached (answering, or parked there by
+        // session pooling).
+        let target = match target {
+            None if self.server_shard.is_some()
+                && self.tx_status == b'I'
+                && self.held_begin.is_none()
+                && !self.unsynced =>
+            {
+                Some(self.home_shard())
+            }
+            t => t,
+        };
+        if let Some(t) = &target {
+            let quiet = self.client.mode == PoolMode::Transaction
+                && self.tx_status == b'I'
+                && self.held_begin.is_none()
+                && !self.unsynced
+                && !self.pending.is_empty();
+            if quiet && self.server_shard_name().as_deref() != Some(t.as_str()) {
+                // Earlier statements of another shard are still answering; once they have,
+                // their server goes back and this one's is taken.
+                Box::pin(self.settle()).await?;
+            }
+            if self.client.mode == PoolMode::Session
+                && self.tx_status == b'I'
+                && self.held_begin.is_none()
+                && !self.unsynced
+            {
+                if let Some(attached) = self.server_shard_name().filter(|a| a != t) {
+                    // Session pooling keeps a connection per shard: between transactions the
+                    // attached one is parked and this shard's taken.
+                    Box::pin(self.settle()).await?;
+                    if self.tx_status == b'I' && self.pending.is_empty() {
+                        if let Some(conn) = self.server.take() {
+                            crate::cancel::point(&self.client.cancel_slot, None);
+                            self.server_shard = None;
+                            self.swbuf.clear(); // nothing pending: a Flush at most
+                            self.shard_pools
+                                .get_or_insert_with(Default::default)
+                                .parked
+                                .push((attached.into(), conn));
+                        }
+                    }
+                }
+            }
+            if self.server.is_none() {
+                if let Some(conn) = self.unpark(t) {
+                    let home = *t == self.home_shard();
+                    self.attach(conn);
+                    self.server_shard = (!home).then(|| t.as_str().into());
+                    return self.ensure_server().await;
+                }
+            }
+            if self.server.is_some() {
+                let home;
+                let attached = match &self.server_shard {
+                    Some(s) => &**s,
+                    None => {
+                        home = self.home_shard();
+                        home.as_str()
+                    }
+                };
+                if attached != t {
+                    return Err(ProxyError::error(
+                        "0A000",
+                        format!("this transaction runs on shard `{attached}` and the statement needs shard `{t}`: transactions across shards are not available yet"),
+                    )
+                    .with_hint("Run the statements of each shard in transactions of their own."));
+                }
+                return self.ensure_server().await;
+            }
+            if *t != self.home_shard() {
+                let pool = self.shard_pool(t)?;
+                let conn = match pool.try_get() {
+                    Some(c) => c,
+                    None => Box::pin(pool.get())
+                        .await
+                        .map_err(|e| pool_error(e, false))?,
+                };
+                self.attach(conn);
+                self.server_shard = Some(t.as_str().into());
+            }
+        }
+        self.ensure_server().await
+    }
+
+    /// The pool of another shard, remembered by the session for its config generation.
+    pub(super) fn shard_pool(&mut self, shard: &str) -> Result<pool::Pool, ProxyError> {
+        let generation = self.proxy.generation();
+        let cached = self
+            .shard_pools
+            .as_deref_mut()
+            .filter(|c| c.generation == generation);
+        if let Some(p) = cached.and_then(|c| c.pools.iter().find(|(n, _)| &**n == shard)) {
+            return Ok(p.1.clone());
+        }
+        let pool = self
+            .proxy
+            .pool_for(&self.client.database, &self.client.user, shard)?;
+        let entry = self.shard_pools.get_or_insert_with(Default::default);
+        if entry.generation != generation {
+            entry.generation = generation;
+            entry.pools.clear();
+        }
+        entry.pools.push((shard.into(), pool.clone()));
+        Ok(pool)
+    }
+
+    /// Session pooling: the session's parked connection to `shard`, if it has one.
+    pub(super) fn unpark(&mut self, shard: &str) -> Option<PooledConn> {
+        let parked = &mut self.shard_pools.as_deref_mut()?.parked;
+        let i = parked.iter().position(|(n, _)| &**n == shard)?;
+        Some(parked.swap_remove(i).1)
+    }
+
+    /// The shard of the attached server.
+    pub(super) fn server_shard_name(&self) -> Option<String> {
+        self.server.as_ref()?;
+        Some(match &self.server_shard {
+            Some(s) => s.to_string(),
+            None => self.home_shard(),
+        })
+    }
+
+    pub(super) fn home_shard(&self) -> String {
+        let config = self.proxy.config.load();
+        config
+            .databases
+            .get(&self.client.database)
+            .and_then(|d| d.shards.first().map(|(n, _)| n.to_owned()))
+            .unwrap_or_default()
+    }
+
+    pub(super) async fn ensure_server(&mut self) -> Result<(), ProxyError> {
+        // The common case needs no waiting: an idle connection is free and its settings are
+        // already the client's. Only the rest runs as a boxed future, so that its state does
+        // not sit in every idle session.
+        if self.server.is_none() {
+            if self.client.generation != self.proxy.generation() {
+                // A reload: this transaction uses the new config's pool.
+                self.client.generation = self.proxy.generation();
+                self.client.pool = self
+                    .proxy
+                    .home_pool(&self.client.database, &self.client.user)?;
+            }
+            if let Some(conn) = self.client.pool.try_get() {
+                self.attach(conn);
+            }
+        }
+        if self.server.is_some() && (!self.pending.is_empty() || self.settings_in_line()) {
+            return Ok(());
+        }
+        Box::pin(self.ensure_server_slow()).await
+    }
+
+    pub(super) async fn ensure_server_slow(&mut self) -> Result<(), ProxyError> {
+        if self.server.is_none() {
+            let conn = self
+                .client
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(e, false))?;
+            self.attach(conn);
+        }
+        if self.pending.is_empty() {
+            self.sync_settings().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn attach(&mut self, conn: PooledConn) {
+        // A connection other than the one the client's unnamed statement was parsed on (or
+        // one a statement for several shards used since): it is parsed again before use.
+        if let Some(p) = self.unnamed_parse.as_mut() {
+            p.1 = true;
+        }
+        crate::cancel::point(
+            &self.client.cancel_slot,
+            Some(CancelTarget {
+                addr: conn.addr,
+                backend_pid: conn.backend_pid,
+                secret_key: conn.secret_key,
+            }),
+        );
+        self.server = Some(conn);
+    }
+
+    /// True when the attached server already carries the client's settings; records that
+    /// when it finds the two equal.
+    pub(super) fn settings_in_line(&mut self) -> bool {
+        let Some(server) = self.server.as_mut() else {
+            return false;
+        };
+        let key = (self.client.id, self.client.settings.generation);
+        if server.settings_unknown {
+            return false;
+        }
+        if server.applied_for == Some(key) {
+            return true;
+        }
+        if self
+            .client
+            .settings
+            .sync_sql(&server.applied, false)
+            .is_none()
+        {
+            server.applied_for = Some(key);
+            return true;
+        }
+        false
+    }
+
+    pub(super) async fn sync_settings(&mut self) -> Result<(), ProxyError> {
+        // Nothing is in flight: whatever is still buffered for the server is a Flush.
+        self.swbuf.clear();
+        let server = self.server.as_mut().expect("attached");
+        // Boxed: rare, and its state would otherwise sit in every idle session.
+        let r = Box::pin(sync_conn(server, &self.client, self.tx_status)).await;
+        if r.is_err() {
+            self.drop_server();
+        }
+        r
+    }
+
+    pub(super) fn drop_server(&mut self) {
+        self.unsynced = false;
+        crate::cancel::point(&self.client.cancel_slot, None);
+        self.server = None;
+        self.server_shard = None;
+        self.pending.clear();
+        self.swbuf.clear();
+    }
+
+    /// Transaction pooling: hand the server back once it is idle outside a transaction.
+    pub(super) fn maybe_release(&mut self) {
+        if self.client.mode != PoolMode::Transaction
+            || (self.tx_status != b'I' && self.held_begin.is_none())
+            || self.unsynced
+            || !self.pending.is_empty()
+            || self.server.is_none()
+        {
+            return;
+        }
+        if let Some(server) = self.server.as_ref() {
+            if !server.read_buf.is_empty() {
+                return;
+            }
+        }
+        // Only Flush messages can be left unsent with nothing pending.
+        self.swbuf.clear();
+        // The unnamed statement stays with this connection: the next one gets it anew.
+        if let Some(p) = self.unnamed_parse.as_mut() {
+            p.1 = true;
+        }
+        crate::cancel::point(&self.client.cancel_slot, None);
+        self.server_shard = None;
+        if let Some(conn) = self.server.take() {
+            conn.release();
+        }
+    }
+}
+
+/// Brings an idle server connection's settings in line with the client's, in one round trip
+/// when they differ. On error the connection must be dropped.
+pub(super) async fn sync_conn(
+    server: &mut pool::ServerConn,
+    client: &Client,
+    tx_status: u8,
+) -> Result<(), ProxyError> {
+    let key = (client.id, client.settings.generation);
+    if server.applied_for == Some(key) && !server.settings_unknown {
+        return Ok(());
+    }
+    let settings = &client.settings;
+    let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) else {
+        // Already in line: only the tag moves.
+        server.applied_for = Some(key);
+        return Ok(());
+    };
+    match server.run_simple(&sql).await {
+        Ok(None) => {}
+        Ok(Some(err)) => {
+            return Err(ProxyError {
+                fatal: false,
+                code: err.code.into(),
+                message: format!("could not apply session setting: {}", err.message),
+                detail: Some(sql),
+                hint: None,
+            });
+        }
+        Err(e) => {
+            return Err(ProxyError::error(
+                "08006",
+                format!("server connection lost while applying session settings: {e}"),
+            ));
+        }
+    }
+    server.applied = settings.desired().clone(); // an Arc: shared, not copied
+    server.applied_for = Some(key);
+    // Inside a transaction block, what was applied lasts only if it commits.
+    server.settings_unknown = tx_status != b'I';
+    Ok(())
+}

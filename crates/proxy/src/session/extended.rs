@@ -1,0 +1,380 @@
+//! The extended query protocol: Parse, Bind, Describe and Close of a client's statements
+//! and portals (rewritten to the proxy-wide statement names), and the answers the proxy
+//! gives itself in their place (synthetic ParseComplete, errors that skip to Sync).
+
+use super::*;
+
+impl Session {
+    pub(super) async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
+        let p = ParseView::new(&frame).map_err(malformed)?;
+        self.note_encoding_change(p.query);
+        if matches!(tracked(p.query), Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
+        {
+            return self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "SET shardgate.* must be sent as a simple query: the proxy keeps it, and the extended protocol would send it to PostgreSQL",
+                )
+                .with_hint("Send SET shardgate.shard = '...' as a query of its own."),
+            );
+        }
+        if p.name.is_empty() {
+            let command = tracked(p.query);
+            if command.is_some() || self.names.is_some() {
+                self.names().unnamed_command = command;
+            }
+            let target = match self.route_plan(p.query, &[]) {
+                // While BEGIN is held, the Parse waits for its Bind, which sends the BEGIN
+                // first (a BEGIN after it would drop the unnamed statement).
+                Ok(Routing::To(_)) if self.held_begin.is_some() => {
+                    self.unnamed_parse = Some(Box::new((frame.clone(), true)));
+                    self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+                    return Ok(());
+                }
+                Ok(Routing::To(t)) => t,
+                Ok(Routing::AtBind | Routing::Fanout(_))
+                    if self.server.is_none() || !self.unsynced =>
+                {
+                    // The shard is known at Bind; the Parse goes with it.
+                    self.unnamed_parse = Some(Box::new((frame.clone(), true)));
+                    self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+                    return Ok(());
+                }
+                Ok(Routing::AtBind | Routing::Fanout(_)) => None,
+                Err(e) => return self.extended_error(e),
+            };
+            if let Err(e) = self.ensure_server_on(target).await {
+                return self.extended_error(e);
+            }
+            self.unnamed_parse = Some(Box::new((frame.clone(), false)));
+            self.forward(&frame);
+            self.expect_extended(Expect::Parse {
+                visible: true,
+                statement: None,
+                client_name: None,
+            });
+            return Ok(());
+        }
+        let stmt = self.proxy.statements.intern(p.query, p.param_types);
+        let name: Box<[u8]> = p.name.into();
+        let (target, at_bind) = match self.route_statement(&stmt, &[]) {
+            Ok(Routing::To(t)) => (t, false),
+            Ok(Routing::AtBind | Routing::Fanout(_)) => (None, true),
+            Err(e) => return self.extended_error(e),
+        };
+        self.names().statements.insert(name.clone(), stmt.clone());
+        if (self.server.is_none() || !self.unsynced) && (stmt.is_valid() || at_bind) {
+            // A text some server has already parsed needs no server connection now: it is
+            // prepared on whichever connection runs it. Waiting for a connection here would
+            // stall clients that prepare synchronously (libpq's PQprepare) while others hold
+            // every connection in open transactions.
+            self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+            return Ok(());
+        }
+        if let Err(e) = self.ensure_server_on(target).await {
+            return self.extended_error(e);
+        }
+        let server = self.server.as_mut().expect("ensured");
+        if server.prepared.contains(&stmt.id) {
+            self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+        } else {
+            server.prepared.insert(stmt.id);
+            messages::parse(
+                &mut self.swbuf,
+                &stmt.server_name,
+                &stmt.query,
+                &stmt.param_types,
+            );
+            self.expect_extended(Expect::Parse {
+                visible: true,
+                statement: Some(stmt.clone()),
+                client_name: Some(name),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn names(&mut self) -> &mut Names {
+        self.names.get_or_insert_with(Default::default)
+    }
+
+    pub(super) fn statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.names.as_deref()?.statements.get(name).cloned()
+    }
+
+    /// Remembers whether a portal's statement changes session state.
+    pub(super) fn note_portal(&mut self, portal: &[u8], command: Option<SessionCommand>) {
+        match command {
+            Some(c) => {
+                self.names().portal_commands.insert(portal.into(), c);
+            }
+            None => {
+                if let Some(n) = self.names.as_deref_mut() {
+                    if !n.portal_commands.is_empty() {
+                        n.portal_commands.remove(portal);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes sure the attached server has `stmt`, adding a Parse whose answer is swallowed.
+    pub(super) fn prepare_on_server(&mut self, stmt: &Arc<Statement>) {
+        let server = self.server.as_mut().expect("attached");
+        if server.prepared.insert(stmt.id) {
+            messages::parse(
+                &mut self.swbuf,
+                &stmt.server_name,
+                &stmt.query,
+                &stmt.param_types,
+            );
+            self.expect_extended(Expect::Parse {
+                visible: false,
+                statement: Some(Arc::clone(stmt)),
+                client_name: None,
+            });
+        }
+    }
+
+    pub(super) fn unknown_statement(name: &[u8]) -> ProxyError {
+        if name.is_empty() {
+            return ProxyError::error("26000", "unnamed prepared statement does not exist");
+        }
+        ProxyError::error(
+            "26000",
+            format!(
+                "prepared statement \"{}\" does not exist",
+                String::from_utf8_lossy(name)
+            ),
+        )
+    }
+
+    pub(super) async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
+        let b = BindView::new(&frame).map_err(malformed)?;
+        if b.statement.is_empty() {
+            if self.unnamed_parse.is_none() {
+                // Never the unnamed statement another client left on a pooled connection.
+                return self.extended_error(Self::unknown_statement(b""));
+            }
+            let routes = self.routes();
+            let target = match self
+                .unnamed_parse
+                .as_ref()
+                .filter(|_| routes)
+                .map(|p| p.0.clone())
+            {
+                Some(parse) => {
+                    let pv = ParseView::new(&parse).map_err(malformed)?;
+                    let params = crate::statements::bind_params_for_routing(
+                        b.rest,
+                        &crate::statements::parse_oids(pv.param_types),
+                        self.client_utf8(),
+                    );
+                    match self.route_plan(pv.query, &params) {
+                        Ok(Routing::To(t)) => t,
+                        Ok(Routing::AtBind) => None,
+                        Ok(Routing::Fanout(fanout)) => {
+                            self.pending_fanout = Some(Box::new(PendingFanout {
+                                fanout,
+                                query: Bytes::copy_from_slice(pv.query),
+                                param_types: Bytes::copy_from_slice(pv.param_types),
+                                portal: Bytes::copy_from_slice(b.portal),
+                                bind_rest: Bytes::copy_from_slice(b.rest),
+                                messages: BytesMut::new(),
+                                bind_answered: false,
+                                executed: false,
+                            }));
+                            return Ok(());
+                        }
+                        Err(e) => return self.extended_error(e),
+                    }
+                }
+                None => None,
+            };
+            if self.held_begin.is_some() {
+                if let Some(e) = self.held_refusal() {
+                    return self.extended_error(e);
+                }
+                if let Err(e) = self.settle().await {
+                    return self.extended_error(e);
+                }
+            }
+            if let Err(e) = self.ensure_server_on(target).await {
+                return self.extended_error(e);
+            }
+            self.begin_if_held();
+            self.send_deferred_parse();
+            let command = self
+                .names
+                .as_deref()
+                .and_then(|n| n.unnamed_command.clone());
+            self.note_portal(b.portal, command);
+            self.forward(&frame);
+            self.expect_extended(Expect::Bind);
+            return Ok(());
+        }
+        let Some(stmt) = self.statement(b.statement) else {
+            return self.extended_error(Self::unknown_statement(b.statement));
+        };
+        let params = if self.routes() {
+            crate::statements::bind_params_for_routing(
+                b.rest,
+                &stmt.param_oids(),
+                self.client_utf8(),
+            )
+        } else {
+            Vec::new()
+        };
+        if self.held_begin.is_some() {
+            if let Some(e) = self.held_refusal() {
+                return self.extended_error(e);
+            }
+            if let Err(e) = self.settle().await {
+                return self.extended_error(e);
+            }
+        }
+        match self.ensure_server_for(&stmt, &params).await {
+            Ok(None) => {}
+            Ok(Some(fanout)) => {
+                self.pending_fanout = Some(Box::new(PendingFanout {
+                    fanout,
+                    query: stmt.query.clone(),
+                    param_types: stmt.param_types.clone(),
+                    portal: Bytes::copy_from_slice(b.portal),
+                    bind_rest: Bytes::copy_from_slice(b.rest),
+                    messages: BytesMut::new(),
+                    bind_answered: false,
+                    executed: false,
+                }));
+                return Ok(());
+            }
+            Err(e) => return self.extended_error(e),
+        }
+        self.begin_if_held();
+        self.prepare_on_server(&stmt);
+        messages::bind(&mut self.swbuf, b.portal, &stmt.server_name, b.rest);
+        self.expect_extended(Expect::Bind);
+        self.note_portal(b.portal, stmt.command.clone());
+        Ok(())
+    }
+
+    pub(super) async fn on_describe(&mut self, frame: Frame) -> Result<(), End> {
+        let d = TargetView::new(&frame).map_err(malformed)?;
+        if d.kind == b'S' && d.name.is_empty() && self.unnamed_parse.is_none() {
+            return self.extended_error(Self::unknown_statement(b""));
+        }
+        if d.kind == b'P' || d.name.is_empty() {
+            if let Err(e) = self.ensure_server_on(None).await {
+                return self.extended_error(e);
+            }
+            self.send_deferred_parse();
+            self.forward(&frame);
+            self.expect_extended(Expect::Describe { statement: None });
+            return Ok(());
+        }
+        let Some(stmt) = self.statement(d.name) else {
+            return self.extended_error(Self::unknown_statement(d.name));
+        };
+        // Any shard can describe a statement whose key is a parameter, or one that runs on
+        // several shards: the schema is the same on all.
+        let attached = match self.ensure_server_for(&stmt, &[]).await {
+            Ok(Some(_)) => self.ensure_server_on(None).await,
+            r => r.map(|_| ()),
+        };
+        if let Err(e) = attached {
+            return self.extended_error(e);
+        }
+        self.prepare_on_server(&stmt);
+        messages::target(&mut self.swbuf, tag::DESCRIBE, b'S', &stmt.server_name);
+        self.expect_extended(Expect::Describe {
+            statement: Some(stmt),
+        });
+        Ok(())
+    }
+
+    pub(super) fn on_close(&mut self, frame: Frame) -> Result<(), End> {
+        let c = TargetView::new(&frame).map_err(malformed)?;
+        if c.kind == b'S' && !c.name.is_empty() {
+            // The server keeps the shared statement; only this client's name goes.
+            if let Some(n) = self.names.as_deref_mut() {
+                n.statements.remove(c.name);
+            }
+            self.push_synthetic(Expect::Synthetic(tag::CLOSE_COMPLETE));
+            return Ok(());
+        }
+        if self.server.is_some() {
+            self.forward(&frame);
+            self.expect_extended(Expect::Close);
+        } else {
+            // No server: no portal or unnamed statement exists; closing one is no error.
+            messages::empty_message(&mut self.wbuf, tag::CLOSE_COMPLETE);
+        }
+        Ok(())
+    }
+
+    /// Queues the answer to an extended-protocol message sent to the server: after a Bind
+    /// or Execute, until the client's Sync, the server is in the batch's implicit
+    /// transaction.
+    pub(super) fn expect_extended(&mut self, e: Expect) {
+        // Parse, Describe and Close run nothing; a Bind or Execute starts the batch's work.
+        if matches!(e, Expect::Bind | Expect::Execute { .. }) {
+            self.unsynced = true;
+        }
+        self.pending.push_back(e);
+    }
+
+    /// Queues an answer of the proxy's own; written now when nothing is in flight before it.
+    pub(super) fn push_synthetic(&mut self, e: Expect) {
+        self.pending.push_back(e);
+        self.emit_synthetic_head();
+    }
+
+    pub(super) fn emit_synthetic_head(&mut self) {
+        loop {
+            match self.pending.front() {
+                Some(Expect::Synthetic(t)) => {
+                    messages::empty_message(&mut self.wbuf, *t);
+                }
+                Some(Expect::SyntheticError(e)) => {
+                    e.encode(&mut self.wbuf);
+                    self.error_since_ready = true;
+                }
+                Some(Expect::SyntheticReady) => {
+                    messages::ready_for_query(&mut self.wbuf, self.tx_status);
+                    self.error_since_ready = false;
+                }
+                Some(Expect::SyntheticDone(t)) => messages::command_complete(&mut self.wbuf, t),
+                Some(Expect::CopyEnd) => {}
+                _ => return,
+            }
+            self.pending.pop_front();
+        }
+    }
+
+    /// An error the proxy raises for an extended-protocol message: reported in its place,
+    /// then the batch is skipped up to Sync, as PostgreSQL does.
+    pub(super) fn extended_error(&mut self, e: ProxyError) -> Result<(), End> {
+        if e.fatal {
+            return Err(End::Fatal(e));
+        }
+        if self.held_begin.is_some() {
+            self.tx_status = b'E';
+        }
+        self.push_synthetic(Expect::SyntheticError(e));
+        self.skip_until_sync = true;
+        Ok(())
+    }
+
+    /// An error the proxy raises for a simple Query: the error, then ReadyForQuery.
+    pub(super) fn simple_error(&mut self, e: ProxyError) -> Result<(), End> {
+        if e.fatal {
+            return Err(End::Fatal(e));
+        }
+        if self.held_begin.is_some() {
+            self.tx_status = b'E';
+        }
+        self.push_synthetic(Expect::SyntheticError(e));
+        self.push_synthetic(Expect::SyntheticReady);
+        Ok(())
+    }
+}

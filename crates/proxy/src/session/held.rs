@@ -1,0 +1,149 @@
+//! A BEGIN held back until a statement picks the shard its transaction runs on, and the
+//! statements the proxy answers while it is held (COMMIT or ROLLBACK of a transaction no
+//! server saw).
+
+use super::*;
+
+impl Session {
+    /// Sends the held-back BEGIN ahead of the statement that picked the attached server.
+    pub(super) fn begin_if_held(&mut self) {
+        if self.server.is_none() {
+            return;
+        }
+        if let Some(begin) = self.held_begin.take() {
+            self.swbuf.extend_from_slice(&begin);
+            self.pending.push_back(Expect::HeldBegin);
+        }
+    }
+
+    /// A failed transaction that never reached a server accepts nothing but its end.
+    pub(super) fn held_refusal(&self) -> Option<ProxyError> {
+        (self.tx_status == b'E').then(|| {
+            ProxyError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
+        })
+    }
+
+    /// A query while BEGIN is held: COMMIT or ROLLBACK end the transaction no server saw;
+    /// after an error only those are accepted. `None`: go on and run it.
+    pub(super) fn end_held(&mut self, sql: &[u8]) -> Option<Result<(), End>> {
+        use router::lexer::Token;
+        let text = String::from_utf8_lossy(sql);
+        let mut words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
+        while words.last() == Some(&Token::Semicolon) {
+            words.pop();
+        }
+        let kw = |i: usize, k: &str| words.get(i).is_some_and(|t| t.is_keyword(k));
+        let rollback = kw(0, "rollback") || kw(0, "abort");
+        if !(rollback || kw(0, "commit") || kw(0, "end")) {
+            return self.held_refusal().map(|e| self.simple_error(e));
+        }
+        let mut i = 1;
+        if kw(i, "work") || kw(i, "transaction") {
+            i += 1;
+        }
+        if rollback && kw(i, "to") {
+            // No savepoint can exist in a transaction no statement has run in.
+            let name = words
+                .last()
+                .map(|t| t.text().to_owned())
+                .unwrap_or_default();
+            return Some(self.simple_error(ProxyError::error(
+                "3B001",
+                format!("savepoint \"{name}\" does not exist"),
+            )));
+        }
+        let chain = if kw(i, "and") && kw(i + 1, "chain") {
+            i += 2;
+            true
+        } else if kw(i, "and") && kw(i + 1, "no") && kw(i + 2, "chain") {
+            i += 3;
+            false
+        } else {
+            false
+        };
+        if i != words.len() {
+            // Something else (COMMIT PREPARED, ...): the server judges it.
+            return self.held_refusal().map(|e| self.simple_error(e));
+        }
+        let tag = if self.tx_status == b'E' || rollback {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        if chain {
+            // A new transaction with the same characteristics: the same BEGIN stays held.
+            self.tx_status = b'T';
+        } else {
+            self.held_begin = None;
+            self.tx_status = b'I';
+        }
+        self.push_synthetic(Expect::SyntheticDone(tag));
+        self.push_synthetic(Expect::SyntheticReady);
+        Some(Ok(()))
+    }
+}
+
+/// A query that is only `BEGIN` or `START TRANSACTION` with valid transaction modes: the
+/// proxy may answer it itself (anything else goes to a server, which judges it).
+pub(super) fn lone_begin(sql: &[u8]) -> bool {
+    use router::lexer::Token;
+    // A quick look first: this runs for every simple query between transactions.
+    let head = sql.trim_ascii_start();
+    let starts = |w: &[u8]| {
+        head.get(..w.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(w))
+    };
+    if !(starts(b"begin") || starts(b"start") || starts(b"/*") || starts(b"--")) {
+        return false;
+    }
+    let text = String::from_utf8_lossy(sql);
+    let words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
+    let mut words: &[Token<'_>] = &words;
+    while let [rest @ .., Token::Semicolon] = words {
+        words = rest;
+    }
+    let kw = |t: &Token<'_>, k: &str| t.is_keyword(k);
+    let rest = match words {
+        [b, t, rest @ ..] if kw(b, "begin") && (kw(t, "work") || kw(t, "transaction")) => rest,
+        [b, rest @ ..] if kw(b, "begin") => rest,
+        [s, t, rest @ ..] if kw(s, "start") && kw(t, "transaction") => rest,
+        _ => return false,
+    };
+    // transaction_mode [, ...]: ISOLATION LEVEL ..., READ WRITE | READ ONLY, [NOT] DEFERRABLE
+    let mut i = 0;
+    let at = |i: usize, k: &str| rest.get(i).is_some_and(|t| t.is_keyword(k));
+    while i < rest.len() {
+        if i > 0 {
+            if rest[i] == Token::Symbol(",") {
+                i += 1;
+            }
+            if i >= rest.len() {
+                return false;
+            }
+        }
+        if at(i, "isolation") && at(i + 1, "level") {
+            i += 2;
+            if at(i, "serializable") {
+                i += 1;
+            } else if (at(i, "repeatable") && at(i + 1, "read"))
+                || (at(i, "read") && (at(i + 1, "committed") || at(i + 1, "uncommitted")))
+            {
+                i += 2;
+            } else {
+                return false;
+            }
+        } else if at(i, "read") && (at(i + 1, "write") || at(i + 1, "only")) {
+            i += 2;
+        } else if at(i, "deferrable") {
+            i += 1;
+        } else if at(i, "not") && at(i + 1, "deferrable") {
+            i += 2;
+        } else {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,730 @@
+//! The session: one client's message loop.
+//!
+//! The loop is a duplex pump. Client messages are looked at just enough to keep the session's
+//! facts (which statement names mean what, which settings it made, whether a transaction is
+//! open) and are forwarded as they arrived, except the few that name a prepared statement,
+//! which are rewritten to the proxy-wide name. Server messages go back as they arrived.
+//!
+//! Every message forwarded to the server has an entry in `pending` that says what answer ends
+//! it. That queue is what lets the proxy answer some messages itself (a Parse of a statement
+//! the server connection already has, a Close of a client's statement) at exactly the place
+//! in the stream where PostgreSQL would have answered, swallow the answers to messages it
+//! added (a Parse the server was missing), and know when a server connection is idle and can
+//! go back to the pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pool::PooledConn;
+use router::lexer::split_statements;
+use router::SessionCommand;
+use sgconfig::PoolMode;
+use wire::messages::{self, tag, BindView, ParseView, ProxyError, TargetView};
+use wire::Frame;
+
+use crate::cancel::CancelTarget;
+use crate::fanout;
+use crate::startup::{pool_error, Client};
+use crate::statements::Statement;
+use crate::Proxy;
+
+mod attach;
+mod extended;
+mod held;
+mod routing;
+mod scatter;
+mod server;
+
+use attach::sync_conn;
+use held::lone_begin;
+use routing::{is_utf8_name, refuse};
+
+/// Stop reading from one side while this much waits to be written to the other.
+const HIGH_WATER: usize = 1 << 20;
+/// Read buffer growth: clients send small messages; servers stream results.
+const CLIENT_READ_CHUNK: usize = 4096;
+const SERVER_READ_CHUNK: usize = 16 * 1024;
+/// How long cleanup (ROLLBACK, DISCARD ALL) on a departing client may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What answer ends a message forwarded to the server, or an answer the proxy gives itself.
+#[derive(Debug)]
+enum Expect {
+    /// Simple Query or FunctionCall: ends at ReadyForQuery. `commands` has one entry per
+    /// statement when any of them changes session state.
+    Query {
+        commands: Option<VecDeque<SessionCommand>>,
+    },
+    Parse {
+        visible: bool,
+        statement: Option<Arc<Statement>>,
+        client_name: Option<Box<[u8]>>,
+    },
+    Bind,
+    /// `statement`: a named statement whose parameter types are worth keeping.
+    Describe {
+        statement: Option<Arc<Statement>>,
+    },
+    Execute {
+        command: Option<SessionCommand>,
+    },
+    Close,
+    Sync,
+    /// Where the client ended a COPY FROM STDIN (CopyDone or CopyFail); answers nothing.
+    CopyEnd,
+    /// A held-back BEGIN sent ahead of the statement that picked the shard: its answers
+    /// (the client already had them) are swallowed.
+    HeldBegin,
+    /// A message the proxy answers itself when its turn comes.
+    Synthetic(u8),
+    SyntheticError(ProxyError),
+    SyntheticReady,
+    /// A CommandComplete with this tag, for a statement the proxy ran itself.
+    SyntheticDone(&'static str),
+}
+
+/// A client's prepared statements and the portals whose statement changes session state.
+#[derive(Default)]
+struct Names {
+    statements: HashMap<Box<[u8]>, Arc<Statement>>,
+    portal_commands: HashMap<Box<[u8]>, SessionCommand>,
+    unnamed_command: Option<SessionCommand>,
+}
+
+/// A session's view of shards other than home.
+#[derive(Default)]
+struct ShardPools {
+    /// Pools by shard name, for one config generation.
+    generation: u64,
+    pools: Vec<(Box<str>, pool::Pool)>,
+    /// Session pooling: the session's own idle connections to shards other than the
+    /// attached one's, kept for its next statement there.
+    parked: Vec<(Box<str>, PooledConn)>,
+}
+
+/// A routing decision.
+enum Routing {
+    /// This shard (`None`: the session's).
+    To(Option<String>),
+    /// The key is a parameter: decided at Bind.
+    AtBind,
+    /// Several shards, the answers merged.
+    Fanout(Box<Fanout>),
+}
+
+/// A statement for several shards, in the database's shard order (connections are taken in
+/// that order, so two fan-outs never wait on each other's).
+struct Fanout {
+    shards: Vec<String>,
+    /// Per shard, its own statement (a multi-row INSERT keeps only that shard's rows, its
+    /// parameters renumbered); `None`: every shard runs the statement as the client sent it.
+    parts: Option<Vec<router::rewrite::Part>>,
+    /// A COPY TO STDOUT with a header line (only the first shard's reaches the client).
+    copy_header: bool,
+    /// A write: each shard runs it in a transaction of its own, committed only when no shard
+    /// reported an error and rolled back everywhere otherwise.
+    write: bool,
+    /// Row counts are summed; a write to reference tables reports one shard's (every shard
+    /// wrote the same rows).
+    sum: bool,
+}
+
+/// The connections of a statement on several shards, one per shard in order.
+struct Legs {
+    conns: Vec<PooledConn>,
+    shards: Vec<Box<str>>,
+    /// Which one is the session's attached connection.
+    own: Option<usize>,
+    /// Which ones are the session's parked connections, by shard (session pooling).
+    parked: Vec<Option<Box<str>>>,
+}
+
+/// An extended-protocol statement for several shards, collected from its Bind up to its
+/// Execute: the messages every shard gets.
+struct PendingFanout {
+    fanout: Box<Fanout>,
+    /// The statement's text and parameter types, for the unnamed Parse every shard gets.
+    query: Bytes,
+    param_types: Bytes,
+    /// The Bind's portal, and its body after the statement name.
+    portal: Bytes,
+    bind_rest: Bytes,
+    /// What followed the Bind.
+    messages: BytesMut,
+    /// The proxy already answered the Bind (the client flushed before its Execute).
+    bind_answered: bool,
+    /// The Execute of a write came: it runs at the Sync.
+    executed: bool,
+}
+
+/// Why a session ends.
+enum End {
+    ClientGone,
+    Fatal(ProxyError),
+    ServerGone(String),
+}
+
+struct Session {
+    proxy: Arc<Proxy>,
+    client: Client,
+    /// Bytes for the client.
+    wbuf: BytesMut,
+    server: Option<PooledConn>,
+    /// The shard of the attached server; `None`: the home shard.
+    server_shard: Option<Box<str>>,
+    /// Bytes for the server.
+    swbuf: BytesMut,
+    pending: VecDeque<Expect>,
+    /// Transaction status from the last ReadyForQuery.
+    tx_status: u8,
+    /// Set when an error was reported since the last ReadyForQuery.
+    error_since_ready: bool,
+    /// What the client has named; allocated on first use, so most idle sessions have none.
+    names: Option<Box<Names>>,
+    /// The last unnamed Parse, and whether it still waits for its Bind to pick the shard.
+    unnamed_parse: Option<Box<(Frame, bool)>>,
+    /// Pools of shards other than home this session has used, for one config generation.
+    shard_pools: Option<Box<ShardPools>>,
+    /// `SET shardgate.shard` / `SET shardgate.key`.
+    session_hints: Option<Box<router::hints::Hints>>,
+    /// A statement for several shards waiting for its Execute.
+    pending_fanout: Option<Box<PendingFanout>>,
+    /// A BEGIN the client was told succeeded, held back until a statement picks the shard
+    /// the transaction runs on. Meanwhile the client's status (`tx_status`) is `T` (or `E`
+    /// after an error the proxy raised) while no server is in a transaction.
+    held_begin: Option<Box<Bytes>>,
+    /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
+    skip_until_sync: bool,
+    /// The client may have changed its encoding in a way the settings do not track.
+    encoding_doubt: bool,
+    /// Extended-protocol messages went to the attached server since the client's last Sync:
+    /// the server is inside that batch (its implicit transaction) and stays attached.
+    unsynced: bool,
+    /// The server is in COPY FROM STDIN of an extended-protocol Execute and the client has
+    /// not ended it yet: the server ignores Sync meanwhile.
+    copy_in_extended: bool,
+    terminated: bool,
+}
+
+/// The session of a logged-in client, to be spawned. `count` is released when it ends.
+pub(crate) fn start(
+    proxy: Arc<Proxy>,
+    client: Client,
+    count: crate::ClientCount,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Built here, outside any async body, so the task stores the session once.
+    let session = Session {
+        proxy,
+        client,
+        wbuf: BytesMut::new(),
+        server: None,
+        server_shard: None,
+        swbuf: BytesMut::new(),
+        pending: VecDeque::new(),
+        tx_status: b'I',
+        error_since_ready: false,
+        names: None,
+        unnamed_parse: None,
+        shard_pools: None,
+        session_hints: None,
+        pending_fanout: None,
+        held_begin: None,
+        skip_until_sync: false,
+        unsynced: false,
+        encoding_doubt: false,
+        copy_in_extended: false,
+        terminated: false,
+    };
+    drive(session, count)
+}
+
+async fn drive(mut s: Session, _count: crate::ClientCount) {
+    let id = s.client.id;
+    let end = s.pump().await;
+    Box::pin(s.finish(end)).await;
+    s.proxy.cancels.remove(s.client.cancel_key);
+    tracing::debug!(id, "client gone");
+}
+
+/// A quick look for words that may start a statement changing session state, so ordinary
+/// statements skip the statement splitter.
+fn may_change_session(sql: &[u8]) -> bool {
+    fn has(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    }
+    has(sql, b"set") || has(sql, b"listen") || has(sql, b"discard") || has(sql, b"deallocate")
+}
+
+fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {
+    if !may_change_session(sql) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(sql);
+    let cmds: VecDeque<SessionCommand> = split_statements(&text)
+        .into_iter()
+        .map(router::classify)
+        .collect();
+    if cmds.iter().all(|c| *c == SessionCommand::Other) {
+        None
+    } else {
+        Some(cmds)
+    }
+}
+
+fn is_proxy_setting(c: &SessionCommand) -> bool {
+    match c {
+        SessionCommand::Set { name, .. } | SessionCommand::Reset { name } => {
+            name.starts_with("shardgate.")
+        }
+        _ => false,
+    }
+}
+
+/// The value of `SET name {TO|=} value`, unquoted.
+fn setting_value(sql: &str) -> String {
+    let mut lx = router::lexer::Lexer::new(sql);
+    while let Some(t) = lx.next() {
+        if t.is_keyword("to") || t.text() == "=" {
+            return match lx.next() {
+                Some(router::lexer::Token::String(s)) if s.starts_with('\'') => {
+                    s[1..s.len() - 1].replace("''", "'")
+                }
+                Some(t) => t.text().to_owned(),
+                None => String::new(),
+            };
+        }
+    }
+    String::new()
+}
+
+fn tracked(sql: &[u8]) -> Option<SessionCommand> {
+    if !may_change_session(sql) {
+        return None;
+    }
+    Some(router::classify(&String::from_utf8_lossy(sql))).filter(|c| *c != SessionCommand::Other)
+}
+
+fn malformed(e: wire::frame::Malformed) -> End {
+    End::Fatal(ProxyError::fatal("08P01", e.to_string()))
+}
+
+impl Session {
+    async fn pump(&mut self) -> End {
+        loop {
+            // Client messages, while the server side is not backed up.
+            while self.swbuf.len() < HIGH_WATER && !self.terminated {
+                let frame = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return End::Fatal(ProxyError::fatal("08P01", e.to_string())),
+                };
+                if let Err(end) = self.on_client(frame).await {
+                    return end;
+                }
+            }
+            // Server messages, while the client side is not backed up.
+            while self.wbuf.len() < HIGH_WATER {
+                let Some(server) = self.server.as_deref_mut() else {
+                    break;
+                };
+                let frame = match server.decoder.decode(&mut server.read_buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return End::ServerGone(e.to_string()),
+                };
+                if let Err(end) = self.on_server(frame) {
+                    return end;
+                }
+            }
+            self.maybe_release();
+            if let Err(end) = self.io().await {
+                return end;
+            }
+            if self.terminated && self.wbuf.is_empty() {
+                return End::ClientGone;
+            }
+        }
+    }
+
+    /// Writes what can be written, then waits until a socket is ready and reads or writes.
+    ///
+    /// Written as one `poll_fn` over the sockets' readiness rather than a `select!` of
+    /// readiness futures: nothing is built per wait, and an idle session stores no futures.
+    async fn io(&mut self) -> Result<(), End> {
+        let client_lost = |_| End::ClientGone;
+        let server_lost = |e: std::io::Error| End::ServerGone(e.to_string());
+        // Write eagerly: usually the socket takes it all and no wait is needed.
+        if !self.wbuf.is_empty() {
+            try_write(&self.client.conn.stream, &mut self.wbuf).map_err(client_lost)?;
+        }
+        if let Some(server) = self.server.as_ref() {
+            if !self.swbuf.is_empty() {
+                try_write(&server.stream, &mut self.swbuf).map_err(server_lost)?;
+            }
+        }
+        if self.server.is_none() {
+            // Between transactions: hold no buffers while idle.
+            if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
+                self.client.conn.rbuf = BytesMut::new();
+            }
+            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                self.wbuf = BytesMut::new();
+            }
+        }
+        let terminated = self.terminated;
+        let read_client = !terminated && self.swbuf.len() < HIGH_WATER;
+        let read_server = !terminated && self.wbuf.len() < HIGH_WATER;
+        let client = &self.client.conn.stream;
+        let rbuf = &mut self.client.conn.rbuf;
+        let wbuf = &mut self.wbuf;
+        let swbuf = &mut self.swbuf;
+        let mut server = self.server.as_deref_mut();
+        if terminated && wbuf.is_empty() {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if !wbuf.is_empty() {
+                if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                    return Poll::Ready(
+                        r.and_then(|()| try_write(client, wbuf))
+                            .map_err(client_lost),
+                    );
+                }
+            }
+            if terminated {
+                return Poll::Pending;
+            }
+            if let Some(server) = server.as_deref_mut() {
+                if !swbuf.is_empty() {
+                    if let Poll::Ready(r) = server.stream.poll_write_ready(cx) {
+                        return Poll::Ready(
+                            r.and_then(|()| try_write(&server.stream, swbuf))
+                                .map_err(server_lost),
+                        );
+                    }
+                }
+                if read_server {
+                    if let Poll::Ready(r) = server.stream.poll_read_ready(cx) {
+                        return Poll::Ready(
+                            r.and_then(|()| {
+                                try_read(&server.stream, &mut server.read_buf, SERVER_READ_CHUNK)
+                            })
+                            .map_err(server_lost),
+                        );
+                    }
+                }
+            }
+            if read_client {
+                if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                    return Poll::Ready(
+                        r.and_then(|()| try_read(client, rbuf, CLIENT_READ_CHUNK))
+                            .map_err(client_lost),
+                    );
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn on_client(&mut self, frame: Frame) -> Result<(), End> {
+        let t = frame.tag();
+        if t == tag::TERMINATE {
+            self.terminated = true;
+            return Ok(());
+        }
+        if let Err(e) = messages::check_frontend(&frame) {
+            return Err(malformed(e));
+        }
+        if self.skip_until_sync && t != tag::SYNC {
+            return Ok(());
+        }
+        if self.pending_fanout.as_ref().is_some_and(|p| p.executed) && t != tag::SYNC {
+            // Something more in the batch of a write on several shards: it would share the
+            // batch's transaction, which the shards cannot. Nothing of the batch has run.
+            self.pending_fanout = None;
+            return self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "shardgate cannot run more of this batch after a write on several shards: they would not share the batch's transaction",
+                )
+                .with_hint("Send Sync right after the Execute of a write that runs on several shards."),
+            );
+        }
+        if self.pending_fanout.is_some() {
+            match t {
+                tag::EXECUTE => return self.fanout_execute(frame).await,
+                tag::DESCRIBE if frame.body().first() == Some(&b'P') => {
+                    let p = self.pending_fanout.as_mut().expect("pending");
+                    p.messages.extend_from_slice(frame.raw());
+                    return Ok(());
+                }
+                tag::FLUSH
+                    if self
+                        .pending_fanout
+                        .as_ref()
+                        .is_some_and(|p| p.messages.is_empty()) =>
+                {
+                    // The client may wait for its BindComplete before it sends the Execute:
+                    // the proxy answers the Bind, and the shards' answers to it are dropped.
+                    let p = self.pending_fanout.as_mut().expect("pending");
+                    if !p.bind_answered {
+                        p.bind_answered = true;
+                        self.push_synthetic(Expect::Synthetic(tag::BIND_COMPLETE));
+                    }
+                    if self.server.is_some() {
+                        self.forward(&frame);
+                    }
+                    return Ok(());
+                }
+                _ => {
+                    self.run_pending_fanout().await?;
+                    if self.skip_until_sync && t != tag::SYNC {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        match t {
+            tag::QUERY => self.on_query(frame).await,
+            tag::PARSE => self.on_parse(frame).await,
+            tag::BIND => self.on_bind(frame).await,
+            tag::DESCRIBE => self.on_describe(frame).await,
+            tag::EXECUTE => {
+                if let Err(e) = self.ensure_server().await {
+                    return self.extended_error(e);
+                }
+                let command = match self.names.as_deref() {
+                    Some(n) if !n.portal_commands.is_empty() => {
+                        let (portal, _) = messages::execute_view(&frame).map_err(malformed)?;
+                        n.portal_commands.get(portal).cloned()
+                    }
+                    _ => None,
+                };
+                self.forward(&frame);
+                self.expect_extended(Expect::Execute { command });
+                Ok(())
+            }
+            tag::CLOSE => self.on_close(frame),
+            tag::SYNC => {
+                self.skip_until_sync = false;
+                self.unsynced = false;
+                if self.server.is_some() {
+                    self.forward(&frame);
+                    if !self.copy_in_extended {
+                        self.pending.push_back(Expect::Sync);
+                    }
+                } else {
+                    messages::ready_for_query(&mut self.wbuf, self.tx_status);
+                    self.error_since_ready = false;
+                }
+                Ok(())
+            }
+            tag::FLUSH => {
+                if self.server.is_some() {
+                    self.forward(&frame);
+                }
+                Ok(())
+            }
+            tag::COPY_DATA => {
+                // Outside COPY these are ignored, as by PostgreSQL.
+                if self.server.is_some() {
+                    self.forward(&frame);
+                }
+                Ok(())
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                // With nothing in flight no COPY runs: a stray end (after a COPY the proxy
+                // refused) is ignored, as by PostgreSQL.
+                if self.server.is_some() && !self.pending.is_empty() {
+                    self.forward(&frame);
+                    self.copy_in_extended = false;
+                    self.pending.push_back(Expect::CopyEnd);
+                }
+                Ok(())
+            }
+            tag::FUNCTION_CALL => {
+                if let Err(e) = self.ensure_server_on(None).await {
+                    return self.simple_error(e);
+                }
+                self.begin_if_held();
+                self.forward(&frame);
+                self.pending.push_back(Expect::Query { commands: None });
+                Ok(())
+            }
+            _ => Err(End::Fatal(ProxyError::fatal(
+                "08P01",
+                format!("invalid frontend message type {}", t),
+            ))),
+        }
+    }
+
+    #[inline]
+    fn forward(&mut self, frame: &Frame) {
+        self.swbuf.extend_from_slice(frame.raw());
+    }
+
+    async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
+        let sql = messages::query_text(&frame).map_err(malformed)?;
+        self.note_encoding_change(sql);
+        let commands = session_commands(sql);
+        if let Some(cmds) = &commands {
+            if cmds.iter().any(is_proxy_setting) {
+                return self.proxy_setting(cmds);
+            }
+        }
+        if self.client.mode == PoolMode::Transaction
+            && commands
+                .as_ref()
+                .is_some_and(|c| c.contains(&SessionCommand::Listen))
+        {
+            return self.simple_error(
+                ProxyError::error(
+                    "0A000",
+                    "LISTEN and UNLISTEN need a server session of their own, which transaction pooling does not give",
+                )
+                .with_hint("Use pool mode \"session\" for this user (users[].pool_mode: session)."),
+            );
+        }
+        if self.held_begin.is_some() {
+            if let Some(done) = self.end_held(sql) {
+                return done;
+            }
+        } else if self.tx_status == b'I'
+            && self.client.mode == PoolMode::Transaction
+            && !self.unsynced
+            && lone_begin(sql)
+            && self.routes()
+            && (self.server.is_none() || {
+                // Pipelined behind statements still answering: once they have, their
+                // server goes back and the BEGIN can be held.
+                if let Err(e) = self.settle().await {
+                    return Err(End::Fatal(e));
+                }
+                self.server.is_none() && self.tx_status == b'I'
+            })
+        {
+            // Held until a statement picks the shard.
+            self.held_begin = Some(Box::new(frame.raw().clone()));
+            self.tx_status = b'T';
+            self.push_synthetic(Expect::SyntheticDone("BEGIN"));
+            self.push_synthetic(Expect::SyntheticReady);
+            return Ok(());
+        }
+        match self.copy_target(sql) {
+            Ok(Some(target)) => return self.copy_in(&frame, target).await,
+            Ok(None) => {}
+            Err(e) => return self.simple_error(e),
+        }
+        let target = match self.route(sql) {
+            Ok(Routing::To(t)) => t,
+            Ok(Routing::Fanout(f)) => return self.simple_fanout(&frame, f).await,
+            Ok(Routing::AtBind) => None,
+            Err(e) => return self.simple_error(e),
+        };
+        if let Err(e) = self.ensure_server_on(target).await {
+            return self.simple_error(e);
+        }
+        self.begin_if_held();
+        self.forward(&frame);
+        self.pending.push_back(Expect::Query { commands });
+        Ok(())
+    }
+}
+
+/// Writes as much as the socket takes without waiting.
+fn try_write(stream: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = buf.split_to(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    buf.clear();
+    Ok(())
+}
+
+/// Reads what is there without waiting; end of stream is an error.
+///
+/// A read that returns less than the room offered has drained the socket, so readiness is
+/// cleared right away (reported to tokio as `WouldBlock`) instead of by a second read that
+/// would only say `EAGAIN`: one system call saved per message exchange. Data arriving after
+/// the read raises a new readiness event, which tokio does not clear.
+fn try_read(
+    stream: &tokio::net::TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> std::io::Result<()> {
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
+    }
+    let mut got = 0usize;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let room = buf.spare_capacity_mut();
+        let n = socket2::SockRef::from(stream).recv(room)?;
+        got = n;
+        if n > 0 && n < room.len() {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match result {
+        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: `recv` initialised the first `got` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + got) };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle session's memory is mostly this struct: keep it from growing unnoticed.
+    #[test]
+    fn an_idle_session_stays_small() {
+        let size = std::mem::size_of::<super::Session>();
+        assert!(size <= 416, "Session is {size} bytes");
+    }
+
+    #[test]
+    fn only_valid_begins_are_held() {
+        for ok in [
+            "BEGIN",
+            "begin;",
+            "BEGIN WORK",
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE NOT DEFERRABLE",
+        ] {
+            assert!(super::lone_begin(ok.as_bytes()), "{ok}");
+        }
+        for no in [
+            "BEGIN ISOLATION LEVEL BOGUS",
+            "BEGIN; SELECT 1",
+            "BEGIN READ",
+            "START",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE,",
+        ] {
+            assert!(!super::lone_begin(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn ordinary_statements_skip_the_splitter() {
+        assert!(!super::may_change_session(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"
+        ));
+        assert!(super::session_commands(b"SELECT 1; SET work_mem = '1MB'").is_some());
+        assert!(super::session_commands(b"UPDATE t SET a = 1").is_none());
+    }
+}

@@ -1,0 +1,431 @@
+//! Routing decisions: where each statement of the session runs (one shard, the session's
+//! shard, or several), from the route cache, the shard maps, hints and the client's
+//! encoding; and the `SET shardgate.*` session hints the proxy keeps itself.
+
+use super::*;
+
+impl Session {
+    /// `SET shardgate.shard|key = ...` and `RESET shardgate.*`: session hints the proxy keeps
+    /// and never sends to PostgreSQL.
+    pub(super) fn proxy_setting(&mut self, cmds: &VecDeque<SessionCommand>) -> Result<(), End> {
+        if cmds.len() != 1 {
+            return self.simple_error(
+                ProxyError::error(
+                    "0A000",
+                    "SET shardgate.* must be sent as a query of its own",
+                )
+                .with_hint("Send SET shardgate.shard = '...' without other statements."),
+            );
+        }
+        let (done, result) = match &cmds[0] {
+            SessionCommand::Set { name, sql } => (
+                "SET",
+                self.set_proxy_setting(name, Some(setting_value(sql))),
+            ),
+            SessionCommand::Reset { name } => ("RESET", self.set_proxy_setting(name, None)),
+            _ => ("SET", Ok(())),
+        };
+        if let Err(e) = result {
+            return self.simple_error(e);
+        }
+        self.push_synthetic(Expect::SyntheticDone(done));
+        self.push_synthetic(Expect::SyntheticReady);
+        Ok(())
+    }
+
+    pub(super) fn set_proxy_setting(
+        &mut self,
+        name: &str,
+        value: Option<String>,
+    ) -> Result<(), ProxyError> {
+        match name {
+            "shardgate.shard" => {
+                if let Some(v) = &value {
+                    let config = self.proxy.config.load();
+                    let known = config
+                        .databases
+                        .get(&self.client.database)
+                        .is_some_and(|d| d.shards.iter().any(|(n, _)| n == v));
+                    if !known {
+                        return Err(ProxyError::error(
+                            "22023",
+                            format!("shardgate.shard: shard \"{v}\" does not exist"),
+                        ));
+                    }
+                }
+                self.session_hints
+                    .get_or_insert_with(Default::default)
+                    .shard = value;
+            }
+            "shardgate.key" => self.session_hints.get_or_insert_with(Default::default).key = value,
+            other => {
+                return Err(ProxyError::error(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{other}\""),
+                )
+                .with_hint("shardgate knows shardgate.shard and shardgate.key."))
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this client's database routes statements at all (several shards and maps or
+    /// reference tables); the others send everything home and pay nothing for routing.
+    pub(super) fn routes(&self) -> bool {
+        let config = self.proxy.config.load();
+        config
+            .databases
+            .get(&self.client.database)
+            .is_some_and(|db| {
+                db.shards.len() >= 2 && (!db.maps.is_empty() || !db.reference_tables.is_empty())
+            })
+    }
+
+    /// Where a statement with no parameters to wait for runs.
+    pub(super) fn route(&self, sql: &[u8]) -> Result<Routing, ProxyError> {
+        match self.route_plan(sql, &[])? {
+            Routing::AtBind => Err(ProxyError::error(
+                "0A000",
+                "shardgate cannot route this statement: its shard key is a parameter and no values are bound",
+            )
+            .with_hint("Give the key as a constant, or name the shard: /* shardgate: shard=NAME */.")),
+            r => Ok(r),
+        }
+    }
+
+    /// Where a statement with its parameters `bound` (empty: not known yet).
+    pub(super) fn route_plan(
+        &self,
+        sql: &[u8],
+        bound: &[Option<String>],
+    ) -> Result<Routing, ProxyError> {
+        let config = self.proxy.config.load();
+        let Some(db) = config.databases.get(&self.client.database) else {
+            return Ok(Routing::To(None));
+        };
+        if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
+            return Ok(Routing::To(None));
+        }
+        let text = String::from_utf8_lossy(sql);
+        // Only a query with a `;` before its end can hold several statements.
+        let several = text.trim_end().trim_end_matches(';').contains(';');
+        let statements = if several {
+            router::lexer::split_statements(&text)
+        } else {
+            Vec::new()
+        };
+        if statements.len() > 1 {
+            // Each statement of a multi-statement query routes; they must agree. A query
+            // whose statements all run on every shard (a batch of DDL) runs whole on each.
+            let mut target: Option<String> = None;
+            let (mut everywhere, mut elsewhere) = (0, 0);
+            let mut writes = false;
+            for st in statements {
+                match self.route_plan(st.as_bytes(), bound)? {
+                    Routing::AtBind => return Ok(Routing::AtBind),
+                    Routing::Fanout(f)
+                        if f.parts.is_none() && f.shards.len() == db.shards.len() && f.sum =>
+                    {
+                        writes |= f.write;
+                        everywhere += 1
+                    }
+                    Routing::Fanout(_) => {
+                        return Err(ProxyError::error(
+                            "0A000",
+                            "shardgate cannot route this query: one of its statements runs on several shards",
+                        )
+                        .with_hint("Send a statement that runs on several shards as a query of its own."))
+                    }
+                    Routing::To(next) => {
+                        elsewhere += 1;
+                        if let Some(t) = next {
+                            match &target {
+                                Some(prev) if *prev != t => {
+                                    return Err(ProxyError::error(
+                                        "0A000",
+                                        format!("shardgate cannot route this query: its statements need shards `{prev}` and `{t}`"),
+                                    )
+                                    .with_hint("Send the statements of each shard in a query of their own."))
+                                }
+                                _ => target = Some(t),
+                            }
+                        }
+                    }
+                }
+            }
+            if everywhere > 0 {
+                if elsewhere > 0 {
+                    return Err(ProxyError::error(
+                        "0A000",
+                        "shardgate cannot route this query: some of its statements run on every shard and others on one",
+                    )
+                    .with_hint("Send the statements that run on every shard (DDL) in a query of their own."));
+                }
+                return Ok(Routing::Fanout(Box::new(Fanout {
+                    shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
+                    parts: None,
+                    copy_header: copy_header(&text),
+                    // A query of writes: all of it commits on every shard, or none of it.
+                    write: writes,
+                    sum: true,
+                })));
+            }
+            return Ok(Routing::To(target));
+        }
+        let mut hints = router::hints::parse_hints(&text)
+            .map_err(|e| ProxyError::error("42601", format!("shardgate hint: {e}")))?;
+        self.merge_session_hints(&mut hints);
+        if hints.shard.is_none() && !sql.is_ascii() && !self.client_utf8() {
+            return Err(refuse(
+                "the client's encoding is not UTF8 and the statement has characters beyond ASCII, which the router would read wrongly".into(),
+                "Connect with client_encoding=UTF8, or name the shard: /* shardgate: shard=NAME */.",
+            ));
+        }
+        let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+        let routed = match self
+            .proxy
+            .route_cache
+            .route_in(self.scope(), &text, bound, &keys)
+        {
+            Ok(r) => r,
+            Err(_) if hints.shard.is_some() => {
+                return Ok(Routing::To(hints.shard.clone()));
+            }
+            Err(e) => {
+                return Err(refuse(
+                    format!("it does not parse ({e})"),
+                    "Name the shard in the statement: /* shardgate: shard=NAME */.",
+                ))
+            }
+        };
+        self.routing(
+            db,
+            &text,
+            &routed.analysis,
+            &routed.params,
+            &hints,
+            bound.is_empty(),
+        )
+    }
+
+    /// Whether the client's text is UTF-8, as the router reads it (`client_encoding` UTF8,
+    /// or SQL_ASCII, whose bytes reach the server unconverted).
+    pub(super) fn client_utf8(&self) -> bool {
+        if self.encoding_doubt {
+            return false;
+        }
+        match self.client.settings.desired().get("client_encoding") {
+            None => true,
+            Some(sql) => is_utf8_name(sql),
+        }
+    }
+
+    /// A statement that may change the client's encoding in a way the settings do not track
+    /// (`SET LOCAL client_encoding`, `set_config(...)`, `SET NAMES`): from then on the
+    /// session's text is not taken for UTF-8.
+    pub(super) fn note_encoding_change(&mut self, sql: &[u8]) {
+        if self.encoding_doubt || !may_change_session(sql) {
+            return;
+        }
+        let has = |needle: &[u8]| {
+            sql.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        };
+        if has(b"names")
+            || (has(b"client_encoding")
+                && !matches!(
+                    tracked(sql),
+                    Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
+                ))
+        {
+            self.encoding_doubt = true;
+        }
+    }
+
+    /// The route cache's scope of this client's database.
+    pub(super) fn scope(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.client.database.hash(&mut h);
+        h.finish()
+    }
+
+    /// A comment hint in the statement wins over `SET shardgate.*`.
+    pub(super) fn merge_session_hints(&self, hints: &mut router::hints::Hints) {
+        if let Some(session) = self.session_hints.as_deref() {
+            if hints.shard.is_none() && hints.key.is_none() {
+                hints.shard = session.shard.clone();
+                hints.key = session.key.clone();
+            }
+        }
+    }
+
+    /// Where a prepared statement runs with its parameters `bound` (empty: not known yet).
+    /// The statement is analysed on its first use and the analysis kept with it.
+    pub(super) fn route_statement(
+        &self,
+        stmt: &Statement,
+        bound: &[Option<String>],
+    ) -> Result<Routing, ProxyError> {
+        let config = self.proxy.config.load();
+        let Some(db) = config.databases.get(&self.client.database) else {
+            return Ok(Routing::To(None));
+        };
+        if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
+            return Ok(Routing::To(None));
+        }
+        if !stmt.query.is_ascii() && !self.client_utf8() {
+            // Judged (and refused unless a hint names the shard) as text.
+            return self.route_plan(&stmt.query, bound);
+        }
+        let generation = self.proxy.generation();
+        let scope = self.scope();
+        let kept = stmt.route.load();
+        let route = match kept
+            .as_ref()
+            .filter(|r| r.generation == generation && r.scope == scope)
+        {
+            Some(r) => r.clone(),
+            None => {
+                let text = String::from_utf8_lossy(&stmt.query);
+                let Ok(hints) = router::hints::parse_hints(&text) else {
+                    return self.route_plan(&stmt.query, bound);
+                };
+                let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+                if text.trim_end().trim_end_matches(';').contains(';') {
+                    return self.route_plan(&stmt.query, bound);
+                }
+                let Ok(routed) = self
+                    .proxy
+                    .route_cache
+                    .route_in(self.scope(), &text, &[], &keys)
+                else {
+                    return self.route_plan(&stmt.query, bound);
+                };
+                let r = Arc::new(crate::statements::StatementRoute {
+                    generation,
+                    scope,
+                    analysis: routed.analysis,
+                    constants: routed.params[routed.own.min(routed.params.len())..].to_vec(),
+                    own: routed.own,
+                    hints,
+                });
+                stmt.route.store(Some(r.clone()));
+                r
+            }
+        };
+        let mut params: Vec<Option<String>> = Vec::with_capacity(route.own + route.constants.len());
+        params.extend((0..route.own).map(|i| bound.get(i).cloned().flatten()));
+        params.extend(route.constants.iter().cloned());
+        let mut hints = route.hints.clone();
+        self.merge_session_hints(&mut hints);
+        let text = String::from_utf8_lossy(&stmt.query);
+        self.routing(
+            db,
+            &text,
+            &route.analysis,
+            &params,
+            &hints,
+            bound.is_empty(),
+        )
+    }
+
+    /// The routing of an analysed statement.
+    pub(super) fn routing(
+        &self,
+        db: &sgconfig::DatabaseConfig,
+        text: &str,
+        analysis: &router::analyze::Analysis,
+        params: &[Option<String>],
+        hints: &router::hints::Hints,
+        unbound: bool,
+    ) -> Result<Routing, ProxyError> {
+        use router::plan::Plan;
+        let plan = router::plan::plan_with_hints(db, analysis, params, hints);
+        match plan {
+            Plan::Shard(s) => Ok(Routing::To(Some(s))),
+            Plan::Session | Plan::AnyShard => Ok(Routing::To(None)),
+            Plan::AllShards => Ok(Routing::Fanout(Box::new(Fanout {
+                shards: db.shards.iter().map(|(n, _)| n.to_owned()).collect(),
+                parts: None,
+                copy_header: copy_header(text),
+                write: analysis.kind == router::analyze::Kind::Write,
+                sum: !(analysis.kind == router::analyze::Kind::Write
+                    && !analysis.tables.is_empty()
+                    && analysis
+                        .tables
+                        .iter()
+                        .all(|t| db.reference_tables.contains(t))),
+            }))),
+            Plan::Shards(some) => {
+                // In the database's order.
+                let shards: Vec<String> = db
+                    .shards
+                    .iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| some.iter().any(|s| s == n))
+                    .map(str::to_owned)
+                    .collect();
+                let parts = match router::plan::row_shards(db, analysis, params) {
+                    None => None,
+                    Some(rows) => Some(router::rewrite::split_insert(text, &rows, &shards).map_err(|why| {
+                        refuse(
+                            format!("its rows live on shards {} and {why}", shards.join(", ")),
+                            "Send the rows of each shard in an INSERT of their own.",
+                        )
+                    })?),
+                };
+                Ok(Routing::Fanout(Box::new(Fanout {
+                    shards,
+                    parts,
+                    copy_header: false,
+                    write: analysis.kind == router::analyze::Kind::Write,
+                    sum: true,
+                })))
+            }
+            Plan::Pinned if self.server.is_some() && self.tx_status != b'I' => {
+                Ok(Routing::To(None))
+            }
+            Plan::Pinned => Err(refuse(
+                "the router cannot see which shards its code touches".into(),
+                "Run it inside a transaction already on the shard it needs, or name the shard: /* shardgate: shard=NAME */.",
+            )),
+            Plan::AtBind if unbound => Ok(Routing::AtBind),
+            Plan::AtBind => Err(refuse(
+                "its shard key is a parameter the router cannot read (NULL, or binary of a type it does not decode)".into(),
+                "Send the key in text format, or name the shard: /* shardgate: shard=NAME */.",
+            )),
+            Plan::Refuse { reason, hint } => Err(refuse(reason, &hint)),
+        }
+    }
+}
+
+/// A `COPY ... TO STDOUT` whose data starts with a header line.
+pub(super) fn copy_header(text: &str) -> bool {
+    if !router::lexer::Lexer::new(text)
+        .next()
+        .is_some_and(|t| t.is_keyword("copy"))
+    {
+        return false;
+    }
+    matches!(router::copy::parse_copy(text), Some(Ok(c)) if c.format.header)
+}
+
+/// An encoding name (or the statement that sets it) that means UTF-8 to the router: UTF8,
+/// or SQL_ASCII, whose bytes reach the server unconverted.
+pub(super) fn is_utf8_name(text: &str) -> bool {
+    ["utf8", "utf-8", "unicode", "sql_ascii"].iter().any(|e| {
+        text.as_bytes()
+            .windows(e.len())
+            .any(|w| w.eq_ignore_ascii_case(e.as_bytes()))
+    })
+}
+
+/// The router's refusal: 0A000, the reason and what to do.
+pub(super) fn refuse(reason: String, hint: &str) -> ProxyError {
+    ProxyError::error(
+        "0A000",
+        format!("shardgate cannot route this statement: {reason}"),
+    )
+    .with_hint(hint.to_owned())
+}

@@ -1,0 +1,335 @@
+//! Server → proxy: the answers of the attached server matched against what the session
+//! expects, the session state they confirm (SETs, rollbacks), and the session's end.
+
+use super::*;
+
+impl Session {
+    pub(super) fn desync(what: &str) -> End {
+        End::ServerGone(format!("protocol out of step: unexpected {what}"))
+    }
+
+    pub(super) fn on_server(&mut self, frame: Frame) -> Result<(), End> {
+        match frame.tag() {
+            tag::PARSE_COMPLETE => match self.pending.pop_front() {
+                Some(Expect::Parse {
+                    visible, statement, ..
+                }) => {
+                    if let Some(s) = statement {
+                        s.mark_valid();
+                    }
+                    if visible {
+                        self.wbuf.extend_from_slice(frame.raw());
+                    }
+                }
+                _ => return Err(Self::desync("ParseComplete")),
+            },
+            tag::BIND_COMPLETE => match self.pending.pop_front() {
+                Some(Expect::Bind) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("BindComplete")),
+            },
+            tag::CLOSE_COMPLETE => match self.pending.pop_front() {
+                Some(Expect::Close) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("CloseComplete")),
+            },
+            tag::NO_DATA => match self.pending.pop_front() {
+                Some(Expect::Describe { .. }) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("NoData")),
+            },
+            tag::PARAMETER_DESCRIPTION => {
+                if let Some(Expect::Describe {
+                    statement: Some(stmt),
+                }) = self.pending.front()
+                {
+                    stmt.set_described(crate::statements::parse_oids(frame.body()));
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::ROW_DESCRIPTION => {
+                if matches!(self.pending.front(), Some(Expect::Describe { .. })) {
+                    self.pending.pop_front();
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::COMMAND_COMPLETE if matches!(self.pending.front(), Some(Expect::HeldBegin)) => {}
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY => {
+                self.on_command_complete(&frame)?;
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::PORTAL_SUSPENDED => match self.pending.pop_front() {
+                Some(Expect::Execute { .. }) => self.wbuf.extend_from_slice(frame.raw()),
+                _ => return Err(Self::desync("PortalSuspended")),
+            },
+            tag::COPY_IN_RESPONSE => {
+                if matches!(self.pending.front(), Some(Expect::Execute { .. })) {
+                    self.on_extended_copy_in();
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::ERROR_RESPONSE => {
+                self.copy_in_extended = false;
+                self.error_since_ready = true;
+                self.on_error();
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            tag::READY_FOR_QUERY => {
+                let status =
+                    messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
+                match self.pending.pop_front() {
+                    Some(Expect::Sync) | Some(Expect::Query { .. }) => {}
+                    Some(Expect::HeldBegin) => {
+                        self.tx_status = status;
+                        return Ok(());
+                    }
+                    _ => return Err(Self::desync("ReadyForQuery")),
+                }
+                if self.held_begin.is_some() {
+                    // No server is in the client's transaction yet: the client's status holds.
+                    messages::ready_for_query(&mut self.wbuf, self.tx_status);
+                    self.error_since_ready = false;
+                    self.emit_synthetic_head();
+                    return Ok(());
+                }
+                self.tx_status = status;
+                if status == b'I' {
+                    if self.error_since_ready {
+                        self.roll_back_settings();
+                    } else {
+                        self.client.settings.commit();
+                    }
+                }
+                self.error_since_ready = false;
+                self.wbuf.extend_from_slice(frame.raw());
+            }
+            _ => self.wbuf.extend_from_slice(frame.raw()),
+        }
+        self.emit_synthetic_head();
+        Ok(())
+    }
+
+    /// COPY FROM STDIN started by an Execute: the server ignores every Sync until the client
+    /// ends the copy, so the Syncs already queued before that end get no answer.
+    pub(super) fn on_extended_copy_in(&mut self) {
+        let mut i = 1;
+        let mut ended = false;
+        while i < self.pending.len() {
+            match self.pending[i] {
+                Expect::Sync => {
+                    self.pending.remove(i);
+                }
+                Expect::CopyEnd => {
+                    ended = true;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in_extended = !ended;
+    }
+
+    /// An ErrorResponse: in a simple Query the rest of its statements are skipped; in an
+    /// extended batch the server skips everything up to Sync, so those entries go.
+    pub(super) fn on_error(&mut self) {
+        match self.pending.front_mut() {
+            Some(Expect::Query { commands }) => *commands = None,
+            Some(Expect::Sync) | Some(Expect::HeldBegin) | None => {}
+            Some(_) => {
+                while let Some(e) = self.pending.front() {
+                    if matches!(e, Expect::Sync) {
+                        break;
+                    }
+                    if let Some(Expect::Parse {
+                        statement: Some(stmt),
+                        client_name,
+                        ..
+                    }) = self.pending.pop_front()
+                    {
+                        if let Some(s) = self.server.as_mut() {
+                            s.prepared.remove(&stmt.id);
+                        }
+                        if let (Some(name), Some(n)) = (client_name, self.names.as_deref_mut()) {
+                            n.statements.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_command_complete(&mut self, frame: &Frame) -> Result<(), End> {
+        let command_tag = if frame.tag() == tag::COMMAND_COMPLETE {
+            messages::command_tag(frame).map_err(|e| End::ServerGone(e.to_string()))?
+        } else {
+            &b""[..]
+        };
+        let command = match self.pending.front_mut() {
+            Some(Expect::Query { commands }) => commands.as_mut().and_then(|c| c.pop_front()),
+            Some(Expect::Execute { .. }) => match self.pending.pop_front() {
+                Some(Expect::Execute { command }) => command,
+                _ => None,
+            },
+            _ => None,
+        };
+        match command_tag {
+            b"COMMIT" | b"PREPARE TRANSACTION" => self.client.settings.commit(),
+            b"ROLLBACK" => self.roll_back_settings(),
+            _ => {}
+        }
+        if let Some(c) = command {
+            self.apply(c, command_tag);
+        }
+        Ok(())
+    }
+
+    /// The transaction that changed settings rolled back: the client's go back to what they
+    /// were, and the server connection's are no longer known.
+    pub(super) fn roll_back_settings(&mut self) {
+        if self.client.settings.rollback() {
+            if let Some(s) = self.server.as_mut() {
+                s.settings_unknown = true;
+            }
+        }
+    }
+
+    /// A statement that changes session state succeeded: record it for the client and for
+    /// the server connection it ran on.
+    pub(super) fn apply(&mut self, command: SessionCommand, command_tag: &[u8]) {
+        let settings = &mut self.client.settings;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let in_step = server.applied_for == Some((self.client.id, settings.generation));
+        match (command, command_tag) {
+            (SessionCommand::Set { name, sql }, b"SET") => {
+                settings.set(&name, &sql);
+                std::sync::Arc::make_mut(&mut server.applied).insert(name, sql);
+            }
+            (SessionCommand::Reset { name }, b"RESET") => {
+                settings.reset(&name);
+                std::sync::Arc::make_mut(&mut server.applied).remove(&name);
+                // The server went to its default; a startup value may need applying again.
+                server.applied_for = None;
+                return;
+            }
+            (SessionCommand::ResetAll, b"RESET") => {
+                self.session_hints = None;
+                settings.reset_all();
+                server.applied = Default::default();
+                server.applied_for = None;
+                return;
+            }
+            (SessionCommand::DiscardAll, b"DISCARD ALL") => {
+                self.session_hints = None;
+                settings.reset_all();
+                server.applied = Default::default();
+                server.applied_for = None;
+                server.prepared.clear();
+                self.names = None;
+                self.unnamed_parse = None;
+                return;
+            }
+            (SessionCommand::DeallocateAll, b"DEALLOCATE ALL") => {
+                server.prepared.clear();
+                if let Some(n) = self.names.as_deref_mut() {
+                    n.statements.clear();
+                }
+                return;
+            }
+            _ => return,
+        }
+        server.applied_for = if in_step {
+            Some((self.client.id, settings.generation))
+        } else {
+            None
+        };
+    }
+
+    pub(super) async fn finish(&mut self, end: End) {
+        match &end {
+            End::Fatal(e) => {
+                tracing::debug!(client = self.client.id, error = %e, "closing client");
+                e.encode(&mut self.wbuf);
+            }
+            End::ServerGone(why) => {
+                tracing::warn!(client = self.client.id, why = %why, "server connection lost");
+                ProxyError::fatal(
+                    "08006",
+                    "server closed the connection unexpectedly; the session is closed",
+                )
+                .encode(&mut self.wbuf);
+                self.drop_server();
+            }
+            End::ClientGone => {}
+        }
+        if !self.wbuf.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                self.client.conn.stream.write_all(&self.wbuf),
+            )
+            .await;
+        }
+        crate::cancel::point(&self.client.cancel_slot, None);
+        let parked = self
+            .shard_pools
+            .as_deref_mut()
+            .map(|p| std::mem::take(&mut p.parked))
+            .unwrap_or_default();
+        for (_, mut conn) in parked {
+            // Idle between transactions when parked: only the session reset is due.
+            if matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
+                Ok(Ok(None))
+            ) {
+                conn.prepared.clear();
+                conn.applied = Default::default();
+                conn.applied_for = None;
+                conn.settings_unknown = false;
+                conn.release();
+            }
+        }
+        let Some(mut conn) = self.server.take() else {
+            return;
+        };
+        if self.unsynced {
+            // Inside a batch the client never synced: closing rolls its work back.
+            return;
+        }
+        if !self.pending.is_empty() || !conn.read_buf.is_empty() {
+            // Something is still running: cancel it and close the connection.
+            let key = (conn.backend_pid, conn.secret_key, conn.addr);
+            drop(conn);
+            cancel_backend(key).await;
+            return;
+        }
+        let mut clean = true;
+        if self.tx_status != b'I' {
+            clean = matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("ROLLBACK")).await,
+                Ok(Ok(None))
+            );
+            conn.settings_unknown = true;
+        }
+        if clean && self.client.mode == PoolMode::Session {
+            clean = matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
+                Ok(Ok(None))
+            );
+            conn.prepared.clear();
+            conn.applied = Default::default();
+            conn.applied_for = None;
+            conn.settings_unknown = false;
+        }
+        if clean {
+            conn.release();
+        }
+    }
+}
+
+pub(super) async fn cancel_backend((pid, key, addr): (i32, i32, std::net::SocketAddr)) {
+    use tokio::io::AsyncWriteExt;
+    if let Ok(Ok(mut s)) =
+        tokio::time::timeout(CLEANUP_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+    {
+        let _ = s.write_all(&wire::startup::encode_cancel(pid, key)).await;
+    }
+}
