@@ -312,6 +312,7 @@ pub fn sharded_proxy(
     std::fs::write(dir.join("map.yaml"), map_yaml).expect("write map");
     let mut yaml = format!(
         "pool: {pool}\nusers:\n  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
+         \x20 - {{ name: trustuser, auth: trust, server_user: {su}, server_password: {SERVER_PASSWORD} }}\n\
          databases:\n  app:\n    shard_maps: [map.yaml]\n",
         su = info.superuser,
     );

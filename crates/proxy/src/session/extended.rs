@@ -19,6 +19,17 @@ impl Session {
             );
         }
         if p.name.is_empty() {
+            self.ext_begin = None;
+            if lone_begin(p.query) && p.param_types.len() <= 2 && self.may_hold_begin().await? {
+                // The BEGIN of a driver's pipeline: answered here, held at its Execute.
+                self.unnamed_parse = None;
+                self.ext_begin = Some(Box::new(ExtBegin {
+                    text: Bytes::copy_from_slice(p.query),
+                    portal: None,
+                }));
+                self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+                return Ok(());
+            }
             let command = tracked(p.query);
             if command.is_some() || self.names.is_some() {
                 self.names().unnamed_command = command;
@@ -151,6 +162,9 @@ impl Session {
 
     pub(super) async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
+        if b.statement.is_empty() && self.ext_begin.is_some() {
+            return self.bind_held_begin(&b);
+        }
         if b.statement.is_empty() {
             if self.unnamed_parse.is_none() {
                 // Never the unnamed statement another client left on a pooled connection.
@@ -260,6 +274,9 @@ impl Session {
 
     pub(super) async fn on_describe(&mut self, frame: Frame) -> Result<(), End> {
         let d = TargetView::new(&frame).map_err(malformed)?;
+        if self.describes_held_begin(&d) {
+            return Ok(());
+        }
         if d.kind == b'S' && d.name.is_empty() && self.unnamed_parse.is_none() {
             return self.extended_error(Self::unknown_statement(b""));
         }
@@ -335,6 +352,7 @@ impl Session {
                 Some(Expect::Synthetic(t)) => {
                     messages::empty_message(&mut self.wbuf, *t);
                 }
+                Some(Expect::SyntheticFrame(f)) => self.wbuf.extend_from_slice(f),
                 Some(Expect::SyntheticError(e)) => {
                     e.encode(&mut self.wbuf);
                     self.error_since_ready = true;

@@ -4,7 +4,101 @@
 
 use super::*;
 
+/// ParameterDescription of a statement without parameters.
+const NO_PARAMETERS: &[u8] = &[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0];
+/// NoData.
+const NO_DATA: &[u8] = &[tag::NO_DATA, 0, 0, 0, 4];
+
 impl Session {
+    /// Whether a BEGIN arriving now may be held: between transactions and batches, in
+    /// transaction pooling, on a database that routes. A BEGIN pipelined behind statements
+    /// still answering waits for them; once they have, their server goes back.
+    pub(super) async fn may_hold_begin(&mut self) -> Result<bool, End> {
+        if self.tx_status != b'I'
+            || self.held_begin.is_some()
+            || self.client.mode != PoolMode::Transaction
+            || self.unsynced
+            || !self.routes()
+        {
+            return Ok(false);
+        }
+        if self.server.is_some() {
+            if let Err(e) = self.settle().await {
+                return Err(End::Fatal(e));
+            }
+        }
+        Ok(self.server.is_none() && self.tx_status == b'I')
+    }
+
+    /// A Bind of the held extended-protocol BEGIN: answered here.
+    pub(super) fn bind_held_begin(&mut self, b: &BindView<'_>) -> Result<(), End> {
+        let count = |at: usize| {
+            b.rest
+                .get(at..at + 2)
+                .map_or(0, |c| i16::from_be_bytes([c[0], c[1]]).max(0) as usize)
+        };
+        let formats = count(0);
+        if count(2 + 2 * formats) != 0 {
+            // Parameters for a statement that takes none: as PostgreSQL answers.
+            self.ext_begin = None;
+            return self.extended_error(ProxyError::error(
+                "08P01",
+                "bind message supplies parameters, but prepared statement \"\" requires 0",
+            ));
+        }
+        if let Some(held) = self.ext_begin.as_mut() {
+            held.portal = Some(b.portal.into());
+        }
+        self.push_synthetic(Expect::Synthetic(tag::BIND_COMPLETE));
+        Ok(())
+    }
+
+    /// A Describe of the held extended-protocol BEGIN (statement or portal): answered here.
+    pub(super) fn describes_held_begin(&mut self, d: &TargetView<'_>) -> bool {
+        let Some(held) = self.ext_begin.as_deref() else {
+            return false;
+        };
+        match d.kind {
+            b'S' if d.name.is_empty() => {
+                self.push_synthetic(Expect::SyntheticFrame(NO_PARAMETERS));
+                self.push_synthetic(Expect::SyntheticFrame(NO_DATA));
+                true
+            }
+            b'P' if held.portal.as_deref() == Some(d.name) => {
+                self.push_synthetic(Expect::SyntheticFrame(NO_DATA));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// An Execute of the held extended-protocol BEGIN's portal: the transaction begins for
+    /// the client, and the BEGIN is held until a statement picks the shard.
+    pub(super) fn executes_held_begin(&mut self, frame: &Frame) -> Result<bool, End> {
+        let Some(held) = self.ext_begin.as_deref() else {
+            return Ok(false);
+        };
+        let (portal, _) = messages::execute_view(frame).map_err(malformed)?;
+        if held.portal.as_deref() != Some(portal) {
+            return Ok(false);
+        }
+        let mut begin = BytesMut::new();
+        messages::query(&mut begin, &String::from_utf8_lossy(&held.text));
+        // A portal runs once: a second Execute of it returns nothing, as on PostgreSQL.
+        if let Some(h) = self.ext_begin.as_mut() {
+            h.portal = None;
+        }
+        if self.tx_status != b'I' || self.held_begin.is_some() {
+            // Already in a transaction: PostgreSQL warns and goes on.
+            self.push_synthetic(Expect::SyntheticDone("BEGIN"));
+            return Ok(true);
+        }
+        self.held_begin = Some(Box::new(begin.freeze()));
+        self.tx_status = b'T';
+        self.push_synthetic(Expect::SyntheticDone("BEGIN"));
+        Ok(true)
+    }
+
     /// Sends the held-back BEGIN ahead of the statement that picked the attached server.
     pub(super) fn begin_if_held(&mut self) {
         if self.server.is_none() {

@@ -79,6 +79,8 @@ enum Expect {
     HeldBegin,
     /// A message the proxy answers itself when its turn comes.
     Synthetic(u8),
+    /// A whole message the proxy answers with when its turn comes.
+    SyntheticFrame(&'static [u8]),
     SyntheticError(ProxyError),
     SyntheticReady,
     /// A CommandComplete with this tag, for a statement the proxy ran itself.
@@ -159,6 +161,14 @@ struct PendingFanout {
     executed: bool,
 }
 
+/// An unnamed Parse of a lone BEGIN that no server has seen.
+struct ExtBegin {
+    /// The statement's text.
+    text: Bytes,
+    /// The portal it was bound to, once bound.
+    portal: Option<Box<[u8]>>,
+}
+
 /// Why a session ends.
 enum End {
     ClientGone,
@@ -195,6 +205,10 @@ struct Session {
     /// the transaction runs on. Meanwhile the client's status (`tx_status`) is `T` (or `E`
     /// after an error the proxy raised) while no server is in a transaction.
     held_begin: Option<Box<Bytes>>,
+    /// A BEGIN sent as the unnamed statement of the extended protocol (JDBC, Npgsql and
+    /// psycopg's pipeline send it in the same batch as the first statement): answered by
+    /// the proxy and held at its Execute like a simple-protocol one.
+    ext_begin: Option<Box<ExtBegin>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The client may have changed its encoding in a way the settings do not track.
@@ -231,6 +245,7 @@ pub(crate) fn start(
         session_hints: None,
         pending_fanout: None,
         held_begin: None,
+        ext_begin: None,
         skip_until_sync: false,
         unsynced: false,
         encoding_doubt: false,
@@ -495,6 +510,9 @@ impl Session {
             tag::BIND => self.on_bind(frame).await,
             tag::DESCRIBE => self.on_describe(frame).await,
             tag::EXECUTE => {
+                if self.executes_held_begin(&frame)? {
+                    return Ok(());
+                }
                 if let Err(e) = self.ensure_server().await {
                     return self.extended_error(e);
                 }
@@ -594,20 +612,7 @@ impl Session {
             if let Some(done) = self.end_held(sql) {
                 return done;
             }
-        } else if self.tx_status == b'I'
-            && self.client.mode == PoolMode::Transaction
-            && !self.unsynced
-            && lone_begin(sql)
-            && self.routes()
-            && (self.server.is_none() || {
-                // Pipelined behind statements still answering: once they have, their
-                // server goes back and the BEGIN can be held.
-                if let Err(e) = self.settle().await {
-                    return Err(End::Fatal(e));
-                }
-                self.server.is_none() && self.tx_status == b'I'
-            })
-        {
+        } else if lone_begin(sql) && self.may_hold_begin().await? {
             // Held until a statement picks the shard.
             self.held_begin = Some(Box::new(frame.raw().clone()));
             self.tx_status = b'T';

@@ -1,0 +1,157 @@
+//! Fidelity: the proxy behaves as the PostgreSQL behind it for the way drivers begin
+//! transactions (a BEGIN in the same extended-protocol pipeline as the first statement, as
+//! JDBC, Npgsql and psycopg's pipeline mode send it).
+//!
+//! Setup: two shards, `items.id` (bigint) range-mapped: id < 100 on s0 (home), id >= 100 on
+//! s1.
+
+use std::net::SocketAddr;
+
+use e2e::raw::*;
+use e2e::{create_database, psql_direct};
+
+struct Setup {
+    shards: [String; 2],
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup(name: &str, pool: &str) -> Setup {
+    let shards = [
+        create_database(&format!("{name}_s0")),
+        create_database(&format!("{name}_s1")),
+    ];
+    for db in &shards {
+        psql_direct(db, "CREATE TABLE items (id bigint PRIMARY KEY, qty int)");
+    }
+    psql_direct(&shards[0], "INSERT INTO items VALUES (5, 1), (6, 1)");
+    psql_direct(&shards[1], "INSERT INTO items VALUES (150, 1), (151, 1)");
+    let (addr, dir) = e2e::sharded_proxy(
+        name,
+        &shards,
+        &format!("name: {name}\ntype: range\nkey_type: bigint\nranges:\n  - {{ from: null, to: 100, shard: s0 }}\n  - {{ from: 100, to: null, shard: s1 }}\ntables: [{{ table: items, column: id }}]\n"),
+        "",
+        pool,
+    );
+    Setup { shards, addr, dir }
+}
+
+/// Parse/Bind/Execute of the unnamed statement, as drivers send a one-shot statement.
+fn one_shot(sql: &str, params: &[&str]) -> Vec<Vec<u8>> {
+    vec![
+        parse("", sql),
+        bind("", "", params),
+        describe(b'P', ""),
+        execute(""),
+    ]
+}
+
+/// JDBC with autoCommit off: `BEGIN` goes through the extended protocol in the same
+/// pipeline as the first statement. The transaction runs on the shard of that statement,
+/// whichever it is, and commits there.
+#[tokio::test]
+async fn a_begin_in_the_first_statements_pipeline_goes_to_that_statements_shard() {
+    let s = setup("fid_jdbc", "{ mode: transaction, size: 2 }");
+    for (key, shard) in [("150", 1), ("5", 0)] {
+        let mut c = Raw::login(s.addr).await;
+        let mut batch = vec![parse("", "BEGIN"), bind("", "", &[]), execute("")];
+        batch.extend(one_shot("SELECT qty FROM items WHERE id = $1", &[key]));
+        batch.push(sync());
+        let ms = c.round(&batch).await;
+        assert!(errors(&ms).is_empty(), "{ms:?}");
+        assert_eq!(rows(&ms), ["1"], "{ms:?}");
+        assert!(
+            ms.iter().any(|m| m.0 == 'C' && m.1 == "BEGIN"),
+            "BEGIN is answered: {ms:?}"
+        );
+        assert_eq!(ms.last().unwrap(), &M('Z', "T".into()), "{ms:?}");
+
+        // A named statement, as with prepareThreshold reached.
+        let mut batch = vec![
+            parse("S_1", "UPDATE items SET qty = qty + 1 WHERE id = $1"),
+            bind("", "S_1", &[key]),
+            execute(""),
+        ];
+        batch.push(sync());
+        let ms = c.round(&batch).await;
+        assert!(errors(&ms).is_empty(), "{ms:?}");
+        assert_eq!(ms.last().unwrap(), &M('Z', "T".into()));
+        // Not committed yet: the shard still has the old value.
+        assert_eq!(
+            psql_direct(
+                &s.shards[shard],
+                &format!("SELECT qty FROM items WHERE id = {key}")
+            ),
+            "1"
+        );
+        let mut batch = one_shot("COMMIT", &[]);
+        batch.push(sync());
+        let ms = c.round(&batch).await;
+        assert!(errors(&ms).is_empty(), "{ms:?}");
+        assert_eq!(ms.last().unwrap(), &M('Z', "I".into()));
+        assert_eq!(
+            psql_direct(
+                &s.shards[shard],
+                &format!("SELECT qty FROM items WHERE id = {key}")
+            ),
+            "2"
+        );
+    }
+}
+
+/// The held extended BEGIN answers what PostgreSQL would: a Describe of it, a BEGIN alone in
+/// its batch (the transaction then goes where its next statement goes), a rollback of a
+/// transaction that never reached a server, and the aborted state after a failed statement.
+#[tokio::test]
+async fn a_held_extended_begin_answers_as_postgresql() {
+    let s = setup("fid_jdbc2", "{ mode: transaction, size: 2 }");
+    let mut c = Raw::login(s.addr).await;
+    let ms = c
+        .round(&[
+            parse("", "BEGIN ISOLATION LEVEL REPEATABLE READ"),
+            describe(b'S', ""),
+            bind("", "", &[]),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+        ])
+        .await;
+    let tags: Vec<char> = ms.iter().map(|m| m.0).collect();
+    assert_eq!(tags, ['1', 't', 'n', '2', 'n', 'C', 'Z'], "{ms:?}");
+    assert_eq!(ms.last().unwrap(), &M('Z', "T".into()));
+    let mut batch = one_shot("UPDATE items SET qty = 7 WHERE id = $1", &["151"]);
+    batch.extend(one_shot(
+        "SELECT current_setting('transaction_isolation')",
+        &[],
+    ));
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    assert_eq!(rows(&ms), ["repeatable read"]);
+    // The statement without a key went where the transaction went: shard s1.
+    let mut batch = one_shot("ROLLBACK", &[]);
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+    assert_eq!(
+        psql_direct(&s.shards[1], "SELECT qty FROM items WHERE id = 151"),
+        "1"
+    );
+
+    // A failed statement after the held BEGIN aborts the transaction, as on PostgreSQL.
+    let mut batch = vec![parse("", "BEGIN"), bind("", "", &[]), execute("")];
+    batch.extend(one_shot("SELECT qty FROM nowhere WHERE id = $1", &["150"]));
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert_eq!(errors(&ms).len(), 1, "{ms:?}");
+    assert!(errors(&ms)[0].starts_with("42P01"), "{ms:?}");
+    assert_eq!(ms.last().unwrap(), &M('Z', "E".into()));
+    let ms = c.round(&[query("ROLLBACK")]).await;
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+}
