@@ -91,6 +91,9 @@ pub struct ProxyOptions {
     pub checkout_timeout_ms: u64,
     pub max_client_connections: u32,
     pub max_message_size: u32,
+    /// Idle server connections are handed out least recently used first, so that a client
+    /// moves between them from one transaction to the next.
+    pub round_robin: bool,
 }
 
 impl Default for ProxyOptions {
@@ -101,6 +104,7 @@ impl Default for ProxyOptions {
             checkout_timeout_ms: 5000,
             max_client_connections: 1000,
             max_message_size: 1 << 20,
+            round_robin: false,
         }
     }
 }
@@ -125,7 +129,7 @@ impl TestDb {
         psql_direct("postgres", &format!("CREATE DATABASE \"{name}\""));
         let yaml = format!(
             "listen: 127.0.0.1:0
-pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout} }}
+pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout}, server_round_robin: {rr} }}
 limits: {{ max_client_connections: {maxc}, max_message_size: {maxm} }}
 users:
   - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
@@ -141,6 +145,7 @@ databases:
             timeout = opts.checkout_timeout_ms,
             maxc = opts.max_client_connections,
             maxm = opts.max_message_size,
+            rr = opts.round_robin,
             su = info.superuser,
             port = info.port,
         );

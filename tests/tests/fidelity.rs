@@ -155,3 +155,115 @@ async fn a_held_extended_begin_answers_as_postgresql() {
     let ms = c.round(&[query("ROLLBACK")]).await;
     assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
 }
+
+/// Runs each statement as a simple query and describes what came back: the rows, or the
+/// SQLSTATE of the error.
+async fn script(c: &tokio_postgres::Client, statements: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for st in statements {
+        let line = match c.simple_query(st).await {
+            Ok(m) => format!("{st} => {:?}", e2e::simple_rows(&m)),
+            Err(e) => format!("{st} => ERROR {}", e2e::sqlstate(&e)),
+        };
+        out.push(line);
+    }
+    out
+}
+
+/// Connects with startup options, as psql does with PGDATESTYLE and PGTZ.
+async fn connect_with_options(conninfo: &str) -> tokio_postgres::Client {
+    e2e::connect(&format!(
+        "{conninfo} options='-c datestyle=Postgres,MDY -c timezone=PST8PDT -c vacuum_cost_delay=3'"
+    ))
+    .await
+}
+
+/// Settings inside transactions with savepoints, RESET to startup values, and the values
+/// timestamps print with: the same through the proxy as on PostgreSQL.
+const SETTINGS_SCRIPT: &[&str] = &[
+    "SHOW datestyle",
+    "SHOW vacuum_cost_delay",
+    "BEGIN",
+    "SET datestyle = 'ISO, YMD'",
+    "SAVEPOINT a",
+    "SET datestyle = 'German'",
+    "SET vacuum_cost_delay = 40",
+    "SAVEPOINT b",
+    "SET vacuum_cost_delay = 50",
+    "ROLLBACK TO b",
+    "SHOW vacuum_cost_delay",
+    "ROLLBACK TO a",
+    "SHOW datestyle",
+    "SHOW vacuum_cost_delay",
+    "SELECT '2006-08-13 12:34:56'::timestamptz",
+    "RELEASE a",
+    "SET vacuum_cost_delay = 60",
+    "COMMIT",
+    "SHOW datestyle",
+    "SHOW vacuum_cost_delay",
+    "SELECT '2006-08-13 12:34:56'::timestamptz",
+    "BEGIN",
+    "SET vacuum_cost_delay = 70",
+    "SAVEPOINT c",
+    "RESET vacuum_cost_delay",
+    "RELEASE c",
+    "SELECT 1/0",
+    "ROLLBACK",
+    "SHOW vacuum_cost_delay",
+    "RESET datestyle",
+    "SHOW datestyle",
+    "RESET ALL",
+    "SHOW vacuum_cost_delay",
+    "SHOW timezone",
+];
+
+async fn settings_match_postgresql(mode: &'static str) {
+    let db = e2e::TestDb::new(
+        "fid_set",
+        e2e::ProxyOptions {
+            mode,
+            round_robin: true,
+            ..Default::default()
+        },
+    );
+    let direct = connect_with_options(&db.direct_conninfo()).await;
+    let want = script(&direct, SETTINGS_SCRIPT).await;
+    let proxied = connect_with_options(&db.proxy_conninfo("app", e2e::APP_PASSWORD)).await;
+    // Another client uses the pool meanwhile, so the first may move between connections.
+    let other = db.connect().await;
+    other
+        .simple_query("SET vacuum_cost_delay = 99")
+        .await
+        .unwrap();
+    // Two connections in the pool: two transactions open at once.
+    let third = db.connect().await;
+    other.simple_query("BEGIN").await.unwrap();
+    third.simple_query("BEGIN; SELECT 1").await.unwrap();
+    other.simple_query("SELECT 1").await.unwrap();
+    other.simple_query("COMMIT").await.unwrap();
+    third.simple_query("COMMIT").await.unwrap();
+    let got = script(&proxied, SETTINGS_SCRIPT).await;
+    assert_eq!(got, want);
+    if mode == "transaction" {
+        // The client did move between server connections.
+        let mut pids = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let m = proxied
+                .simple_query("SELECT pg_backend_pid()")
+                .await
+                .unwrap();
+            pids.insert(e2e::simple_rows(&m)[0][0].clone());
+        }
+        assert!(pids.len() > 1, "{pids:?}");
+    }
+}
+
+#[tokio::test]
+async fn settings_in_session_mode_are_postgresqls() {
+    settings_match_postgresql("session").await;
+}
+
+#[tokio::test]
+async fn settings_in_transaction_mode_are_postgresqls() {
+    settings_match_postgresql("transaction").await;
+}

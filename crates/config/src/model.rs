@@ -70,6 +70,10 @@ pub struct PoolConfig {
     pub server_lifetime_s: u64,
     /// Connecting and authenticating to a server may take this long.
     pub connect_timeout_ms: u64,
+    /// Hand out the idle connection used least recently instead of most recently (as
+    /// PgBouncer's `server_round_robin`): spreads load, and makes clients move between
+    /// server connections, which tests of session state rely on.
+    pub server_round_robin: bool,
 }
 
 impl Default for PoolConfig {
@@ -82,6 +86,7 @@ impl Default for PoolConfig {
             idle_timeout_s: 600,
             server_lifetime_s: 3600,
             connect_timeout_ms: 5000,
+            server_round_robin: false,
         }
     }
 }

@@ -12,4 +12,4 @@ pub mod server;
 mod pool;
 
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};
-pub use server::{ConnectError, ServerConn, ServerTarget, SettingsMap};
+pub use server::{ConnectError, ServerConn, ServerTarget, SettingsMap, Startup};

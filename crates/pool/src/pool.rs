@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::server::{ConnectError, ServerConn, ServerTarget};
+use crate::server::{ConnectError, ServerConn, ServerTarget, Startup};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -23,6 +23,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub server_lifetime: Duration,
     pub connect_timeout: Duration,
+    /// Reuse the idle connection used least recently (default: most recently).
+    pub round_robin: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,12 @@ impl Pool {
 
     /// Checks a connection out, waiting up to the checkout timeout.
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
+        self.get_for(&Startup::default()).await
+    }
+
+    /// Checks a connection opened with `startup` out, waiting up to the checkout timeout. An
+    /// idle connection opened with other parameters is closed to make room for a new one.
+    pub async fn get_for(&self, startup: &Startup) -> Result<PooledConn, PoolError> {
         let inner = &self.inner;
         let start = Instant::now();
         let permit = match inner.permits.clone().try_acquire_owned() {
@@ -137,15 +145,24 @@ impl Pool {
             }
         };
         inner.checkouts.fetch_add(1, Ordering::Relaxed);
-        if let Some(conn) = self.pop_idle() {
+        let key = startup.key();
+        if let Some(conn) = self.pop_idle(key) {
             return Ok(PooledConn {
                 conn: Some(conn),
                 pool: self.inner.clone(),
                 _permit: permit,
             });
         }
+        {
+            // Open connections stay within the size: an idle one of other parameters goes.
+            let mut idle = inner.idle.lock();
+            let checked_out = inner.settings.size as usize - inner.permits.available_permits();
+            if !idle.is_empty() && idle.len() + checked_out > inner.settings.size as usize {
+                idle.remove(0);
+            }
+        }
         // Boxed: connecting is rare, and its state would otherwise sit in every waiting session.
-        let conn = Box::pin(self.connect()).await?;
+        let conn = Box::pin(self.connect(startup)).await?;
         Ok(PooledConn {
             conn: Some(Box::new(conn)),
             pool: self.inner.clone(),
@@ -155,8 +172,13 @@ impl Pool {
 
     /// Checks out an idle connection if one is free right now, without waiting.
     pub fn try_get(&self) -> Option<PooledConn> {
+        self.try_get_for(&Startup::default())
+    }
+
+    /// Checks out an idle connection opened with `startup` if one is free right now.
+    pub fn try_get_for(&self, startup: &Startup) -> Option<PooledConn> {
         let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
-        let conn = self.pop_idle()?;
+        let conn = self.pop_idle(startup.key())?;
         self.inner.checkouts.fetch_add(1, Ordering::Relaxed);
         Some(PooledConn {
             conn: Some(conn),
@@ -165,11 +187,19 @@ impl Pool {
         })
     }
 
-    /// The most recently used idle connection that is still good.
-    fn pop_idle(&self) -> Option<Box<ServerConn>> {
+    /// The most recently used idle connection opened with `key` that is still good.
+    fn pop_idle(&self, key: u64) -> Option<Box<ServerConn>> {
         let inner = &self.inner;
         loop {
-            let mut conn = inner.idle.lock().pop()?;
+            let mut conn = {
+                let mut idle = inner.idle.lock();
+                let at = if inner.settings.round_robin {
+                    idle.iter().position(|c| c.opened_with == key)?
+                } else {
+                    idle.iter().rposition(|c| c.opened_with == key)?
+                };
+                idle.remove(at)
+            };
             // A connection used within the last second is taken as alive without a probe (a
             // syscall); a dead one is noticed on first use anyway.
             let probe = conn.last_used.elapsed() > Duration::from_secs(1);
@@ -181,13 +211,16 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<ServerConn, ConnectError> {
+    async fn connect(&self, startup: &Startup) -> Result<ServerConn, ConnectError> {
         let inner = &self.inner;
-        let conn = ServerConn::connect(&inner.target, inner.settings.connect_timeout).await?;
+        let conn =
+            ServerConn::connect(&inner.target, inner.settings.connect_timeout, startup).await?;
         inner.connects.fetch_add(1, Ordering::Relaxed);
-        let mut sp = inner.server_params.lock();
-        if sp.is_none() {
-            *sp = Some(Arc::new(conn.startup_params.clone()));
+        if startup.params.is_empty() {
+            let mut sp = inner.server_params.lock();
+            if sp.is_none() {
+                *sp = Some(Arc::new(conn.startup_params.clone()));
+            }
         }
         Ok(conn)
     }
@@ -292,7 +325,7 @@ async fn maintain(pool: Weak<Inner>) {
             let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
                 break;
             };
-            match ServerConn::connect(&inner.target, s.connect_timeout).await {
+            match ServerConn::connect(&inner.target, s.connect_timeout, &Startup::default()).await {
                 Ok(conn) => {
                     inner.connects.fetch_add(1, Ordering::Relaxed);
                     inner.idle.lock().push(Box::new(conn));

@@ -56,6 +56,27 @@ pub enum ConnectError {
 /// Largest message the proxy accepts from a server (PostgreSQL's own limit is 1 GiB).
 const SERVER_MAX_MESSAGE: usize = 1 << 30;
 
+/// The startup parameters a connection is opened with beyond user and database: session
+/// pooling opens each client's connection with the client's own, so that the server
+/// session's defaults (what RESET returns to, what DISCARD ALL restores) are the client's.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct Startup {
+    pub params: Vec<(String, String)>,
+}
+
+impl Startup {
+    /// What tells connections opened with different parameters apart; 0 for none.
+    pub fn key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        if self.params.is_empty() {
+            return 0;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.params.hash(&mut h);
+        h.finish() | 1
+    }
+}
+
 pub struct ServerConn {
     pub stream: TcpStream,
     pub read_buf: BytesMut,
@@ -76,6 +97,8 @@ pub struct ServerConn {
     pub settings_unknown: bool,
     pub created: Instant,
     pub last_used: Instant,
+    /// [`Startup::key`] of the parameters it was opened with.
+    pub opened_with: u64,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -89,15 +112,20 @@ impl ServerConn {
     pub async fn connect(
         target: &ServerTarget,
         timeout: Duration,
+        startup: &Startup,
     ) -> Result<ServerConn, ConnectError> {
         let name = format!("{target:?}");
-        match tokio::time::timeout(timeout, Self::connect_inner(target, &name)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(target, &name, startup)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout(name)),
         }
     }
 
-    async fn connect_inner(target: &ServerTarget, name: &str) -> Result<ServerConn, ConnectError> {
+    async fn connect_inner(
+        target: &ServerTarget,
+        name: &str,
+        startup: &Startup,
+    ) -> Result<ServerConn, ConnectError> {
         let io = |source| ConnectError::Io {
             target: name.to_owned(),
             source,
@@ -125,12 +153,19 @@ impl ServerConn {
             settings_unknown: false,
             created: Instant::now(),
             last_used: Instant::now(),
+            opened_with: startup.key(),
         };
-        let startup = wire::startup::encode_startup(&[
-            ("user", &target.user),
-            ("database", &target.database),
-            ("client_encoding", "UTF8"),
-        ]);
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", &target.user), ("database", &target.database)];
+        if !startup
+            .params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
+        {
+            params.push(("client_encoding", "UTF8"));
+        }
+        params.extend(startup.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let startup = wire::startup::encode_startup(&params);
         conn.stream.write_all(&startup).await.map_err(io)?;
         let mut scram: Option<ScramSha256> = None;
         let mut out = BytesMut::new();
@@ -263,6 +298,33 @@ impl ServerConn {
                     first_error = Some(ErrorFields::parse(f.body()).unwrap_or_default());
                 }
                 tag::READY_FOR_QUERY => return Ok(first_error),
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(std::io::Error::other("unexpected COPY in a control query"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a simple query of several statements to completion: how many completed before
+    /// the first error, and that error.
+    pub async fn run_simple_counted(
+        &mut self,
+        sql: &str,
+    ) -> std::io::Result<(usize, Option<ErrorFields>)> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut first_error = None;
+        let mut done = 0;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag() {
+                tag::COMMAND_COMPLETE if first_error.is_none() => done += 1,
+                tag::ERROR_RESPONSE if first_error.is_none() => {
+                    first_error = Some(ErrorFields::parse(f.body()).unwrap_or_default());
+                }
+                tag::READY_FOR_QUERY => return Ok((done, first_error)),
                 tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
                     return Err(std::io::Error::other("unexpected COPY in a control query"));
                 }

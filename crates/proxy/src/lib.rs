@@ -242,6 +242,7 @@ fn pool_spec(config: &Config, key: &PoolKey) -> Result<(ServerTarget, PoolSettin
         idle_timeout: Duration::from_secs(p.idle_timeout_s),
         server_lifetime: Duration::from_secs(p.server_lifetime_s),
         connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        round_robin: p.server_round_robin,
     };
     Ok((target, settings))
 }

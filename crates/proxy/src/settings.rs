@@ -16,7 +16,7 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 /// Maps are shared copy-on-write: clients that started with the same parameters share one
 /// (see [`Settings::intern`]), and a server connection shares the map it was brought in line
 /// with, so "already in line" is usually a pointer comparison.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Settings {
     startup: SettingsMap,
     desired: SettingsMap,
@@ -25,6 +25,17 @@ pub struct Settings {
     /// `desired` before the first change since the last commit point: a change stands only
     /// once the transaction (explicit or implicit) that made it commits.
     snapshot: Option<SettingsMap>,
+    /// The transaction's savepoints, each with `desired` as it was when it was made.
+    savepoints: Vec<(String, SettingsMap)>,
+    /// Session pooling: the startup parameters the client's server connections are opened
+    /// with (empty under transaction pooling, whose connections are opened plain).
+    pub opened: Arc<pool::Startup>,
+}
+
+/// The plain startup of transaction pooling, shared.
+fn plain_startup() -> Arc<pool::Startup> {
+    static PLAIN: std::sync::OnceLock<Arc<pool::Startup>> = std::sync::OnceLock::new();
+    PLAIN.get_or_init(Default::default).clone()
 }
 
 /// Quotes a string constant for SQL.
@@ -120,7 +131,30 @@ impl Settings {
             startup,
             generation: 1,
             snapshot: None,
+            savepoints: Vec::new(),
+            opened: plain_startup(),
         }
+    }
+
+    /// Session pooling: server connections for this client are opened with its startup
+    /// parameters (all but user, database and replication), so nothing need be applied.
+    pub fn open_with(&mut self, params: &[(String, String)]) {
+        let mut kept: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, v)| {
+                !NOT_SETTINGS[..2].contains(&k.as_str())
+                    && k != "replication"
+                    && !(k == "client_encoding" && v.eq_ignore_ascii_case("auto"))
+            })
+            .cloned()
+            .collect();
+        kept.sort();
+        self.opened = Arc::new(pool::Startup { params: kept });
+    }
+
+    /// The settings that come with the client's startup.
+    pub fn startup(&self) -> &SettingsMap {
+        &self.startup
     }
 
     /// Replaces this client's startup map by an equal one already held by `known` (or adds
@@ -151,12 +185,20 @@ impl Settings {
 
     pub fn set(&mut self, name: &str, sql: &str) {
         self.before_change();
-        Arc::make_mut(&mut self.desired).insert(name.to_owned(), sql.to_owned());
+        let desired = Arc::make_mut(&mut self.desired);
+        if name == "session_authorization" {
+            // SET SESSION AUTHORIZATION also resets the role.
+            desired.remove("role");
+        }
+        desired.insert(name.to_owned(), sql.to_owned());
     }
 
     pub fn reset(&mut self, name: &str) {
         self.before_change();
         let desired = Arc::make_mut(&mut self.desired);
+        if name == "session_authorization" {
+            desired.remove("role");
+        }
         match self.startup.get(name) {
             Some(s) => {
                 desired.insert(name.to_owned(), s.clone());
@@ -167,19 +209,72 @@ impl Settings {
         }
     }
 
+    /// RESET ALL: every setting back to its startup value, except the role and the session
+    /// authorization, which RESET ALL leaves alone.
     pub fn reset_all(&mut self) {
         self.before_change();
+        let mut next = (*self.startup).clone();
+        for kept in ["session_authorization", "role"] {
+            match self.desired.get(kept) {
+                Some(v) => next.insert(kept.to_owned(), v.clone()),
+                None => next.remove(kept),
+            };
+        }
+        self.desired = Arc::new(next);
+    }
+
+    /// DISCARD ALL: the session as it was at startup.
+    pub fn discard_all(&mut self) {
+        self.before_change();
         self.desired = self.startup.clone();
+    }
+
+    /// A setting that could not be applied to a server connection: forgotten, as if reset.
+    pub fn drop_setting(&mut self, name: &str) {
+        self.generation += 1;
+        Arc::make_mut(&mut self.desired).remove(name);
+        if let Some(s) = self.snapshot.as_mut() {
+            Arc::make_mut(s).remove(name);
+        }
+        for (_, m) in self.savepoints.iter_mut() {
+            Arc::make_mut(m).remove(name);
+        }
+    }
+
+    /// SAVEPOINT: a rollback to it restores the settings of now.
+    pub fn savepoint(&mut self, name: String) {
+        self.savepoints.push((name, self.desired.clone()));
+    }
+
+    /// RELEASE: the savepoint and those made after it go; the settings stay.
+    pub fn release(&mut self, name: &str) {
+        if let Some(at) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+            self.savepoints.truncate(at);
+        }
+    }
+
+    /// ROLLBACK TO: the settings as they were at the savepoint, which stays.
+    pub fn rollback_to(&mut self, name: &str) {
+        if let Some(at) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+            self.savepoints.truncate(at + 1);
+            let restored = self.savepoints[at].1.clone();
+            if !Arc::ptr_eq(&restored, &self.desired) {
+                self.desired = restored;
+                self.generation += 1;
+            }
+        }
     }
 
     /// The transaction that made the changes committed: they stand.
     pub fn commit(&mut self) {
         self.snapshot = None;
+        self.savepoints.clear();
     }
 
     /// The transaction that made the changes rolled back: they are undone. Returns true when
-    /// there were any (the server connection's settings are then unknown).
+    /// there were any.
     pub fn rollback(&mut self) -> bool {
+        self.savepoints.clear();
         match self.snapshot.take() {
             Some(s) => {
                 self.desired = s;
@@ -190,39 +285,76 @@ impl Settings {
         }
     }
 
-    /// SQL that makes a server connection carrying `applied` carry `desired`; `None` when
-    /// they agree. With `unknown`, starts from RESET ALL.
-    pub fn sync_sql(&self, applied: &SettingsMap, unknown: bool) -> Option<String> {
+    /// The statements that make a server connection carrying `applied` carry `desired`, each
+    /// with the setting it applies (`None`: a reset); empty when they agree. With `unknown`,
+    /// starts from the session's defaults. The session authorization and the role are reset
+    /// first and set last, so every other setting is applied as the connection's own user.
+    pub fn sync_statements(
+        &self,
+        applied: &SettingsMap,
+        unknown: bool,
+    ) -> Vec<(Option<String>, String)> {
+        const LAST: [&str; 2] = ["session_authorization", "role"];
+        let mut out = Vec::new();
         if !unknown && (Arc::ptr_eq(applied, &self.desired) || **applied == *self.desired) {
+            return out;
+        }
+        let empty = SettingsMap::default();
+        let applied = if unknown {
+            out.push((None, "SET SESSION AUTHORIZATION DEFAULT".to_owned()));
+            out.push((None, "RESET ALL".to_owned()));
+            &empty
+        } else {
+            applied
+        };
+        for k in LAST {
+            if applied.contains_key(k) && !self.desired.contains_key(k) {
+                out.push((None, format!("RESET {}", quote_ident_path(k))));
+            }
+        }
+        for k in applied.keys() {
+            if !LAST.contains(&k.as_str()) && !self.desired.contains_key(k) {
+                out.push((None, format!("RESET {}", quote_ident_path(k))));
+            }
+        }
+        let changed = |k: &str| {
+            let v = &self.desired[k];
+            (applied.get(k) != Some(v)).then(|| (Some(k.to_owned()), v.clone()))
+        };
+        for k in self.desired.keys() {
+            if !LAST.contains(&k.as_str()) {
+                out.extend(changed(k));
+            }
+        }
+        for k in LAST {
+            if self.desired.contains_key(k) {
+                // After SET SESSION AUTHORIZATION the role must be set again.
+                let auth_changed = k == "role"
+                    && out
+                        .iter()
+                        .any(|(n, _)| n.as_deref() == Some("session_authorization"));
+                if auth_changed {
+                    out.push((Some(k.to_owned()), self.desired[k].clone()));
+                } else {
+                    out.extend(changed(k));
+                }
+            }
+        }
+        out
+    }
+
+    /// [`Self::sync_statements`] as one query; `None` when nothing is to be done.
+    pub fn sync_sql(&self, applied: &SettingsMap, unknown: bool) -> Option<String> {
+        let statements = self.sync_statements(applied, unknown);
+        if statements.is_empty() {
             return None;
         }
         let mut sql = String::new();
-        if unknown {
-            sql.push_str("RESET ALL;");
-            for v in self.desired.values() {
-                sql.push_str(v);
-                sql.push(';');
-            }
-            return Some(sql);
+        for (_, st) in statements {
+            sql.push_str(&st);
+            sql.push(';');
         }
-        for k in applied.keys() {
-            if !self.desired.contains_key(k) {
-                sql.push_str("RESET ");
-                sql.push_str(&quote_ident_path(k));
-                sql.push(';');
-            }
-        }
-        for (k, v) in self.desired.iter() {
-            if applied.get(k) != Some(v) {
-                sql.push_str(v);
-                sql.push(';');
-            }
-        }
-        if sql.is_empty() {
-            None
-        } else {
-            Some(sql)
-        }
+        Some(sql)
     }
 }
 

@@ -238,6 +238,11 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
 
     let mut settings = Settings::from_startup(&params, &server_params);
     settings.intern(&proxy.startup_settings);
+    let mode = proxy.pool_mode(&user);
+    if mode == sgconfig::PoolMode::Session {
+        // The client's server session is opened with the client's own startup parameters.
+        settings.open_with(&params);
+    }
     let (cancel_key, cancel_slot) = proxy.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     for (k, v) in server_params.iter() {
@@ -258,7 +263,6 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
     let id = proxy
         .next_client_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mode = proxy.pool_mode(&user);
     Ok(Some(Login {
         id,
         user,

@@ -18,6 +18,12 @@ pub enum SessionCommand {
     DeallocateAll,
     /// `LISTEN`/`UNLISTEN`: needs a session of its own.
     Listen,
+    /// `SAVEPOINT name`: settings made after it are undone by a rollback to it.
+    Savepoint(String),
+    /// `RELEASE [SAVEPOINT] name`
+    Release(String),
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`
+    RollbackTo(String),
     /// Anything else.
     Other,
 }
@@ -38,6 +44,41 @@ pub fn classify(stmt: &str) -> SessionCommand {
     };
     if first.is_keyword("listen") || first.is_keyword("unlisten") {
         return SessionCommand::Listen;
+    }
+    if first.is_keyword("savepoint") {
+        return match lx.next().as_ref().and_then(ident) {
+            Some(name) => SessionCommand::Savepoint(name),
+            None => SessionCommand::Other,
+        };
+    }
+    if first.is_keyword("release") {
+        let mut t = lx.next();
+        if t.as_ref().is_some_and(|t| t.is_keyword("savepoint")) {
+            t = lx.next();
+        }
+        return match t.as_ref().and_then(ident) {
+            Some(name) => SessionCommand::Release(name),
+            None => SessionCommand::Other,
+        };
+    }
+    if first.is_keyword("rollback") || first.is_keyword("abort") {
+        let mut t = lx.next();
+        if t.as_ref()
+            .is_some_and(|t| t.is_keyword("work") || t.is_keyword("transaction"))
+        {
+            t = lx.next();
+        }
+        if !t.as_ref().is_some_and(|t| t.is_keyword("to")) {
+            return SessionCommand::Other;
+        }
+        let mut t = lx.next();
+        if t.as_ref().is_some_and(|t| t.is_keyword("savepoint")) {
+            t = lx.next();
+        }
+        return match t.as_ref().and_then(ident) {
+            Some(name) => SessionCommand::RollbackTo(name),
+            None => SessionCommand::Other,
+        };
     }
     if first.is_keyword("discard") {
         return match lx.next() {
@@ -195,5 +236,28 @@ mod tests {
         assert_eq!(classify("DEALLOCATE ALL"), SessionCommand::DeallocateAll);
         assert_eq!(classify("LISTEN chan"), SessionCommand::Listen);
         assert_eq!(classify("unlisten *"), SessionCommand::Listen);
+    }
+
+    #[test]
+    fn savepoints() {
+        assert_eq!(
+            classify("SAVEPOINT a"),
+            SessionCommand::Savepoint("a".into())
+        );
+        assert_eq!(
+            classify("release savepoint \"B\""),
+            SessionCommand::Release("B".into())
+        );
+        assert_eq!(classify("RELEASE a"), SessionCommand::Release("a".into()));
+        assert_eq!(
+            classify("ROLLBACK TO SAVEPOINT a"),
+            SessionCommand::RollbackTo("a".into())
+        );
+        assert_eq!(
+            classify("rollback work to A"),
+            SessionCommand::RollbackTo("a".into())
+        );
+        assert_eq!(classify("ROLLBACK"), SessionCommand::Other);
+        assert_eq!(classify("ROLLBACK PREPARED 'x'"), SessionCommand::Other);
     }
 }

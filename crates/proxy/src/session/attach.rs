@@ -120,12 +120,7 @@ impl Session {
             }
             if *t != self.home_shard() {
                 let pool = self.shard_pool(t)?;
-                let conn = match pool.try_get() {
-                    Some(c) => c,
-                    None => Box::pin(pool.get())
-                        .await
-                        .map_err(|e| pool_error(e, false))?,
-                };
+                let conn = checkout(&pool, &self.client).await?;
                 self.attach(conn);
                 self.server_shard = Some(t.as_str().into());
             }
@@ -192,11 +187,16 @@ impl Session {
                     .proxy
                     .home_pool(&self.client.database, &self.client.user)?;
             }
-            if let Some(conn) = self.client.pool.try_get() {
+            if let Some(conn) = try_checkout(&self.client.pool, &self.client) {
                 self.attach(conn);
             }
         }
-        if self.server.is_some() && (!self.pending.is_empty() || self.settings_in_line()) {
+        // Settings are brought in line only between transactions: inside one, the server
+        // ran every statement the client sent and carries what they made.
+        let in_transaction = (self.tx_status != b'I' && self.held_begin.is_none()) || self.unsynced;
+        if self.server.is_some()
+            && (!self.pending.is_empty() || in_transaction || self.settings_in_line())
+        {
             return Ok(());
         }
         Box::pin(self.ensure_server_slow()).await
@@ -204,12 +204,7 @@ impl Session {
 
     pub(super) async fn ensure_server_slow(&mut self) -> Result<(), ProxyError> {
         if self.server.is_none() {
-            let conn = self
-                .client
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(e, false))?;
+            let conn = checkout(&self.client.pool, &self.client).await?;
             self.attach(conn);
         }
         if self.pending.is_empty() {
@@ -233,6 +228,7 @@ impl Session {
             }),
         );
         self.server = Some(conn);
+        self.session_settled = false;
     }
 
     /// True when the attached server already carries the client's settings; records that
@@ -241,23 +237,26 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return false;
         };
+        if self.session_settled {
+            // Session pooling: the client's server session is its own once attached; what
+            // it holds is what the client made it, and the proxy sends nothing on it.
+            return true;
+        }
         let key = (self.client.id, self.client.settings.generation);
         if server.settings_unknown {
             return false;
         }
-        if server.applied_for == Some(key) {
-            return true;
-        }
-        if self
-            .client
-            .settings
-            .sync_sql(&server.applied, false)
-            .is_none()
-        {
+        let in_line = server.applied_for == Some(key)
+            || self
+                .client
+                .settings
+                .sync_sql(&server.applied, false)
+                .is_none();
+        if in_line {
             server.applied_for = Some(key);
-            return true;
+            self.session_settled = self.client.mode == PoolMode::Session;
         }
-        false
+        in_line
     }
 
     pub(super) async fn sync_settings(&mut self) -> Result<(), ProxyError> {
@@ -265,9 +264,11 @@ impl Session {
         self.swbuf.clear();
         let server = self.server.as_mut().expect("attached");
         // Boxed: rare, and its state would otherwise sit in every idle session.
-        let r = Box::pin(sync_conn(server, &self.client, self.tx_status)).await;
-        if r.is_err() {
+        let r = Box::pin(sync_conn(server, &mut self.client, self.tx_status)).await;
+        if r.as_ref().is_err_and(|e| e.code == "08006") {
             self.drop_server();
+        } else if r.is_ok() {
+            self.session_settled = self.client.mode == PoolMode::Session;
         }
         r
     }
@@ -311,31 +312,57 @@ impl Session {
 }
 
 /// Brings an idle server connection's settings in line with the client's, in one round trip
-/// when they differ. On error the connection must be dropped.
+/// when they differ. A setting the server refuses (a role dropped since, a value no longer
+/// valid) is dropped from the client's settings and reported once; the connection stays
+/// usable and the rest are applied at the next statement. An `Err` of 08006 means the
+/// connection must be dropped.
 pub(super) async fn sync_conn(
     server: &mut pool::ServerConn,
-    client: &Client,
+    client: &mut Client,
     tx_status: u8,
 ) -> Result<(), ProxyError> {
     let key = (client.id, client.settings.generation);
     if server.applied_for == Some(key) && !server.settings_unknown {
         return Ok(());
     }
-    let settings = &client.settings;
-    let Some(sql) = settings.sync_sql(&server.applied, server.settings_unknown) else {
+    let statements = client
+        .settings
+        .sync_statements(&server.applied, server.settings_unknown);
+    if statements.is_empty() {
         // Already in line: only the tag moves.
         server.applied_for = Some(key);
         return Ok(());
-    };
-    match server.run_simple(&sql).await {
-        Ok(None) => {}
-        Ok(Some(err)) => {
+    }
+    let mut sql = String::new();
+    for (_, st) in &statements {
+        sql.push_str(st);
+        sql.push(';');
+    }
+    match server.run_simple_counted(&sql).await {
+        Ok((_, None)) => {}
+        Ok((done, Some(err))) => {
+            // The statements ran as one implicit transaction: none of them stands.
+            let failed = statements.get(done);
+            let name = failed.and_then(|(n, _)| n.clone());
+            if let Some(n) = &name {
+                client.settings.drop_setting(n);
+            } else {
+                // A reset failed: start from the connection's defaults next time.
+                server.settings_unknown = true;
+            }
+            tracing::warn!(client = client.id, setting = ?name, error = %err.message, "a session setting could not be applied and is dropped");
             return Err(ProxyError {
                 fatal: false,
                 code: err.code.into(),
-                message: format!("could not apply session setting: {}", err.message),
-                detail: Some(sql),
-                hint: None,
+                message: match &name {
+                    Some(n) => format!(
+                        "could not apply session setting \"{n}\" on a pooled server connection: {}; the setting is dropped",
+                        err.message
+                    ),
+                    None => format!("could not reset a pooled server connection: {}", err.message),
+                },
+                detail: failed.map(|(_, st)| st.clone()),
+                hint: Some("The session goes on without this setting; set it again if it is still wanted.".into()),
             });
         }
         Err(e) => {
@@ -345,9 +372,35 @@ pub(super) async fn sync_conn(
             ));
         }
     }
-    server.applied = settings.desired().clone(); // an Arc: shared, not copied
+    server.applied = client.settings.desired().clone(); // an Arc: shared, not copied
     server.applied_for = Some(key);
-    // Inside a transaction block, what was applied lasts only if it commits.
     server.settings_unknown = tx_status != b'I';
     Ok(())
+}
+
+/// An idle connection of `pool` for `client`, if one is free now (see [`checkout`]).
+pub(super) fn try_checkout(pool: &pool::Pool, client: &Client) -> Option<PooledConn> {
+    pool.try_get_for(&client.settings.opened)
+        .map(|c| fresh_for(c, client))
+}
+
+/// A connection of `pool` for `client`, waiting up to the checkout timeout. Under session
+/// pooling it was opened with the client's startup parameters, so it carries the client's
+/// startup settings as its own defaults and nothing need be applied.
+pub(super) async fn checkout(pool: &pool::Pool, client: &Client) -> Result<PooledConn, ProxyError> {
+    if let Some(c) = try_checkout(pool, client) {
+        return Ok(c);
+    }
+    let c = Box::pin(pool.get_for(&client.settings.opened))
+        .await
+        .map_err(|e| pool_error(e, false))?;
+    Ok(fresh_for(c, client))
+}
+
+fn fresh_for(mut conn: PooledConn, client: &Client) -> PooledConn {
+    if conn.opened_with != 0 && !conn.settings_unknown {
+        conn.applied = client.settings.startup().clone();
+        conn.applied_for = None;
+    }
+    conn
 }

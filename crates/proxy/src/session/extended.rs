@@ -19,14 +19,16 @@ impl Session {
             );
         }
         if p.name.is_empty() {
-            self.ext_begin = None;
+            if let Some(n) = self.names.as_deref_mut() {
+                n.ext_begin = None;
+            }
             if lone_begin(p.query) && p.param_types.len() <= 2 && self.may_hold_begin().await? {
                 // The BEGIN of a driver's pipeline: answered here, held at its Execute.
                 self.unnamed_parse = None;
-                self.ext_begin = Some(Box::new(ExtBegin {
+                self.names().ext_begin = Some(ExtBegin {
                     text: Bytes::copy_from_slice(p.query),
                     portal: None,
-                }));
+                });
                 self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                 return Ok(());
             }
@@ -162,7 +164,7 @@ impl Session {
 
     pub(super) async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
-        if b.statement.is_empty() && self.ext_begin.is_some() {
+        if b.statement.is_empty() && self.names.as_deref().is_some_and(|n| n.ext_begin.is_some()) {
             return self.bind_held_begin(&b);
         }
         if b.statement.is_empty() {

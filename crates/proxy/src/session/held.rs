@@ -40,13 +40,13 @@ impl Session {
         let formats = count(0);
         if count(2 + 2 * formats) != 0 {
             // Parameters for a statement that takes none: as PostgreSQL answers.
-            self.ext_begin = None;
+            self.names().ext_begin = None;
             return self.extended_error(ProxyError::error(
                 "08P01",
                 "bind message supplies parameters, but prepared statement \"\" requires 0",
             ));
         }
-        if let Some(held) = self.ext_begin.as_mut() {
+        if let Some(held) = self.names.as_deref_mut().and_then(|n| n.ext_begin.as_mut()) {
             held.portal = Some(b.portal.into());
         }
         self.push_synthetic(Expect::Synthetic(tag::BIND_COMPLETE));
@@ -55,7 +55,7 @@ impl Session {
 
     /// A Describe of the held extended-protocol BEGIN (statement or portal): answered here.
     pub(super) fn describes_held_begin(&mut self, d: &TargetView<'_>) -> bool {
-        let Some(held) = self.ext_begin.as_deref() else {
+        let Some(held) = self.names.as_deref().and_then(|n| n.ext_begin.as_ref()) else {
             return false;
         };
         match d.kind {
@@ -75,7 +75,7 @@ impl Session {
     /// An Execute of the held extended-protocol BEGIN's portal: the transaction begins for
     /// the client, and the BEGIN is held until a statement picks the shard.
     pub(super) fn executes_held_begin(&mut self, frame: &Frame) -> Result<bool, End> {
-        let Some(held) = self.ext_begin.as_deref() else {
+        let Some(held) = self.names.as_deref().and_then(|n| n.ext_begin.as_ref()) else {
             return Ok(false);
         };
         let (portal, _) = messages::execute_view(frame).map_err(malformed)?;
@@ -85,7 +85,7 @@ impl Session {
         let mut begin = BytesMut::new();
         messages::query(&mut begin, &String::from_utf8_lossy(&held.text));
         // A portal runs once: a second Execute of it returns nothing, as on PostgreSQL.
-        if let Some(h) = self.ext_begin.as_mut() {
+        if let Some(h) = self.names.as_deref_mut().and_then(|n| n.ext_begin.as_mut()) {
             h.portal = None;
         }
         if self.tx_status != b'I' || self.held_begin.is_some() {

@@ -93,6 +93,10 @@ struct Names {
     statements: HashMap<Box<[u8]>, Arc<Statement>>,
     portal_commands: HashMap<Box<[u8]>, SessionCommand>,
     unnamed_command: Option<SessionCommand>,
+    /// A BEGIN sent as the unnamed statement of the extended protocol (JDBC, Npgsql and
+    /// psycopg's pipeline send it in the same batch as the first statement): answered by
+    /// the proxy and held at its Execute like a simple-protocol one.
+    ext_begin: Option<ExtBegin>,
 }
 
 /// A session's view of shards other than home.
@@ -205,10 +209,6 @@ struct Session {
     /// the transaction runs on. Meanwhile the client's status (`tx_status`) is `T` (or `E`
     /// after an error the proxy raised) while no server is in a transaction.
     held_begin: Option<Box<Bytes>>,
-    /// A BEGIN sent as the unnamed statement of the extended protocol (JDBC, Npgsql and
-    /// psycopg's pipeline send it in the same batch as the first statement): answered by
-    /// the proxy and held at its Execute like a simple-protocol one.
-    ext_begin: Option<Box<ExtBegin>>,
     /// After an error the proxy raised in an extended-protocol batch: drop messages until Sync.
     skip_until_sync: bool,
     /// The client may have changed its encoding in a way the settings do not track.
@@ -220,6 +220,9 @@ struct Session {
     /// not ended it yet: the server ignores Sync meanwhile.
     copy_in_extended: bool,
     terminated: bool,
+    /// Session pooling: the attached server carries the client's settings and is the
+    /// client's own from now on; nothing more is applied to it.
+    session_settled: bool,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -245,12 +248,12 @@ pub(crate) fn start(
         session_hints: None,
         pending_fanout: None,
         held_begin: None,
-        ext_begin: None,
         skip_until_sync: false,
         unsynced: false,
         encoding_doubt: false,
         copy_in_extended: false,
         terminated: false,
+        session_settled: false,
     };
     drive(session, count)
 }
@@ -270,7 +273,13 @@ fn may_change_session(sql: &[u8]) -> bool {
         hay.windows(needle.len())
             .any(|w| w.eq_ignore_ascii_case(needle))
     }
-    has(sql, b"set") || has(sql, b"listen") || has(sql, b"discard") || has(sql, b"deallocate")
+    has(sql, b"set")
+        || has(sql, b"listen")
+        || has(sql, b"discard")
+        || has(sql, b"deallocate")
+        || has(sql, b"savepoint")
+        || has(sql, b"release")
+        || has(sql, b"rollback")
 }
 
 fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {

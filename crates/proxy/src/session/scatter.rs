@@ -348,10 +348,7 @@ impl Session {
                 continue;
             }
             let conn = match self.shard_pool(shard) {
-                Ok(pool) => match pool.try_get() {
-                    Some(c) => Ok(c),
-                    None => Box::pin(pool.get()).await.map_err(|e| pool_error(e, false)),
-                },
+                Ok(pool) => attach::checkout(&pool, &self.client).await,
                 Err(e) => Err(e),
             };
             match conn {
@@ -363,7 +360,7 @@ impl Session {
             }
         }
         for leg in legs.conns.iter_mut() {
-            if let Err(e) = Box::pin(sync_conn(leg, &self.client, b'I')).await {
+            if let Err(e) = Box::pin(sync_conn(leg, &mut self.client, b'I')).await {
                 self.lose_legs(legs);
                 return Ok(Err(e));
             }

@@ -96,6 +96,7 @@ impl Session {
                     } else {
                         self.client.settings.commit();
                     }
+                    self.mirror_settings();
                 }
                 self.error_since_ready = false;
                 self.wbuf.extend_from_slice(frame.raw());
@@ -171,7 +172,9 @@ impl Session {
         };
         match command_tag {
             b"COMMIT" | b"PREPARE TRANSACTION" => self.client.settings.commit(),
-            b"ROLLBACK" => self.roll_back_settings(),
+            b"ROLLBACK" if !matches!(command, Some(SessionCommand::RollbackTo(_))) => {
+                self.roll_back_settings()
+            }
             _ => {}
         }
         if let Some(c) = command {
@@ -181,66 +184,72 @@ impl Session {
     }
 
     /// The transaction that changed settings rolled back: the client's go back to what they
-    /// were, and the server connection's are no longer known.
+    /// were (and so do the server's, which ran the same statements).
     pub(super) fn roll_back_settings(&mut self) {
-        if self.client.settings.rollback() {
-            if let Some(s) = self.server.as_mut() {
-                s.settings_unknown = true;
-            }
+        self.client.settings.rollback();
+    }
+
+    /// Between transactions, a server that was in line with the client when its statements
+    /// began carries what those statements made of the client's settings.
+    fn mirror_settings(&mut self) {
+        let settings = &self.client.settings;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        if server.applied_for.map(|k| k.0) == Some(self.client.id) {
+            server.applied = settings.desired().clone(); // an Arc: shared, not copied
+            server.applied_for = Some((self.client.id, settings.generation));
         }
     }
 
-    /// A statement that changes session state succeeded: record it for the client and for
-    /// the server connection it ran on.
+    /// A statement that changes session state succeeded: record it for the client. The
+    /// server ran it too; where its result differs from the client's (a RESET returns to
+    /// the connection's startup value, not the client's), the connection's settings are
+    /// marked unknown and set afresh before its next transaction.
     pub(super) fn apply(&mut self, command: SessionCommand, command_tag: &[u8]) {
         let settings = &mut self.client.settings;
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let in_step = server.applied_for == Some((self.client.id, settings.generation));
+        // A connection opened with the client's own startup parameters resets as it would.
+        let own_startup = server.opened_with != 0;
+        let differs = |name: Option<&str>| {
+            !own_startup
+                && match name {
+                    Some(n) => settings.startup().contains_key(n),
+                    None => !settings.startup().is_empty(),
+                }
+        };
         match (command, command_tag) {
-            (SessionCommand::Set { name, sql }, b"SET") => {
-                settings.set(&name, &sql);
-                std::sync::Arc::make_mut(&mut server.applied).insert(name, sql);
-            }
+            (SessionCommand::Set { name, sql }, b"SET") => settings.set(&name, &sql),
             (SessionCommand::Reset { name }, b"RESET") => {
+                server.settings_unknown |= differs(Some(&name));
                 settings.reset(&name);
-                std::sync::Arc::make_mut(&mut server.applied).remove(&name);
-                // The server went to its default; a startup value may need applying again.
-                server.applied_for = None;
-                return;
             }
             (SessionCommand::ResetAll, b"RESET") => {
                 self.session_hints = None;
+                server.settings_unknown |= differs(None);
                 settings.reset_all();
-                server.applied = Default::default();
-                server.applied_for = None;
-                return;
             }
             (SessionCommand::DiscardAll, b"DISCARD ALL") => {
                 self.session_hints = None;
-                settings.reset_all();
-                server.applied = Default::default();
-                server.applied_for = None;
+                server.settings_unknown |= differs(None);
+                settings.discard_all();
                 server.prepared.clear();
                 self.names = None;
                 self.unnamed_parse = None;
-                return;
             }
             (SessionCommand::DeallocateAll, b"DEALLOCATE ALL") => {
                 server.prepared.clear();
                 if let Some(n) = self.names.as_deref_mut() {
                     n.statements.clear();
                 }
-                return;
             }
-            _ => return,
+            (SessionCommand::Savepoint(name), b"SAVEPOINT") => settings.savepoint(name),
+            (SessionCommand::Release(name), b"RELEASE") => settings.release(&name),
+            (SessionCommand::RollbackTo(name), b"ROLLBACK") => settings.rollback_to(&name),
+            _ => {}
         }
-        server.applied_for = if in_step {
-            Some((self.client.id, settings.generation))
-        } else {
-            None
-        };
     }
 
     pub(super) async fn finish(&mut self, end: End) {
