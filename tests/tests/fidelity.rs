@@ -267,3 +267,111 @@ async fn settings_in_session_mode_are_postgresqls() {
 async fn settings_in_transaction_mode_are_postgresqls() {
     settings_match_postgresql("transaction").await;
 }
+
+fn transaction_db(prefix: &str) -> e2e::TestDb {
+    e2e::TestDb::new(
+        prefix,
+        e2e::ProxyOptions {
+            mode: "transaction",
+            round_robin: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// Opens two server connections in the pool, so that clients move between them.
+async fn two_connections(db: &e2e::TestDb) {
+    let (a, b) = (db.connect().await, db.connect().await);
+    a.simple_query("BEGIN").await.unwrap();
+    b.simple_query("BEGIN; SELECT 1").await.unwrap();
+    a.simple_query("COMMIT").await.unwrap();
+    b.simple_query("COMMIT").await.unwrap();
+}
+
+/// SET ROLE and SET SESSION AUTHORIZATION follow the client in PostgreSQL's order: the
+/// session authorization resets the role, RESET ALL keeps both, and the client sees the
+/// same current_user/session_user as on PostgreSQL from whichever connection it gets.
+#[tokio::test]
+async fn roles_follow_the_client_in_postgresqls_order() {
+    let db = transaction_db("fid_role");
+    psql_direct(
+        &db.name,
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fid_alice') THEN CREATE ROLE fid_alice; END IF;
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fid_bob') THEN CREATE ROLE fid_bob; END IF;
+         END $$; GRANT fid_bob TO fid_alice",
+    );
+    two_connections(&db).await;
+    let steps: &[&str] = &[
+        "SET ROLE fid_bob",
+        "SELECT current_user, session_user = current_user",
+        "SET SESSION AUTHORIZATION fid_alice",
+        "SELECT current_user, session_user",
+        "SET ROLE fid_bob",
+        "SET work_mem = '2MB'",
+        "SELECT current_user, session_user, current_setting('work_mem')",
+        "RESET ALL",
+        "SELECT current_user, session_user, current_setting('work_mem')",
+        "BEGIN",
+        "SET ROLE NONE",
+        "ROLLBACK",
+        "SELECT current_user, session_user",
+        "RESET SESSION AUTHORIZATION",
+        "SELECT current_user = session_user",
+        "SHOW role",
+    ];
+    let direct = db.connect_direct().await;
+    let want = script(&direct, steps).await;
+    let proxied = db.connect().await;
+    let got = script(&proxied, steps).await;
+    assert_eq!(got, want);
+}
+
+/// A setting that can no longer be applied (its role was dropped while the client was
+/// between transactions) is reported once and dropped; the session goes on.
+#[tokio::test]
+async fn a_failed_replay_leaves_the_session_usable() {
+    let db = transaction_db("fid_replay");
+    psql_direct(
+        &db.name,
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fid_gone') THEN CREATE ROLE fid_gone; END IF;
+         END $$",
+    );
+    two_connections(&db).await;
+    let c = db.connect().await;
+    c.simple_query("SET application_name = 'kept'").await.unwrap();
+    c.simple_query("SET ROLE fid_gone").await.unwrap();
+    // Another client takes the connection the role was set on and drops the role there.
+    let other = db.connect().await;
+    other
+        .simple_query("SELECT 1; SELECT 1")
+        .await
+        .unwrap();
+    psql_direct(&db.name, "DROP ROLE fid_gone");
+    // On the connection its role was set on, the client sees what PostgreSQL says of a
+    // dropped current role; on any other, the replay fails, once.
+    let mut replay_errors = 0;
+    for _ in 0..6 {
+        match c
+            .simple_query("SELECT current_setting('application_name')")
+            .await
+        {
+            Ok(m) => assert_eq!(e2e::simple_rows(&m), [[Some("kept".to_owned())]]),
+            Err(e) if e2e::sqlstate(&e) == "42704" => {}
+            Err(e) => {
+                assert_eq!(e2e::sqlstate(&e), "22023", "{e:?}");
+                assert!(
+                    format!("{e:?}").contains("could not apply session setting \\\"role\\\""),
+                    "{e:?}"
+                );
+                replay_errors += 1;
+            }
+        }
+    }
+    assert_eq!(replay_errors, 1);
+    // The role is gone from the client's settings: RESET ROLE brings every connection back.
+    c.simple_query("RESET ROLE").await.unwrap();
+    let m = c.simple_query("SELECT current_user = session_user").await.unwrap();
+    assert_eq!(e2e::simple_rows(&m), [[Some("t".to_owned())]]);
+}
