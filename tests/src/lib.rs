@@ -94,6 +94,8 @@ pub struct ProxyOptions {
     /// Idle server connections are handed out least recently used first, so that a client
     /// moves between them from one transaction to the next.
     pub round_robin: bool,
+    /// `pool.pinning`.
+    pub pinning: bool,
 }
 
 impl Default for ProxyOptions {
@@ -105,6 +107,7 @@ impl Default for ProxyOptions {
             max_client_connections: 1000,
             max_message_size: 1 << 20,
             round_robin: false,
+            pinning: true,
         }
     }
 }
@@ -129,7 +132,7 @@ impl TestDb {
         psql_direct("postgres", &format!("CREATE DATABASE \"{name}\""));
         let yaml = format!(
             "listen: 127.0.0.1:0
-pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout}, server_round_robin: {rr} }}
+pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout}, server_round_robin: {rr}, pinning: {pin} }}
 limits: {{ max_client_connections: {maxc}, max_message_size: {maxm} }}
 users:
   - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
@@ -146,6 +149,7 @@ databases:
             maxc = opts.max_client_connections,
             maxm = opts.max_message_size,
             rr = opts.round_robin,
+            pin = opts.pinning,
             su = info.superuser,
             port = info.port,
         );

@@ -340,14 +340,13 @@ async fn a_failed_replay_leaves_the_session_usable() {
     );
     two_connections(&db).await;
     let c = db.connect().await;
-    c.simple_query("SET application_name = 'kept'").await.unwrap();
+    c.simple_query("SET application_name = 'kept'")
+        .await
+        .unwrap();
     c.simple_query("SET ROLE fid_gone").await.unwrap();
     // Another client takes the connection the role was set on and drops the role there.
     let other = db.connect().await;
-    other
-        .simple_query("SELECT 1; SELECT 1")
-        .await
-        .unwrap();
+    other.simple_query("SELECT 1; SELECT 1").await.unwrap();
     psql_direct(&db.name, "DROP ROLE fid_gone");
     // On the connection its role was set on, the client sees what PostgreSQL says of a
     // dropped current role; on any other, the replay fails, once.
@@ -372,6 +371,114 @@ async fn a_failed_replay_leaves_the_session_usable() {
     assert_eq!(replay_errors, 1);
     // The role is gone from the client's settings: RESET ROLE brings every connection back.
     c.simple_query("RESET ROLE").await.unwrap();
-    let m = c.simple_query("SELECT current_user = session_user").await.unwrap();
+    let m = c
+        .simple_query("SELECT current_user = session_user")
+        .await
+        .unwrap();
     assert_eq!(e2e::simple_rows(&m), [[Some("t".to_owned())]]);
+}
+
+/// The backend pids a client's next `n` statements run on.
+async fn pids(c: &tokio_postgres::Client, n: usize) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let m = c.simple_query("SELECT pg_backend_pid()").await.unwrap();
+        out.insert(e2e::simple_rows(&m)[0][0].clone().unwrap());
+    }
+    out
+}
+
+fn one(m: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    e2e::simple_rows(m)[0][0].clone().unwrap_or_default()
+}
+
+/// Transaction pooling with pinning: a temporary table, a WITH HOLD cursor and a session
+/// advisory lock keep working across transactions, and the connection goes back to the pool
+/// once they are gone.
+#[tokio::test]
+async fn state_that_outlives_a_transaction_pins_the_connection() {
+    let db = transaction_db("fid_pin");
+    two_connections(&db).await;
+    let c = db.connect().await;
+    assert!(
+        pids(&c, 4).await.len() > 1,
+        "clients move between connections"
+    );
+
+    c.simple_query("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    for i in 1..=4 {
+        c.simple_query(&format!("INSERT INTO scratch VALUES ({i})"))
+            .await
+            .unwrap();
+    }
+    let m = c.simple_query("SELECT sum(x) FROM scratch").await.unwrap();
+    assert_eq!(one(&m), "10");
+    assert_eq!(pids(&c, 4).await.len(), 1, "pinned while the table exists");
+    c.simple_query("DROP TABLE scratch").await.unwrap();
+    assert!(pids(&c, 4).await.len() > 1, "back to the pool");
+
+    c.batch_execute(
+        "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g; COMMIT",
+    )
+    .await
+    .unwrap();
+    for want in ["1", "2", "3"] {
+        let m = c.simple_query("FETCH 1 FROM held").await.unwrap();
+        assert_eq!(one(&m), want);
+    }
+    c.simple_query("CLOSE held").await.unwrap();
+    assert!(pids(&c, 4).await.len() > 1, "back to the pool");
+
+    // SQL-level PREPARE.
+    c.simple_query("PREPARE twice(int) AS SELECT $1 * 2")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let m = c.simple_query("EXECUTE twice(21)").await.unwrap();
+        assert_eq!(one(&m), "42");
+    }
+    c.simple_query("DEALLOCATE twice").await.unwrap();
+    assert!(pids(&c, 4).await.len() > 1, "back to the pool");
+
+    let other = db.connect().await;
+    let m = c
+        .simple_query("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    assert_eq!(e2e::simple_rows(&m).len(), 1);
+    let m = other
+        .simple_query("SELECT pg_try_advisory_lock(4242)")
+        .await
+        .unwrap();
+    assert_eq!(one(&m), "f", "the lock is held by the pinned session");
+    let m = c
+        .simple_query("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+    assert_eq!(one(&m), "t");
+    assert!(pids(&c, 4).await.len() > 1, "back to the pool");
+}
+
+/// LISTEN in transaction pooling: the listening client keeps its connection and gets the
+/// notifications; UNLISTEN gives it back.
+#[tokio::test]
+async fn listen_pins_the_connection_and_notifications_arrive() {
+    let db = transaction_db("fid_listen");
+    two_connections(&db).await;
+    let mut listener = Raw::login(db.proxy_addr).await;
+    let ms = listener.round(&[query("LISTEN fid_channel")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let other = db.connect().await;
+    other
+        .simple_query("NOTIFY fid_channel, 'hello'")
+        .await
+        .unwrap();
+    let ms = listener.until_tag('A').await;
+    assert_eq!(ms.last().map(|m| m.0), Some('A'), "{ms:?}");
+    let ms = listener.round(&[query("UNLISTEN *")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let ms = listener.round(&[query("SELECT 1")]).await;
+    assert_eq!(rows(&ms), ["1"]);
 }

@@ -302,8 +302,14 @@ async fn listen_notify_in_session_mode() {
 }
 
 #[tokio::test]
-async fn listen_is_refused_in_transaction_mode() {
-    let db = TestDb::new("nolisten", ProxyOptions::default());
+async fn listen_is_refused_in_transaction_mode_without_pinning() {
+    let db = TestDb::new(
+        "nolisten",
+        ProxyOptions {
+            pinning: false,
+            ..ProxyOptions::default()
+        },
+    );
     let c = db.connect().await;
     let e = c.batch_execute("LISTEN jobs").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");

@@ -74,6 +74,10 @@ pub struct PoolConfig {
     /// PgBouncer's `server_round_robin`): spreads load, and makes clients move between
     /// server connections, which tests of session state rely on.
     pub server_round_robin: bool,
+    /// Transaction pooling: a client whose server session holds state that outlives its
+    /// transaction (temporary tables, WITH HOLD cursors, SQL PREPARE, LISTEN, session
+    /// advisory locks) keeps its connection until that state is gone.
+    pub pinning: bool,
 }
 
 impl Default for PoolConfig {
@@ -87,6 +91,7 @@ impl Default for PoolConfig {
             server_lifetime_s: 3600,
             connect_timeout_ms: 5000,
             server_round_robin: false,
+            pinning: true,
         }
     }
 }

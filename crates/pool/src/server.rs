@@ -306,6 +306,31 @@ impl ServerConn {
         }
     }
 
+    /// Runs a query whose answer is one boolean: `None` when it failed or answered otherwise.
+    pub async fn query_bool(&mut self, sql: &str) -> std::io::Result<Option<bool>> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut answer = None;
+        let mut failed = false;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag() {
+                tag::DATA_ROW => {
+                    // One column: int16 count, int32 length, the value.
+                    let b = f.body();
+                    answer = (b.len() == 7).then(|| b[6] == b't');
+                }
+                tag::ERROR_RESPONSE => failed = true,
+                tag::READY_FOR_QUERY => return Ok(answer.filter(|_| !failed)),
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(std::io::Error::other("unexpected COPY in a control query"));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Runs a simple query of several statements to completion: how many completed before
     /// the first error, and that error.
     pub async fn run_simple_counted(

@@ -284,6 +284,9 @@ impl Session {
 
     /// Transaction pooling: hand the server back once it is idle outside a transaction.
     pub(super) fn maybe_release(&mut self) {
+        if self.pinned || self.pin_check {
+            return;
+        }
         if self.client.mode != PoolMode::Transaction
             || (self.tx_status != b'I' && self.held_begin.is_none())
             || self.unsynced

@@ -8,6 +8,7 @@ impl Session {
     pub(super) async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
         let p = ParseView::new(&frame).map_err(malformed)?;
         self.note_encoding_change(p.query);
+        self.note_pin_words(p.query);
         if matches!(tracked(p.query), Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
         {
             return self.extended_error(

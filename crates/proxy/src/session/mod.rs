@@ -33,6 +33,7 @@ use crate::Proxy;
 mod attach;
 mod extended;
 mod held;
+mod pins;
 mod routing;
 mod scatter;
 mod server;
@@ -223,6 +224,11 @@ struct Session {
     /// Session pooling: the attached server carries the client's settings and is the
     /// client's own from now on; nothing more is applied to it.
     session_settled: bool,
+    /// Transaction pooling: a statement may have made (or removed) server-session state that
+    /// outlives its transaction; the server is asked when the transaction ends.
+    pin_check: bool,
+    /// Transaction pooling: the server session holds such state; the connection stays.
+    pinned: bool,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -254,6 +260,8 @@ pub(crate) fn start(
         copy_in_extended: false,
         terminated: false,
         session_settled: false,
+        pin_check: false,
+        pinned: false,
     };
     drive(session, count)
 }
@@ -360,6 +368,11 @@ impl Session {
                     Err(e) => return End::ServerGone(e.to_string()),
                 };
                 if let Err(end) = self.on_server(frame) {
+                    return end;
+                }
+            }
+            if self.pin_check && self.releasable() {
+                if let Err(end) = self.check_pins().await {
                     return end;
                 }
             }
@@ -598,6 +611,7 @@ impl Session {
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
         let sql = messages::query_text(&frame).map_err(malformed)?;
         self.note_encoding_change(sql);
+        self.note_pin_words(sql);
         let commands = session_commands(sql);
         if let Some(cmds) = &commands {
             if cmds.iter().any(is_proxy_setting) {
@@ -608,13 +622,14 @@ impl Session {
             && commands
                 .as_ref()
                 .is_some_and(|c| c.contains(&SessionCommand::Listen))
+            && !self.pins()
         {
             return self.simple_error(
                 ProxyError::error(
                     "0A000",
                     "LISTEN and UNLISTEN need a server session of their own, which transaction pooling does not give",
                 )
-                .with_hint("Use pool mode \"session\" for this user (users[].pool_mode: session)."),
+                .with_hint("Turn pool.pinning on (a listening client then keeps its connection), or use pool mode \"session\" for this user (users[].pool_mode: session)."),
             );
         }
         if self.held_begin.is_some() {

@@ -318,7 +318,7 @@ impl Session {
             );
             conn.settings_unknown = true;
         }
-        if clean && self.client.mode == PoolMode::Session {
+        if clean && (self.client.mode == PoolMode::Session || self.pinned || self.pin_check) {
             clean = matches!(
                 tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
                 Ok(Ok(None))

@@ -1,0 +1,92 @@
+//! Pinning under transaction pooling: a client that made server-session state which
+//! outlives its transaction (temporary tables, WITH HOLD cursors, SQL-level PREPARE, LISTEN,
+//! session advisory locks) keeps its server connection until that state is gone or it
+//! leaves, so that the state works exactly as on PostgreSQL instead of leaking to whichever
+//! client gets the connection next.
+//!
+//! The proxy does not parse such statements: a statement whose text may create or remove
+//! such state (a cheap word check) marks the session, and when its transaction ends the
+//! server itself is asked, in one query over its catalogs, whether any such state is left.
+
+use super::*;
+
+/// True when the server session holds state that outlives a transaction.
+const PROBE: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())";
+
+/// Words of statements that may create such state.
+const MAKES: &[&[u8]] = &[b"temp", b"hold", b"prepare", b"listen", b"advisory"];
+/// Words of statements that may remove it, looked for while pinned.
+const ENDS: &[&[u8]] = &[
+    b"drop",
+    b"discard",
+    b"close",
+    b"deallocate",
+    b"unlock",
+    b"unlisten",
+];
+
+fn has_word(sql: &[u8], words: &[&[u8]]) -> bool {
+    words
+        .iter()
+        .any(|w| sql.windows(w.len()).any(|s| s.eq_ignore_ascii_case(w)))
+}
+
+impl Session {
+    /// Whether pinning is on for this client (transaction pooling, `pool.pinning`).
+    pub(super) fn pins(&self) -> bool {
+        self.client.mode == PoolMode::Transaction && self.proxy.config.load().pool.pinning
+    }
+
+    /// A statement's text on its way to the server: whether the server must be asked at the
+    /// end of its transaction.
+    pub(super) fn note_pin_words(&mut self, sql: &[u8]) {
+        if self.pin_check || self.client.mode != PoolMode::Transaction {
+            return;
+        }
+        if has_word(sql, MAKES) || (self.pinned && has_word(sql, ENDS)) {
+            self.pin_check = self.pins();
+        }
+    }
+
+    /// Between transactions, with nothing in flight: asks the server whether its session
+    /// holds state that outlives transactions, and pins or unpins the connection.
+    pub(super) async fn check_pins(&mut self) -> Result<(), End> {
+        self.pin_check = false;
+        let Some(server) = self.server.as_mut() else {
+            self.pinned = false;
+            return Ok(());
+        };
+        match server.query_bool(PROBE).await {
+            Ok(Some(held)) => {
+                if held != self.pinned {
+                    tracing::debug!(
+                        client = self.client.id,
+                        pinned = held,
+                        "server session state"
+                    );
+                }
+                self.pinned = held;
+                Ok(())
+            }
+            // The probe failed (a role without access, an aborted state): keep the connection.
+            Ok(None) => {
+                self.pinned = true;
+                Ok(())
+            }
+            Err(e) => Err(End::ServerGone(e.to_string())),
+        }
+    }
+
+    /// The connection may go back to the pool now, if nothing keeps it.
+    pub(super) fn releasable(&self) -> bool {
+        self.client.mode == PoolMode::Transaction
+            && (self.tx_status == b'I' || self.held_begin.is_some())
+            && !self.unsynced
+            && self.pending.is_empty()
+            && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
+    }
+}
