@@ -96,6 +96,8 @@ pub struct ProxyOptions {
     pub round_robin: bool,
     /// `pool.pinning`.
     pub pinning: bool,
+    /// `pool.max_prepared_statements`.
+    pub max_prepared: u32,
 }
 
 impl Default for ProxyOptions {
@@ -108,6 +110,7 @@ impl Default for ProxyOptions {
             max_message_size: 1 << 20,
             round_robin: false,
             pinning: true,
+            max_prepared: 200,
         }
     }
 }
@@ -132,7 +135,7 @@ impl TestDb {
         psql_direct("postgres", &format!("CREATE DATABASE \"{name}\""));
         let yaml = format!(
             "listen: 127.0.0.1:0
-pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout}, server_round_robin: {rr}, pinning: {pin} }}
+pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout}, server_round_robin: {rr}, pinning: {pin}, max_prepared_statements: {maxp} }}
 limits: {{ max_client_connections: {maxc}, max_message_size: {maxm} }}
 users:
   - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
@@ -150,6 +153,7 @@ databases:
             maxm = opts.max_message_size,
             rr = opts.round_robin,
             pin = opts.pinning,
+            maxp = opts.max_prepared,
             su = info.superuser,
             port = info.port,
         );

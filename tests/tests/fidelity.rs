@@ -482,3 +482,148 @@ async fn listen_pins_the_connection_and_notifications_arrive() {
     let ms = listener.round(&[query("SELECT 1")]).await;
     assert_eq!(rows(&ms), ["1"]);
 }
+
+/// JDBC's named BEGIN: with prepareThreshold 1 (and after five uses with the default) the
+/// BEGIN is a named statement, parsed once and later only bound. Either way the transaction
+/// goes to the shard of its first statement.
+#[tokio::test]
+async fn a_named_begin_is_held_too() {
+    let s = setup("fid_jdbc3", "{ mode: transaction, size: 2 }");
+    let mut c = Raw::login(s.addr).await;
+    let mut first = true;
+    for (round, key) in ["150", "151", "5", "150"].into_iter().enumerate() {
+        let mut batch = Vec::new();
+        if first {
+            batch.push(parse("S_1", "BEGIN"));
+            batch.push(parse("S_2", "UPDATE items SET qty = qty + 1 WHERE id = $1"));
+            first = false;
+        }
+        batch.extend([
+            bind("", "S_1", &[]),
+            execute(""),
+            bind("", "S_2", &[key]),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+        ]);
+        let ms = c.round(&batch).await;
+        assert!(errors(&ms).is_empty(), "round {round}: {ms:?}");
+        assert_eq!(ms.last().unwrap(), &M('Z', "T".into()), "{ms:?}");
+        let ms = c
+            .round(
+                &one_shot("COMMIT", &[])
+                    .into_iter()
+                    .chain([sync()])
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+    }
+    assert_eq!(
+        psql_direct(
+            &s.shards[1],
+            "SELECT string_agg(qty::text, ',' ORDER BY id) FROM items"
+        ),
+        "3,2"
+    );
+    assert_eq!(
+        psql_direct(
+            &s.shards[0],
+            "SELECT string_agg(qty::text, ',' ORDER BY id) FROM items"
+        ),
+        "2,1"
+    );
+}
+
+/// JDBC's executeBatch with autoCommit off: the BEGIN in a batch of its own with the
+/// statement's Parse and Describe, then the rows' Binds in the next batch, on shard s1.
+#[tokio::test]
+async fn a_batch_after_a_held_begin_and_a_describe_goes_to_its_shard() {
+    let s = setup("fid_jdbc4", "{ mode: transaction, size: 2 }");
+    let mut c = Raw::login(s.addr).await;
+    let ms = c
+        .round(&[
+            parse("S_1", "BEGIN"),
+            bind("", "S_1", &[]),
+            execute(""),
+            parse("S_2", "INSERT INTO items (id, qty) VALUES ($1, 0)"),
+            describe(b'S', "S_2"),
+            sync(),
+        ])
+        .await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    assert_eq!(ms.last().unwrap(), &M('Z', "T".into()), "{ms:?}");
+    let mut batch = Vec::new();
+    for k in 200..220 {
+        let k = k.to_string();
+        batch.extend([bind("", "S_2", &[&k]), describe(b'P', ""), execute("")]);
+    }
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let ms = c.round(&[query("COMMIT")]).await;
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+    assert_eq!(
+        psql_direct(&s.shards[1], "SELECT count(*) FROM items WHERE id >= 200"),
+        "20"
+    );
+}
+
+/// Statements prepared on a server connection stay within `pool.max_prepared_statements`:
+/// past it the least recently used is closed on the server, and prepared again when a
+/// client needs it. Every statement still answers correctly after its eviction.
+#[tokio::test]
+async fn prepared_statements_per_server_connection_are_bounded() {
+    const LIMIT: usize = 20;
+    const N: usize = 2_000;
+    let db = e2e::TestDb::new(
+        "fid_prep",
+        e2e::ProxyOptions {
+            mode: "transaction",
+            pool_size: 2,
+            max_prepared: LIMIT as u32,
+            ..Default::default()
+        },
+    );
+    let mut c = Raw::login(db.proxy_addr).await;
+    // Distinct statements, pipelined in batches.
+    for round in 0..2 {
+        for chunk in (0..N).collect::<Vec<_>>().chunks(200) {
+            let mut batch = Vec::new();
+            for &i in chunk {
+                let name = format!("p{i}");
+                if round == 0 {
+                    batch.push(parse(&name, &format!("SELECT {i} + $1::int")));
+                }
+                batch.push(bind("", &name, &["1"]));
+                batch.push(execute(""));
+                batch.push(sync());
+            }
+            c.send(&batch).await;
+            let ms = c.until_ready(chunk.len()).await;
+            assert!(errors(&ms).is_empty(), "{:?}", &ms[..ms.len().min(10)]);
+            let want: Vec<String> = chunk.iter().map(|i| (i + 1).to_string()).collect();
+            assert_eq!(rows(&ms), want);
+        }
+    }
+    // Counted on the servers themselves.
+    let counts = psql_direct(
+        "postgres",
+        &format!(
+            "SELECT string_agg(n::text, ',') FROM (SELECT count(*) n FROM pg_stat_activity WHERE datname = '{}' AND backend_type = 'client backend') s",
+            db.name
+        ),
+    );
+    assert!(!counts.is_empty());
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let ms = c
+            .round(&[query(
+                "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql",
+            )])
+            .await;
+        held.push(rows(&ms)[0].parse::<usize>().unwrap());
+    }
+    assert!(held.iter().all(|&n| n <= LIMIT), "{held:?}");
+    assert!(held.iter().any(|&n| n > 0), "{held:?}");
+}

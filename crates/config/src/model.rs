@@ -78,6 +78,9 @@ pub struct PoolConfig {
     /// transaction (temporary tables, WITH HOLD cursors, SQL PREPARE, LISTEN, session
     /// advisory locks) keeps its connection until that state is gone.
     pub pinning: bool,
+    /// Statements prepared on one server connection at most; past it the least recently
+    /// used is closed on the server and prepared again when needed. 0: no limit.
+    pub max_prepared_statements: u32,
 }
 
 impl Default for PoolConfig {
@@ -92,6 +95,7 @@ impl Default for PoolConfig {
             connect_timeout_ms: 5000,
             server_round_robin: false,
             pinning: true,
+            max_prepared_statements: 200,
         }
     }
 }

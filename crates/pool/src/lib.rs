@@ -7,9 +7,11 @@
 //! that only a clean connection comes back: [`PooledConn`] closes the connection when it is
 //! dropped instead of returned with [`PooledConn::release`].
 
+pub mod prepared;
 pub mod server;
 
 mod pool;
 
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};
+pub use prepared::PreparedSet;
 pub use server::{ConnectError, ServerConn, ServerTarget, SettingsMap, Startup};

@@ -25,6 +25,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Reuse the idle connection used least recently (default: most recently).
     pub round_robin: bool,
+    /// Statements kept prepared per connection (0: no limit).
+    pub max_prepared: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +215,9 @@ impl Pool {
 
     async fn connect(&self, startup: &Startup) -> Result<ServerConn, ConnectError> {
         let inner = &self.inner;
-        let conn =
+        let mut conn =
             ServerConn::connect(&inner.target, inner.settings.connect_timeout, startup).await?;
+        conn.prepared = crate::PreparedSet::with_limit(inner.settings.max_prepared);
         inner.connects.fetch_add(1, Ordering::Relaxed);
         if startup.params.is_empty() {
             let mut sp = inner.server_params.lock();
@@ -326,7 +329,8 @@ async fn maintain(pool: Weak<Inner>) {
                 break;
             };
             match ServerConn::connect(&inner.target, s.connect_timeout, &Startup::default()).await {
-                Ok(conn) => {
+                Ok(mut conn) => {
+                    conn.prepared = crate::PreparedSet::with_limit(s.max_prepared);
                     inner.connects.fetch_add(1, Ordering::Relaxed);
                     inner.idle.lock().push(Box::new(conn));
                     drop(permit);

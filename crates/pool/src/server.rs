@@ -1,6 +1,6 @@
 //! One raw connection to a PostgreSQL server: connect, authenticate, then hand frames through.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ pub struct ServerConn {
     /// ParameterStatus values reported at startup.
     pub startup_params: Vec<(String, String)>,
     /// Statements prepared on this connection, by the proxy's global statement id.
-    pub prepared: HashSet<u64>,
+    pub prepared: crate::PreparedSet,
     /// Session settings applied on this connection: parameter → statement that applied it.
     /// Shared with the client whose settings it took, so that equal settings compare by pointer.
     pub applied: SettingsMap,
@@ -147,7 +147,7 @@ impl ServerConn {
             backend_pid: 0,
             secret_key: 0,
             startup_params: Vec::new(),
-            prepared: HashSet::new(),
+            prepared: crate::PreparedSet::default(),
             applied: SettingsMap::default(),
             applied_for: None,
             settings_unknown: false,

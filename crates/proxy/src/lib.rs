@@ -243,6 +243,7 @@ fn pool_spec(config: &Config, key: &PoolKey) -> Result<(ServerTarget, PoolSettin
         server_lifetime: Duration::from_secs(p.server_lifetime_s),
         connect_timeout: Duration::from_millis(p.connect_timeout_ms),
         round_robin: p.server_round_robin,
+        max_prepared: p.max_prepared_statements as usize,
     };
     Ok((target, settings))
 }

@@ -6,7 +6,7 @@
 //! connection that already has it is not asked to parse it again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -21,6 +21,8 @@ pub struct Statement {
     pub server_name: Box<[u8]>,
     /// Set when the statement changes session state (SET ...), for tracking at Execute.
     pub command: Option<router::SessionCommand>,
+    /// The statement is a lone BEGIN (the proxy may hold it).
+    pub begin: bool,
     /// Some server has parsed this text without error.
     valid: std::sync::atomic::AtomicBool,
     /// Parameter types a server described (for reading binary parameters at Bind).
@@ -71,11 +73,16 @@ impl Statement {
     }
 }
 
+/// Every statement some client holds, by text, so that clients preparing the same text
+/// share one (and servers prepare it once). Entries are weak: a statement no client names
+/// any more is freed, and its entry swept, so the registry is bounded by what clients hold.
 #[derive(Default)]
 pub struct StatementRegistry {
     /// By a hash of (query, parameter types); a bucket holds the rare collisions.
-    by_hash: Mutex<HashMap<u64, Vec<Arc<Statement>>>>,
+    by_hash: Mutex<HashMap<u64, Vec<Weak<Statement>>>>,
     count: std::sync::atomic::AtomicU64,
+    /// Interned since the last sweep of dead entries.
+    since_sweep: std::sync::atomic::AtomicUsize,
 }
 
 fn text_hash(query: &[u8], param_types: &[u8]) -> u64 {
@@ -91,11 +98,18 @@ impl StatementRegistry {
         let hash = text_hash(query, param_types);
         let mut map = self.by_hash.lock();
         let bucket = map.entry(hash).or_default();
-        if let Some(s) = bucket
-            .iter()
-            .find(|s| s.query == query && s.param_types == param_types)
-        {
-            return s.clone();
+        let mut found = None;
+        bucket.retain(|w| match w.upgrade() {
+            Some(s) => {
+                if found.is_none() && s.query == query && s.param_types == param_types {
+                    found = Some(s);
+                }
+                true
+            }
+            None => false,
+        });
+        if let Some(s) = found {
+            return s;
         }
         let id = self
             .count
@@ -109,15 +123,45 @@ impl StatementRegistry {
             id,
             query: Bytes::copy_from_slice(query),
             param_types: Bytes::copy_from_slice(param_types),
-            server_name: format!("sg_{id}").into_bytes().into_boxed_slice(),
+            server_name: server_name(id).into_bytes().into_boxed_slice(),
             command,
+            begin: crate::session::lone_begin(query),
             valid: std::sync::atomic::AtomicBool::new(false),
             described: std::sync::OnceLock::new(),
             route: arc_swap::ArcSwapOption::empty(),
         });
-        bucket.push(s.clone());
+        bucket.push(Arc::downgrade(&s));
+        // Now and then, drop the entries of statements no client holds any more.
+        let n = self
+            .since_sweep
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= 1024 && n >= map.len() / 2 {
+            map.retain(|_, b| {
+                b.retain(|w| w.strong_count() > 0);
+                !b.is_empty()
+            });
+            map.shrink_to_fit();
+            self.since_sweep
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         s
     }
+
+    /// Entries held (live or not yet swept).
+    #[allow(dead_code)] // read by tests and, later, the admin console
+    pub fn len(&self) -> usize {
+        self.by_hash.lock().values().map(Vec::len).sum()
+    }
+
+    #[allow(dead_code)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The name servers know statement `id` by.
+pub fn server_name(id: u64) -> String {
+    format!("sg_{id}")
 }
 
 /// The OIDs of a Parse's `int16 count | int32 oid * count`.

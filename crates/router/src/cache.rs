@@ -6,7 +6,6 @@
 //! into a parameter numbered after the statement's own, so it says which constant is the key;
 //! routing a cached statement only re-scans its tokens to read the constants.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use parking_lot::Mutex;
 use crate::analyze::{analyze, Analysis, ParseError};
 use crate::lexer::{Lexer, Token};
 
-/// Entries kept before the cache starts over.
+/// Entries kept; past it the least recently used goes.
 const CAPACITY: usize = 10_000;
 
 /// The shape of a statement and its constants, in order.
@@ -140,13 +139,13 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
 pub struct RouteCache {
     /// By (scope, fingerprint): an analysis depends on the key columns of the database it
     /// was made for, so each database has a scope of its own.
-    entries: Mutex<HashMap<(u64, u64), Arc<Analysis>>>,
+    entries: Mutex<hashlink::LruCache<(u64, u64), Arc<Analysis>>>,
 }
 
 impl Default for RouteCache {
     fn default() -> Self {
         RouteCache {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(hashlink::LruCache::new(CAPACITY)),
         }
     }
 }
@@ -216,11 +215,7 @@ impl RouteCache {
             if let Some(text) = normalised {
                 if let Ok(a) = analyze(&text, key_columns) {
                     let a = Arc::new(a);
-                    let mut entries = self.entries.lock();
-                    if entries.len() >= CAPACITY {
-                        entries.clear();
-                    }
-                    entries.insert((scope, fp.hash), a.clone());
+                    self.entries.lock().insert((scope, fp.hash), a.clone());
                     return Ok(Routed {
                         analysis: a,
                         own: fp.max_param,

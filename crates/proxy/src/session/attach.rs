@@ -60,12 +60,17 @@ impl Session {
             t => t,
         };
         if let Some(t) = &target {
+            // Between transactions, or while BEGIN is held (a server attached meanwhile ran
+            // only what needs no transaction: a Describe), the attached server is not in
+            // the client's transaction.
             let quiet = self.client.mode == PoolMode::Transaction
-                && self.tx_status == b'I'
-                && self.held_begin.is_none()
+                && (self.tx_status == b'I' || self.held_begin.is_some())
                 && !self.unsynced
-                && !self.pending.is_empty();
-            if quiet && self.server_shard_name().as_deref() != Some(t.as_str()) {
+                && (!self.pending.is_empty() || self.held_begin.is_some());
+            if quiet
+                && self.server.is_some()
+                && self.server_shard_name().as_deref() != Some(t.as_str())
+            {
                 // Earlier statements of another shard are still answering; once they have,
                 // their server goes back and this one's is taken.
                 Box::pin(self.settle()).await?;

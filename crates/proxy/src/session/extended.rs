@@ -71,6 +71,12 @@ impl Session {
         }
         let stmt = self.proxy.statements.intern(p.query, p.param_types);
         let name: Box<[u8]> = p.name.into();
+        if stmt.begin && self.may_hold_begin().await? {
+            // A named BEGIN (JDBC's, once prepared): answered here, held at its Execute.
+            self.names().statements.insert(name, stmt);
+            self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
+            return Ok(());
+        }
         let (target, at_bind) = match self.route_statement(&stmt, &[]) {
             Ok(Routing::To(t)) => (t, false),
             Ok(Routing::AtBind | Routing::Fanout(_)) => (None, true),
@@ -89,10 +95,10 @@ impl Session {
             return self.extended_error(e);
         }
         let server = self.server.as_mut().expect("ensured");
-        if server.prepared.contains(&stmt.id) {
+        if server.prepared.touch(stmt.id) {
             self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
         } else {
-            server.prepared.insert(stmt.id);
+            self.record_prepared(stmt.id);
             messages::parse(
                 &mut self.swbuf,
                 &stmt.server_name,
@@ -132,10 +138,27 @@ impl Session {
         }
     }
 
+    /// Records that the attached server gets `id` prepared; the statements that makes the
+    /// least recently used past `pool.max_prepared_statements` are closed on the server
+    /// first (their CloseComplete swallowed).
+    fn record_prepared(&mut self, id: u64) {
+        let server = self.server.as_mut().expect("attached");
+        for old in server.prepared.insert(id) {
+            messages::target(
+                &mut self.swbuf,
+                tag::CLOSE,
+                b'S',
+                crate::statements::server_name(old).as_bytes(),
+            );
+            self.pending.push_back(Expect::HiddenClose);
+        }
+    }
+
     /// Makes sure the attached server has `stmt`, adding a Parse whose answer is swallowed.
     pub(super) fn prepare_on_server(&mut self, stmt: &Arc<Statement>) {
         let server = self.server.as_mut().expect("attached");
-        if server.prepared.insert(stmt.id) {
+        if !server.prepared.touch(stmt.id) {
+            self.record_prepared(stmt.id);
             messages::parse(
                 &mut self.swbuf,
                 &stmt.server_name,
@@ -233,6 +256,13 @@ impl Session {
         let Some(stmt) = self.statement(b.statement) else {
             return self.extended_error(Self::unknown_statement(b.statement));
         };
+        if stmt.begin && self.may_hold_begin().await? {
+            self.names().ext_begin = Some(ExtBegin {
+                text: stmt.query.clone(),
+                portal: None,
+            });
+            return self.bind_held_begin(&b);
+        }
         let params = if self.routes() {
             crate::statements::bind_params_for_routing(
                 b.rest,
@@ -295,6 +325,11 @@ impl Session {
         let Some(stmt) = self.statement(d.name) else {
             return self.extended_error(Self::unknown_statement(d.name));
         };
+        if stmt.begin && self.server.is_none() {
+            self.push_synthetic(Expect::SyntheticFrame(NO_PARAMETERS));
+            self.push_synthetic(Expect::SyntheticFrame(NO_DATA));
+            return Ok(());
+        }
         // Any shard can describe a statement whose key is a parameter, or one that runs on
         // several shards: the schema is the same on all.
         let attached = match self.ensure_server_for(&stmt, &[]).await {

@@ -5,9 +5,9 @@
 use super::*;
 
 /// ParameterDescription of a statement without parameters.
-const NO_PARAMETERS: &[u8] = &[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0];
+pub(super) const NO_PARAMETERS: &[u8] = &[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0];
 /// NoData.
-const NO_DATA: &[u8] = &[tag::NO_DATA, 0, 0, 0, 4];
+pub(super) const NO_DATA: &[u8] = &[tag::NO_DATA, 0, 0, 0, 4];
 
 impl Session {
     /// Whether a BEGIN arriving now may be held: between transactions and batches, in
@@ -182,7 +182,7 @@ impl Session {
 
 /// A query that is only `BEGIN` or `START TRANSACTION` with valid transaction modes: the
 /// proxy may answer it itself (anything else goes to a server, which judges it).
-pub(super) fn lone_begin(sql: &[u8]) -> bool {
+pub(crate) fn lone_begin(sql: &[u8]) -> bool {
     use router::lexer::Token;
     // A quick look first: this runs for every simple query between transactions.
     let head = sql.trim_ascii_start();

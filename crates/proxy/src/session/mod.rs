@@ -39,7 +39,8 @@ mod scatter;
 mod server;
 
 use attach::sync_conn;
-use held::lone_begin;
+pub(crate) use held::lone_begin;
+use held::{NO_DATA, NO_PARAMETERS};
 use routing::{is_utf8_name, refuse};
 
 /// Stop reading from one side while this much waits to be written to the other.
@@ -72,6 +73,8 @@ enum Expect {
         command: Option<SessionCommand>,
     },
     Close,
+    /// A Close of a statement the proxy evicted from the server: its answer is swallowed.
+    HiddenClose,
     Sync,
     /// Where the client ended a COPY FROM STDIN (CopyDone or CopyFail); answers nothing.
     CopyEnd,
@@ -553,7 +556,13 @@ impl Session {
             tag::SYNC => {
                 self.skip_until_sync = false;
                 self.unsynced = false;
-                if self.server.is_some() {
+                let between = self.tx_status == b'I' && self.held_begin.is_none();
+                if let Some(server) = self.server.as_mut() {
+                    if between {
+                        // The batch's portals end with it: its statements may be closed
+                        // from the next batch on.
+                        server.prepared.batch_done();
+                    }
                     self.forward(&frame);
                     if !self.copy_in_extended {
                         self.pending.push_back(Expect::Sync);

@@ -29,6 +29,7 @@ impl Session {
             },
             tag::CLOSE_COMPLETE => match self.pending.pop_front() {
                 Some(Expect::Close) => self.wbuf.extend_from_slice(frame.raw()),
+                Some(Expect::HiddenClose) => {}
                 _ => return Err(Self::desync("CloseComplete")),
             },
             tag::NO_DATA => match self.pending.pop_front() {
@@ -97,6 +98,10 @@ impl Session {
                         self.client.settings.commit();
                     }
                     self.mirror_settings();
+                    if let Some(server) = self.server.as_mut() {
+                        // Statements used in the transaction may be closed from now on.
+                        server.prepared.batch_done();
+                    }
                 }
                 self.error_since_ready = false;
                 self.wbuf.extend_from_slice(frame.raw());
@@ -145,7 +150,7 @@ impl Session {
                     }) = self.pending.pop_front()
                     {
                         if let Some(s) = self.server.as_mut() {
-                            s.prepared.remove(&stmt.id);
+                            s.prepared.remove(stmt.id);
                         }
                         if let (Some(name), Some(n)) = (client_name, self.names.as_deref_mut()) {
                             n.statements.remove(&name);
