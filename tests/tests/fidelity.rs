@@ -627,3 +627,63 @@ async fn prepared_statements_per_server_connection_are_bounded() {
     assert!(held.iter().all(|&n| n <= LIMIT), "{held:?}");
     assert!(held.iter().any(|&n| n > 0), "{held:?}");
 }
+
+/// A statement the proxy refuses inside a transaction fails that transaction, as any error
+/// does on PostgreSQL: later statements get 25P02, COMMIT rolls back, and nothing of it
+/// reaches the shard. The same for the implicit transaction of an extended batch.
+#[tokio::test]
+async fn a_refused_statement_fails_its_transaction() {
+    let s = setup("fid_abort", "{ mode: transaction, size: 2 }");
+    let mut c = Raw::login(s.addr).await;
+    for q in ["BEGIN", "UPDATE items SET qty = 50 WHERE id = 5"] {
+        let ms = c.round(&[query(q)]).await;
+        assert!(errors(&ms).is_empty(), "{ms:?}");
+    }
+    let ms = c
+        .round(&[query("SELECT qty FROM items WHERE id = 150")])
+        .await;
+    assert!(errors(&ms)[0].starts_with("0A000"), "{ms:?}");
+    assert_eq!(ms.last().unwrap(), &M('Z', "E".into()), "{ms:?}");
+    let ms = c.round(&[query("SELECT 1")]).await;
+    assert!(errors(&ms)[0].starts_with("25P02"), "{ms:?}");
+    let ms = c.round(&[query("COMMIT")]).await;
+    assert!(ms.iter().any(|m| m.0 == 'C' && m.1 == "ROLLBACK"), "{ms:?}");
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+    assert_eq!(
+        psql_direct(&s.shards[0], "SELECT qty FROM items WHERE id = 5"),
+        "1"
+    );
+
+    // Extended protocol, explicit transaction: the refusal's Sync reports E.
+    let ms = c.round(&[query("BEGIN")]).await;
+    assert!(errors(&ms).is_empty());
+    let mut batch = one_shot("UPDATE items SET qty = 60 WHERE id = $1", &["6"]);
+    batch.extend(one_shot("SELECT qty FROM items WHERE id = $1", &["151"]));
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert_eq!(errors(&ms).len(), 1, "{ms:?}");
+    assert_eq!(ms.last().unwrap(), &M('Z', "E".into()), "{ms:?}");
+    let mut batch = one_shot("COMMIT", &[]);
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+    assert_eq!(
+        psql_direct(&s.shards[0], "SELECT qty FROM items WHERE id = 6"),
+        "1"
+    );
+
+    // The implicit transaction of a batch: nothing of it commits.
+    let mut batch = one_shot("UPDATE items SET qty = 70 WHERE id = $1", &["5"]);
+    batch.extend(one_shot("SELECT qty FROM items WHERE id = $1", &["150"]));
+    batch.push(sync());
+    let ms = c.round(&batch).await;
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+    assert_eq!(
+        psql_direct(&s.shards[0], "SELECT qty FROM items WHERE id = 5"),
+        "1"
+    );
+    let ms = c
+        .round(&[query("SELECT qty FROM items WHERE id = 5")])
+        .await;
+    assert_eq!(rows(&ms), ["1"]);
+}

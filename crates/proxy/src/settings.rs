@@ -25,8 +25,10 @@ pub struct Settings {
     /// `desired` before the first change since the last commit point: a change stands only
     /// once the transaction (explicit or implicit) that made it commits.
     snapshot: Option<SettingsMap>,
-    /// The transaction's savepoints, each with `desired` as it was when it was made.
-    savepoints: Vec<(String, SettingsMap)>,
+    /// The transaction's savepoints, each with `desired` as it was when it was made
+    /// (allocated on first use: most sessions never make one).
+    #[allow(clippy::box_collection)]
+    savepoints: Option<Box<Vec<(String, SettingsMap)>>>,
     /// Session pooling: the startup parameters the client's server connections are opened
     /// with (empty under transaction pooling, whose connections are opened plain).
     pub opened: Arc<pool::Startup>,
@@ -131,7 +133,7 @@ impl Settings {
             startup,
             generation: 1,
             snapshot: None,
-            savepoints: Vec::new(),
+            savepoints: None,
             opened: plain_startup(),
         }
     }
@@ -236,28 +238,35 @@ impl Settings {
         if let Some(s) = self.snapshot.as_mut() {
             Arc::make_mut(s).remove(name);
         }
-        for (_, m) in self.savepoints.iter_mut() {
+        for (_, m) in self.savepoints.iter_mut().flat_map(|v| v.iter_mut()) {
             Arc::make_mut(m).remove(name);
         }
     }
 
     /// SAVEPOINT: a rollback to it restores the settings of now.
     pub fn savepoint(&mut self, name: String) {
-        self.savepoints.push((name, self.desired.clone()));
+        self.savepoints
+            .get_or_insert_with(Default::default)
+            .push((name, self.desired.clone()));
     }
 
     /// RELEASE: the savepoint and those made after it go; the settings stay.
     pub fn release(&mut self, name: &str) {
-        if let Some(at) = self.savepoints.iter().rposition(|(n, _)| n == name) {
-            self.savepoints.truncate(at);
+        if let Some(sp) = self.savepoints.as_mut() {
+            if let Some(at) = sp.iter().rposition(|(n, _)| n == name) {
+                sp.truncate(at);
+            }
         }
     }
 
     /// ROLLBACK TO: the settings as they were at the savepoint, which stays.
     pub fn rollback_to(&mut self, name: &str) {
-        if let Some(at) = self.savepoints.iter().rposition(|(n, _)| n == name) {
-            self.savepoints.truncate(at + 1);
-            let restored = self.savepoints[at].1.clone();
+        let Some(sp) = self.savepoints.as_mut() else {
+            return;
+        };
+        if let Some(at) = sp.iter().rposition(|(n, _)| n == name) {
+            sp.truncate(at + 1);
+            let restored = sp[at].1.clone();
             if !Arc::ptr_eq(&restored, &self.desired) {
                 self.desired = restored;
                 self.generation += 1;
@@ -268,13 +277,13 @@ impl Settings {
     /// The transaction that made the changes committed: they stand.
     pub fn commit(&mut self) {
         self.snapshot = None;
-        self.savepoints.clear();
+        self.savepoints = None;
     }
 
     /// The transaction that made the changes rolled back: they are undone. Returns true when
     /// there were any.
     pub fn rollback(&mut self) -> bool {
-        self.savepoints.clear();
+        self.savepoints = None;
         match self.snapshot.take() {
             Some(s) => {
                 self.desired = s;
@@ -419,7 +428,7 @@ mod tests {
         assert!(s
             .sync_sql(&applied, true)
             .unwrap()
-            .starts_with("RESET ALL;"));
+            .starts_with("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;"));
     }
 
     #[test]

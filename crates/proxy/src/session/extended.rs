@@ -415,10 +415,32 @@ impl Session {
         }
         if self.held_begin.is_some() {
             self.tx_status = b'E';
+        } else if self.server.is_some() && (self.tx_status == b'T' || self.unsynced) {
+            // The server's transaction (explicit, or the batch's implicit one) fails with
+            // the statement, as on PostgreSQL: nothing of it may commit.
+            self.abort_server_transaction(false);
         }
         self.push_synthetic(Expect::SyntheticError(e));
         self.skip_until_sync = true;
         Ok(())
+    }
+
+    /// Makes the attached server's transaction fail where the proxy refused a statement:
+    /// a Parse that cannot succeed (named, so the client's unnamed statement stays), whose
+    /// error is swallowed; with `sync`, followed by a Sync whose ReadyForQuery gives the
+    /// transaction's status. Without, the server skips the client's batch up to its Sync.
+    pub(super) fn abort_server_transaction(&mut self, sync: bool) {
+        messages::parse(
+            &mut self.swbuf,
+            b"sg_abort",
+            b"shardgate refused a statement of this transaction",
+            b"\0\0",
+        );
+        self.pending.push_back(Expect::AbortTx);
+        if sync {
+            messages::empty_message(&mut self.swbuf, tag::SYNC);
+            self.pending.push_back(Expect::AbortSync);
+        }
     }
 
     /// An error the proxy raises for a simple Query: the error, then ReadyForQuery.
@@ -428,6 +450,8 @@ impl Session {
         }
         if self.held_begin.is_some() {
             self.tx_status = b'E';
+        } else if self.server.is_some() && self.tx_status == b'T' {
+            self.abort_server_transaction(true);
         }
         self.push_synthetic(Expect::SyntheticError(e));
         self.push_synthetic(Expect::SyntheticReady);

@@ -66,6 +66,10 @@ impl Session {
                 }
                 self.wbuf.extend_from_slice(frame.raw());
             }
+            tag::ERROR_RESPONSE if matches!(self.pending.front(), Some(Expect::AbortTx)) => {
+                self.pending.pop_front();
+                self.error_since_ready = true;
+            }
             tag::ERROR_RESPONSE => {
                 self.copy_in_extended = false;
                 self.error_since_ready = true;
@@ -77,6 +81,11 @@ impl Session {
                     messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
                 match self.pending.pop_front() {
                     Some(Expect::Sync) | Some(Expect::Query { .. }) => {}
+                    Some(Expect::AbortSync) => {
+                        self.tx_status = status;
+                        self.emit_synthetic_head();
+                        return Ok(());
+                    }
                     Some(Expect::HeldBegin) => {
                         self.tx_status = status;
                         return Ok(());
@@ -137,10 +146,10 @@ impl Session {
     pub(super) fn on_error(&mut self) {
         match self.pending.front_mut() {
             Some(Expect::Query { commands }) => *commands = None,
-            Some(Expect::Sync) | Some(Expect::HeldBegin) | None => {}
+            Some(Expect::Sync) | Some(Expect::HeldBegin) | Some(Expect::AbortSync) | None => {}
             Some(_) => {
                 while let Some(e) = self.pending.front() {
-                    if matches!(e, Expect::Sync) {
+                    if matches!(e, Expect::Sync | Expect::AbortSync) {
                         break;
                     }
                     if let Some(Expect::Parse {
