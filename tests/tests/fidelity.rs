@@ -687,3 +687,55 @@ async fn a_refused_statement_fails_its_transaction() {
         .await;
     assert_eq!(rows(&ms), ["1"]);
 }
+
+/// `DECLARE ... CURSOR FOR q` routes as q (it used to run on the home shard and find
+/// nothing); FETCH and CLOSE follow it, a WITH HOLD cursor after its transaction too. A
+/// cursor over several shards and an SQL-level PREPARE on sharded tables are refused.
+#[tokio::test]
+async fn cursors_route_as_their_query() {
+    let s = setup("fid_cursor", "{ mode: transaction, size: 2 }");
+    let mut c = Raw::login(s.addr).await;
+    let ms = c
+        .round(&[query(
+            "BEGIN; DECLARE c1 CURSOR FOR SELECT id FROM items WHERE id = 150",
+        )])
+        .await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let ms = c.round(&[query("FETCH ALL FROM c1")]).await;
+    assert_eq!(rows(&ms), ["150"], "{ms:?}");
+    let ms = c.round(&[query("CLOSE c1; COMMIT")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+
+    let ms = c
+        .round(&[query(
+            "DECLARE held CURSOR WITH HOLD FOR SELECT id FROM items WHERE id = 151",
+        )])
+        .await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let ms = c.round(&[query("FETCH 1 FROM held")]).await;
+    assert_eq!(rows(&ms), ["151"], "{ms:?}");
+    let ms = c.round(&[query("CLOSE held")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+
+    let ms = c
+        .round(&[query("BEGIN; DECLARE c2 CURSOR FOR SELECT id FROM items")])
+        .await;
+    assert!(errors(&ms)[0].starts_with("0A000"), "{ms:?}");
+    let ms = c.round(&[query("ROLLBACK")]).await;
+    assert_eq!(ms.last().unwrap(), &M('Z', "I".into()), "{ms:?}");
+
+    let ms = c
+        .round(&[query(
+            "PREPARE p1(bigint) AS SELECT id FROM items WHERE id = $1",
+        )])
+        .await;
+    assert!(errors(&ms)[0].starts_with("0A000"), "{ms:?}");
+    let ms = c
+        .round(&[query(
+            "/* shardgate: shard=s1 */ PREPARE p2(bigint) AS SELECT id FROM items WHERE id = $1",
+        )])
+        .await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let ms = c.round(&[query("EXECUTE p2(150)")]).await;
+    assert_eq!(rows(&ms), ["150"], "{ms:?}");
+}

@@ -84,6 +84,9 @@ pub struct Analysis {
     /// The statement cannot be merged across shards whatever its shape (COPY): it runs
     /// on one shard or is refused.
     pub one_shard: bool,
+    /// `DECLARE ... CURSOR FOR query`, analysed as its query: a cursor lives on one server
+    /// session, so it runs on one shard or is refused.
+    pub cursor: bool,
     /// Why the statement cannot be routed by its shape, whatever the keys.
     pub refuse: Option<String>,
 }
@@ -130,6 +133,49 @@ fn classify_by_keyword(sql: &str) -> Option<Kind> {
     })
 }
 
+/// The query of `DECLARE name [options] CURSOR [{WITH | WITHOUT} HOLD] FOR query`.
+fn cursor_query(sql: &str) -> Option<&str> {
+    let mut lx = Lexer::new(sql);
+    if !lx.next()?.is_keyword("declare") {
+        return None;
+    }
+    let mut cursor = false;
+    for t in lx.by_ref() {
+        if t.is_keyword("cursor") {
+            cursor = true;
+        } else if cursor && t.is_keyword("for") {
+            let at = t.text().as_ptr() as usize - sql.as_ptr() as usize + t.text().len();
+            return Some(&sql[at..]);
+        }
+    }
+    None
+}
+
+/// The query of `PREPARE name [(types)] AS query` (not PREPARE TRANSACTION).
+fn prepared_query(sql: &str) -> Option<&str> {
+    let mut lx = Lexer::new(sql);
+    if !lx.next()?.is_keyword("prepare") {
+        return None;
+    }
+    let name = lx.next()?;
+    if name.is_keyword("transaction") {
+        return None;
+    }
+    let mut depth = 0usize;
+    for t in lx.by_ref() {
+        match t {
+            Token::Symbol("(") => depth += 1,
+            Token::Symbol(")") => depth = depth.saturating_sub(1),
+            t if depth == 0 && t.is_keyword("as") => {
+                let at = t.text().as_ptr() as usize - sql.as_ptr() as usize + t.text().len();
+                return Some(&sql[at..]);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Analyses one statement. `key_columns(table)` gives a mapped table's key columns.
 pub fn analyze(
     sql: &str,
@@ -137,6 +183,28 @@ pub fn analyze(
 ) -> Result<Analysis, ParseError> {
     if Lexer::new(sql).next().is_some_and(|t| t.is_keyword("copy")) {
         return analyze_copy(sql, key_columns);
+    }
+    if let Some(query) = cursor_query(sql) {
+        let mut a = analyze(query, key_columns)?;
+        a.cursor = true;
+        return Ok(a);
+    }
+    if let Some(query) = prepared_query(sql) {
+        // SQL-level PREPARE: where its EXECUTEs must run depends on their arguments, which
+        // the proxy does not follow yet; on sharded tables it is refused.
+        let inner = analyze(query, key_columns)?;
+        let mut a = Analysis {
+            kind: Kind::Session,
+            ..inner
+        };
+        if !a.keyed.is_empty() {
+            a.refuse = Some(
+                "SQL-level PREPARE of a statement on sharded tables: its EXECUTEs would all run where the PREPARE ran, whatever their keys"
+                    .into(),
+            );
+        }
+        a.keyed.clear();
+        return Ok(a);
     }
     if let Some(kind) = classify_by_keyword(sql) {
         return Ok(Analysis {
@@ -146,6 +214,7 @@ pub fn analyze(
             needs_merge: false,
             insert_rows: false,
             one_shard: false,
+            cursor: false,
             refuse: None,
         });
     }
@@ -167,6 +236,7 @@ pub fn analyze(
             needs_merge: false,
             insert_rows: false,
             one_shard: false,
+            cursor: false,
             refuse: None,
         },
     };
@@ -192,6 +262,7 @@ fn analyze_copy(
         needs_merge: false,
         insert_rows: false,
         one_shard: true,
+        cursor: false,
         refuse: None,
     };
     match lx.next() {

@@ -59,6 +59,12 @@ pub fn map_for<'d>(db: &'d DatabaseConfig, table: &str) -> Option<(&'d ShardMap,
 /// bound yet or NULL).
 pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
     let p = plan_shape(db, a, params);
+    if a.cursor && matches!(p, Plan::Shards(_) | Plan::AllShards) {
+        return refuse(
+            "a cursor over several shards (its rows would need a merge the proxy cannot keep open across FETCHes)",
+            "Give the shard key in the cursor's query, or name the shard: /* shardgate: shard=NAME */.",
+        );
+    }
     if a.one_shard && matches!(p, Plan::Shards(_) | Plan::AllShards) {
         return refuse(
             "a COPY that would need several shards (COPY data is not split or merged by shard yet)",
@@ -69,17 +75,17 @@ pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Pla
 }
 
 fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
-    match a.kind {
-        Kind::Ddl | Kind::Maintenance => return Plan::AllShards,
-        Kind::Transaction | Kind::Session => return Plan::Session,
-        Kind::Opaque => return Plan::Pinned,
-        Kind::Read | Kind::Write => {}
-    }
     if let Some(reason) = &a.refuse {
         return refuse(
             reason.clone(),
             "See docs/routing.md for what the router understands.",
         );
+    }
+    match a.kind {
+        Kind::Ddl | Kind::Maintenance => return Plan::AllShards,
+        Kind::Transaction | Kind::Session => return Plan::Session,
+        Kind::Opaque => return Plan::Pinned,
+        Kind::Read | Kind::Write => {}
     }
     let home = db
         .shards
@@ -671,6 +677,42 @@ mod tests {
         assert!(
             matches!(p("SELECT * FROM orders WHERE customer_id = 'abc'", &[]), Plan::Refuse { reason, .. } if reason.contains("invalid input syntax for type bigint"))
         );
+    }
+
+    #[test]
+    fn a_cursor_routes_as_its_query() {
+        assert_eq!(
+            p(
+                "DECLARE c1 CURSOR FOR SELECT id FROM orders WHERE customer_id = 9",
+                &[]
+            ),
+            Plan::Shard(shard_of(9))
+        );
+        assert_eq!(
+            p(
+                "DECLARE \"c\" BINARY NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM orders WHERE customer_id = $1",
+                &[Some("9".into())]
+            ),
+            Plan::Shard(shard_of(9))
+        );
+        assert!(matches!(
+            p("DECLARE c CURSOR FOR SELECT id FROM orders", &[]),
+            Plan::Refuse { .. }
+        ));
+        assert_eq!(p("DECLARE c CURSOR FOR SELECT 1", &[]), Plan::Session);
+    }
+
+    #[test]
+    fn sql_prepare_of_sharded_tables_is_refused() {
+        assert!(matches!(
+            p(
+                "PREPARE p1(bigint) AS SELECT id FROM orders WHERE customer_id = $1",
+                &[]
+            ),
+            Plan::Refuse { .. }
+        ));
+        assert_eq!(p("PREPARE p2 AS SELECT 1", &[]), Plan::Session);
+        assert_eq!(p("PREPARE TRANSACTION 'x'", &[]), Plan::Session);
     }
 
     #[test]

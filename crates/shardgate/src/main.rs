@@ -178,6 +178,7 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
                 needs_merge: false,
                 insert_rows: false,
                 one_shard: false,
+                cursor: false,
                 refuse: None,
             }
         }

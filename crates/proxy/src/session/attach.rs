@@ -53,7 +53,8 @@ impl Session {
             None if self.server_shard.is_some()
                 && self.tx_status == b'I'
                 && self.held_begin.is_none()
-                && !self.unsynced =>
+                && !self.unsynced
+                && !self.pinned =>
             {
                 Some(self.home_shard())
             }
@@ -114,6 +115,13 @@ impl Session {
                         home.as_str()
                     }
                 };
+                if attached != t && self.pinned && self.tx_status == b'I' {
+                    return Err(ProxyError::error(
+                        "0A000",
+                        format!("this session keeps its server connection on shard `{attached}` (it holds a temporary table, a WITH HOLD cursor, a prepared statement, LISTEN or an advisory lock there) and the statement needs shard `{t}`"),
+                    )
+                    .with_hint("Drop that state first (DISCARD ALL drops all of it), or use another connection for the other shard."));
+                }
                 if attached != t {
                     return Err(ProxyError::error(
                         "0A000",
