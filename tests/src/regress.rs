@@ -456,6 +456,8 @@ pub struct FileComparison {
     pub diff: Option<PathBuf>,
     /// The first lines of the diff.
     pub diff_head: String,
+    /// psql had to be killed on one side or the other.
+    pub timed_out: bool,
 }
 
 /// A side's outputs compared with the direct ones.
@@ -492,6 +494,14 @@ impl Report {
             let _ = writeln!(s, "differing ({}): {}", names.len(), names.join(" "));
             let _ = writeln!(s, "diffs in {}", self.dir.display());
         }
+        for f in self.files.iter().filter(|f| f.timed_out) {
+            let _ = writeln!(
+                s,
+                "{}: psql killed after {} s",
+                f.name,
+                FILE_TIMEOUT.as_secs()
+            );
+        }
         if with_diffs {
             for f in differing {
                 let _ = writeln!(s, "---- {} ----\n{}", f.name, f.diff_head);
@@ -499,6 +509,49 @@ impl Report {
         }
         s
     }
+}
+
+/// What in regression file `name` lives in one server session and so, by design, does not
+/// follow a client from connection to connection in transaction pooling (docs/pooling.md):
+/// a rough textual scan, to help read a transaction-mode summary.
+pub fn session_state_uses(name: &str) -> Vec<&'static str> {
+    let path = regress_dir().join("sql").join(format!("{name}.sql"));
+    let sql = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let statements: Vec<&str> = sql.lines().map(str::trim_start).collect();
+    let starts = |prefix: &str| statements.iter().any(|l| l.starts_with(prefix));
+    let mut uses = Vec::new();
+    if sql.contains("create temp ")
+        || sql.contains("create temporary ")
+        || sql.contains("create local temp")
+        || sql.contains("pg_temp.")
+        || sql.contains("into temp ")
+    {
+        uses.push("temporary objects");
+    }
+    if statements
+        .iter()
+        .any(|l| l.starts_with("prepare ") && !l.starts_with("prepare transaction"))
+    {
+        uses.push("SQL PREPARE");
+    }
+    if sql.contains("with hold") {
+        uses.push("WITH HOLD cursors");
+    }
+    if sql.contains("pg_advisory_lock") || sql.contains("pg_advisory_unlock") {
+        uses.push("session advisory locks");
+    }
+    if starts("listen ") || starts("notify ") {
+        uses.push("LISTEN/NOTIFY");
+    }
+    if sql.contains("currval(") || sql.contains("lastval(") {
+        uses.push("currval/lastval");
+    }
+    if starts("load ") {
+        uses.push("LOAD");
+    }
+    uses
 }
 
 /// The first [`DIFF_HEAD_LINES`] lines of a diff, each cut at [`DIFF_HEAD_WIDTH`] characters.
@@ -559,6 +612,7 @@ pub fn compare(name: &str, files: &[String], via: Via, root: &Path) -> Report {
                     identical: true,
                     diff: None,
                     diff_head: String::new(),
+                    timed_out: d.timed_out || o.timed_out,
                 },
                 Some(text) => {
                     let path = dir.join(format!("{}.diff", d.name));
@@ -568,6 +622,7 @@ pub fn compare(name: &str, files: &[String], via: Via, root: &Path) -> Report {
                         identical: false,
                         diff: Some(path),
                         diff_head: head(&text),
+                        timed_out: d.timed_out || o.timed_out,
                     }
                 }
             }
