@@ -3,6 +3,7 @@
 //! in front of a database of its own so that tests do not see each other's tables.
 
 pub mod raw;
+pub mod regress;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
