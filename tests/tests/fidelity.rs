@@ -215,6 +215,22 @@ const SETTINGS_SCRIPT: &[&str] = &[
     "RESET ALL",
     "SHOW vacuum_cost_delay",
     "SHOW timezone",
+    // Half a DateStyle keeps the other half of the server's value.
+    "SET datestyle TO dmy",
+    "SHOW datestyle",
+    "SELECT '2006-08-13 12:34:56'::timestamptz",
+    // A custom parameter stays defined after RESET.
+    "SET fid.custom = 'a'",
+    "RESET fid.custom",
+    "SHOW fid.custom",
+    // Session characteristics are the defaults of later transactions.
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "CREATE TABLE fid_read_only (x int)",
+    "SHOW default_transaction_read_only",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "SHOW default_transaction_read_only",
+    "RESET ALL",
+    "SHOW datestyle",
 ];
 
 async fn settings_match_postgresql(mode: &'static str) {

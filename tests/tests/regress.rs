@@ -28,26 +28,12 @@ const CI_FILES: &[&str] = &[
 /// Files whose output differs through the proxy by design, and why. The CI tests require every
 /// other file to come out identical. Keep docs/regress.md's table in step; a difference that
 /// comes from a proxy bug does not belong here.
-const KNOWN_DIFFERENCES: &[(Via, &str, &str)] = &[
-    (
-        Via::Transaction,
-        "portals",
-        "WITH HOLD cursors, temporary tables and SQL PREPARE live on one server connection \
-         and do not follow the client (docs/pooling.md)",
-    ),
-    (
-        Via::Transaction,
-        "temp",
-        "temporary tables and functions live on one server connection and do not follow the \
-         client (docs/pooling.md)",
-    ),
-    (
-        Via::Session,
-        "stats",
-        "psql's \\c through the proxy gets a pooled server session, not a new one, so \
-         pg_stat_database.sessions does not grow",
-    ),
-];
+const KNOWN_DIFFERENCES: &[(Via, &str, &str)] = &[(
+    Via::Session,
+    "stats",
+    "psql's \\c through the proxy gets a pooled server session, not a new one, so \
+     pg_stat_database.sessions does not grow",
+)];
 
 fn known(via: Via, file: &str) -> Option<&'static str> {
     KNOWN_DIFFERENCES

@@ -205,9 +205,38 @@ impl Settings {
             Some(s) => {
                 desired.insert(name.to_owned(), s.clone());
             }
+            // A custom (dotted) parameter stays defined, as the empty string.
+            None if name.contains('.') => {
+                desired.insert(name.to_owned(), set_config_sql(name, ""));
+            }
             None => {
                 desired.remove(name);
             }
+        }
+    }
+
+    /// The server reported the value of a parameter the client set (ParameterStatus, sent
+    /// for DateStyle, TimeZone, IntervalStyle, application_name, client_encoding ...): that
+    /// value, not the statement's words, is what a connection is brought to (`SET datestyle
+    /// TO dmy` keeps the other half of the server's DateStyle).
+    pub fn observe(&mut self, name: &str, value: &str) {
+        const OBSERVED: [&str; 5] = [
+            "datestyle",
+            "intervalstyle",
+            "timezone",
+            "application_name",
+            "client_encoding",
+        ];
+        let key = name.to_ascii_lowercase();
+        if !OBSERVED.contains(&key.as_str()) {
+            return;
+        }
+        let Some(current) = self.desired.get(&key) else {
+            return;
+        };
+        let sql = set_config_sql(name, value);
+        if *current != sql {
+            Arc::make_mut(&mut self.desired).insert(key, sql);
         }
     }
 

@@ -127,7 +127,27 @@ pub fn classify(stmt: &str) -> SessionCommand {
     }
     if t.is_keyword("session") {
         match lx.next() {
-            Some(n) if n.is_keyword("characteristics") => return SessionCommand::Other,
+            Some(n) if n.is_keyword("characteristics") => {
+                // SET SESSION CHARACTERISTICS AS TRANSACTION <modes>: the defaults of later
+                // transactions (default_transaction_isolation, _read_only, _deferrable).
+                let mut names = Vec::new();
+                for t in lx {
+                    if t.is_keyword("isolation") {
+                        names.push("default_transaction_isolation");
+                    } else if t.is_keyword("only") || t.is_keyword("write") {
+                        names.push("default_transaction_read_only");
+                    } else if t.is_keyword("deferrable") {
+                        names.push("default_transaction_deferrable");
+                    }
+                }
+                if names.is_empty() {
+                    return SessionCommand::Other;
+                }
+                return SessionCommand::Set {
+                    name: names.join("+"),
+                    sql: stmt.to_owned(),
+                };
+            }
             Some(n) if n.is_keyword("authorization") => {
                 return SessionCommand::Set {
                     name: "session_authorization".into(),
@@ -205,10 +225,19 @@ mod tests {
 
     #[test]
     fn transaction_scoped_sets_are_not_tracked() {
+        assert_eq!(
+            set_name("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            "default_transaction_read_only"
+        );
+        assert_eq!(
+            set_name(
+                "set session characteristics as transaction isolation level serializable, not deferrable"
+            ),
+            "default_transaction_isolation+default_transaction_deferrable"
+        );
         for s in [
             "SET LOCAL search_path TO a",
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
             "SET CONSTRAINTS ALL DEFERRED",
             "select 'SET a = 1'",
         ] {

@@ -42,6 +42,7 @@ use attach::sync_conn;
 pub(crate) use held::lone_begin;
 use held::{NO_DATA, NO_PARAMETERS};
 use routing::{is_utf8_name, refuse};
+use scatter::first_word;
 
 /// Stop reading from one side while this much waits to be written to the other.
 const HIGH_WATER: usize = 1 << 20;
@@ -237,6 +238,8 @@ struct Session {
     pin_check: bool,
     /// Transaction pooling: the server session holds such state; the connection stays.
     pinned: bool,
+    /// Transaction pooling: the client LOADed a library into its server session.
+    loaded: bool,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -270,6 +273,7 @@ pub(crate) fn start(
         session_settled: false,
         pin_check: false,
         pinned: false,
+        loaded: false,
     };
     drive(session, count)
 }

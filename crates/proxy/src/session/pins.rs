@@ -50,6 +50,12 @@ impl Session {
         if has_word(sql, MAKES) || (self.pinned && has_word(sql, ENDS)) {
             self.pin_check = self.pins();
         }
+        if !self.loaded && has_word(sql, &[b"load"]) && first_word(sql) == "load" && self.pins() {
+            // A library LOADed into the server session cannot be unloaded: the client keeps
+            // its connection for good.
+            self.loaded = true;
+            self.pin_check = true;
+        }
     }
 
     /// Between transactions, with nothing in flight: asks the server whether its session
@@ -69,7 +75,7 @@ impl Session {
                         "server session state"
                     );
                 }
-                self.pinned = held;
+                self.pinned = held || self.loaded;
                 Ok(())
             }
             // The probe failed (a role without access, an aborted state): keep the connection.

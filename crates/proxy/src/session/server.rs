@@ -115,6 +115,15 @@ impl Session {
                 self.error_since_ready = false;
                 self.wbuf.extend_from_slice(frame.raw());
             }
+            tag::PARAMETER_STATUS => {
+                // Unless the connection went its own way (a RESET to its own startup value,
+                // which the client's differs from), what it reports is the client's too.
+                let trusted = self.server.as_ref().is_some_and(|s| !s.settings_unknown);
+                if let (true, Ok((name, value))) = (trusted, messages::parameter_status(&frame)) {
+                    self.client.settings.observe(name, value);
+                }
+                self.wbuf.extend_from_slice(frame.raw());
+            }
             _ => self.wbuf.extend_from_slice(frame.raw()),
         }
         self.emit_synthetic_head();
@@ -331,6 +340,17 @@ impl Session {
                 Ok(Ok(None))
             );
             conn.settings_unknown = true;
+        }
+        if clean && (self.client.mode == PoolMode::Session || self.pinned || self.pin_check) {
+            // A server session that made a temporary schema keeps it after DISCARD ALL: the
+            // next client would not start as on a new connection (PREPARE TRANSACTION, for
+            // one, judges temporary objects by it). Such a connection is closed instead.
+            let temp_schema = tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                conn.query_bool("SELECT pg_catalog.pg_my_temp_schema() <> 0"),
+            )
+            .await;
+            clean = matches!(temp_schema, Ok(Ok(Some(false))));
         }
         if clean && (self.client.mode == PoolMode::Session || self.pinned || self.pin_check) {
             clean = matches!(
