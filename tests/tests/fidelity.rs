@@ -432,8 +432,10 @@ async fn state_that_outlives_a_transaction_pins_the_connection() {
     let m = c.simple_query("SELECT sum(x) FROM scratch").await.unwrap();
     assert_eq!(one(&m), "10");
     assert_eq!(pids(&c, 4).await.len(), 1, "pinned while the table exists");
+    assert_eq!(db.proxy.pinned_count(), 1);
     c.simple_query("DROP TABLE scratch").await.unwrap();
     assert!(pids(&c, 4).await.len() > 1, "back to the pool");
+    assert_eq!(db.proxy.pinned_count(), 0);
 
     c.batch_execute(
         "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g; COMMIT",
@@ -754,4 +756,32 @@ async fn cursors_route_as_their_query() {
     assert!(errors(&ms).is_empty(), "{ms:?}");
     let ms = c.round(&[query("EXECUTE p2(150)")]).await;
     assert_eq!(rows(&ms), ["150"], "{ms:?}");
+}
+
+/// Session pooling passes the extended protocol through: the server knows the client's
+/// statements by the names the client gave them, as it would without the proxy.
+#[tokio::test]
+async fn session_mode_keeps_the_clients_statement_names() {
+    let db = e2e::TestDb::new(
+        "fid_sessnames",
+        e2e::ProxyOptions {
+            mode: "session",
+            ..Default::default()
+        },
+    );
+    let c = db.connect().await;
+    let direct = db.connect_direct().await;
+    let q = "SELECT name FROM pg_prepared_statements ORDER BY name";
+    for client in [&c, &direct] {
+        let st = client.prepare("SELECT $1::int + 1").await.unwrap();
+        let row = client.query_one(&st, &[&41i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+    let names = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter().map(|r| r.get::<_, String>(0)).collect()
+    };
+    let want = names(direct.query(q, &[]).await.unwrap());
+    let got = names(c.query(q, &[]).await.unwrap());
+    assert_eq!(got, want);
+    assert!(got.iter().all(|n| !n.starts_with("sg_")), "{got:?}");
 }

@@ -44,6 +44,9 @@ pub struct Proxy {
     /// Statement analyses by shape, for routing.
     route_cache: router::cache::RouteCache,
     clients: AtomicUsize,
+    /// Clients whose server connection is pinned (transaction pooling), for the admin view
+    /// and metrics.
+    pinned: AtomicUsize,
     /// Bumped by every reload.
     generation: AtomicU64,
     /// Distinct startup settings of clients, shared between them (see `Settings::intern`).
@@ -62,6 +65,7 @@ impl Proxy {
             statements: statements::StatementRegistry::default(),
             route_cache: router::cache::RouteCache::default(),
             clients: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             startup_settings: Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
@@ -80,6 +84,12 @@ impl Proxy {
     /// Number of connected clients.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Number of clients that keep their server connection between transactions because
+    /// their server session holds state that outlives a transaction (see docs/pooling.md).
+    pub fn pinned_count(&self) -> usize {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     /// Accepts clients until the listener fails or the task is dropped.

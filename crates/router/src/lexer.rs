@@ -216,6 +216,25 @@ fn scan_quoted(b: &[u8], open: usize, q: u8, backslash: bool) -> Option<usize> {
     None
 }
 
+/// Whether any of `words` (lower-case ASCII) occurs in `text`, ignoring ASCII case, as a
+/// substring (not a token: this is the cheap look that decides whether a real one is due).
+/// One pass over the text; only bytes that start some word are compared further.
+pub fn contains_any_word(text: &[u8], words: &[&[u8]]) -> bool {
+    let mut starts = [false; 256];
+    for w in words {
+        if let Some(&b) = w.first() {
+            starts[b as usize] = true;
+        }
+    }
+    text.iter().enumerate().any(|(i, b)| {
+        starts[b.to_ascii_lowercase() as usize]
+            && words.iter().any(|w| {
+                text.get(i..i + w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
+            })
+    })
+}
+
 /// The statements of a (possibly multi-statement) query string, trimmed, empty ones dropped.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -245,6 +264,18 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_are_found_in_any_case() {
+        assert!(contains_any_word(
+            b"select 1; SET x = 1",
+            &[b"set", b"listen"]
+        ));
+        assert!(contains_any_word(b"LiStEn ch", &[b"set", b"listen"]));
+        assert!(!contains_any_word(b"select 1", &[b"set", b"listen"]));
+        assert!(!contains_any_word(b"lis", &[b"listen"]));
+        assert!(!contains_any_word(b"", &[b"set"]));
+    }
 
     #[test]
     fn statements_split_outside_quotes_and_comments() {

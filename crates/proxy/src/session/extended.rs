@@ -5,6 +5,36 @@
 use super::*;
 
 impl Session {
+    /// Session pooling on a database that does not route: the client owns its server
+    /// session, so its statements and portals keep the names it gave them and its messages
+    /// go through as they came.
+    pub(super) fn passes_through(&self) -> bool {
+        self.client.mode == PoolMode::Session && !self.routes()
+    }
+
+    pub(super) async fn pass_extended(&mut self, frame: Frame) -> Result<(), End> {
+        if let Err(e) = self.ensure_server().await {
+            return self.extended_error(e);
+        }
+        let expect = match frame.tag() {
+            tag::PARSE => {
+                let p = ParseView::new(&frame).map_err(malformed)?;
+                self.note_encoding_change(p.query);
+                Expect::Parse {
+                    visible: true,
+                    statement: None,
+                    client_name: None,
+                }
+            }
+            tag::BIND => Expect::Bind,
+            tag::DESCRIBE => Expect::Describe { statement: None },
+            _ => Expect::Close,
+        };
+        self.forward(&frame);
+        self.expect_extended(expect);
+        Ok(())
+    }
+
     pub(super) async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
         let p = ParseView::new(&frame).map_err(malformed)?;
         self.note_encoding_change(p.query);

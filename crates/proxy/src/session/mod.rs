@@ -282,6 +282,7 @@ async fn drive(mut s: Session, _count: crate::ClientCount) {
     let id = s.client.id;
     let end = s.pump().await;
     Box::pin(s.finish(end)).await;
+    s.set_pinned(false);
     s.proxy.cancels.remove(s.client.cancel_key);
     tracing::debug!(id, "client gone");
 }
@@ -289,17 +290,18 @@ async fn drive(mut s: Session, _count: crate::ClientCount) {
 /// A quick look for words that may start a statement changing session state, so ordinary
 /// statements skip the statement splitter.
 fn may_change_session(sql: &[u8]) -> bool {
-    fn has(hay: &[u8], needle: &[u8]) -> bool {
-        hay.windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-    }
-    has(sql, b"set")
-        || has(sql, b"listen")
-        || has(sql, b"discard")
-        || has(sql, b"deallocate")
-        || has(sql, b"savepoint")
-        || has(sql, b"release")
-        || has(sql, b"rollback")
+    router::lexer::contains_any_word(
+        sql,
+        &[
+            b"set",
+            b"listen",
+            b"discard",
+            b"deallocate",
+            b"savepoint",
+            b"release",
+            b"rollback",
+        ],
+    )
 }
 
 fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {
@@ -540,6 +542,9 @@ impl Session {
         }
         match t {
             tag::QUERY => self.on_query(frame).await,
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE if self.passes_through() => {
+                self.pass_extended(frame).await
+            }
             tag::PARSE => self.on_parse(frame).await,
             tag::BIND => self.on_bind(frame).await,
             tag::DESCRIBE => self.on_describe(frame).await,

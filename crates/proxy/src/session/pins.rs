@@ -10,8 +10,16 @@
 
 use super::*;
 
-/// True when the server session holds state that outlives a transaction.
-const PROBE: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+/// True when the server session holds state that outlives a transaction: any object in its
+/// temporary schema, a holdable cursor, an SQL-level prepared statement, a LISTEN, a session
+/// advisory lock.
+const PROBE: &str = "SELECT (pg_catalog.pg_my_temp_schema() <> 0 AND ( \
+    EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT FROM pg_catalog.pg_collation WHERE collnamespace = pg_catalog.pg_my_temp_schema()))) \
     OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
     OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
     OR EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) \
@@ -29,12 +37,6 @@ const ENDS: &[&[u8]] = &[
     b"unlisten",
 ];
 
-fn has_word(sql: &[u8], words: &[&[u8]]) -> bool {
-    words
-        .iter()
-        .any(|w| sql.windows(w.len()).any(|s| s.eq_ignore_ascii_case(w)))
-}
-
 impl Session {
     /// Whether pinning is on for this client (transaction pooling, `pool.pinning`).
     pub(super) fn pins(&self) -> bool {
@@ -47,10 +49,16 @@ impl Session {
         if self.pin_check || self.client.mode != PoolMode::Transaction {
             return;
         }
-        if has_word(sql, MAKES) || (self.pinned && has_word(sql, ENDS)) {
+        if router::lexer::contains_any_word(sql, MAKES)
+            || (self.pinned && router::lexer::contains_any_word(sql, ENDS))
+        {
             self.pin_check = self.pins();
         }
-        if !self.loaded && has_word(sql, &[b"load"]) && first_word(sql) == "load" && self.pins() {
+        if !self.loaded
+            && router::lexer::contains_any_word(sql, &[b"load"])
+            && first_word(sql) == "load"
+            && self.pins()
+        {
             // A library LOADed into the server session cannot be unloaded: the client keeps
             // its connection for good.
             self.loaded = true;
@@ -63,7 +71,7 @@ impl Session {
     pub(super) async fn check_pins(&mut self) -> Result<(), End> {
         self.pin_check = false;
         let Some(server) = self.server.as_mut() else {
-            self.pinned = false;
+            self.set_pinned(false);
             return Ok(());
         };
         match server.query_bool(PROBE).await {
@@ -75,15 +83,28 @@ impl Session {
                         "server session state"
                     );
                 }
-                self.pinned = held || self.loaded;
+                self.set_pinned(held || self.loaded);
                 Ok(())
             }
             // The probe failed (a role without access, an aborted state): keep the connection.
             Ok(None) => {
-                self.pinned = true;
+                self.set_pinned(true);
                 Ok(())
             }
             Err(e) => Err(End::ServerGone(e.to_string())),
+        }
+    }
+
+    /// Pins or unpins, keeping the proxy's count of pinned clients.
+    pub(super) fn set_pinned(&mut self, pinned: bool) {
+        use std::sync::atomic::Ordering;
+        if pinned != self.pinned {
+            if pinned {
+                self.proxy.pinned.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.proxy.pinned.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.pinned = pinned;
         }
     }
 
