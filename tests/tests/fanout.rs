@@ -568,3 +568,47 @@ async fn begin_waits_for_the_first_statement_that_picks_a_shard() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Rows driven by a reference table and filtered by a sharded one used to be sent to every
+/// shard and concatenated: duplicated (EXISTS) or simply wrong (NOT EXISTS). They are
+/// refused now, as is a sharded table hidden in the select list; a reference table joined
+/// to a sharded table's own rows still concatenates.
+#[tokio::test]
+async fn rows_driven_by_a_reference_table_are_never_concatenated() {
+    let (_shards, conninfo, dir) = proxy("fan_refdrv", "{ size: 4 }");
+    let c = e2e::connect(&conninfo).await;
+    c.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, owner text NOT NULL); \
+         CREATE TABLE countries (code text PRIMARY KEY, name text)",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO countries VALUES ('de', 'Germany'), ('fr', 'France'), ('it', 'Italy')",
+    )
+    .await
+    .unwrap();
+    // Owners 'de' on both shards (ids 1 and 2 hash to different shards), 'fr' on one.
+    c.batch_execute(
+        "INSERT INTO items (id, owner) VALUES (1, 'de'), (2, 'de'), (3, 'fr'), (4, 'fr')",
+    )
+    .await
+    .unwrap();
+    for q in [
+        "SELECT c.code FROM countries c WHERE EXISTS (SELECT 1 FROM items i WHERE i.owner = c.code)",
+        "SELECT c.code FROM countries c WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.owner = c.code)",
+        "SELECT c.code, (SELECT count(*) FROM items) FROM countries c",
+        "SELECT c.code, i.id FROM countries c LEFT JOIN items i ON i.owner = c.code",
+    ] {
+        let e = c.simple_query(q).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{q}");
+    }
+    let m = c
+        .simple_query("SELECT i.id, c.name FROM items i JOIN countries c ON c.code = i.owner")
+        .await
+        .unwrap();
+    let mut rows = simple_rows(&m);
+    rows.sort();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -87,6 +87,12 @@ pub struct Analysis {
     /// `DECLARE ... CURSOR FOR query`, analysed as its query: a cursor lives on one server
     /// session, so it runs on one shard or is refused.
     pub cursor: bool,
+    /// Some use of a sharded table is not a row source of the top-level query itself: it
+    /// sits in a subquery, a CTE, a derived table, the select list, on a side of an outer
+    /// join, or in a set operation (or the statement is DML). Run on several shards, such a
+    /// query would see only each shard's part of that table, and the shards' rows could not
+    /// simply be concatenated: it runs on one shard or is refused.
+    pub nested_sharded: bool,
     /// Why the statement cannot be routed by its shape, whatever the keys.
     pub refuse: Option<String>,
 }
@@ -215,6 +221,7 @@ pub fn analyze(
             insert_rows: false,
             one_shard: false,
             cursor: false,
+            nested_sharded: false,
             refuse: None,
         });
     }
@@ -229,6 +236,16 @@ pub fn analyze(
     let stmt = statements.remove(0);
     let mut w = Walker {
         key_columns,
+        depth: 0,
+        top_depth: Some(
+            if matches!(stmt, Statement::Query(_))
+                || matches!(&stmt, Statement::Explain { statement, .. } if matches!(statement.as_ref(), Statement::Query(_)))
+            {
+                1
+            } else {
+                0
+            },
+        ),
         out: Analysis {
             kind: Kind::Read,
             tables: Vec::new(),
@@ -237,10 +254,12 @@ pub fn analyze(
             insert_rows: false,
             one_shard: false,
             cursor: false,
+            nested_sharded: false,
             refuse: None,
         },
     };
     w.statement(&stmt);
+    w.hidden_uses(&stmt);
     Ok(w.out)
 }
 
@@ -263,6 +282,7 @@ fn analyze_copy(
         insert_rows: false,
         one_shard: true,
         cursor: false,
+        nested_sharded: false,
         refuse: None,
     };
     match lx.next() {
@@ -459,12 +479,20 @@ fn has_aggregate(e: &Expr) -> bool {
 struct Walker<'k> {
     key_columns: &'k dyn Fn(&str) -> Option<Vec<String>>,
     out: Analysis,
+    /// How deep in queries the walk is (a query statement's own query is 1).
+    depth: usize,
+    /// The depth of the statement's own rows: 1 for a query, 0 for DML (its target table),
+    /// none inside a set operation.
+    top_depth: Option<usize>,
 }
 
 /// A table in a scope: its name and the name it goes by (alias or name).
 struct InScope {
     table: String,
     called: String,
+    /// A row source whose rows the top-level query returns as they are: in the statement's
+    /// own SELECT, not on a side of an outer join.
+    top: bool,
 }
 
 fn base_name(name: &ast::ObjectName) -> String {
@@ -534,12 +562,51 @@ impl Walker<'_> {
     }
 
     fn query(&mut self, q: &Query) {
+        self.depth += 1;
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.query(&cte.query);
             }
         }
         self.set_expr(&q.body);
+        self.depth -= 1;
+    }
+
+    /// Whether a scope being walked is the statement's own SELECT.
+    fn at_top(&self) -> bool {
+        self.top_depth == Some(self.depth)
+    }
+
+    /// Uses of sharded tables the walk did not reach (in the select list, JOIN ... ON,
+    /// HAVING, function arguments, ...): each counts as a use without a key, nested.
+    fn hidden_uses(&mut self, stmt: &Statement) {
+        let mut seen: Vec<String> = Vec::new();
+        let _ = ast::visit_relations(stmt, |name| {
+            seen.push(base_name(name));
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        for t in seen.iter() {
+            if !self.out.tables.iter().any(|x| x == t) {
+                self.out.tables.push(t.clone());
+            }
+        }
+        let mut counted: Vec<&String> = Vec::new();
+        for t in seen.iter() {
+            if counted.contains(&t) || (self.key_columns)(t).is_none() {
+                continue;
+            }
+            counted.push(t);
+            let uses = seen.iter().filter(|x| *x == t).count();
+            let walked = self.out.keyed.iter().filter(|u| u.table == *t).count();
+            for _ in walked..uses {
+                self.out.nested_sharded = true;
+                self.out.keyed.push(TableUse {
+                    table: t.clone(),
+                    keys: None,
+                    bounds: Vec::new(),
+                });
+            }
+        }
     }
 
     fn set_expr(&mut self, s: &SetExpr) {
@@ -552,12 +619,24 @@ impl Walker<'_> {
                 if let Some(w) = &sel.selection {
                     self.subqueries(w);
                 }
+                for item in &sel.projection {
+                    if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } =
+                        item
+                    {
+                        self.subqueries(e);
+                    }
+                }
+                if let Some(h) = &sel.having {
+                    self.subqueries(h);
+                }
                 self.keyed_uses(&scope, sel.selection.as_ref());
             }
             SetExpr::Query(q) => self.query(q),
             SetExpr::SetOperation { left, right, .. } => {
+                let top = self.top_depth.take();
                 self.set_expr(left);
                 self.set_expr(right);
+                self.top_depth = top;
             }
             SetExpr::Insert(Statement::Insert(i)) => {
                 self.out.kind = Kind::Write;
@@ -576,6 +655,9 @@ impl Walker<'_> {
                     let name = ident_name(name);
                     self.note_table(&name);
                     if (self.key_columns)(&name).is_some() {
+                        if !self.at_top() {
+                            self.out.nested_sharded = true;
+                        }
                         self.out.keyed.push(TableUse {
                             table: name,
                             keys: None,
@@ -590,9 +672,23 @@ impl Walker<'_> {
     }
 
     fn table_with_joins(&mut self, twj: &TableWithJoins, scope: &mut Vec<InScope>) {
+        let from = scope.len();
         self.factor(&twj.relation, scope);
+        let mut outer = false;
         for j in &twj.joins {
             self.factor(&j.relation, scope);
+            outer |= !matches!(
+                j.join_operator,
+                ast::JoinOperator::Join(_)
+                    | ast::JoinOperator::Inner(_)
+                    | ast::JoinOperator::CrossJoin(_)
+            );
+        }
+        if outer {
+            // A side of an outer join: its rows may come null-extended from every shard.
+            for t in &mut scope[from..] {
+                t.top = false;
+            }
         }
     }
 
@@ -605,7 +701,11 @@ impl Walker<'_> {
                     .as_ref()
                     .map(|a| ident_name(&a.name))
                     .unwrap_or_else(|| table.clone());
-                scope.push(InScope { table, called });
+                scope.push(InScope {
+                    table,
+                    called,
+                    top: self.at_top(),
+                });
             }
             TableFactor::Derived { subquery, .. } => self.query(subquery),
             TableFactor::NestedJoin {
@@ -755,6 +855,9 @@ impl Walker<'_> {
                         _ => {}
                     }
                 }
+            }
+            if !t.top {
+                self.out.nested_sharded = true;
             }
             self.out.keyed.push(TableUse {
                 table: t.table.clone(),

@@ -59,6 +59,15 @@ pub fn map_for<'d>(db: &'d DatabaseConfig, table: &str) -> Option<(&'d ShardMap,
 /// bound yet or NULL).
 pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
     let p = plan_shape(db, a, params);
+    if a.nested_sharded
+        && matches!(a.kind, Kind::Read | Kind::Write)
+        && matches!(p, Plan::Shards(_) | Plan::AllShards)
+    {
+        return refuse(
+            "a sharded table is read in a subquery, CTE, derived table, select list, outer join or set operation of a statement for several shards: each shard would see only its own part of it, and the shards' rows could not simply be put together",
+            "Give the shard key so that the statement runs on one shard, query the sharded table on its own, or name the shard: /* shardgate: shard=NAME */.",
+        );
+    }
     if a.cursor && matches!(p, Plan::Shards(_) | Plan::AllShards) {
         return refuse(
             "a cursor over several shards (its rows would need a merge the proxy cannot keep open across FETCHes)",
@@ -700,6 +709,48 @@ mod tests {
             Plan::Refuse { .. }
         ));
         assert_eq!(p("DECLARE c CURSOR FOR SELECT 1", &[]), Plan::Session);
+    }
+
+    #[test]
+    fn rows_driven_by_other_tables_are_never_concatenated() {
+        for q in [
+            // A reference table's rows, filtered by a sharded table: every shard would
+            // return them (duplicates), or wrongly (NOT EXISTS).
+            "SELECT c.code FROM countries c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.country = c.code)",
+            "SELECT c.code FROM countries c WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.country = c.code)",
+            "SELECT c.code FROM countries c WHERE c.code IN (SELECT country FROM orders)",
+            // A sharded table only in the select list: it was not seen at all.
+            "SELECT (SELECT count(*) FROM orders) FROM countries",
+            "SELECT (SELECT count(*) FROM orders) AS n FROM orders WHERE customer_id = 7",
+            // A reference table on the preserved side of an outer join.
+            "SELECT * FROM countries c LEFT JOIN orders o ON o.country = c.code",
+            // Each shard's own part of a CTE or derived table.
+            "WITH o AS (SELECT * FROM orders) SELECT * FROM countries WHERE code IN (SELECT country FROM o)",
+            "SELECT * FROM (SELECT country, count(*) AS n FROM orders GROUP BY country) s",
+            "SELECT id FROM orders WHERE customer_id IN (7, 8) AND amount > (SELECT avg(amount) FROM orders)",
+            // Set operations deduplicate across shards.
+            "SELECT id FROM orders UNION SELECT id FROM orders",
+            // A reference-table write computed from a sharded table.
+            "UPDATE countries SET name = (SELECT max(note) FROM orders)",
+        ] {
+            assert!(matches!(p(q, &[]), Plan::Refuse { .. }), "{q}: {:?}", p(q, &[]));
+        }
+        // On one shard, nested uses are fine.
+        assert_eq!(
+            p(
+                "SELECT (SELECT count(*) FROM orders o WHERE o.customer_id = 7) FROM orders WHERE customer_id = 7",
+                &[]
+            ),
+            Plan::Shard(shard_of(7))
+        );
+        // Concatenation of a sharded table's own rows, joined to a reference table.
+        assert_eq!(
+            p(
+                "SELECT o.id, c.name FROM orders o JOIN countries c ON c.code = o.country",
+                &[]
+            ),
+            Plan::AllShards
+        );
     }
 
     #[test]

@@ -179,6 +179,7 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
                 insert_rows: false,
                 one_shard: false,
                 cursor: false,
+                nested_sharded: false,
                 refuse: None,
             }
         }
