@@ -231,6 +231,18 @@ const SETTINGS_SCRIPT: &[&str] = &[
     "SHOW default_transaction_read_only",
     "RESET ALL",
     "SHOW datestyle",
+    // set_config: for the session, or (is_local) for the transaction.
+    "SELECT set_config('vacuum_cost_delay', '11', false)",
+    "SHOW vacuum_cost_delay",
+    "BEGIN",
+    "SELECT set_config('vacuum_cost_delay', '12', true)",
+    "SHOW vacuum_cost_delay",
+    "COMMIT",
+    "SHOW vacuum_cost_delay",
+    // A function's SET clause lasts for the call.
+    "CREATE OR REPLACE FUNCTION fid_mem() RETURNS text LANGUAGE sql SET work_mem = '3MB' AS 'SELECT current_setting(''work_mem'')'",
+    "SELECT fid_mem()",
+    "SHOW work_mem",
 ];
 
 async fn settings_match_postgresql(mode: &'static str) {
@@ -593,7 +605,7 @@ async fn a_batch_after_a_held_begin_and_a_describe_goes_to_its_shard() {
 #[tokio::test]
 async fn prepared_statements_per_server_connection_are_bounded() {
     const LIMIT: usize = 20;
-    const N: usize = 2_000;
+    const N: usize = 100_000;
     let db = e2e::TestDb::new(
         "fid_prep",
         e2e::ProxyOptions {
@@ -606,7 +618,7 @@ async fn prepared_statements_per_server_connection_are_bounded() {
     let mut c = Raw::login(db.proxy_addr).await;
     // Distinct statements, pipelined in batches.
     for round in 0..2 {
-        for chunk in (0..N).collect::<Vec<_>>().chunks(200) {
+        for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
             let mut batch = Vec::new();
             for &i in chunk {
                 let name = format!("p{i}");

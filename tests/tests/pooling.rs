@@ -273,20 +273,11 @@ async fn session_mode_keeps_one_server_and_cleans_it_after() {
         },
     );
     let c = db.connect().await;
-    c.batch_execute("SET work_mem = '11MB'; PREPARE q AS SELECT 1; CREATE TEMP TABLE tmp (x int)")
+    c.batch_execute("SET work_mem = '11MB'; PREPARE q AS SELECT 1")
         .await
         .unwrap();
-    let pid1: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let pid2: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(pid1, pid2);
+    let pid1 = backend_pid(&c).await;
+    assert_eq!(pid1, backend_pid(&c).await);
     drop(c);
     // The next client gets the same server connection, reset.
     let mut reused = None;
@@ -295,22 +286,45 @@ async fn session_mode_keeps_one_server_and_cleans_it_after() {
         let row = c
             .query_one(
                 "SELECT pg_backend_pid(), current_setting('work_mem'),
-                        (SELECT count(*) FROM pg_prepared_statements WHERE name = 'q'), to_regclass('pg_temp.tmp') IS NULL",
+                        (SELECT count(*) FROM pg_prepared_statements WHERE name = 'q')",
                 &[],
             )
             .await
             .unwrap();
         if row.get::<_, i32>(0) == pid1 {
-            reused = Some((
-                row.get::<_, String>(1),
-                row.get::<_, i64>(2),
-                row.get::<_, bool>(3),
-            ));
+            reused = Some((row.get::<_, String>(1), row.get::<_, i64>(2)));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(reused, Some(("4MB".to_string(), 0, true)));
+    assert_eq!(reused, Some(("4MB".to_string(), 0)));
+
+    // A server session that made a temporary schema keeps it after DISCARD ALL: it is
+    // closed when its client leaves, and the next client gets a new one.
+    let c = db.connect().await;
+    c.batch_execute("CREATE TEMP TABLE tmp (x int)")
+        .await
+        .unwrap();
+    let with_temp = backend_pid(&c).await;
+    drop(c);
+    for _ in 0..20 {
+        let c = db.connect().await;
+        let pid = backend_pid(&c).await;
+        assert_ne!(pid, with_temp);
+        let row = c
+            .query_one("SELECT pg_my_temp_schema() = 0", &[])
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test]

@@ -80,6 +80,9 @@ pub fn classify(stmt: &str) -> SessionCommand {
             None => SessionCommand::Other,
         };
     }
+    if first.is_keyword("select") {
+        return set_config(lx);
+    }
     if first.is_keyword("discard") {
         return match lx.next() {
             Some(t) if t.is_keyword("all") => SessionCommand::DiscardAll,
@@ -170,6 +173,33 @@ pub fn classify(stmt: &str) -> SessionCommand {
     SessionCommand::Set {
         name,
         sql: stmt.to_owned(),
+    }
+}
+
+/// `SELECT [pg_catalog.]set_config('name', 'value', false)` with constant arguments: the
+/// session setting it makes, as a SET would (`is_local` true lasts only to the end of the
+/// transaction, as SET LOCAL, and needs no tracking). Anything else is not tracked.
+fn set_config(lx: Lexer<'_>) -> SessionCommand {
+    let tokens: Vec<Token<'_>> = lx.filter(|t| *t != Token::Semicolon).collect();
+    let rest: &[Token<'_>] = match tokens.as_slice() {
+        [s, Token::Symbol("."), rest @ ..] if s.is_keyword("pg_catalog") => rest,
+        all => all,
+    };
+    let [f, Token::Symbol("("), Token::String(name), Token::Symbol(","), Token::String(value), Token::Symbol(","), local, Token::Symbol(")")] =
+        rest
+    else {
+        return SessionCommand::Other;
+    };
+    let plain = |s: &str| s.starts_with('\'') && s.ends_with('\'') && s.len() >= 2;
+    if !f.is_keyword("set_config") || !plain(name) || !plain(value) || !local.is_keyword("false") {
+        return SessionCommand::Other;
+    }
+    let unquoted = name[1..name.len() - 1]
+        .replace("''", "'")
+        .to_ascii_lowercase();
+    SessionCommand::Set {
+        name: unquoted,
+        sql: format!("SELECT pg_catalog.set_config({name}, {value}, false)"),
     }
 }
 
@@ -265,6 +295,29 @@ mod tests {
         assert_eq!(classify("DEALLOCATE ALL"), SessionCommand::DeallocateAll);
         assert_eq!(classify("LISTEN chan"), SessionCommand::Listen);
         assert_eq!(classify("unlisten *"), SessionCommand::Listen);
+    }
+
+    #[test]
+    fn set_config_with_constants_is_a_set() {
+        assert_eq!(
+            classify("SELECT set_config('search_path', 'a, b', false)"),
+            SessionCommand::Set {
+                name: "search_path".into(),
+                sql: "SELECT pg_catalog.set_config('search_path', 'a, b', false)".into()
+            }
+        );
+        assert!(matches!(
+            classify("select pg_catalog.set_config('My.Guc', 'x', false);"),
+            SessionCommand::Set { ref name, .. } if name == "my.guc"
+        ));
+        for other in [
+            "SELECT set_config('search_path', 'a', true)",
+            "SELECT set_config('search_path', $1, false)",
+            "SELECT set_config('a', 'b', false), 1",
+            "SELECT 1",
+        ] {
+            assert_eq!(classify(other), SessionCommand::Other, "{other}");
+        }
     }
 
     #[test]

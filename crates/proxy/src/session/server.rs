@@ -244,7 +244,7 @@ impl Session {
                 }
         };
         match (command, command_tag) {
-            (SessionCommand::Set { name, sql }, b"SET") => settings.set(&name, &sql),
+            (SessionCommand::Set { name, sql }, b"SET" | b"SELECT 1") => settings.set(&name, &sql),
             (SessionCommand::Reset { name }, b"RESET") => {
                 server.settings_unknown |= differs(Some(&name));
                 settings.reset(&name);
