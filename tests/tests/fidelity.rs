@@ -656,6 +656,18 @@ async fn prepared_statements_per_server_connection_are_bounded() {
     }
     assert!(held.iter().all(|&n| n <= LIMIT), "{held:?}");
     assert!(held.iter().any(|&n| n > 0), "{held:?}");
+    // Once the client leaves, the proxy forgets its statements.
+    assert!(db.proxy.statement_count() >= N);
+    drop(c);
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = db.proxy.statement_count();
+        if left < 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(left < 100, "{left} statements still registered");
 }
 
 /// A statement the proxy refuses inside a transaction fails that transaction, as any error

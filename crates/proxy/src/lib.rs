@@ -52,6 +52,9 @@ pub struct Proxy {
     /// Distinct startup settings of clients, shared between them (see `Settings::intern`).
     startup_settings: Mutex<Vec<pool::SettingsMap>>,
     next_client_id: AtomicU64,
+    /// Called after much memory was freed at once (a client with many prepared statements
+    /// left), so that the allocator can hand it back to the system.
+    memory_freed: std::sync::OnceLock<fn()>,
 }
 
 impl Proxy {
@@ -69,6 +72,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             startup_settings: Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
+            memory_freed: std::sync::OnceLock::new(),
         })
     }
 
@@ -84,6 +88,17 @@ impl Proxy {
     /// Number of connected clients.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Sets what runs after much memory was freed at once (the binary's allocator hook).
+    pub fn on_memory_freed(&self, hook: fn()) {
+        let _ = self.memory_freed.set(hook);
+    }
+
+    /// Entries of the prepared-statement registry (statements some client holds, and freed
+    /// ones not yet swept).
+    pub fn statement_count(&self) -> usize {
+        self.statements.len()
     }
 
     /// Number of clients that keep their server connection between transactions because

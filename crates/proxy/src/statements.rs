@@ -136,26 +136,33 @@ impl StatementRegistry {
             .since_sweep
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n >= 1024 && n >= map.len() / 2 {
-            map.retain(|_, b| {
-                b.retain(|w| w.strong_count() > 0);
-                !b.is_empty()
-            });
-            map.shrink_to_fit();
-            self.since_sweep
-                .store(0, std::sync::atomic::Ordering::Relaxed);
+            self.sweep_locked(&mut map);
         }
         s
     }
 
-    /// Entries held (live or not yet swept).
-    #[allow(dead_code)] // read by tests and, later, the admin console
-    pub fn len(&self) -> usize {
-        self.by_hash.lock().values().map(Vec::len).sum()
+    /// After a client that prepared many statements left: drops the entries of statements
+    /// no client holds any more (an entry keeps its statement's allocation), if enough were
+    /// made since the last sweep to be worth a pass over the registry.
+    pub fn sweep_if_due(&self) {
+        if self.since_sweep.load(std::sync::atomic::Ordering::Relaxed) >= 1024 {
+            self.sweep_locked(&mut self.by_hash.lock());
+        }
     }
 
-    #[allow(dead_code)]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn sweep_locked(&self, map: &mut HashMap<u64, Vec<Weak<Statement>>>) {
+        map.retain(|_, b| {
+            b.retain(|w| w.strong_count() > 0);
+            !b.is_empty()
+        });
+        map.shrink_to_fit();
+        self.since_sweep
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Entries held (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.by_hash.lock().values().map(Vec::len).sum()
     }
 }
 

@@ -283,6 +283,13 @@ async fn drive(mut s: Session, _count: crate::ClientCount) {
     let end = s.pump().await;
     Box::pin(s.finish(end)).await;
     s.set_pinned(false);
+    if s.names.take().is_some_and(|n| n.statements.len() >= 1024) {
+        // Its statements are freed now; their registry entries go too.
+        s.proxy.statements.sweep_if_due();
+        if let Some(hook) = s.proxy.memory_freed.get() {
+            hook();
+        }
+    }
     s.proxy.cancels.remove(s.client.cancel_key);
     tracing::debug!(id, "client gone");
 }
