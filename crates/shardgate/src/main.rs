@@ -270,7 +270,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(config, Some(path), None)) {
+    match rt.block_on(serve(config, Some(path), None, None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardgate: {e}");
@@ -296,13 +296,21 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// How long running transactions get to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Serves until SIGINT/SIGTERM (or until `stop` resolves), then lets clients finish.
+/// Serves until SIGINT/SIGTERM, then lets clients finish. Listens on `listener` when given
+/// (already bound to the config's address), else binds `config.listen`.
 pub async fn serve(
     config: sgconfig::Config,
     config_path: Option<PathBuf>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+    listener: Option<std::net::TcpListener>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = match listener {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(config.listen).await?,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "shardgate listening");
     if let Some(tx) = ready {
