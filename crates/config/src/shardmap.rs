@@ -332,20 +332,8 @@ fn at(file: &Path, loc: &serde_saphyr::Location, message: String) -> Problem {
 
 /// Loads and validates one shard map; `shards` are the shards the database defines.
 pub fn load_shard_map(file: &Path, text: &str, shards: &[&str]) -> Result<ShardMap, Vec<Problem>> {
-    let raw: RawMap = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let msg = e.to_string();
-        let msg = msg.lines().next().unwrap_or(&msg).trim();
-        vec![Problem {
-            file: file.to_owned(),
-            line,
-            column,
-            message: msg.strip_prefix("error: ").unwrap_or(msg).to_owned(),
-        }]
-    })?;
+    let raw: RawMap =
+        serde_saphyr::from_str(text).map_err(|e| vec![crate::load::parse_problem(file, &e)])?;
     let mut problems = Vec::new();
     let name = raw.name.clone();
     let key_types = raw.key_type.value.to_vec();
@@ -770,6 +758,21 @@ mod tests {
         );
         let (l, m) = problem(&t);
         assert_eq!(l, 3, "{m}");
+    }
+
+    #[test]
+    fn parser_errors_give_their_place_once() {
+        for (t, line) in [
+            (format!("name: h\ntype: hash\nkey_type: bigint\npartitions: many\nassign: {{ s0: [0] }}\n{TABLES}"), 4),
+            (format!("name: h\ntype: hash\nkey_type: bigint\npartitions: 1\nassign: {{ s0: [0]\n{TABLES}"), 6),
+        ] {
+            let (l, m) = problem(&t);
+            assert_eq!(l, line, "{m}");
+            assert!(
+                !m.is_empty() && !m.contains(&format!("line {line}")),
+                "the place is given twice: {m}"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,47 @@ fn check_reports_problems_with_their_place_and_exits_1() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn check_gives_each_error_location_once() {
+    let dir = temp_dir("check-once");
+    let file = dir.join("c.yaml");
+    let map = dir.join("m.yaml");
+    write(
+        &map,
+        "name: h\ntype: hash\nkey_type: bigint\npartitions: many\n",
+    );
+    for (text, file, place) in [
+        // A wrong type in the config.
+        ("listen: 127.0.0.1:6432\npool: { size: many }\n", &file, "2:15"),
+        // A YAML syntax error in the config.
+        ("listen: 127.0.0.1:6432\nusers: [ { name: app }\n", &file, "2:8"),
+        // A wrong type in a shard map the config names.
+        (
+            "users: [{ name: app, password: x }]\ndatabases:\n  app:\n    shard_maps: [m.yaml]\n    shards:\n      s0: { primary: \"postgres://127.0.0.1:5432/app\" }\n",
+            &map,
+            "4:13",
+        ),
+    ] {
+        write(&dir.join("c.yaml"), text);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(dir.join("c.yaml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let prefix = format!("{}:{place}: ", file.display());
+        assert!(err.starts_with(&prefix), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let (line, column) = place.split_once(':').unwrap();
+        assert!(
+            !err.contains(&format!("line {line}")) && !err.contains(&format!("column {column}")),
+            "the place is given twice: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
     let pg = Cluster::start(ClusterOptions {
