@@ -111,6 +111,9 @@ fn check(path: PathBuf) -> ExitCode {
                 );
                 for m in &db.maps {
                     println!("  {}", describe_map(m));
+                    for line in describe_ranges(m) {
+                        println!("    {line}");
+                    }
                 }
                 if !db.reference_tables.is_empty() {
                     println!("  reference tables: {}", db.reference_tables.join(", "));
@@ -253,6 +256,23 @@ fn describe_map(m: &sgconfig::ShardMap) -> String {
         m.shards().join(", "),
         tables.join(", ")
     )
+}
+
+/// A range map's ranges, one line each with its bounds as the map gives them (`unbounded`
+/// for null), then its default; nothing for other maps.
+fn describe_ranges(m: &sgconfig::ShardMap) -> Vec<String> {
+    let sgconfig::shardmap::Rule::Range { ranges, default } = &m.rule else {
+        return Vec::new();
+    };
+    let bound = |b: &Option<sgconfig::KeyValue>| {
+        b.as_ref()
+            .map_or_else(|| "unbounded".to_owned(), ToString::to_string)
+    };
+    ranges
+        .iter()
+        .map(|r| format!("from {} to {}: {}", bound(&r.from), bound(&r.to), r.shard))
+        .chain(default.iter().map(|d| format!("other keys: {d}")))
+        .collect()
 }
 
 fn run(path: PathBuf) -> ExitCode {
