@@ -84,14 +84,8 @@ fn load_str_with_env(
         column,
         message,
     };
-    let mut config: Config = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        ConfigError {
-            problems: vec![problem(line, column, first_line(&e.to_string()))],
-        }
+    let mut config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+        problems: vec![parse_problem(path, &e)],
     })?;
     if !env.is_empty() {
         config = overlay_env(text, env).map_err(|message| ConfigError {
@@ -188,10 +182,40 @@ fn load_maps(path: &Path, text: &str, config: &mut Config, problems: &mut Vec<Pr
     }
 }
 
-/// serde-saphyr renders a snippet under its message; the first line is the message.
-fn first_line(s: &str) -> String {
-    let msg = s.lines().next().unwrap_or(s).trim();
-    msg.strip_prefix("error: ").unwrap_or(msg).to_owned()
+/// A YAML parse or type error as a problem. Its place goes to `line` and `column` only: the
+/// message is rendered without serde-saphyr's snippet and its "line L column C" wording,
+/// which `file:line:col:` would otherwise repeat.
+pub(crate) fn parse_problem(file: &Path, e: &serde_saphyr::Error) -> Problem {
+    /// Leaves messages without a place: the problem carries it.
+    struct NoPlace;
+    impl serde_saphyr::Localizer for NoPlace {
+        fn attach_location<'a>(
+            &self,
+            base: std::borrow::Cow<'a, str>,
+            _: serde_saphyr::Location,
+        ) -> std::borrow::Cow<'a, str> {
+            base
+        }
+    }
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let formatter = serde_saphyr::DefaultMessageFormatter.with_localizer(&NoPlace);
+    let mut options = serde_saphyr::RenderOptions::new(&formatter);
+    options.snippets = serde_saphyr::SnippetMode::Off;
+    let rendered = e.render_with_options(options);
+    Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        message: rendered
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    }
 }
 
 fn overlay_env(text: &str, env: &[(String, String)]) -> Result<Config, String> {
@@ -399,6 +423,32 @@ databases:
         let text = GOOD.replace("size: 5", "size: many");
         let e = load(&text).unwrap_err();
         assert_eq!(e.problems[0].line, 4, "{e}");
+    }
+
+    #[test]
+    fn parser_errors_give_their_place_once() {
+        let cases = [
+            GOOD.replace("size: 5", "size: many"),
+            GOOD.replace("  size: 5\n", "  size: 5\n  sise: 6\n"),
+            GOOD.replace("users:\n", "users: [\n"),
+            GOOD.replace("mode: transaction", "mode: sometimes"),
+        ];
+        for text in cases {
+            let e = load(&text).unwrap_err();
+            assert_eq!(e.problems.len(), 1, "{e}");
+            let p = &e.problems[0];
+            assert!(p.line > 0 && p.column > 0, "{e}");
+            let place = format!("test.yaml:{}:{}: ", p.line, p.column);
+            let shown = e.to_string();
+            assert!(shown.starts_with(&place), "{shown}");
+            let message = &shown[place.len()..];
+            assert!(!message.is_empty(), "{shown}");
+            assert!(
+                !message.contains(&format!("line {}", p.line))
+                    && !message.contains(&format!("column {}", p.column)),
+                "the place is given twice: {shown}"
+            );
+        }
     }
 
     #[test]

@@ -109,6 +109,61 @@ impl KeyValue {
     }
 }
 
+/// A key as a map would write it: integers plainly, dates as YYYY-MM-DD, timestamps as
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]+00` (UTC), `infinity`/`-infinity`, UUIDs hyphenated, and
+/// text as is unless it needs quotes to be read back as the same text.
+impl std::fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::Int(v) => write!(f, "{v}"),
+            KeyValue::Text(t) if plain_text(t) => f.write_str(t),
+            KeyValue::Text(t) => write!(f, "{t:?}"),
+            KeyValue::Uuid(b) => write!(f, "{}", uuid::Uuid::from_bytes(*b)),
+            KeyValue::Date(i32::MAX) | KeyValue::Timestamptz(i64::MAX) => f.write_str("infinity"),
+            KeyValue::Date(i32::MIN) | KeyValue::Timestamptz(i64::MIN) => f.write_str("-infinity"),
+            KeyValue::Date(days) => {
+                let epoch = pg_epoch();
+                let offset = chrono::Days::new(days.unsigned_abs().into());
+                let date = if *days < 0 {
+                    epoch.checked_sub_days(offset)
+                } else {
+                    epoch.checked_add_days(offset)
+                };
+                match date {
+                    Some(d) => write!(f, "{}", d.format("%Y-%m-%d")),
+                    None => write!(f, "{days} days from 2000-01-01"),
+                }
+            }
+            KeyValue::Timestamptz(us) => {
+                let (secs, frac) = (us.div_euclid(1_000_000), us.rem_euclid(1_000_000));
+                let t = pg_epoch()
+                    .and_hms_opt(0, 0, 0)
+                    .and_then(|t0| t0.checked_add_signed(chrono::TimeDelta::try_seconds(secs)?));
+                let Some(t) = t else {
+                    return write!(f, "{us} microseconds from 2000-01-01 00:00:00+00");
+                };
+                write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S"))?;
+                if frac != 0 {
+                    let digits = format!("{frac:06}");
+                    write!(f, ".{}", digits.trim_end_matches('0'))?;
+                }
+                f.write_str("+00")
+            }
+        }
+    }
+}
+
+/// Text that reads back as itself without quotes and cannot be taken for a null, a boolean
+/// or a missing bound.
+fn plain_text(t: &str) -> bool {
+    !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '@'))
+        && !["null", "unbounded", "true", "false"]
+            .iter()
+            .any(|w| t.eq_ignore_ascii_case(w))
+}
+
 /// `infinity` (`Some(true)`) or `-infinity` (`Some(false)`), which PostgreSQL stores as the
 /// largest and smallest date or timestamp.
 fn infinity(text: &str) -> Option<bool> {
@@ -332,20 +387,8 @@ fn at(file: &Path, loc: &serde_saphyr::Location, message: String) -> Problem {
 
 /// Loads and validates one shard map; `shards` are the shards the database defines.
 pub fn load_shard_map(file: &Path, text: &str, shards: &[&str]) -> Result<ShardMap, Vec<Problem>> {
-    let raw: RawMap = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let msg = e.to_string();
-        let msg = msg.lines().next().unwrap_or(&msg).trim();
-        vec![Problem {
-            file: file.to_owned(),
-            line,
-            column,
-            message: msg.strip_prefix("error: ").unwrap_or(msg).to_owned(),
-        }]
-    })?;
+    let raw: RawMap =
+        serde_saphyr::from_str(text).map_err(|e| vec![crate::load::parse_problem(file, &e)])?;
     let mut problems = Vec::new();
     let name = raw.name.clone();
     let key_types = raw.key_type.value.to_vec();
@@ -513,7 +556,7 @@ pub fn load_shard_map(file: &Path, text: &str, shards: &[&str]) -> Result<ShardM
                     (Some(pt), Some(nf)) if pt < nf && default.is_none() => problems.push(at(
                         file,
                         &next.3,
-                        format!("map `{name}`: gap between ranges (keys from {pt:?} up to {nf:?} have no shard); close it or give a `default`"),
+                        format!("map `{name}`: gap between ranges (keys from {pt} up to {nf} have no shard); close it or give a `default`"),
                     )),
                     _ => {}
                 }
@@ -683,7 +726,17 @@ mod tests {
     #[test]
     fn gapped_ranges_without_default() {
         let t = format!("name: r\ntype: range\nkey_type: bigint\nranges:\n  - {{ from: null, to: 100, shard: s0 }}\n  - {{ from: 200, to: null, shard: s1 }}\n{TABLES}");
-        expect(&t, 6, "gap between ranges");
+        expect(
+            &t,
+            6,
+            "gap between ranges (keys from 100 up to 200 have no shard)",
+        );
+        let dates = format!("name: r\ntype: range\nkey_type: date\nranges:\n  - {{ from: null, to: 2024-01-01, shard: s0 }}\n  - {{ from: 2024-06-01, to: null, shard: s1 }}\n{TABLES}");
+        expect(
+            &dates,
+            6,
+            "keys from 2024-01-01 up to 2024-06-01 have no shard",
+        );
         // With a default the gap is fine.
         let ok = t.replace("tables:", "default: s0\ntables:");
         assert!(load_shard_map(Path::new("m.yaml"), &ok, SHARDS).is_ok());
@@ -773,12 +826,64 @@ mod tests {
     }
 
     #[test]
+    fn parser_errors_give_their_place_once() {
+        for (t, line) in [
+            (format!("name: h\ntype: hash\nkey_type: bigint\npartitions: many\nassign: {{ s0: [0] }}\n{TABLES}"), 4),
+            (format!("name: h\ntype: hash\nkey_type: bigint\npartitions: 1\nassign: {{ s0: [0]\n{TABLES}"), 6),
+        ] {
+            let (l, m) = problem(&t);
+            assert_eq!(l, line, "{m}");
+            assert!(
+                !m.is_empty() && !m.contains(&format!("line {line}")),
+                "the place is given twice: {m}"
+            );
+        }
+    }
+
+    #[test]
     fn multi_column_hash_keys() {
         let t = "name: h\ntype: hash\nkey_type: [bigint, text]\npartitions: 2\nassign: { s0: [0], s1: [1] }\ntables: [{ table: t, columns: [a, b] }]\n";
         let m = load_shard_map(Path::new("m.yaml"), t, SHARDS).unwrap();
         assert_eq!(m.key_types, vec![KeyType::Bigint, KeyType::Text]);
         let bad = t.replace("columns: [a, b]", "column: a");
         expect(&bad, 6, "names 1 key column(s) for 2 key type(s)");
+    }
+
+    #[test]
+    fn key_values_display_as_written() {
+        let shown = |ty: KeyType, text: &str| KeyValue::parse(ty, text).unwrap().to_string();
+        assert_eq!(shown(KeyType::Date, "2024-01-01"), "2024-01-01");
+        assert_eq!(shown(KeyType::Date, "1999-12-31"), "1999-12-31");
+        assert_eq!(shown(KeyType::Date, "infinity"), "infinity");
+        assert_eq!(shown(KeyType::Date, "-infinity"), "-infinity");
+        assert_eq!(shown(KeyType::Bigint, "-42"), "-42");
+        assert_eq!(shown(KeyType::Smallint, " 7"), "7");
+        assert_eq!(
+            shown(KeyType::Timestamptz, "2024-03-01 00:00:00+00"),
+            "2024-03-01 00:00:00+00"
+        );
+        assert_eq!(
+            shown(KeyType::Timestamptz, "2024-03-01T12:30:00Z"),
+            "2024-03-01 12:30:00+00"
+        );
+        assert_eq!(
+            shown(KeyType::Timestamptz, "2000-01-01 01:00:01.25+01"),
+            "2000-01-01 00:00:01.25+00"
+        );
+        assert_eq!(
+            shown(KeyType::Timestamptz, "1999-12-31 23:59:59.5"),
+            "1999-12-31 23:59:59.5+00"
+        );
+        assert_eq!(shown(KeyType::Timestamptz, "-infinity"), "-infinity");
+        assert_eq!(
+            shown(KeyType::Uuid, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        );
+        assert_eq!(shown(KeyType::Text, "m"), "m");
+        assert_eq!(shown(KeyType::Text, "new york"), "\"new york\"");
+        assert_eq!(shown(KeyType::Text, ""), "\"\"");
+        assert_eq!(shown(KeyType::Text, "null"), "\"null\"");
+        assert_eq!(shown(KeyType::Text, "unbounded"), "\"unbounded\"");
     }
 
     #[test]

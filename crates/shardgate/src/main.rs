@@ -118,6 +118,9 @@ fn check(path: PathBuf) -> ExitCode {
                 );
                 for m in &db.maps {
                     println!("  {}", describe_map(m));
+                    for line in describe_ranges(m) {
+                        println!("    {line}");
+                    }
                 }
                 if !db.reference_tables.is_empty() {
                     println!("  reference tables: {}", db.reference_tables.join(", "));
@@ -262,6 +265,23 @@ fn describe_map(m: &sgconfig::ShardMap) -> String {
     )
 }
 
+/// A range map's ranges, one line each with its bounds as the map gives them (`unbounded`
+/// for null), then its default; nothing for other maps.
+fn describe_ranges(m: &sgconfig::ShardMap) -> Vec<String> {
+    let sgconfig::shardmap::Rule::Range { ranges, default } = &m.rule else {
+        return Vec::new();
+    };
+    let bound = |b: &Option<sgconfig::KeyValue>| {
+        b.as_ref()
+            .map_or_else(|| "unbounded".to_owned(), ToString::to_string)
+    };
+    ranges
+        .iter()
+        .map(|r| format!("from {} to {}: {}", bound(&r.from), bound(&r.to), r.shard))
+        .chain(default.iter().map(|d| format!("other keys: {d}")))
+        .collect()
+}
+
 fn run(path: PathBuf) -> ExitCode {
     let config = match sgconfig::load_file(&path) {
         Ok(c) => c,
@@ -277,7 +297,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(config, Some(path), None)) {
+    match rt.block_on(serve(config, Some(path), None, None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardgate: {e}");
@@ -303,13 +323,21 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// How long running transactions get to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Serves until SIGINT/SIGTERM (or until `stop` resolves), then lets clients finish.
+/// Serves until SIGINT/SIGTERM, then lets clients finish. Listens on `listener` when given
+/// (already bound to the config's address), else binds `config.listen`.
 pub async fn serve(
     config: sgconfig::Config,
     config_path: Option<PathBuf>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+    listener: Option<std::net::TcpListener>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = match listener {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(config.listen).await?,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "shardgate listening");
     if let Some(tx) = ready {

@@ -1,6 +1,7 @@
 //! `shardgate sandbox`: local PostgreSQL shards with streaming replicas, a config for them,
 //! a small demo schema, and the proxy in front, all stopped by Ctrl-C.
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -92,6 +93,16 @@ fn demo_data(map: &sgconfig::ShardMap, shards: u32) -> Vec<String> {
     sql
 }
 
+/// Why the proxy cannot listen on `addr`, and what to do about it.
+fn listen_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{addr} is already in use: stop what listens there or pick another port with --port"
+        ),
+        _ => format!("cannot listen on {addr}: {e}; pick another port with --port"),
+    }
+}
+
 pub fn run(args: SandboxArgs) -> ExitCode {
     match start(&args) {
         Ok(code) => code,
@@ -106,6 +117,11 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.shards == 0 {
         return Err("--shards must be at least 1".into());
     }
+    // The proxy's address is taken first and kept until the proxy serves on it: a port in
+    // use is reported before any PostgreSQL starts, and nothing can take it in between.
+    let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let listener = TcpListener::bind(listen).map_err(|e| listen_error(listen, &e))?;
+    let listen = listener.local_addr()?;
     let base = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -140,8 +156,7 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let map_path = config_dir.join(format!("shardgate-sandbox-{tag}-customers.yaml"));
     std::fs::write(&map_path, demo_map(args.shards))?;
     let mut yaml = format!(
-        "listen: 127.0.0.1:{}\npool: {{ mode: transaction, size: 10 }}\nusers:\n  - {{ name: app, password: {PASSWORD} }}\ndatabases:\n  app:\n    shard_maps: [\"{}\"]\n    reference_tables: [countries]\n    shards:\n",
-        args.port,
+        "listen: {listen}\npool: {{ mode: transaction, size: 10 }}\nusers:\n  - {{ name: app, password: {PASSWORD} }}\ndatabases:\n  app:\n    shard_maps: [\"{}\"]\n    reference_tables: [countries]\n    shards:\n",
         map_path.display()
     );
     for (i, (p, rs)) in clusters.iter().enumerate() {
@@ -176,6 +191,7 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             config,
             base.map(|_| config_path.clone()),
             Some(tx),
+            Some(listener),
         ));
         if let Ok(addr) = rx.await {
             println!();

@@ -92,6 +92,100 @@ fn check_reports_problems_with_their_place_and_exits_1() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn check_shows_range_bounds_as_written() {
+    let dir = temp_dir("check-ranges");
+    write(
+        &dir.join("days.yaml"),
+        "name: days\ntype: range\nkey_type: date\nranges:\n  - { from: null, to: 2024-01-01, shard: s0 }\n  - { from: 2024-01-01, to: 2024-06-01, shard: s1 }\n  - { from: 2024-06-01, to: null, shard: s0 }\ntables: [{ table: events, column: day }]\n",
+    );
+    write(
+        &dir.join("ids.yaml"),
+        "name: ids\ntype: range\nkey_type: bigint\nranges:\n  - { from: -100, to: 0, shard: s0 }\n  - { from: 0, to: 1000000, shard: s1 }\ndefault: s1\ntables: [{ table: orders, column: id }]\n",
+    );
+    let file = dir.join("c.yaml");
+    write(
+        &file,
+        "users: [{ name: app, password: x }]\ndatabases:\n  app:\n    shard_maps: [days.yaml, ids.yaml]\n    shards:\n      s0: { primary: \"postgres://127.0.0.1:5432/app\" }\n      s1: { primary: \"postgres://127.0.0.1:5433/app\" }\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "  map days: range, 3 ranges on date over s0, s1; tables: events(day)\n    from unbounded to 2024-01-01: s0\n    from 2024-01-01 to 2024-06-01: s1\n    from 2024-06-01 to unbounded: s0\n",
+        "  map ids: range, 2 ranges on bigint over s0, s1; tables: orders(id)\n    from -100 to 0: s0\n    from 0 to 1000000: s1\n    other keys: s1\n",
+    ] {
+        assert!(text.contains(line), "{text}");
+    }
+
+    // A gap names its bounds as the map gives them.
+    write(
+        &dir.join("days.yaml"),
+        "name: days\ntype: range\nkey_type: date\nranges:\n  - { from: null, to: 2024-01-01, shard: s0 }\n  - { from: 2024-06-01, to: null, shard: s1 }\ntables: [{ table: events, column: day }]\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:6:13: map `days`: gap between ranges (keys from 2024-01-01 up to 2024-06-01 have no shard)", dir.join("days.yaml").display())),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_gives_each_error_location_once() {
+    let dir = temp_dir("check-once");
+    let file = dir.join("c.yaml");
+    let map = dir.join("m.yaml");
+    write(
+        &map,
+        "name: h\ntype: hash\nkey_type: bigint\npartitions: many\n",
+    );
+    for (text, file, place) in [
+        // A wrong type in the config.
+        ("listen: 127.0.0.1:6432\npool: { size: many }\n", &file, "2:15"),
+        // A YAML syntax error in the config.
+        ("listen: 127.0.0.1:6432\nusers: [ { name: app }\n", &file, "2:8"),
+        // A wrong type in a shard map the config names.
+        (
+            "users: [{ name: app, password: x }]\ndatabases:\n  app:\n    shard_maps: [m.yaml]\n    shards:\n      s0: { primary: \"postgres://127.0.0.1:5432/app\" }\n",
+            &map,
+            "4:13",
+        ),
+    ] {
+        write(&dir.join("c.yaml"), text);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(dir.join("c.yaml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let prefix = format!("{}:{place}: ", file.display());
+        assert!(err.starts_with(&prefix), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let (line, column) = place.split_once(':').unwrap();
+        assert!(
+            !err.contains(&format!("line {line}")) && !err.contains(&format!("column {column}")),
+            "the place is given twice: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise() {
     let pg = Cluster::start(ClusterOptions {

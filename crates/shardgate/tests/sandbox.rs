@@ -108,3 +108,36 @@ fn the_sandbox_serves_the_readme_demo() {
     }
     assert!(!psql(port, "SELECT 1").0, "the proxy still answers");
 }
+
+/// A port below the ephemeral range (32768 and up), so no other test's `free_port` lands on it.
+const TAKEN_PORT: u16 = 15433;
+
+#[test]
+fn a_taken_port_is_refused_before_any_postgresql_starts() {
+    let holder = std::net::TcpListener::bind(("127.0.0.1", TAKEN_PORT))
+        .unwrap_or_else(|e| panic!("this test needs 127.0.0.1:{TAKEN_PORT} free: {e}"));
+    // The sandbox keeps its clusters here; if it started any, the directory would exist.
+    let dir = std::env::temp_dir().join(format!("shardgate-sandbox-taken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(BIN)
+        .args(["sandbox", "--port", &TAKEN_PORT.to_string(), "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    drop(holder);
+    let started = dir.exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{TAKEN_PORT} is already in use")),
+        "{err}"
+    );
+    assert!(err.contains("--port"), "{err}");
+    assert!(!err.contains("starting shard"), "{err}");
+    assert!(
+        !started,
+        "the sandbox created {} before checking its port",
+        dir.display()
+    );
+}
