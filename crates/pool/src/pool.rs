@@ -202,11 +202,10 @@ impl Pool {
                 };
                 idle.remove(at)
             };
-            // A connection used within the last second is taken as alive without a probe (a
-            // syscall); a dead one is noticed on first use anyway.
-            let probe = conn.last_used.elapsed() > Duration::from_secs(1);
-            if (probe && conn.is_stale()) || conn.created.elapsed() > inner.settings.server_lifetime
-            {
+            // Every connection is probed (one non-blocking read): a server restarted or
+            // killed even a moment ago has closed it, and a client must never get the
+            // FATAL its backend left behind.
+            if conn.is_stale() || conn.created.elapsed() > inner.settings.server_lifetime {
                 continue; // dropped: closed
             }
             return Some(conn);
