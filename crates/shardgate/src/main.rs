@@ -325,6 +325,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves until SIGINT/SIGTERM, then lets clients finish. Listens on `listener` when given
 /// (already bound to the config's address), else binds `config.listen`.
+/// A listen address that cannot be bound, said so that the user knows which and what to do.
+fn listen_error(addr: std::net::SocketAddr, e: std::io::Error) -> std::io::Error {
+    let what = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{addr} is already in use: stop what listens there or set another `listen:` in the config"
+        ),
+        _ => format!("cannot listen on {addr}: {e}; set another `listen:` in the config"),
+    };
+    std::io::Error::new(e.kind(), what)
+}
+
 pub async fn serve(
     config: sgconfig::Config,
     config_path: Option<PathBuf>,
@@ -336,7 +347,9 @@ pub async fn serve(
             l.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(l)?
         }
-        None => tokio::net::TcpListener::bind(config.listen).await?,
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| listen_error(config.listen, e))?,
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "shardgate listening");

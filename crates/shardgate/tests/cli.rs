@@ -307,3 +307,32 @@ fn route_prints_the_plan_or_the_refusal() {
     );
     assert!(out.contains("of the INSERT's 3 rows"), "{out}");
 }
+
+/// `run` on a listen address that is taken says which, and what to do.
+#[test]
+fn run_on_a_taken_address_says_which() {
+    const TAKEN_PORT: u16 = 15434;
+    let _held = std::net::TcpListener::bind(("127.0.0.1", TAKEN_PORT)).expect("hold the port");
+    let dir = temp_dir("taken");
+    let file = dir.join("c.yaml");
+    write(
+        &file,
+        &format!(
+            "listen: 127.0.0.1:{TAKEN_PORT}\nusers:\n  - {{ name: app, password: pw }}\n\
+             databases:\n  app:\n    shards:\n      s0: {{ primary: \"postgres://127.0.0.1:1/postgres\" }}\n"
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{TAKEN_PORT} is already in use"))
+            && err.contains("listen:"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
