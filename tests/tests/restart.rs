@@ -79,3 +79,53 @@ async fn a_killed_and_restarted_shard_never_hands_out_a_dead_connection() {
     c.start_again().unwrap();
     every_client_is_served(&conninfo).await;
 }
+
+/// A shard that is down: its clients get 08006 naming the shard; the other shard's carry on.
+#[tokio::test]
+async fn a_shard_that_is_down_is_named_and_the_others_carry_on() {
+    let db = e2e::create_database("restart_down");
+    e2e::psql_direct(&db, "CREATE TABLE items (id bigint PRIMARY KEY)");
+    e2e::psql_direct(&db, "INSERT INTO items VALUES (5)");
+    let info = e2e::cluster();
+    let dir = std::env::temp_dir().join(format!("sg-restart-down-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("map.yaml"),
+        "name: items\ntype: range\nkey_type: bigint\nranges:\n  - { from: null, to: 100, shard: s0 }\n  - { from: 100, to: null, shard: s1 }\ntables: [{ table: items, column: id }]\n",
+    )
+    .unwrap();
+    // Nothing listens on port 1.
+    let yaml = format!(
+        "pool: {{ mode: transaction, size: 2, connect_timeout_ms: 2000 }}
+users:
+  - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
+databases:
+  app:
+    shard_maps: [map.yaml]
+    shards:
+      s0: {{ primary: \"postgres://127.0.0.1:{port}/{db}\" }}
+      s1: {{ primary: \"postgres://127.0.0.1:1/{db}\" }}
+",
+        su = info.superuser,
+        port = info.port,
+    );
+    let addr = e2e::start_proxy_from(&dir, &yaml);
+    let c = e2e::connect(&format!(
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+        addr.port()
+    ))
+    .await;
+    let e = c
+        .simple_query("SELECT id FROM items WHERE id = 150")
+        .await
+        .unwrap_err();
+    assert_eq!(e2e::sqlstate(&e), "08006");
+    let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("shard \"s1\""), "{message}");
+    let m = c
+        .simple_query("SELECT id FROM items WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(e2e::simple_rows(&m), [[Some("5".to_owned())]]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -17,6 +17,8 @@ pub type SettingsMap = std::sync::Arc<BTreeMap<String, String>>;
 /// Where to connect and as whom.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerTarget {
+    /// The shard this server is of, for messages (empty: not named).
+    pub shard: String,
     pub host: String,
     pub port: u16,
     pub database: String,
@@ -26,6 +28,9 @@ pub struct ServerTarget {
 
 impl std::fmt::Debug for ServerTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.shard.is_empty() {
+            write!(f, "of shard \"{}\" ", self.shard)?;
+        }
         write!(
             f,
             "{}@{}:{}/{}",

@@ -249,6 +249,7 @@ fn pool_spec(config: &Config, key: &PoolKey) -> Result<(ServerTarget, PoolSettin
     let addr =
         ServerAddress::parse(&shard_cfg.primary).map_err(|e| ProxyError::fatal("08006", e))?;
     let target = ServerTarget {
+        shard: shard.clone(),
         host: addr.host,
         port: addr.port,
         database: addr.database,
