@@ -99,6 +99,9 @@ pub struct ProxyOptions {
     pub pinning: bool,
     /// `pool.max_prepared_statements`.
     pub max_prepared: u32,
+    /// `limits.client_idle_timeout_ms`, `limits.idle_transaction_timeout_ms`,
+    /// `limits.query_timeout_ms` (0: off).
+    pub timeouts_ms: (u64, u64, u64),
 }
 
 impl Default for ProxyOptions {
@@ -112,6 +115,7 @@ impl Default for ProxyOptions {
             round_robin: false,
             pinning: true,
             max_prepared: 200,
+            timeouts_ms: (0, 0, 0),
         }
     }
 }
@@ -137,7 +141,7 @@ impl TestDb {
         let yaml = format!(
             "listen: 127.0.0.1:0
 pool: {{ mode: {mode}, size: {size}, checkout_timeout_ms: {timeout}, server_round_robin: {rr}, pinning: {pin}, max_prepared_statements: {maxp} }}
-limits: {{ max_client_connections: {maxc}, max_message_size: {maxm} }}
+limits: {{ max_client_connections: {maxc}, max_message_size: {maxm}, client_idle_timeout_ms: {t_idle}, idle_transaction_timeout_ms: {t_tx}, query_timeout_ms: {t_query} }}
 users:
   - {{ name: app, password: {APP_PASSWORD}, server_user: {su}, server_password: {SERVER_PASSWORD} }}
   - {{ name: md5user, password: {APP_PASSWORD}, auth: md5, server_user: {su}, server_password: {SERVER_PASSWORD} }}
@@ -155,6 +159,9 @@ databases:
             rr = opts.round_robin,
             pin = opts.pinning,
             maxp = opts.max_prepared,
+            t_idle = opts.timeouts_ms.0,
+            t_tx = opts.timeouts_ms.1,
+            t_query = opts.timeouts_ms.2,
             su = info.superuser,
             port = info.port,
         );

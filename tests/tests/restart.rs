@@ -120,7 +120,10 @@ databases:
         .await
         .unwrap_err();
     assert_eq!(e2e::sqlstate(&e), "08006");
-    let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
     assert!(message.contains("shard \"s1\""), "{message}");
     let m = c
         .simple_query("SELECT id FROM items WHERE id = 5")

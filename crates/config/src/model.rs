@@ -107,6 +107,16 @@ pub struct Limits {
     pub max_client_connections: u32,
     /// A client message announcing more bytes than this is refused before it is read.
     pub max_message_size: u32,
+    /// A client idle (no transaction open, nothing running) this long is disconnected with
+    /// FATAL 57P05, as by PostgreSQL's idle_session_timeout. 0: never.
+    pub client_idle_timeout_ms: u64,
+    /// A client idle inside a transaction this long is disconnected with FATAL 25P03 (its
+    /// transaction rolled back), as by PostgreSQL's idle_in_transaction_session_timeout.
+    /// 0: never.
+    pub idle_transaction_timeout_ms: u64,
+    /// A statement running this long is cancelled and fails with 57014, as by PostgreSQL's
+    /// statement_timeout. 0: never.
+    pub query_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -114,6 +124,9 @@ impl Default for Limits {
         Limits {
             max_client_connections: 10_000,
             max_message_size: 64 * 1024 * 1024,
+            client_idle_timeout_ms: 0,
+            idle_transaction_timeout_ms: 0,
+            query_timeout_ms: 0,
         }
     }
 }

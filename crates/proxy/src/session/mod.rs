@@ -37,6 +37,7 @@ mod pins;
 mod routing;
 mod scatter;
 mod server;
+mod timeouts;
 
 use attach::sync_conn;
 pub(crate) use held::lone_begin;
@@ -240,6 +241,8 @@ struct Session {
     pinned: bool,
     /// Transaction pooling: the client LOADed a library into its server session.
     loaded: bool,
+    /// The timeouts' state, when any is configured.
+    timeouts: Option<Box<timeouts::Timeouts>>,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -274,6 +277,7 @@ pub(crate) fn start(
         pin_check: false,
         pinned: false,
         loaded: false,
+        timeouts: None,
     };
     drive(session, count)
 }
@@ -398,8 +402,15 @@ impl Session {
                 }
             }
             self.maybe_release();
-            if let Err(end) = self.io().await {
-                return end;
+            self.arm_timeout();
+            match self.io().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(end) = self.timeout_fired().await {
+                        return end;
+                    }
+                }
+                Err(end) => return end,
             }
             if self.terminated && self.wbuf.is_empty() {
                 return End::ClientGone;
@@ -411,7 +422,8 @@ impl Session {
     ///
     /// Written as one `poll_fn` over the sockets' readiness rather than a `select!` of
     /// readiness futures: nothing is built per wait, and an idle session stores no futures.
-    async fn io(&mut self) -> Result<(), End> {
+    /// `Ok(true)`: the armed timeout fired instead.
+    async fn io(&mut self) -> Result<bool, End> {
         let client_lost = |_| End::ClientGone;
         let server_lost = |e: std::io::Error| End::ServerGone(e.to_string());
         // Write eagerly: usually the socket takes it all and no wait is needed.
@@ -441,15 +453,22 @@ impl Session {
         let swbuf = &mut self.swbuf;
         let mut server = self.server.as_deref_mut();
         if terminated && wbuf.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
+        let mut timer = self.timeouts.as_deref_mut().map(|t| t.timer.as_mut());
         std::future::poll_fn(|cx| {
             use std::task::Poll;
+            if let Some(timer) = timer.as_mut() {
+                if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                    return Poll::Ready(Ok(true));
+                }
+            }
             if !wbuf.is_empty() {
                 if let Poll::Ready(r) = client.poll_write_ready(cx) {
                     return Poll::Ready(
                         r.and_then(|()| try_write(client, wbuf))
-                            .map_err(client_lost),
+                            .map_err(client_lost)
+                            .map(|()| false),
                     );
                 }
             }
@@ -461,7 +480,8 @@ impl Session {
                     if let Poll::Ready(r) = server.stream.poll_write_ready(cx) {
                         return Poll::Ready(
                             r.and_then(|()| try_write(&server.stream, swbuf))
-                                .map_err(server_lost),
+                                .map_err(server_lost)
+                                .map(|()| false),
                         );
                     }
                 }
@@ -471,7 +491,8 @@ impl Session {
                             r.and_then(|()| {
                                 try_read(&server.stream, &mut server.read_buf, SERVER_READ_CHUNK)
                             })
-                            .map_err(server_lost),
+                            .map_err(server_lost)
+                            .map(|()| false),
                         );
                     }
                 }
@@ -480,7 +501,8 @@ impl Session {
                 if let Poll::Ready(r) = client.poll_read_ready(cx) {
                     return Poll::Ready(
                         r.and_then(|()| try_read(client, rbuf, CLIENT_READ_CHUNK))
-                            .map_err(client_lost),
+                            .map_err(client_lost)
+                            .map(|()| false),
                     );
                 }
             }
@@ -750,12 +772,12 @@ fn try_read(
 #[cfg(test)]
 mod tests {
     /// An idle session's memory is mostly this struct: keep it from growing unnoticed.
-    /// (416 until the savepoint stack, the session-pooling startup and the pinning flags
-    /// came, each kept to a pointer or a bool.)
+    /// (416 until the savepoint stack, the session-pooling startup, the pinning flags and
+    /// the timeouts came, each kept to a pointer or a bool.)
     #[test]
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<super::Session>();
-        assert!(size <= 440, "Session is {size} bytes");
+        assert!(size <= 448, "Session is {size} bytes");
     }
 
     #[test]

@@ -74,7 +74,9 @@ impl Session {
                 self.copy_in_extended = false;
                 self.error_since_ready = true;
                 self.on_error();
-                self.wbuf.extend_from_slice(frame.raw());
+                if !self.timeout_error(&frame) {
+                    self.wbuf.extend_from_slice(frame.raw());
+                }
             }
             tag::READY_FOR_QUERY => {
                 let status =
