@@ -244,16 +244,12 @@ impl Session {
                         Ok(Routing::To(t)) => t,
                         Ok(Routing::AtBind) => None,
                         Ok(Routing::Fanout(fanout)) => {
-                            self.pending_fanout = Some(Box::new(PendingFanout {
+                            self.pending_fanout = Some(PendingFanout::new(
                                 fanout,
-                                query: Bytes::copy_from_slice(pv.query),
-                                param_types: Bytes::copy_from_slice(pv.param_types),
-                                portal: Bytes::copy_from_slice(b.portal),
-                                bind_rest: Bytes::copy_from_slice(b.rest),
-                                messages: BytesMut::new(),
-                                bind_answered: false,
-                                executed: false,
-                            }));
+                                Bytes::copy_from_slice(pv.query),
+                                Bytes::copy_from_slice(pv.param_types),
+                                &b,
+                            ));
                             return Ok(());
                         }
                         Err(e) => return self.extended_error(e),
@@ -313,16 +309,12 @@ impl Session {
         match self.ensure_server_for(&stmt, &params).await {
             Ok(None) => {}
             Ok(Some(fanout)) => {
-                self.pending_fanout = Some(Box::new(PendingFanout {
+                self.pending_fanout = Some(PendingFanout::new(
                     fanout,
-                    query: stmt.query.clone(),
-                    param_types: stmt.param_types.clone(),
-                    portal: Bytes::copy_from_slice(b.portal),
-                    bind_rest: Bytes::copy_from_slice(b.rest),
-                    messages: BytesMut::new(),
-                    bind_answered: false,
-                    executed: false,
-                }));
+                    stmt.query.clone(),
+                    stmt.param_types.clone(),
+                    &b,
+                ));
                 return Ok(());
             }
             Err(e) => return self.extended_error(e),

@@ -184,6 +184,27 @@ struct ExtBegin {
     portal: Option<Box<[u8]>>,
 }
 
+impl PendingFanout {
+    /// The statement `query` bound by `bind`, waiting for its Execute.
+    fn new(
+        fanout: Box<Fanout>,
+        query: Bytes,
+        param_types: Bytes,
+        bind: &BindView<'_>,
+    ) -> Box<Self> {
+        Box::new(PendingFanout {
+            fanout,
+            query,
+            param_types,
+            portal: Bytes::copy_from_slice(bind.portal),
+            bind_rest: Bytes::copy_from_slice(bind.rest),
+            messages: BytesMut::new(),
+            bind_answered: false,
+            executed: false,
+        })
+    }
+}
+
 /// Why a session ends.
 enum End {
     ClientGone,

@@ -76,9 +76,7 @@ impl Session {
         config
             .databases
             .get(&self.client.database)
-            .is_some_and(|db| {
-                db.shards.len() >= 2 && (!db.maps.is_empty() || !db.reference_tables.is_empty())
-            })
+            .is_some_and(database_routes)
     }
 
     /// Where a statement with no parameters to wait for runs.
@@ -103,7 +101,7 @@ impl Session {
         let Some(db) = config.databases.get(&self.client.database) else {
             return Ok(Routing::To(None));
         };
-        if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
+        if !database_routes(db) {
             return Ok(Routing::To(None));
         }
         let text = String::from_utf8_lossy(sql);
@@ -271,7 +269,7 @@ impl Session {
         let Some(db) = config.databases.get(&self.client.database) else {
             return Ok(Routing::To(None));
         };
-        if db.shards.len() < 2 || (db.maps.is_empty() && db.reference_tables.is_empty()) {
+        if !database_routes(db) {
             return Ok(Routing::To(None));
         }
         if !stmt.query.is_ascii() && !self.client_utf8() {
@@ -428,4 +426,10 @@ pub(super) fn refuse(reason: String, hint: &str) -> ProxyError {
         format!("shardgate cannot route this statement: {reason}"),
     )
     .with_hint(hint.to_owned())
+}
+
+/// A database routes statements when it has several shards and shard maps or reference
+/// tables; the others send everything to their one (home) shard.
+fn database_routes(db: &sgconfig::DatabaseConfig) -> bool {
+    db.shards.len() >= 2 && (!db.maps.is_empty() || !db.reference_tables.is_empty())
 }
