@@ -228,13 +228,29 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
             format!("database \"{database}\" does not exist"),
         ));
     };
-    let _ = db;
     let generation = proxy.generation();
     let pool = proxy.home_pool(&database, &user).map_err(|mut e| {
         e.fatal = true;
         e
     })?;
-    let server_params = pool.server_params().await.map_err(pool_error_fatal)?;
+    let server_params = match pool.server_params().await {
+        Ok(p) => p,
+        Err(e) if unreachable(&e) => {
+            // The home shard is down: the client may still use the others, whose servers
+            // report the same parameters.
+            let mut found = None;
+            for (shard, _) in db.shards.iter().skip(1) {
+                if let Ok(p) = proxy.pool_for(&database, &user, shard) {
+                    if let Ok(sp) = p.server_params().await {
+                        found = Some(sp);
+                        break;
+                    }
+                }
+            }
+            found.ok_or_else(|| pool_error_fatal(e))?
+        }
+        Err(e) => return Err(pool_error_fatal(e)),
+    };
 
     let mut settings = Settings::from_startup(&params, &server_params);
     settings.intern(&proxy.startup_settings);
@@ -274,6 +290,15 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
         pool,
         generation,
     }))
+}
+
+/// The server could not be reached at all (as opposed to refusing the login).
+fn unreachable(e: &PoolError) -> bool {
+    matches!(
+        e,
+        PoolError::CheckoutTimeout { .. }
+            | PoolError::Connect(ConnectError::Io { .. } | ConnectError::Timeout(_))
+    )
 }
 
 /// A pool failure during login or a session, as the client should see it.
