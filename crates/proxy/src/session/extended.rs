@@ -128,18 +128,7 @@ impl Session {
         if server.prepared.touch(stmt.id) {
             self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
         } else {
-            self.record_prepared(stmt.id);
-            messages::parse(
-                &mut self.swbuf,
-                &stmt.server_name,
-                &stmt.query,
-                &stmt.param_types,
-            );
-            self.expect_extended(Expect::Parse {
-                visible: true,
-                statement: Some(stmt.clone()),
-                client_name: Some(name),
-            });
+            self.parse_on_server(&stmt, Some(name));
         }
         Ok(())
     }
@@ -184,22 +173,28 @@ impl Session {
         }
     }
 
+    /// Sends `stmt`'s Parse to the attached server. Its answer goes to the client when the
+    /// client parsed it under `client_name`; otherwise (the proxy added it) it is swallowed.
+    fn parse_on_server(&mut self, stmt: &Arc<Statement>, client_name: Option<Box<[u8]>>) {
+        self.record_prepared(stmt.id);
+        messages::parse(
+            &mut self.swbuf,
+            &stmt.server_name,
+            &stmt.query,
+            &stmt.param_types,
+        );
+        self.expect_extended(Expect::Parse {
+            visible: client_name.is_some(),
+            statement: Some(Arc::clone(stmt)),
+            client_name,
+        });
+    }
+
     /// Makes sure the attached server has `stmt`, adding a Parse whose answer is swallowed.
     pub(super) fn prepare_on_server(&mut self, stmt: &Arc<Statement>) {
         let server = self.server.as_mut().expect("attached");
         if !server.prepared.touch(stmt.id) {
-            self.record_prepared(stmt.id);
-            messages::parse(
-                &mut self.swbuf,
-                &stmt.server_name,
-                &stmt.query,
-                &stmt.param_types,
-            );
-            self.expect_extended(Expect::Parse {
-                visible: false,
-                statement: Some(Arc::clone(stmt)),
-                client_name: None,
-            });
+            self.parse_on_server(stmt, None);
         }
     }
 
