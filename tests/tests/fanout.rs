@@ -612,3 +612,29 @@ async fn rows_driven_by_a_reference_table_are_never_concatenated() {
     assert_eq!(rows.len(), 4, "{rows:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Session pooling over shards: a parked connection of a departing client that made a
+/// temporary schema is closed, not handed to the next client with the schema still there.
+#[tokio::test]
+async fn a_parked_connection_with_a_temporary_schema_is_not_reused() {
+    let (_shards, conninfo, dir) = proxy("fan_parktemp", "{ mode: session, size: 1 }");
+    let c = e2e::connect(&conninfo).await;
+    c.batch_execute("/* shardgate: shard=s1 */ CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    // The s1 connection is parked while the client works on s0.
+    c.simple_query("/* shardgate: shard=s0 */ SELECT 1")
+        .await
+        .unwrap();
+    drop(c);
+    for _ in 0..20 {
+        let next = e2e::connect(&conninfo).await;
+        let m = next
+            .simple_query("/* shardgate: shard=s1 */ SELECT pg_my_temp_schema() = 0")
+            .await
+            .unwrap();
+        assert_eq!(simple_rows(&m), [[Some("t".to_owned())]]);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

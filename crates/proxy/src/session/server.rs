@@ -310,14 +310,7 @@ impl Session {
             .unwrap_or_default();
         for (_, mut conn) in parked {
             // Idle between transactions when parked: only the session reset is due.
-            if matches!(
-                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
-                Ok(Ok(None))
-            ) {
-                conn.prepared.clear();
-                conn.applied = Default::default();
-                conn.applied_for = None;
-                conn.settings_unknown = false;
+            if reset_for_reuse(&mut conn).await {
                 conn.release();
             }
         }
@@ -344,30 +337,36 @@ impl Session {
             conn.settings_unknown = true;
         }
         if clean && (self.client.mode == PoolMode::Session || self.pinned || self.pin_check) {
-            // A server session that made a temporary schema keeps it after DISCARD ALL: the
-            // next client would not start as on a new connection (PREPARE TRANSACTION, for
-            // one, judges temporary objects by it). Such a connection is closed instead.
-            let temp_schema = tokio::time::timeout(
-                CLEANUP_TIMEOUT,
-                conn.query_bool("SELECT pg_catalog.pg_my_temp_schema() <> 0"),
-            )
-            .await;
-            clean = matches!(temp_schema, Ok(Ok(Some(false))));
-        }
-        if clean && (self.client.mode == PoolMode::Session || self.pinned || self.pin_check) {
-            clean = matches!(
-                tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
-                Ok(Ok(None))
-            );
-            conn.prepared.clear();
-            conn.applied = Default::default();
-            conn.applied_for = None;
-            conn.settings_unknown = false;
+            clean = reset_for_reuse(&mut conn).await;
         }
         if clean {
             conn.release();
         }
     }
+}
+
+/// Resets a departing client's server session (idle, outside a transaction) for the next
+/// client: DISCARD ALL. A session that made a temporary schema keeps it after DISCARD ALL, so
+/// the next client would not start as on a new connection (PREPARE TRANSACTION, for one,
+/// judges temporary objects by it): false, and the connection is to be closed instead.
+async fn reset_for_reuse(conn: &mut PooledConn) -> bool {
+    let temp_schema = tokio::time::timeout(
+        CLEANUP_TIMEOUT,
+        conn.query_bool("SELECT pg_catalog.pg_my_temp_schema() <> 0"),
+    )
+    .await;
+    if !matches!(temp_schema, Ok(Ok(Some(false)))) {
+        return false;
+    }
+    let reset = matches!(
+        tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("DISCARD ALL")).await,
+        Ok(Ok(None))
+    );
+    conn.prepared.clear();
+    conn.applied = Default::default();
+    conn.applied_for = None;
+    conn.settings_unknown = false;
+    reset
 }
 
 pub(super) async fn cancel_backend((pid, key, addr): (i32, i32, std::net::SocketAddr)) {
