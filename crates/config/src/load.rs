@@ -100,6 +100,11 @@ fn load_str_with_env(
         })
         .collect();
     let mut problems = problems;
+    config.base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
     if problems.is_empty() {
         load_maps(path, text, &mut config, &mut problems);
     }
@@ -232,6 +237,21 @@ fn overlay_env(text: &str, env: &[(String, String)]) -> Result<Config, String> {
         .map_err(|e| format!("environment override (SHARDGATE__*): {e}"))
 }
 
+/// Whether a log filter is one tracing understands: names of levels and `target=level`
+/// pairs, separated by commas.
+fn tracing_filter_ok(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for part in level.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let lvl = part.rsplit('=').next().unwrap_or(part);
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{part}` is not a level (off, error, warn, info, debug, trace) or target=level"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Each problem with the key path it is about (used to find its line).
 fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
     let mut out = Vec::new();
@@ -294,6 +314,38 @@ fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
     }
     if c.databases.is_empty() {
         err(&["databases"], "at least one database is needed".into());
+    }
+    for a in &c.admin_users {
+        if !c.users.iter().any(|u| &u.name == a) {
+            err(
+                &["admin_users"],
+                format!("admin user `{a}` is not one of `users`"),
+            );
+        }
+    }
+    if c.tls.mode != TlsMode::Disable && (c.tls.cert.is_none() || c.tls.key.is_none()) {
+        err(
+            &["tls"],
+            "tls.mode allow or require needs tls.cert and tls.key".into(),
+        );
+    }
+    if c.server_tls.mode == ServerTlsMode::VerifyFull && c.server_tls.ca.is_none() {
+        err(
+            &["server_tls"],
+            "server_tls verify-full needs a CA file: server_tls: { mode: verify-full, ca: FILE }"
+                .into(),
+        );
+    }
+    if let Some(m) = &c.metrics {
+        if m.listen == c.listen {
+            err(
+                &["metrics", "listen"],
+                "metrics.listen must differ from listen".into(),
+            );
+        }
+    }
+    if let Err(e) = tracing_filter_ok(&c.log.level) {
+        err(&["log", "level"], format!("log.level: {e}"));
     }
     for (db, d) in &c.databases {
         if db == "shardgate" {

@@ -21,6 +21,139 @@ pub struct Config {
     pub workers: u32,
     pub users: Vec<UserConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Users (from `users`) allowed into the admin console, database `shardgate`.
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    /// Prometheus metrics over HTTP; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// TLS for clients.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// TLS towards the servers.
+    #[serde(default)]
+    pub server_tls: ServerTls,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// After SIGTERM/SIGINT, running transactions get this long to finish.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_s: u64,
+    /// The directory of the config file, which relative paths (shard maps, certificates)
+    /// are read from.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
+}
+
+fn default_shutdown_grace() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener that serves `GET /metrics`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// SSLRequest is answered `N`.
+    #[default]
+    Disable,
+    /// TLS when the client asks for it.
+    Allow,
+    /// Clients without TLS are refused (28000).
+    Require,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (relative paths from the config file's directory).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub mode: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain connections.
+    #[default]
+    Disable,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS or no connection, without checking the certificate.
+    Require,
+    /// TLS, the certificate checked against `ca` and the host name.
+    VerifyFull,
+}
+
+/// `server_tls: MODE` or `server_tls: { mode: MODE, ca: FILE }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerTls {
+    pub mode: ServerTlsMode,
+    /// PEM file of the certificate authorities trusted for `verify-full`.
+    pub ca: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ServerTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            mode: ServerTlsMode,
+            #[serde(default)]
+            ca: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Mode(ServerTlsMode),
+            Full(Full),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Mode(mode) => ServerTls { mode, ca: None },
+            Either::Full(f) => ServerTls {
+                mode: f.mode,
+                ca: f.ca,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `shardgate=debug,info`, ... (SHARDGATE_LOG, when
+    /// set, wins).
+    pub level: String,
+    /// Statements that take longer than this are logged at WARN with their text. 0: off.
+    pub slow_query_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            slow_query_ms: 0,
+        }
+    }
 }
 
 impl Config {

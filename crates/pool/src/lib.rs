@@ -12,6 +12,8 @@ pub mod server;
 
 mod pool;
 
+pub mod counters;
+pub use counters::{Counters, ServerInfo};
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};
 pub use prepared::PreparedSet;
-pub use server::{ConnectError, ServerConn, ServerTarget, SettingsMap, Startup};
+pub use server::{ConnectError, ServerConn, ServerTarget, ServerTls, SettingsMap, Startup};

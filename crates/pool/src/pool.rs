@@ -68,6 +68,7 @@ struct Inner {
     timeouts: AtomicU64,
     /// ParameterStatus of the first connection made, for clients' startup.
     server_params: Mutex<Option<ServerParams>>,
+    counters: Arc<crate::Counters>,
 }
 
 #[derive(Clone)]
@@ -94,6 +95,7 @@ impl Pool {
             connects: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             server_params: Mutex::new(None),
+            counters: Arc::default(),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(maintain(weak));
@@ -127,11 +129,13 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 inner.waiting.fetch_add(1, Ordering::Relaxed);
+                let waiter = inner.counters.wait_started();
                 let r = tokio::time::timeout(
                     inner.settings.checkout_timeout,
                     inner.permits.clone().acquire_owned(),
                 )
                 .await;
+                inner.counters.wait_ended(waiter);
                 inner.waiting.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(Ok(p)) => p,
@@ -216,6 +220,7 @@ impl Pool {
         let inner = &self.inner;
         let mut conn =
             ServerConn::connect(&inner.target, inner.settings.connect_timeout, startup).await?;
+        conn.count_in(inner.counters.clone());
         conn.prepared = crate::PreparedSet::with_limit(inner.settings.max_prepared);
         inner.connects.fetch_add(1, Ordering::Relaxed);
         if startup.params.is_empty() {
@@ -235,6 +240,21 @@ impl Pool {
         let c = self.get().await?;
         c.release();
         Ok(self.inner.server_params.lock().clone().unwrap_or_default())
+    }
+
+    /// What this pool counts.
+    pub fn counters(&self) -> &Arc<crate::Counters> {
+        &self.inner.counters
+    }
+
+    /// Backend pids of the idle connections.
+    pub fn idle_pids(&self) -> Vec<i32> {
+        self.inner
+            .idle
+            .lock()
+            .iter()
+            .map(|c| c.backend_pid)
+            .collect()
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -329,6 +349,7 @@ async fn maintain(pool: Weak<Inner>) {
             };
             match ServerConn::connect(&inner.target, s.connect_timeout, &Startup::default()).await {
                 Ok(mut conn) => {
+                    conn.count_in(inner.counters.clone());
                     conn.prepared = crate::PreparedSet::with_limit(s.max_prepared);
                     inner.connects.fetch_add(1, Ordering::Relaxed);
                     inner.idle.lock().push(Box::new(conn));

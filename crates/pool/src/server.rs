@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use transport::Stream;
 use wire::messages::{self, tag, ErrorFields};
 use wire::{Frame, FrameDecoder};
 
@@ -24,7 +25,27 @@ pub struct ServerTarget {
     pub database: String,
     pub user: String,
     pub password: Option<String>,
+    /// TLS towards this server.
+    pub tls: ServerTls,
 }
+
+/// Whether and how connections to a server use TLS.
+#[derive(Clone, Default)]
+pub struct ServerTls {
+    pub mode: sgconfig::ServerTlsMode,
+    /// The CA file `config` was built from (what tells two settings apart).
+    pub ca: Option<String>,
+    /// Built from the CA file (`verify-full`) or taking any certificate; `None` when off.
+    pub config: Option<std::sync::Arc<transport::rustls::ClientConfig>>,
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode && self.ca == other.ca
+    }
+}
+
+impl Eq for ServerTls {}
 
 impl std::fmt::Debug for ServerTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,7 +104,7 @@ impl Startup {
 }
 
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub read_buf: BytesMut,
     pub decoder: FrameDecoder,
     pub addr: SocketAddr,
@@ -104,6 +125,22 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// [`Startup::key`] of the parameters it was opened with.
     pub opened_with: u64,
+    /// The pool's counters, once the connection is in a pool.
+    counters: Option<std::sync::Arc<crate::Counters>>,
+    /// When the request in flight began (its first message was sent).
+    request_at: Option<Instant>,
+    /// The request's first message, kept for the slow-statement log when it is on.
+    pub request_text: Option<bytes::Bytes>,
+    /// When the transaction in progress began.
+    xact_at: Option<Instant>,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counters {
+            c.closed(self.backend_pid);
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -139,11 +176,12 @@ impl ServerConn {
             target: name.to_owned(),
             message: message.to_owned(),
         };
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let addr = stream.peer_addr().map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let addr = tcp.peer_addr().map_err(io)?;
+        let stream = negotiate_tls(Stream::plain(tcp), target, name).await?;
         let mut conn = ServerConn {
             stream,
             read_buf: BytesMut::with_capacity(8192),
@@ -159,6 +197,10 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             opened_with: startup.key(),
+            counters: None,
+            request_at: None,
+            request_text: None,
+            xact_at: None,
         };
         let mut params: Vec<(&str, &str)> =
             vec![("user", &target.user), ("database", &target.database)];
@@ -172,6 +214,7 @@ impl ServerConn {
         params.extend(startup.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let startup = wire::startup::encode_startup(&params);
         conn.stream.write_all(&startup).await.map_err(io)?;
+        conn.stream.flush().await.map_err(io)?;
         let mut scram: Option<ScramSha256> = None;
         let mut out = BytesMut::new();
         loop {
@@ -243,6 +286,7 @@ impl ServerConn {
                     }
                     if !out.is_empty() {
                         conn.stream.write_all(&out).await.map_err(io)?;
+                        conn.stream.flush().await.map_err(io)?;
                         out.clear();
                     }
                 }
@@ -271,6 +315,56 @@ impl ServerConn {
         }
     }
 
+    /// Counts this connection's requests in `counters` (its pool's), and lists it there.
+    pub fn count_in(&mut self, counters: std::sync::Arc<crate::Counters>) {
+        counters.opened(crate::ServerInfo {
+            backend_pid: self.backend_pid,
+            addr: self.addr,
+            local_addr: self.stream.tcp().local_addr().ok(),
+            connected_at: std::time::SystemTime::now(),
+            tls: self.stream.is_tls(),
+        });
+        self.counters = Some(counters);
+    }
+
+    /// A request's first message goes to the server now (a no-op while one is in flight):
+    /// true when this starts a request.
+    #[inline]
+    pub fn note_request(&mut self) -> bool {
+        if self.request_at.is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        self.request_at = Some(now);
+        if self.xact_at.is_none() {
+            self.xact_at = Some(now);
+        }
+        true
+    }
+
+    /// The server said ReadyForQuery with `status`: the request in flight is answered, and
+    /// with `I` a transaction ended. Returns how long the request took.
+    #[inline]
+    pub fn note_ready(&mut self, status: u8) -> Option<Duration> {
+        let at = self.request_at.take()?;
+        let took = at.elapsed();
+        let xact = if status == b'I' {
+            self.xact_at.take().map(|x| x.elapsed())
+        } else {
+            None
+        };
+        if let Some(c) = &self.counters {
+            c.request(took, xact);
+        }
+        Some(took)
+    }
+
+    /// Writes all of `data` (outside the session's pump).
+    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data).await?;
+        self.stream.flush().await
+    }
+
     /// Reads one whole frame (used outside the session's pump: startup, control queries).
     pub async fn read_frame(&mut self) -> std::io::Result<Frame> {
         loop {
@@ -295,6 +389,7 @@ impl ServerConn {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         messages::query(&mut out, sql);
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         let mut first_error = None;
         loop {
             let f = self.read_frame().await?;
@@ -316,6 +411,7 @@ impl ServerConn {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         messages::query(&mut out, sql);
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         let mut answer = None;
         let mut failed = false;
         loop {
@@ -345,6 +441,7 @@ impl ServerConn {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         messages::query(&mut out, sql);
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         let mut first_error = None;
         let mut done = 0;
         loop {
@@ -370,10 +467,53 @@ impl ServerConn {
             return true;
         }
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
+        match self.stream.try_read_some(&mut probe) {
             Ok(_) => true, // EOF (0) or unexpected data
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
             Err(_) => true,
         }
+    }
+}
+
+/// The SSLRequest code (1234 5679).
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
+/// Asks the server for TLS as `target.tls` says, and runs the handshake when it agrees.
+async fn negotiate_tls(
+    mut stream: Stream,
+    target: &ServerTarget,
+    name: &str,
+) -> Result<Stream, ConnectError> {
+    use sgconfig::ServerTlsMode;
+    let Some(config) = target.tls.config.clone() else {
+        return Ok(stream);
+    };
+    let io = |source| ConnectError::Io {
+        target: name.to_owned(),
+        source,
+    };
+    stream.write_all(&SSL_REQUEST).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            stream
+                .connect_tls(config, &target.host)
+                .await
+                .map_err(|e| ConnectError::Protocol {
+                    target: name.to_owned(),
+                    message: format!("TLS handshake failed: {e}"),
+                })?;
+            Ok(stream)
+        }
+        b'N' if target.tls.mode == ServerTlsMode::Prefer => Ok(stream),
+        b'N' => Err(ConnectError::Protocol {
+            target: name.to_owned(),
+            message: "the server does not offer TLS, which server_tls requires".into(),
+        }),
+        _ => Err(ConnectError::Protocol {
+            target: name.to_owned(),
+            message: "unexpected answer to SSLRequest".into(),
+        }),
     }
 }

@@ -12,7 +12,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pool::PooledConn;
 use router::copy::{CopyStatement, Row, RowSplitter};
 use sgconfig::shardmap::{KeyValue, ShardMap};
-use tokio::io::AsyncWriteExt;
 use wire::messages::{self, tag, ProxyError};
 
 use crate::fanout::{end_all, summed_tag, Failure};
@@ -95,8 +94,8 @@ pub(crate) async fn run(
     let mut begin = BytesMut::new();
     messages::query(&mut begin, "BEGIN");
     for (i, leg) in legs.iter_mut().enumerate() {
-        leg.stream.write_all(&begin).await.map_err(lost(i))?;
-        leg.stream.write_all(query).await.map_err(lost(i))?;
+        leg.send(&begin).await.map_err(lost(i))?;
+        leg.send(query).await.map_err(lost(i))?;
         loop {
             let f = leg.read_frame().await.map_err(lost(i))?;
             match f.tag() {
@@ -145,7 +144,8 @@ pub(crate) async fn run(
         return Ok(Ended::Clean);
     }
     client
-        .write_all(out)
+        .stream
+        .send_all(out)
         .await
         .map_err(|_| Failure::ClientGone)?;
     out.clear();
@@ -364,20 +364,35 @@ async fn send(
 ) -> std::io::Result<()> {
     use tokio::io::Interest;
     let mut at = 0;
-    while at < data.len() {
-        match leg.stream.try_write(&data[at..]) {
-            Ok(n) => at += n,
+    while at < data.len() || leg.stream.wants_write() {
+        let r = if at < data.len() {
+            leg.stream.try_write_slice(&data[at..])
+        } else {
+            // TLS bytes the socket did not take yet.
+            leg.stream.try_write_from(&mut BytesMut::new()).map(|()| 0)
+        };
+        match r {
+            Ok(n) if n > 0 || !leg.stream.wants_write() => at += n,
+            Ok(_) => wait(leg, inbox, out, Interest::READABLE | Interest::WRITABLE).await?,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let ready = leg
-                    .stream
-                    .ready(Interest::READABLE | Interest::WRITABLE)
-                    .await?;
-                if ready.is_readable() {
-                    drain(leg, inbox, out)?;
-                }
+                wait(leg, inbox, out, Interest::READABLE | Interest::WRITABLE).await?
             }
             Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// Waits until the shard's socket is ready as `interest` says, reading what it sent.
+async fn wait(
+    leg: &mut PooledConn,
+    inbox: &mut Inbox,
+    out: &mut BytesMut,
+    interest: tokio::io::Interest,
+) -> std::io::Result<()> {
+    let ready = leg.stream.tcp().ready(interest).await?;
+    if ready.is_readable() {
+        drain(leg, inbox, out)?;
     }
     Ok(())
 }
@@ -387,14 +402,10 @@ async fn send(
 fn drain(leg: &mut PooledConn, inbox: &mut Inbox, out: &mut BytesMut) -> std::io::Result<()> {
     let leg: &mut pool::ServerConn = leg;
     loop {
-        if leg.read_buf.capacity() - leg.read_buf.len() < 4096 {
-            leg.read_buf.reserve(16 * 1024);
-        }
-        match leg.stream.try_read_buf(&mut leg.read_buf) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+        let before = leg.read_buf.len();
+        leg.stream.try_read_into(&mut leg.read_buf, 16 * 1024)?;
+        if leg.read_buf.len() == before {
+            break;
         }
     }
     while let Some(f) = leg
@@ -419,16 +430,13 @@ fn drain(leg: &mut PooledConn, inbox: &mut Inbox, out: &mut BytesMut) -> std::io
 
 /// Sends the client what is waiting for it, without waiting unless much has gathered.
 async fn flush_client(client: &mut ClientConn, out: &mut BytesMut) -> Result<(), Failure> {
-    match client.stream.try_write(out) {
-        Ok(n) => {
-            let _ = out.split_to(n);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Err(_) => return Err(Failure::ClientGone),
+    if client.stream.try_write_from(out).is_err() {
+        return Err(Failure::ClientGone);
     }
     if out.len() > 1 << 20 {
         client
-            .write_all(out)
+            .stream
+            .send_all(out)
             .await
             .map_err(|_| Failure::ClientGone)?;
         out.clear();
@@ -456,7 +464,7 @@ async fn abort(
         let lost = |e: std::io::Error| {
             Failure::Server(format!("connection to shard `{}` lost: {e}", shards[i]))
         };
-        leg.stream.write_all(&fail).await.map_err(lost)?;
+        leg.send(&fail).await.map_err(lost)?;
         loop {
             let f = leg.read_frame().await.map_err(lost)?;
             if f.tag() == tag::READY_FOR_QUERY {
@@ -521,7 +529,7 @@ async fn table_columns(
     );
     let mut q = BytesMut::new();
     messages::query(&mut q, &sql);
-    leg.stream.write_all(&q).await?;
+    leg.send(&q).await?;
     let mut columns = Vec::new();
     let mut error = None;
     loop {

@@ -12,8 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use pool::PooledConn;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use transport::Stream;
 use wire::messages::{self, tag, ProxyError};
 use wire::Frame;
 
@@ -67,14 +66,14 @@ pub(crate) async fn run(
     legs: &mut [PooledConn],
     shards: &[String],
     requests: &[Bytes],
-    client: &mut TcpStream,
+    client: &mut Stream,
     out: &mut BytesMut,
     merge: Merge,
 ) -> Result<Outcome, Failure> {
     debug_assert_eq!(legs.len(), requests.len());
     for (i, (leg, req)) in legs.iter_mut().zip(requests).enumerate() {
         leg.stream
-            .write_all(req)
+            .send_all(req)
             .await
             .map_err(|e| lost(&shards[i], e))?;
     }
@@ -127,6 +126,7 @@ pub(crate) async fn run(
                 } else if let Some(f) = boundaries[i].as_ref() {
                     if f.tag() == tag::READY_FOR_QUERY {
                         outcome.status = messages::ready_status(f).unwrap_or(b'I');
+                        legs[i].note_ready(outcome.status);
                     }
                 }
                 ended[i] = true;
@@ -171,8 +171,9 @@ pub(crate) async fn run(
             _ => out.extend_from_slice(first.raw()),
         }
         for (i, b) in boundaries.iter().enumerate() {
-            if b.as_ref().is_some_and(|f| f.tag() == tag::READY_FOR_QUERY) {
+            if let Some(f) = b.as_ref().filter(|f| f.tag() == tag::READY_FOR_QUERY) {
                 ended[i] = true;
+                legs[i].note_ready(messages::ready_status(f).unwrap_or(b'I'));
             }
         }
     }
@@ -192,7 +193,7 @@ pub(crate) async fn end_all(
         let lost = |e: std::io::Error| {
             Failure::Server(format!("connection to shard `{}` lost: {e}", shards[i]))
         };
-        leg.stream.write_all(&q).await.map_err(lost)?;
+        leg.send(&q).await.map_err(lost)?;
         loop {
             let f = leg.read_frame().await.map_err(lost)?;
             match f.tag() {
@@ -226,7 +227,7 @@ async fn next_result(
     first: bool,
     merge: &Merge,
     copy: &mut CopyOut,
-    client: &mut TcpStream,
+    client: &mut Stream,
     out: &mut BytesMut,
 ) -> Result<Frame, Failure> {
     loop {
@@ -264,7 +265,7 @@ async fn next_result(
         }
         if out.len() >= FLUSH_AT {
             client
-                .write_all(out)
+                .send_all(out)
                 .await
                 .map_err(|_| Failure::ClientGone)?;
             out.clear();
@@ -281,6 +282,7 @@ async fn skip_to_ready(
         let f = leg.read_frame().await.map_err(|e| lost(shard, e))?;
         if f.tag() == tag::READY_FOR_QUERY {
             outcome.status = messages::ready_status(&f).unwrap_or(b'I');
+            leg.note_ready(outcome.status);
             return Ok(());
         }
         if matches!(

@@ -5,14 +5,17 @@
 //! task that runs [`startup`] (TLS refusal, cancel requests, authentication) and then the
 //! [`session`] message loop.
 
+mod admin;
 mod auth;
 mod cancel;
 mod copyin;
 mod fanout;
+mod metrics;
 mod session;
 mod settings;
 mod startup;
 mod statements;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,11 +58,69 @@ pub struct Proxy {
     /// Called after much memory was freed at once (a client with many prepared statements
     /// left), so that the allocator can hand it back to the system.
     memory_freed: std::sync::OnceLock<fn()>,
+    /// TLS towards clients and towards servers, built from the config's files.
+    tls: arc_swap::ArcSwap<Tls>,
+    /// Clients, errors and fan-outs, for the admin console and the metrics.
+    pub stats: stats::Stats,
+    /// The config file, for `RELOAD`.
+    config_path: Mutex<Option<std::path::PathBuf>>,
+    /// Databases whose new transactions wait (`PAUSE`); `*` stands for all.
+    paused: Mutex<std::collections::HashSet<String>>,
+    any_paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// SIGTERM/SIGINT came: sessions close once their transaction is over.
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// `log.slow_query_ms` of the live config (0: off).
+    slow_query: AtomicU64,
+}
+
+/// The rustls configurations of one config.
+#[derive(Default)]
+struct Tls {
+    /// For clients' SSLRequest; `None`: answered `N`.
+    acceptor: Option<Arc<transport::rustls::ServerConfig>>,
+    /// For servers, as `server_tls` says.
+    servers: pool::ServerTls,
+}
+
+impl Tls {
+    fn build(config: &Config) -> Result<Tls, String> {
+        let path = |p: &str| config.base_dir.join(p);
+        let acceptor = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) if config.tls.mode != sgconfig::TlsMode::Disable => {
+                Some(transport::config::server_config(&path(cert), &path(key))?)
+            }
+            _ => None,
+        };
+        let st = &config.server_tls;
+        let servers = pool::ServerTls {
+            mode: st.mode,
+            ca: st.ca.clone(),
+            config: match st.mode {
+                sgconfig::ServerTlsMode::Disable => None,
+                sgconfig::ServerTlsMode::VerifyFull => Some(transport::config::client_config(
+                    st.ca.as_deref().map(path).as_deref(),
+                )?),
+                _ => Some(transport::config::client_config(None)?),
+            },
+        };
+        Ok(Tls { acceptor, servers })
+    }
+}
+
+/// Checks that the config's TLS files can be read and fit together.
+pub fn check_tls(config: &Config) -> Result<(), String> {
+    Tls::build(config).map(|_| ())
 }
 
 impl Proxy {
     pub fn new(config: Config) -> Arc<Proxy> {
         let users = auth::UserTable::from_config(&config);
+        let slow_query = config.log.slow_query_ms;
+        let tls = Tls::build(&config).unwrap_or_else(|e| {
+            tracing::error!("TLS is off: {e}");
+            Tls::default()
+        });
         Arc::new(Proxy {
             config: sgconfig::handle(config),
             users: arc_swap::ArcSwap::from_pointee(users),
@@ -73,7 +134,138 @@ impl Proxy {
             startup_settings: Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
             memory_freed: std::sync::OnceLock::new(),
+            tls: arc_swap::ArcSwap::from_pointee(tls),
+            stats: stats::Stats::default(),
+            config_path: Mutex::new(None),
+            paused: Mutex::new(Default::default()),
+            any_paused: Default::default(),
+            resumed: tokio::sync::Notify::new(),
+            shutting_down: Default::default(),
+            slow_query: AtomicU64::new(slow_query),
         })
+    }
+
+    /// The config file `RELOAD` re-reads.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *self.config_path.lock() = Some(path);
+    }
+
+    /// Re-reads the config file and its shard maps: a valid one takes effect for new logins
+    /// and new transactions; an invalid one is refused with its problems, the running one
+    /// kept.
+    pub fn reload_from_file(&self) -> Result<(), String> {
+        let Some(path) = self.config_path.lock().clone() else {
+            return Err("the proxy was not started from a config file".into());
+        };
+        match sgconfig::load_file(&path) {
+            Ok(config) => {
+                if config.listen != self.config().listen {
+                    tracing::warn!("listen cannot change on reload; restart to move it");
+                }
+                self.reload(config);
+                Ok(())
+            }
+            Err(e) => {
+                for p in &e.problems {
+                    tracing::error!("{p}");
+                }
+                tracing::error!("configuration not reloaded: the running one stays");
+                Err(format!(
+                    "configuration not reloaded, the running one stays:\n{e}"
+                ))
+            }
+        }
+    }
+
+    /// Every pool with its key.
+    fn pools_by_key(&self) -> Vec<(PoolKey, Pool)> {
+        self.pools
+            .lock()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Server connections checked out (transactions running, sessions holding one), of
+    /// `database` or of all.
+    pub fn busy_servers(&self, database: Option<&str>) -> usize {
+        self.pools
+            .lock()
+            .iter()
+            .filter(|(k, _)| database.is_none_or(|d| k.database == d))
+            .map(|(_, p)| p.stats().active)
+            .sum()
+    }
+
+    /// `PAUSE [db]`: new transactions of the database (or of all) wait; returns once the
+    /// running ones have ended.
+    pub async fn pause(&self, database: Option<String>) {
+        let key = database.clone().unwrap_or_else(|| "*".into());
+        self.paused.lock().insert(key);
+        self.any_paused.store(true, Ordering::Release);
+        tracing::info!(database = database.as_deref().unwrap_or("*"), "paused");
+        while self.busy_servers(database.as_deref()) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `RESUME [db]`: releases what `PAUSE` holds.
+    pub fn resume(&self, database: Option<&str>) -> Result<(), String> {
+        let key = database.unwrap_or("*");
+        let mut paused = self.paused.lock();
+        if !paused.remove(key) {
+            return Err(format!(
+                "{} is not paused",
+                database.map_or("the proxy".to_owned(), |d| format!("database \"{d}\""))
+            ));
+        }
+        self.any_paused.store(!paused.is_empty(), Ordering::Release);
+        drop(paused);
+        tracing::info!(database = key, "resumed");
+        self.resumed.notify_waiters();
+        Ok(())
+    }
+
+    /// Waits while new transactions of `database` are paused.
+    async fn wait_unpaused(&self, database: &str) {
+        loop {
+            let resumed = self.resumed.notified();
+            {
+                let p = self.paused.lock();
+                if !p.contains(database) && !p.contains("*") {
+                    return;
+                }
+            }
+            resumed.await;
+        }
+    }
+
+    /// Whether new transactions may have to wait (one atomic load).
+    #[inline]
+    fn maybe_paused(&self) -> bool {
+        self.any_paused.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new transactions' sessions: from now on a session ends once its
+    /// transaction is over.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Statements slower than this many milliseconds are logged (0: off).
+    #[inline]
+    fn slow_query_ms(&self) -> u64 {
+        self.slow_query.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The TLS configuration for clients, when TLS is on.
+    fn tls_acceptor(&self) -> Option<Arc<transport::rustls::ServerConfig>> {
+        self.tls.load().acceptor.clone()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -142,9 +334,13 @@ impl Proxy {
         // The session runs as a task of its own, so that an idle session's memory is the
         // session's state alone, without room for login's larger state.
         match startup::run_boxed(&self, stream).await {
-            Ok(Some(client)) => {
+            Ok(Some(startup::Started::Session(client))) => {
                 tracing::debug!(%peer, id = client.id, user = %client.user, database = %client.database, "client ready");
                 tokio::spawn(session::start(self.clone(), client, guard));
+            }
+            Ok(Some(startup::Started::Admin { id, user, conn })) => {
+                tracing::info!(%peer, id, %user, "admin console client");
+                tokio::spawn(admin::serve(self.clone(), id, user, conn, guard));
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "client startup failed"),
@@ -161,7 +357,8 @@ impl Proxy {
         if let Some(p) = self.pools.lock().get(&key) {
             return Ok(p.clone());
         }
-        let (target, settings) = pool_spec(&self.config.load(), &key)?;
+        let tls = self.tls.load().servers.clone();
+        let (target, settings) = pool_spec(&self.config.load(), &key, &tls)?;
         let pool = Pool::new(target, settings);
         Ok(self.pools.lock().entry(key).or_insert(pool).clone())
     }
@@ -200,13 +397,20 @@ impl Proxy {
     /// their connections; the others are let go (their connections close as they come back).
     pub fn reload(&self, config: Config) {
         let users = auth::UserTable::from_config(&config);
+        match Tls::build(&config) {
+            Ok(tls) => self.tls.store(Arc::new(tls)),
+            Err(e) => tracing::error!("TLS settings not reloaded, the running ones stay: {e}"),
+        }
+        let tls = self.tls.load().servers.clone();
         {
             let mut pools = self.pools.lock();
             pools.retain(|key, pool| {
-                matches!(pool_spec(&config, key), Ok((t, s)) if t == *pool.target() && s == *pool.settings())
+                matches!(pool_spec(&config, key, &tls), Ok((t, s)) if t == *pool.target() && s == *pool.settings())
             });
         }
         self.users.store(Arc::new(users));
+        self.slow_query
+            .store(config.log.slow_query_ms, Ordering::Relaxed);
         self.config.store(Arc::new(config));
         // Analyses depend on the maps' key columns.
         self.route_cache.clear();
@@ -214,7 +418,7 @@ impl Proxy {
         tracing::info!(generation = self.generation(), "configuration reloaded");
     }
 
-    fn pool_mode(&self, user: &str) -> PoolMode {
+    pub(crate) fn pool_mode(&self, user: &str) -> PoolMode {
         let config = self.config.load();
         config
             .users
@@ -226,7 +430,11 @@ impl Proxy {
 }
 
 /// Where a pool connects and how it behaves, under `config`.
-fn pool_spec(config: &Config, key: &PoolKey) -> Result<(ServerTarget, PoolSettings), ProxyError> {
+fn pool_spec(
+    config: &Config,
+    key: &PoolKey,
+    tls: &pool::ServerTls,
+) -> Result<(ServerTarget, PoolSettings), ProxyError> {
     let PoolKey {
         database,
         user,
@@ -259,6 +467,7 @@ fn pool_spec(config: &Config, key: &PoolKey) -> Result<(ServerTarget, PoolSettin
         password: addr
             .password
             .or_else(|| user_cfg.server_password().map(str::to_owned)),
+        tls: tls.clone(),
     };
     let p = &config.pool;
     let settings = PoolSettings {

@@ -9,6 +9,7 @@ use pool::{ConnectError, Pool, PoolError};
 use sgconfig::PoolMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use transport::Stream;
 use wire::messages::{self, tag, ProxyError};
 use wire::startup::{decode_startup, StartupRequest};
 use wire::{Frame, FrameDecoder};
@@ -22,7 +23,7 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The client socket with its read buffer.
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     pub decoder: FrameDecoder,
 }
@@ -33,7 +34,8 @@ fn lost(e: std::io::Error) -> ProxyError {
 
 impl ClientConn {
     pub async fn write_all(&mut self, b: &[u8]) -> Result<(), ProxyError> {
-        self.stream.write_all(b).await.map_err(lost)
+        self.stream.write_all(b).await.map_err(lost)?;
+        self.stream.flush().await.map_err(lost)
     }
 
     async fn fill(&mut self) -> Result<(), ProxyError> {
@@ -73,6 +75,18 @@ impl ClientConn {
     }
 }
 
+/// What a login leads to.
+pub enum Started {
+    /// A client of a database, ready for its session.
+    Session(Client),
+    /// An admin user in the admin console (database `shardgate`).
+    Admin {
+        id: u64,
+        user: String,
+        conn: ClientConn,
+    },
+}
+
 /// A logged-in client, ready for its session.
 pub struct Client {
     pub id: u64,
@@ -95,7 +109,7 @@ type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 pub fn run_boxed(
     proxy: &Arc<Proxy>,
     stream: TcpStream,
-) -> Boxed<'_, Result<Option<Client>, ProxyError>> {
+) -> Boxed<'_, Result<Option<Started>, ProxyError>> {
     Box::pin(run(proxy, stream))
 }
 
@@ -114,17 +128,20 @@ pub async fn refuse(mut stream: TcpStream, err: ProxyError) {
 
 /// Runs the startup phase. `Ok(None)`: the connection was a cancel request or the client
 /// left; `Err`: the client was told why and closed.
-pub async fn run(proxy: &Arc<Proxy>, stream: TcpStream) -> Result<Option<Client>, ProxyError> {
+pub async fn run(proxy: &Arc<Proxy>, stream: TcpStream) -> Result<Option<Started>, ProxyError> {
     let max = proxy.config.load().limits.max_message_size as usize;
     let mut conn = ClientConn {
-        stream,
+        stream: Stream::plain(stream),
         rbuf: BytesMut::with_capacity(1024),
         decoder: FrameDecoder::new(max),
     };
     let result = tokio::time::timeout(LOGIN_TIMEOUT, login(proxy, &mut conn)).await;
     let err = match result {
-        Ok(Ok(Some(l))) => {
-            return Ok(Some(Client {
+        Ok(Ok(Some(Entry::Admin { id, user }))) => {
+            return Ok(Some(Started::Admin { id, user, conn }))
+        }
+        Ok(Ok(Some(Entry::Session(l)))) => {
+            return Ok(Some(Started::Session(Client {
                 id: l.id,
                 user: l.user,
                 database: l.database,
@@ -135,7 +152,7 @@ pub async fn run(proxy: &Arc<Proxy>, stream: TcpStream) -> Result<Option<Client>
                 mode: l.mode,
                 pool: l.pool,
                 generation: l.generation,
-            }))
+            })))
         }
         Ok(Ok(None)) => return Ok(None),
         Ok(Err(e)) => e,
@@ -146,6 +163,12 @@ pub async fn run(proxy: &Arc<Proxy>, stream: TcpStream) -> Result<Option<Client>
     let _ = conn.stream.write_all(&out).await;
     let _ = conn.stream.shutdown().await;
     Err(err)
+}
+
+/// Where a login leads.
+enum Entry {
+    Session(Login),
+    Admin { id: u64, user: String },
 }
 
 /// What login learns; the session's [`Client`] adds the connection.
@@ -161,7 +184,7 @@ struct Login {
     generation: u64,
 }
 
-async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login>, ProxyError> {
+async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Entry>, ProxyError> {
     let mut negotiations = 0;
     let params = loop {
         let req = loop {
@@ -185,7 +208,19 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
                 if negotiations > 2 || !conn.rbuf.is_empty() {
                     return Err(ProxyError::fatal("08P01", "invalid startup packet layout"));
                 }
-                conn.write_all(b"N").await?;
+                let tls = match req {
+                    StartupRequest::Ssl if !conn.stream.is_tls() => proxy.tls_acceptor(),
+                    _ => None,
+                };
+                match tls {
+                    Some(config) => {
+                        conn.write_all(b"S").await?;
+                        conn.stream.accept_tls(config).await.map_err(|e| {
+                            ProxyError::fatal("08P01", format!("TLS handshake failed: {e}"))
+                        })?;
+                    }
+                    None => conn.write_all(b"N").await?,
+                }
             }
             StartupRequest::Cancel {
                 process_id,
@@ -217,9 +252,33 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_owned();
+    if !conn.stream.is_tls() && proxy.config.load().tls.mode == sgconfig::TlsMode::Require {
+        return Err(ProxyError::fatal(
+            "28000",
+            format!(
+                "connection without TLS refused for user \"{user}\", database \"{database}\": the proxy requires TLS"
+            ),
+        )
+        .with_hint("Connect with sslmode=require (or verify-ca / verify-full)."));
+    }
 
     let users = proxy.users.load_full();
     crate::auth::authenticate(conn, &users, &user).await?;
+
+    if database == crate::admin::DATABASE {
+        if !proxy.config.load().admin_users.contains(&user) {
+            return Err(ProxyError::fatal(
+                "42501",
+                format!("user \"{user}\" is not allowed into the admin console"),
+            )
+            .with_hint("List the user in admin_users in the config."));
+        }
+        let id = proxy
+            .next_client_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::admin::greet(conn).await?;
+        return Ok(Some(Entry::Admin { id, user }));
+    }
 
     let config = proxy.config.load_full();
     let Some(db) = config.databases.get(&database) else {
@@ -279,7 +338,7 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
     let id = proxy
         .next_client_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(Some(Login {
+    Ok(Some(Entry::Session(Login {
         id,
         user,
         database,
@@ -289,7 +348,7 @@ async fn login(proxy: &Arc<Proxy>, conn: &mut ClientConn) -> Result<Option<Login
         mode,
         pool,
         generation,
-    }))
+    })))
 }
 
 /// The server could not be reached at all (as opposed to refusing the login).

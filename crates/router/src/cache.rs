@@ -140,12 +140,17 @@ pub struct RouteCache {
     /// By (scope, fingerprint): an analysis depends on the key columns of the database it
     /// was made for, so each database has a scope of its own.
     entries: Mutex<hashlink::LruCache<(u64, u64), Arc<Analysis>>>,
+    /// Statements answered from the cache, and statements analysed.
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl Default for RouteCache {
     fn default() -> Self {
         RouteCache {
             entries: Mutex::new(hashlink::LruCache::new(CAPACITY)),
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 }
@@ -167,6 +172,12 @@ impl RouteCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// (hits, misses) so far.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
     /// The analysis of `sql` and its parameter values; `bound` are the statement's own
@@ -204,6 +215,7 @@ impl RouteCache {
         };
         if fp.cacheable {
             if let Some(a) = self.entries.lock().get(&(scope, fp.hash)).cloned() {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(Routed {
                     analysis: a,
                     own: fp.max_param,
@@ -211,6 +223,8 @@ impl RouteCache {
                     cached: true,
                 });
             }
+            self.misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (_, normalised) = fingerprint(sql, true);
             if let Some(text) = normalised {
                 if let Ok(a) = analyze(&text, key_columns) {
@@ -227,6 +241,10 @@ impl RouteCache {
         }
         // Not cacheable, or the normalised text does not parse (a constant where only a
         // constant may stand): analyse the text as it is.
+        if !fp.cacheable {
+            self.misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let a = analyze(sql, key_columns)?;
         let own: Vec<Option<String>> = bound.to_vec();
         Ok(Routed {

@@ -9,6 +9,7 @@
 pub mod analyze;
 pub mod cache;
 pub mod copy;
+pub mod explain;
 pub mod hash;
 pub mod hints;
 pub mod lexer;

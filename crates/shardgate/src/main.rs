@@ -64,15 +64,30 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+/// Logs to stderr as `log` says: text (coloured only on a terminal) or one JSON object per
+/// line; `SHARDGATE_LOG`, when set, overrides the level.
+fn init_logging(log: &sgconfig::LogConfig) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match log.format {
+        sgconfig::LogFormat::Json => builder.json().init(),
+        sgconfig::LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        (&cli.command, &cli.config),
+        (Some(Command::Run { .. }), _) | (None, Some(_))
+    ) {
+        init_logging(&sgconfig::LogConfig::default());
+    }
     match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => check(config),
@@ -149,97 +164,16 @@ fn route(path: PathBuf, database: Option<String>, params: Vec<String>, sql: Stri
         eprintln!("shardgate route: database `{name}` is not in the config");
         return ExitCode::from(1);
     };
-    let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
-    let hints = match router::hints::parse_hints(&sql) {
-        Ok(h) => h,
-        Err(e) => {
-            println!("refused (42601): {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if hints.shard.is_none() && hints.key.is_none() {
-        if let Some(Ok(c)) = router::copy::parse_copy(&sql) {
-            let sharded = router::plan::map_for(db, &c.table).is_some();
-            if c.from
-                && c.client_side
-                && !c.query
-                && !c.format.binary
-                && (sharded || db.reference_tables.contains(&c.table))
-            {
-                println!("database: {name}");
-                println!("statement: COPY FROM STDIN into {}", c.table);
-                if sharded {
-                    println!("route: every shard, each row to the shard of its key (a simple query; each shard in a transaction, all or nothing)");
-                } else {
-                    println!("route: every shard, every row (reference table)");
-                }
-                return ExitCode::SUCCESS;
-            }
-        }
-    }
-    let analysis = match router::analyze::analyze(&sql, &keys) {
-        Ok(a) => a,
-        Err(e) if hints.shard.is_some() => {
-            println!("cannot parse ({e}); the hint decides");
-            router::analyze::Analysis {
-                kind: router::analyze::Kind::Session,
-                tables: Vec::new(),
-                keyed: Vec::new(),
-                needs_merge: false,
-                insert_rows: false,
-                one_shard: false,
-                cursor: false,
-                nested_sharded: false,
-                refuse: None,
-            }
-        }
-        Err(e) => {
-            println!("cannot parse: {e}");
-            println!("hint: name the shard with /* shardgate: shard=NAME */");
-            return ExitCode::from(1);
-        }
-    };
     let params: Vec<Option<String>> = params.into_iter().map(Some).collect();
-    println!("database: {name}");
-    println!("statement: {:?}", analysis.kind);
-    if !analysis.tables.is_empty() {
-        println!("tables: {}", analysis.tables.join(", "));
+    let (lines, routed) = router::explain::explain(&name, db, &sql, &params);
+    for l in lines {
+        println!("{l}");
     }
-    for u in &analysis.keyed {
-        println!("keys of {}: {:?}", u.table, u.keys);
+    if routed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
-    let plan = router::plan::plan_with_hints(db, &analysis, &params, &hints);
-    let home = db.shards.first().map(|(n, _)| n).unwrap_or("");
-    match plan {
-        router::plan::Plan::Shard(s) => println!("route: shard {s} (primary)"),
-        router::plan::Plan::Shards(s) => {
-            println!(
-                "route: shards {} (rows concatenated, counts summed)",
-                s.join(", ")
-            );
-            if let Some(rows) = router::plan::row_shards(db, &analysis, &params) {
-                for shard in &s {
-                    let n = rows.iter().filter(|r| *r == shard).count();
-                    println!("  {shard}: {n} of the INSERT's {} rows", rows.len());
-                }
-            }
-        }
-        router::plan::Plan::AllShards => println!("route: every shard"),
-        router::plan::Plan::AnyShard => println!("route: any one shard (reference tables)"),
-        router::plan::Plan::Session => println!("route: the session's shard (home: {home})"),
-        router::plan::Plan::Pinned => println!(
-            "route: the shard the session's transaction is pinned to; refused outside one (name the shard with /* shardgate: shard=NAME */)"
-        ),
-        router::plan::Plan::AtBind => {
-            println!("route: decided at Bind (a key comes from a parameter; give it with --param)")
-        }
-        router::plan::Plan::Refuse { reason, hint } => {
-            println!("refused (0A000): {reason}");
-            println!("hint: {hint}");
-            return ExitCode::from(1);
-        }
-    }
-    ExitCode::SUCCESS
 }
 
 /// One line about a shard map for `check`.
@@ -290,6 +224,11 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    init_logging(&config.log);
+    if let Err(e) = proxy::check_tls(&config) {
+        eprintln!("shardgate: {}: TLS: {e}", path.display());
+        return ExitCode::from(1);
+    }
     let rt = match runtime(config.worker_threads()) {
         Ok(rt) => rt,
         Err(e) => {
@@ -320,11 +259,6 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// How long running transactions get to finish after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-/// Serves until SIGINT/SIGTERM, then lets clients finish. Listens on `listener` when given
-/// (already bound to the config's address), else binds `config.listen`.
 /// A listen address that cannot be bound, said so that the user knows which and what to do.
 fn listen_error(addr: std::net::SocketAddr, e: std::io::Error) -> std::io::Error {
     let what = match e.kind() {
@@ -336,6 +270,10 @@ fn listen_error(addr: std::net::SocketAddr, e: std::io::Error) -> std::io::Error
     std::io::Error::new(e.kind(), what)
 }
 
+/// Serves until SIGINT/SIGTERM, then shuts down gracefully: no new clients, running
+/// transactions get `shutdown_grace_s` to finish (a second signal cuts that short), each
+/// session closes once its transaction is over. Listens on `listener` when given (already
+/// bound to the config's address), else binds `config.listen`.
 pub async fn serve(
     config: sgconfig::Config,
     config_path: Option<PathBuf>,
@@ -351,59 +289,95 @@ pub async fn serve(
             .await
             .map_err(|e| listen_error(config.listen, e))?,
     };
+    let metrics = match &config.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(|e| listen_error(m.listen, e))?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "shardgate listening");
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+    let proxy = proxy::Proxy::new(config);
+    proxy.on_memory_freed(collect_freed_memory);
+    if let Some(m) = metrics {
+        tracing::info!(addr = %m.local_addr()?, "metrics on /metrics");
+        tokio::spawn(Arc::clone(&proxy).serve_metrics(m));
+    }
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let proxy = proxy::Proxy::new(config);
-    proxy.on_memory_freed(collect_freed_memory);
     let accept = tokio::spawn(Arc::clone(&proxy).serve(listener));
     if let Some(path) = config_path {
-        tokio::spawn(reload_on_sighup(Arc::clone(&proxy), path));
+        proxy.set_config_path(path);
+        tokio::spawn(reload_on_sighup(Arc::clone(&proxy)));
     }
-    shutdown_signal().await;
-    tracing::info!("shutting down: no new clients; waiting for clients to finish");
+    let mut signals = Signals::new();
+    signals.next().await;
+    // The listener closes with the accept task: new clients are refused from here on.
     accept.abort();
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while proxy.client_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.begin_shutdown();
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: no new clients; running transactions may finish"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let busy = proxy.busy_servers(None);
+        if busy == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(transactions = busy, "grace period over: closing the rest");
+                break;
+            }
+            _ = signals.next() => {
+                tracing::warn!(transactions = busy, "second signal: stopping now");
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
     }
-    tracing::info!(remaining = proxy.client_count(), "stopped");
+    tracing::info!(clients = proxy.client_count(), "stopped");
     Ok(())
 }
 
 /// SIGHUP re-reads the config and its shard maps: a valid one takes effect for new logins
 /// and new transactions; an invalid one is logged, problem by problem, and the old one kept.
-async fn reload_on_sighup(proxy: Arc<proxy::Proxy>, path: PathBuf) {
+async fn reload_on_sighup(proxy: Arc<proxy::Proxy>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler: reload is off");
         return;
     };
     while hup.recv().await.is_some() {
-        match sgconfig::load_file(&path) {
-            Ok(config) => {
-                if config.listen != proxy.config().listen {
-                    tracing::warn!("listen cannot change on reload; restart to move it");
-                }
-                proxy.reload(config);
-            }
-            Err(e) => {
-                for p in &e.problems {
-                    tracing::error!("{p}");
-                }
-                tracing::error!("configuration not reloaded: the running one stays");
-            }
-        }
+        // Problems are logged by the reload itself.
+        let _ = proxy.reload_from_file();
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, each time one comes.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

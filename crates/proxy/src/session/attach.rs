@@ -133,6 +133,7 @@ impl Session {
             }
             if *t != self.home_shard() {
                 let pool = self.shard_pool(t)?;
+                self.wait_if_paused().await;
                 let conn = checkout(&pool, &self.client).await?;
                 self.attach(conn);
                 self.server_shard = Some(t.as_str().into());
@@ -193,6 +194,7 @@ impl Session {
         // already the client's. Only the rest runs as a boxed future, so that its state does
         // not sit in every idle session.
         if self.server.is_none() {
+            self.wait_if_paused().await;
             if self.client.generation != self.proxy.generation() {
                 // A reload: this transaction uses the new config's pool.
                 self.client.generation = self.proxy.generation();
@@ -217,8 +219,10 @@ impl Session {
 
     pub(super) async fn ensure_server_slow(&mut self) -> Result<(), ProxyError> {
         if self.server.is_none() {
-            let conn = checkout(&self.client.pool, &self.client).await?;
-            self.attach(conn);
+            self.entry.set_state(crate::stats::ClientState::Waiting);
+            let conn = checkout(&self.client.pool, &self.client).await;
+            self.entry.set_state(crate::stats::ClientState::Idle);
+            self.attach(conn?);
         }
         if self.pending.is_empty() {
             self.sync_settings().await?;
@@ -242,6 +246,16 @@ impl Session {
         );
         self.server = Some(conn);
         self.session_settled = false;
+        self.entry.set_state(crate::stats::ClientState::Active);
+    }
+
+    /// A new transaction waits while an administrator's `PAUSE` holds its database.
+    pub(super) async fn wait_if_paused(&self) {
+        if self.proxy.maybe_paused() {
+            self.entry.set_state(crate::stats::ClientState::Waiting);
+            Box::pin(self.proxy.wait_unpaused(&self.client.database)).await;
+            self.entry.set_state(crate::stats::ClientState::Idle);
+        }
     }
 
     /// True when the attached server already carries the client's settings; records that
@@ -287,6 +301,7 @@ impl Session {
     }
 
     pub(super) fn drop_server(&mut self) {
+        self.entry.set_state(crate::stats::ClientState::Idle);
         self.unsynced = false;
         crate::cancel::point(&self.client.cancel_slot, None);
         self.server = None;
@@ -324,6 +339,7 @@ impl Session {
         if let Some(conn) = self.server.take() {
             conn.release();
         }
+        self.entry.set_state(crate::stats::ClientState::Idle);
     }
 }
 

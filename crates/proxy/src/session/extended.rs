@@ -427,6 +427,7 @@ impl Session {
     /// An error the proxy raises for an extended-protocol message: reported in its place,
     /// then the batch is skipped up to Sync, as PostgreSQL does.
     pub(super) fn extended_error(&mut self, e: ProxyError) -> Result<(), End> {
+        self.proxy.stats.error(&self.client.database, &e.code);
         if e.fatal {
             return Err(End::Fatal(e));
         }
@@ -462,6 +463,7 @@ impl Session {
 
     /// An error the proxy raises for a simple Query: the error, then ReadyForQuery.
     pub(super) fn simple_error(&mut self, e: ProxyError) -> Result<(), End> {
+        self.proxy.stats.error(&self.client.database, &e.code);
         if e.fatal {
             return Err(End::Fatal(e));
         }

@@ -264,6 +264,8 @@ struct Session {
     loaded: bool,
     /// The timeouts' state, when any is configured.
     timeouts: Option<Box<timeouts::Timeouts>>,
+    /// This client in the proxy's list (for SHOW CLIENTS and the metrics).
+    entry: Arc<crate::stats::ClientEntry>,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -273,7 +275,15 @@ pub(crate) fn start(
     count: crate::ClientCount,
 ) -> impl std::future::Future<Output = ()> + Send {
     // Built here, outside any async body, so the task stores the session once.
+    let entry = proxy.stats.add_client(
+        client.id,
+        &client.user,
+        &client.database,
+        client.conn.stream.tcp().peer_addr().ok(),
+        client.conn.stream.is_tls(),
+    );
     let session = Session {
+        entry,
         proxy,
         client,
         wbuf: BytesMut::new(),
@@ -316,6 +326,7 @@ async fn drive(mut s: Session, _count: crate::ClientCount) {
         }
     }
     s.proxy.cancels.remove(s.client.cancel_key);
+    s.proxy.stats.remove_client(id);
     tracing::debug!(id, "client gone");
 }
 
@@ -423,6 +434,12 @@ impl Session {
                 }
             }
             self.maybe_release();
+            if self.proxy.shutting_down() && self.at_rest() {
+                return End::Fatal(ProxyError::fatal(
+                    "57P01",
+                    "terminating connection because shardgate is shutting down",
+                ));
+            }
             self.arm_timeout();
             match self.io().await {
                 Ok(false) => {}
@@ -448,12 +465,19 @@ impl Session {
         let client_lost = |_| End::ClientGone;
         let server_lost = |e: std::io::Error| End::ServerGone(e.to_string());
         // Write eagerly: usually the socket takes it all and no wait is needed.
-        if !self.wbuf.is_empty() {
-            try_write(&self.client.conn.stream, &mut self.wbuf).map_err(client_lost)?;
+        if !self.wbuf.is_empty() || self.client.conn.stream.wants_write() {
+            self.client
+                .conn
+                .stream
+                .try_write_from(&mut self.wbuf)
+                .map_err(client_lost)?;
         }
-        if let Some(server) = self.server.as_ref() {
-            if !self.swbuf.is_empty() {
-                try_write(&server.stream, &mut self.swbuf).map_err(server_lost)?;
+        if let Some(server) = self.server.as_deref_mut() {
+            if !self.swbuf.is_empty() || server.stream.wants_write() {
+                server
+                    .stream
+                    .try_write_from(&mut self.swbuf)
+                    .map_err(server_lost)?;
             }
         }
         if self.server.is_none() {
@@ -468,12 +492,12 @@ impl Session {
         let terminated = self.terminated;
         let read_client = !terminated && self.swbuf.len() < HIGH_WATER;
         let read_server = !terminated && self.wbuf.len() < HIGH_WATER;
-        let client = &self.client.conn.stream;
+        let client = &mut self.client.conn.stream;
         let rbuf = &mut self.client.conn.rbuf;
         let wbuf = &mut self.wbuf;
         let swbuf = &mut self.swbuf;
         let mut server = self.server.as_deref_mut();
-        if terminated && wbuf.is_empty() {
+        if terminated && wbuf.is_empty() && !client.wants_write() {
             return Ok(false);
         }
         let mut timer = self.timeouts.as_deref_mut().map(|t| t.timer.as_mut());
@@ -484,10 +508,10 @@ impl Session {
                     return Poll::Ready(Ok(true));
                 }
             }
-            if !wbuf.is_empty() {
+            if !wbuf.is_empty() || client.wants_write() {
                 if let Poll::Ready(r) = client.poll_write_ready(cx) {
                     return Poll::Ready(
-                        r.and_then(|()| try_write(client, wbuf))
+                        r.and_then(|()| client.try_write_from(wbuf))
                             .map_err(client_lost)
                             .map(|()| false),
                     );
@@ -497,10 +521,10 @@ impl Session {
                 return Poll::Pending;
             }
             if let Some(server) = server.as_deref_mut() {
-                if !swbuf.is_empty() {
+                if !swbuf.is_empty() || server.stream.wants_write() {
                     if let Poll::Ready(r) = server.stream.poll_write_ready(cx) {
                         return Poll::Ready(
-                            r.and_then(|()| try_write(&server.stream, swbuf))
+                            r.and_then(|()| server.stream.try_write_from(swbuf))
                                 .map_err(server_lost)
                                 .map(|()| false),
                         );
@@ -510,7 +534,9 @@ impl Session {
                     if let Poll::Ready(r) = server.stream.poll_read_ready(cx) {
                         return Poll::Ready(
                             r.and_then(|()| {
-                                try_read(&server.stream, &mut server.read_buf, SERVER_READ_CHUNK)
+                                server
+                                    .stream
+                                    .try_read_into(&mut server.read_buf, SERVER_READ_CHUNK)
                             })
                             .map_err(server_lost)
                             .map(|()| false),
@@ -521,7 +547,7 @@ impl Session {
             if read_client {
                 if let Poll::Ready(r) = client.poll_read_ready(cx) {
                     return Poll::Ready(
-                        r.and_then(|()| try_read(client, rbuf, CLIENT_READ_CHUNK))
+                        r.and_then(|()| client.try_read_into(rbuf, CLIENT_READ_CHUNK))
                             .map_err(client_lost)
                             .map(|()| false),
                     );
@@ -678,7 +704,22 @@ impl Session {
 
     #[inline]
     fn forward(&mut self, frame: &Frame) {
+        if let Some(server) = self.server.as_deref_mut() {
+            if server.note_request() && self.proxy.slow_query_ms() > 0 {
+                server.request_text = Some(frame.raw().clone());
+            }
+        }
         self.swbuf.extend_from_slice(frame.raw());
+    }
+
+    /// Nothing in flight, no transaction, no server held: the session may end here.
+    fn at_rest(&self) -> bool {
+        self.server.is_none()
+            && self.tx_status == b'I'
+            && self.held_begin.is_none()
+            && self.pending.is_empty()
+            && self.wbuf.is_empty()
+            && self.client.conn.rbuf.is_empty()
     }
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
@@ -738,67 +779,16 @@ impl Session {
     }
 }
 
-/// Writes as much as the socket takes without waiting.
-fn try_write(stream: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                let _ = buf.split_to(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    buf.clear();
-    Ok(())
-}
-
-/// Reads what is there without waiting; end of stream is an error.
-///
-/// A read that returns less than the room offered has drained the socket, so readiness is
-/// cleared right away (reported to tokio as `WouldBlock`) instead of by a second read that
-/// would only say `EAGAIN`: one system call saved per message exchange. Data arriving after
-/// the read raises a new readiness event, which tokio does not clear.
-fn try_read(
-    stream: &tokio::net::TcpStream,
-    buf: &mut BytesMut,
-    chunk: usize,
-) -> std::io::Result<()> {
-    if buf.capacity() - buf.len() < chunk / 4 {
-        buf.reserve(chunk);
-    }
-    let mut got = 0usize;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        let room = buf.spare_capacity_mut();
-        let n = socket2::SockRef::from(stream).recv(room)?;
-        got = n;
-        if n > 0 && n < room.len() {
-            Err(std::io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(n)
-        }
-    });
-    match result {
-        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e),
-    }
-    // SAFETY: `recv` initialised the first `got` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + got) };
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     /// An idle session's memory is mostly this struct: keep it from growing unnoticed.
     /// (416 until the savepoint stack, the session-pooling startup, the pinning flags and
-    /// the timeouts came, each kept to a pointer or a bool.)
+    /// the timeouts came, each kept to a pointer or a bool; 448 until TLS and the client's
+    /// entry in the admin list, a pointer each.)
     #[test]
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<super::Session>();
-        assert!(size <= 448, "Session is {size} bytes");
+        assert!(size <= 464, "Session is {size} bytes");
     }
 
     #[test]

@@ -323,6 +323,10 @@ impl Session {
             )
             .with_hint("Run it outside the transaction block, or name one shard: /* shardgate: shard=NAME */.")));
         }
+        if self.server.is_none() {
+            self.wait_if_paused().await;
+        }
+        self.proxy.stats.fanout(&self.client.database);
         let own_shard = match (&self.server, &self.server_shard) {
             (None, _) => None,
             (Some(_), Some(s)) => Some(s.to_string()),
@@ -422,7 +426,6 @@ impl Session {
     /// transaction pooling an idle server goes back to its pool. Errors are fatal: the
     /// server or the client is gone, or the server is out of step.
     pub(super) async fn settle(&mut self) -> Result<(), ProxyError> {
-        use tokio::io::AsyncWriteExt;
         let server_gone = |e: String| {
             ProxyError::fatal(
                 "08006",
@@ -440,7 +443,7 @@ impl Session {
             if !self.swbuf.is_empty() {
                 server
                     .stream
-                    .write_all(&self.swbuf)
+                    .send_all(&self.swbuf)
                     .await
                     .map_err(|e| server_gone(e.to_string()))?;
                 self.swbuf.clear();
@@ -460,7 +463,7 @@ impl Session {
                 self.client
                     .conn
                     .stream
-                    .write_all(&self.wbuf)
+                    .send_all(&self.wbuf)
                     .await
                     .map_err(|_| ProxyError::fatal("08006", "client gone"))?;
                 self.wbuf.clear();

@@ -71,6 +71,9 @@ impl Session {
                 self.error_since_ready = true;
             }
             tag::ERROR_RESPONSE => {
+                if let Some(code) = crate::stats::error_code(frame.body()) {
+                    self.proxy.stats.error(&self.client.database, code);
+                }
                 self.copy_in_extended = false;
                 self.error_since_ready = true;
                 self.on_error();
@@ -82,7 +85,7 @@ impl Session {
                 let status =
                     messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
                 match self.pending.pop_front() {
-                    Some(Expect::Sync) | Some(Expect::Query { .. }) => {}
+                    Some(Expect::Sync) | Some(Expect::Query { .. }) => self.note_ready(status),
                     Some(Expect::AbortSync) => {
                         self.tx_status = status;
                         self.emit_synthetic_head();
@@ -154,6 +157,29 @@ impl Session {
 
     /// An ErrorResponse: in a simple Query the rest of its statements are skipped; in an
     /// extended batch the server skips everything up to Sync, so those entries go.
+    /// A client request was answered: counted, and logged when slow.
+    fn note_ready(&mut self, status: u8) {
+        let Some(server) = self.server.as_deref_mut() else {
+            return;
+        };
+        let text = server.request_text.take();
+        let Some(took) = server.note_ready(status) else {
+            return;
+        };
+        let slow = self.proxy.slow_query_ms();
+        if slow > 0 && took.as_millis() as u64 >= slow {
+            let sql = text.as_ref().map(statement_text).unwrap_or_default();
+            tracing::warn!(
+                client = self.client.id,
+                user = %self.client.user,
+                database = %self.client.database,
+                duration_ms = took.as_millis() as u64,
+                statement = %sql,
+                "slow statement"
+            );
+        }
+    }
+
     pub(super) fn on_error(&mut self) {
         match self.pending.front_mut() {
             Some(Expect::Query { commands }) => *commands = None,
@@ -295,10 +321,9 @@ impl Session {
             End::ClientGone => {}
         }
         if !self.wbuf.is_empty() {
-            use tokio::io::AsyncWriteExt;
             let _ = tokio::time::timeout(
                 CLEANUP_TIMEOUT,
-                self.client.conn.stream.write_all(&self.wbuf),
+                self.client.conn.stream.send_all(&self.wbuf),
             )
             .await;
         }
@@ -376,4 +401,26 @@ pub(super) async fn cancel_backend((pid, key, addr): (i32, i32, std::net::Socket
     {
         let _ = s.write_all(&wire::startup::encode_cancel(pid, key)).await;
     }
+}
+
+/// The statement text of a Query or Parse message, for the log.
+fn statement_text(raw: &bytes::Bytes) -> String {
+    let Some((&t, rest)) = raw.split_first() else {
+        return String::new();
+    };
+    let body = rest.get(4..).unwrap_or(&[]);
+    let text = match t {
+        b'Q' => body,
+        b'P' => {
+            // Statement name, then the text.
+            let at = body
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(body.len(), |i| i + 1);
+            &body[at..]
+        }
+        _ => return format!("(a message of type {})", char::from(t)),
+    };
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    String::from_utf8_lossy(&text[..end]).into_owned()
 }
