@@ -28,10 +28,6 @@ const SUPERUSER_PASSWORD: &str = "docker-test-pw";
 const CONTAINER_CONFIG: &str = "/etc/shardgate/shardgate.yaml";
 /// The port PostgreSQL listens on inside its container.
 const CONTAINER_PG_PORT: u16 = 5432;
-/// Top-level keys of docker/shardgate.yaml that the loader may not know yet (they are being
-/// added); `the_docker_config_passes_check` tolerates an "unknown field" error for these
-/// and nothing else.
-const PENDING_KEYS: [&str; 2] = ["metrics", "admin_users"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -676,60 +672,28 @@ fn without_top_level_key(text: &str, key: &str) -> String {
     out
 }
 
-/// Loads docker/shardgate.yaml as `shardgate check` does. Where the loader does not know one
-/// of [`PENDING_KEYS`] yet, that key is left out and the rest must load; any other problem
-/// fails. Returns the config and the keys left out.
-fn load_docker_config() -> (sgconfig::Config, Vec<&'static str>) {
+/// Loads docker/shardgate.yaml as `shardgate check` does.
+fn load_docker_config() -> sgconfig::Config {
     let path = docker_dir().join("shardgate.yaml");
-    let mut text = read(&path);
-    let mut left_out = Vec::new();
-    loop {
-        match sgconfig::load_str(&path, &text) {
-            Ok(config) => return (config, left_out),
-            Err(e) => {
-                let pending = PENDING_KEYS.iter().find(|k| {
-                    !left_out.contains(*k)
-                        && e.problems.len() == 1
-                        && e.problems[0]
-                            .message
-                            .starts_with(&format!("unknown field `{k}`"))
-                });
-                match pending {
-                    Some(k) => {
-                        left_out.push(*k);
-                        text = without_top_level_key(&text, k);
-                    }
-                    None => panic!("docker/shardgate.yaml does not pass check:\n{e}"),
-                }
-            }
-        }
-    }
+    sgconfig::load_str(&path, &read(&path))
+        .unwrap_or_else(|e| panic!("docker/shardgate.yaml does not pass check:\n{e}"))
 }
 
 #[test]
 fn the_docker_config_passes_check() {
-    let (config, left_out) = load_docker_config();
-    if !left_out.is_empty() {
-        eprintln!(
-            "note: this build's config loader does not know {left_out:?} yet; checked the rest"
-        );
-    }
+    let config = load_docker_config();
     assert_eq!(config.listen.to_string(), "0.0.0.0:6432");
+    assert_eq!(config.admin_users, ["ops"]);
+    assert_eq!(
+        config.metrics.as_ref().map(|m| m.listen.to_string()).as_deref(),
+        Some("0.0.0.0:9930")
+    );
     let app = &config.databases["app"];
     let shards: Vec<&str> = app.shards.iter().map(|(n, _)| n).collect();
     assert_eq!(shards, ["s0", "s1"]);
     assert_eq!(app.maps.len(), 1);
     assert_eq!(app.maps[0].shards(), ["s0", "s1"]);
     assert_eq!(app.reference_tables, ["countries"]);
-    // Stripping a key must not lose anything else.
-    let text = read(&docker_dir().join("shardgate.yaml"));
-    let mut stripped = text.clone();
-    for k in &left_out {
-        stripped = without_top_level_key(&stripped, k);
-    }
-    let kept = |t: &str| t.lines().filter(|l| !l.trim().is_empty()).count();
-    let removed: usize = left_out.len();
-    assert_eq!(kept(&stripped) + removed, kept(&text), "one line per key");
 }
 
 #[test]
@@ -1183,7 +1147,7 @@ fn primary_init_and_replica_bootstrap_make_a_streaming_replica() {
 #[test]
 fn the_docker_setup_serves_sharded_queries_locally() {
     let compose = compose();
-    let (config, _) = load_docker_config();
+    let config = load_docker_config();
     let map = config.databases["app"].maps[0].clone();
     let config_yaml = parse_yaml(&docker_dir().join("shardgate.yaml"));
     let scratch = Scratch::new("setup");
@@ -1219,11 +1183,9 @@ fn the_docker_setup_serves_sharded_queries_locally() {
         !yaml.contains("-primary:") && !yaml.contains("-replica:"),
         "{yaml}"
     );
-    // Metrics and the admin console are not what this test is about (and an in-process
-    // proxy must not take the fixed metrics port).
-    for k in PENDING_KEYS {
-        yaml = without_top_level_key(&yaml, k);
-    }
+    // Metrics are not what this test is about (and an in-process proxy must not take the
+    // fixed metrics port; the in-process proxy does not serve them anyway).
+    yaml = without_top_level_key(&yaml, "metrics");
     let config_dir = scratch.0.join("proxy");
     std::fs::create_dir_all(config_dir.join("shard-maps")).unwrap();
     for entry in std::fs::read_dir(docker_dir().join("shard-maps")).unwrap() {
