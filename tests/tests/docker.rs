@@ -685,7 +685,11 @@ fn the_docker_config_passes_check() {
     assert_eq!(config.listen.to_string(), "0.0.0.0:6432");
     assert_eq!(config.admin_users, ["ops"]);
     assert_eq!(
-        config.metrics.as_ref().map(|m| m.listen.to_string()).as_deref(),
+        config
+            .metrics
+            .as_ref()
+            .map(|m| m.listen.to_string())
+            .as_deref(),
         Some("0.0.0.0:9930")
     );
     let app = &config.databases["app"];

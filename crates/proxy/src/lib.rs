@@ -246,6 +246,15 @@ impl Proxy {
         self.any_paused.load(Ordering::Acquire)
     }
 
+    /// Clients with a server attached or an answer not yet sent: what a shutdown waits for.
+    pub fn active_clients(&self) -> usize {
+        self.stats
+            .clients()
+            .iter()
+            .filter(|(_, c)| c.state() == stats::ClientState::Active)
+            .count()
+    }
+
     /// Stops taking new transactions' sessions: from now on a session ends once its
     /// transaction is over.
     pub fn begin_shutdown(&self) {

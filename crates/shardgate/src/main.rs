@@ -325,7 +325,7 @@ pub async fn serve(
     );
     let deadline = tokio::time::Instant::now() + grace;
     loop {
-        let busy = proxy.busy_servers(None);
+        let busy = proxy.busy_servers(None).max(proxy.active_clients());
         if busy == 0 {
             break;
         }

@@ -301,7 +301,6 @@ impl Session {
     }
 
     pub(super) fn drop_server(&mut self) {
-        self.entry.set_state(crate::stats::ClientState::Idle);
         self.unsynced = false;
         crate::cancel::point(&self.client.cancel_slot, None);
         self.server = None;
@@ -339,7 +338,6 @@ impl Session {
         if let Some(conn) = self.server.take() {
             conn.release();
         }
-        self.entry.set_state(crate::stats::ClientState::Idle);
     }
 }
 

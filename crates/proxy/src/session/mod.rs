@@ -481,6 +481,10 @@ impl Session {
             }
         }
         if self.server.is_none() {
+            if self.wbuf.is_empty() && !self.client.conn.stream.wants_write() {
+                // Active until the last answer is out: a shutdown waits for it.
+                self.entry.set_state(crate::stats::ClientState::Idle);
+            }
             // Between transactions: hold no buffers while idle.
             if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
                 self.client.conn.rbuf = BytesMut::new();

@@ -327,6 +327,7 @@ impl Session {
             self.wait_if_paused().await;
         }
         self.proxy.stats.fanout(&self.client.database);
+        self.entry.set_state(crate::stats::ClientState::Active);
         let own_shard = match (&self.server, &self.server_shard) {
             (None, _) => None,
             (Some(_), Some(s)) => Some(s.to_string()),
