@@ -12,6 +12,7 @@ pub mod copy;
 pub mod hash;
 pub mod hints;
 pub mod lexer;
+pub mod merge_plan;
 pub mod plan;
 pub mod rewrite;
 pub mod session;
