@@ -254,7 +254,7 @@ impl Numeric {
         let pad = (DEC_DIGITS as i64 - 1 - (e0 - weight * DEC_DIGITS as i64)) as usize;
         let mut dec = vec![0u8; pad];
         dec.extend_from_slice(&all);
-        while dec.len() % DEC_DIGITS as usize != 0 {
+        while !dec.len().is_multiple_of(DEC_DIGITS as usize) {
             dec.push(0);
         }
         let digits = dec
@@ -547,8 +547,7 @@ fn select_div_scale(a: &Numeric, b: &Numeric) -> i32 {
     (NUMERIC_MIN_SIG_DIGITS - qweight * DEC_DIGITS)
         .max(a.dscale)
         .max(b.dscale)
-        .max(NUMERIC_MIN_DISPLAY_SCALE)
-        .min(NUMERIC_MAX_DISPLAY_SCALE)
+        .clamp(NUMERIC_MIN_DISPLAY_SCALE, NUMERIC_MAX_DISPLAY_SCALE)
 }
 
 impl fmt::Display for Numeric {

@@ -103,6 +103,19 @@ pub struct Agg {
     pub bytewise_text: bool,
 }
 
+impl Agg {
+    /// An aggregate of `kind` finishing into `column`, without helpers.
+    pub fn new(kind: AggKind, column: Col) -> Agg {
+        Agg {
+            kind,
+            column,
+            count: None,
+            compare: None,
+            bytewise_text: true,
+        }
+    }
+}
+
 impl fmt::Display for Agg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}({}", self.kind.name(), self.column)?;

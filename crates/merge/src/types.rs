@@ -207,7 +207,7 @@ fn fixed<const N: usize>(t: u32, raw: &[u8]) -> Result<[u8; N], MergeError> {
     raw.try_into().map_err(|_| bad(t, "wrong length"))
 }
 
-fn text<'a>(t: u32, raw: &'a [u8]) -> Result<&'a str, MergeError> {
+fn text(t: u32, raw: &[u8]) -> Result<&str, MergeError> {
     std::str::from_utf8(raw).map_err(|_| bad(t, "not UTF-8"))
 }
 
@@ -286,7 +286,7 @@ pub fn decode(t: u32, format: Format, raw: &[u8]) -> Result<Value<'_>, MergeErro
             }
             Value::Bytes(Cow::Owned(out))
         }
-        (oid::UUID, Binary) => Value::Bytes(Cow::Borrowed(&fixed::<16>(t, raw).map(|_| raw)?[..])),
+        (oid::UUID, Binary) => Value::Bytes(Cow::Borrowed(fixed::<16>(t, raw).map(|_| raw)?)),
         (oid::UUID, Text) => {
             let mut out = Vec::with_capacity(16);
             let mut hi: Option<u8> = None;

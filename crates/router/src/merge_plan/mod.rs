@@ -20,7 +20,7 @@
 //! text under a collation other than "C" (the executor refuses too, when a key arrives as
 //! text, since the planner does not know column types).
 
-use merge::plan::{Agg, AggKind, CmpOp, Col, Literal, MergePlan, Node, Predicate, SortKey};
+use merge::plan::{Agg, AggKind, CmpOp, Col, MergePlan, Node, Predicate, SortKey};
 use sgconfig::DatabaseConfig;
 use sqlparser::ast::{
     self, BinaryOperator, Distinct, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
@@ -32,6 +32,9 @@ use sqlparser::parser::Parser;
 
 use crate::analyze::{Analysis, Kind};
 use crate::plan::{map_for, plan, Plan};
+
+mod sql;
+use sql::*;
 
 /// The database's collation, which decides how the shards order text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,187 +61,6 @@ fn refuse<T>(reason: impl Into<String>, hint: impl Into<String>) -> Result<T, Re
 
 const ONE_SHARD: &str =
     "Give the shard key so that the query runs on one shard, or name the shard: /* shardgate: shard=NAME */.";
-
-/// Aggregates that do not decompose into per-shard parts.
-const NOT_DECOMPOSABLE: &[&str] = &[
-    "array_agg",
-    "string_agg",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "percentile_cont",
-    "percentile_disc",
-    "mode",
-    "xmlagg",
-    "corr",
-    "covar_pop",
-    "covar_samp",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_count",
-    "regr_intercept",
-    "regr_r2",
-    "regr_slope",
-    "regr_sxx",
-    "regr_sxy",
-    "regr_syy",
-    "range_agg",
-    "range_intersect_agg",
-];
-
-const DECOMPOSABLE: &[&str] = &[
-    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every",
-];
-
-fn func_name(f: &ast::Function) -> String {
-    f.name
-        .0
-        .last()
-        .and_then(|p| p.as_ident())
-        .map(|i| i.value.to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-fn is_aggregate_call(e: &Expr) -> Option<&ast::Function> {
-    match e {
-        Expr::Function(f) if f.over.is_none() => {
-            let n = func_name(f);
-            (DECOMPOSABLE.contains(&n.as_str()) || NOT_DECOMPOSABLE.contains(&n.as_str()))
-                .then_some(f)
-        }
-        _ => None,
-    }
-}
-
-/// Whether `e` holds an aggregate call or a window function anywhere.
-fn contains(e: &Expr, what: &dyn Fn(&Expr) -> bool) -> bool {
-    let mut found = false;
-    let _ = ast::visit_expressions(e, |x| {
-        if what(x) {
-            found = true;
-            std::ops::ControlFlow::Break(())
-        } else {
-            std::ops::ControlFlow::Continue(())
-        }
-    });
-    found
-}
-
-fn has_aggregate(e: &Expr) -> bool {
-    contains(e, &|x| is_aggregate_call(x).is_some())
-}
-
-fn has_window(e: &Expr) -> bool {
-    contains(e, &|x| matches!(x, Expr::Function(f) if f.over.is_some()))
-}
-
-fn ident_name(i: &Ident) -> String {
-    if i.quote_style.is_some() {
-        i.value.clone()
-    } else {
-        i.value.to_ascii_lowercase()
-    }
-}
-
-/// The name PostgreSQL gives a select-list column (FigureColname, simplified).
-fn output_name(item: &SelectItem) -> Option<String> {
-    match item {
-        SelectItem::ExprWithAlias { alias, .. } => Some(ident_name(alias)),
-        SelectItem::UnnamedExpr(e) => expr_name(e),
-        _ => None,
-    }
-}
-
-fn expr_name(e: &Expr) -> Option<String> {
-    match e {
-        Expr::Identifier(i) => Some(ident_name(i)),
-        Expr::CompoundIdentifier(parts) => parts.last().map(ident_name),
-        Expr::Function(f) => Some(func_name(f)),
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => expr_name(expr),
-        _ => None,
-    }
-}
-
-/// An integer constant (LIMIT, OFFSET, ORDER BY position).
-fn const_u64(e: &Expr) -> Option<u64> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse().ok(),
-            _ => None,
-        },
-        Expr::Nested(e) => const_u64(e),
-        _ => None,
-    }
-}
-
-fn literal(e: &Expr) -> Option<Literal> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => Some(Literal::Number(n.clone())),
-            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
-                Some(Literal::String(s.clone()))
-            }
-            Value::Boolean(b) => Some(Literal::Bool(*b)),
-            Value::Null => Some(Literal::Null),
-            _ => None,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match literal(expr)? {
-            Literal::Number(n) if !n.starts_with('-') => Some(Literal::Number(format!("-{n}"))),
-            _ => None,
-        },
-        Expr::Nested(e) => literal(e),
-        _ => None,
-    }
-}
-
-fn cmp_op(op: &BinaryOperator) -> Option<CmpOp> {
-    Some(match op {
-        BinaryOperator::Eq => CmpOp::Eq,
-        BinaryOperator::NotEq => CmpOp::Ne,
-        BinaryOperator::Lt => CmpOp::Lt,
-        BinaryOperator::LtEq => CmpOp::Le,
-        BinaryOperator::Gt => CmpOp::Gt,
-        BinaryOperator::GtEq => CmpOp::Ge,
-        _ => return None,
-    })
-}
-
-fn flip(op: CmpOp) -> CmpOp {
-    match op {
-        CmpOp::Lt => CmpOp::Gt,
-        CmpOp::Le => CmpOp::Ge,
-        CmpOp::Gt => CmpOp::Lt,
-        CmpOp::Ge => CmpOp::Le,
-        o => o,
-    }
-}
-
-fn is_float_cast(e: &Expr) -> bool {
-    match e {
-        Expr::Cast { data_type, .. } => {
-            let t = data_type.to_string().to_ascii_lowercase();
-            matches!(
-                t.as_str(),
-                "real" | "float4" | "float8" | "double precision" | "float"
-            )
-        }
-        Expr::Nested(e) => is_float_cast(e),
-        _ => false,
-    }
-}
 
 /// Plans the merge of a read that runs on several shards. `params` are bound values in
 /// text form, as for [`crate::plan::plan`]; `sql` is the statement `a` was made from.
@@ -536,81 +358,41 @@ impl Planner {
             Expr::Function(g)
         };
         let (agg, partial) = match name.as_str() {
-            "count" => (
-                Agg {
-                    kind: AggKind::Count,
-                    column: target,
-                    count: None,
-                    compare: None,
-                    bytewise_text: true,
-                },
-                e.clone(),
-            ),
-            "sum" => (
-                Agg {
-                    kind: AggKind::Sum,
-                    column: target,
-                    count: None,
-                    compare: None,
-                    bytewise_text: true,
-                },
-                e.clone(),
-            ),
+            "count" => (Agg::new(AggKind::Count, target), e.clone()),
+            "sum" => (Agg::new(AggKind::Sum, target), e.clone()),
             "avg" => {
-                let count = with_name("count");
-                self.helpers.push(count);
-                let c = Col::Helper(self.helpers.len() - 1);
-                (
-                    Agg {
-                        kind: AggKind::Avg,
-                        column: target,
-                        count: Some(c),
-                        compare: None,
-                        bytewise_text: true,
-                    },
-                    with_name("sum"),
-                )
+                self.helpers.push(with_name("count"));
+                let count = Some(Col::Helper(self.helpers.len() - 1));
+                let agg = Agg {
+                    count,
+                    ..Agg::new(AggKind::Avg, target)
+                };
+                (agg, with_name("sum"))
             }
             "min" | "max" => {
-                let bytewise = self.bytewise(arg.expect("min/max have an argument"))?;
-                self.helpers.push(e.clone());
-                let c = Col::Helper(self.helpers.len() - 1);
                 let kind = if name == "min" {
                     AggKind::Min
                 } else {
                     AggKind::Max
                 };
-                (
-                    Agg {
-                        kind,
-                        column: target,
-                        count: None,
-                        compare: Some(c),
-                        bytewise_text: bytewise,
-                    },
-                    e.clone(),
-                )
+                let bytewise_text = self.bytewise(arg.expect("min/max have an argument"))?;
+                // A helper is fetched in binary already; a visible column gets a binary twin.
+                let compare = match target {
+                    Col::Helper(_) => None,
+                    Col::Visible(_) => {
+                        self.helpers.push(e.clone());
+                        Some(Col::Helper(self.helpers.len() - 1))
+                    }
+                };
+                let agg = Agg {
+                    compare,
+                    bytewise_text,
+                    ..Agg::new(kind, target)
+                };
+                (agg, e.clone())
             }
-            "bool_and" | "every" => (
-                Agg {
-                    kind: AggKind::BoolAnd,
-                    column: target,
-                    count: None,
-                    compare: None,
-                    bytewise_text: true,
-                },
-                e.clone(),
-            ),
-            _ => (
-                Agg {
-                    kind: AggKind::BoolOr,
-                    column: target,
-                    count: None,
-                    compare: None,
-                    bytewise_text: true,
-                },
-                e.clone(),
-            ),
+            "bool_and" | "every" => (Agg::new(AggKind::BoolAnd, target), e.clone()),
+            _ => (Agg::new(AggKind::BoolOr, target), e.clone()),
         };
         if let Col::Helper(h) = target {
             self.helpers[h] = partial.clone();
@@ -1132,7 +914,7 @@ impl Planner {
                 .map(|h| SelectItem::UnnamedExpr(h.clone())),
         );
         let mut q = self.query.clone();
-        q.body = Box::new(SetExpr::Select(Box::new(select)));
+        *q.body = SetExpr::Select(Box::new(select));
         q.to_string()
     }
 }
