@@ -78,27 +78,17 @@ pub fn plan_merge(
         needs_merge: false,
         ..a.clone()
     };
-    let shards: Vec<String> = match plan(db, &unmerged, params) {
-        Plan::Shards(s) => s,
-        Plan::AllShards => db.shards.iter().map(|(n, _)| n.to_string()).collect(),
-        Plan::Shard(s) => {
-            return Ok(MergePlan {
-                root: Node::Route {
-                    shard: s,
-                    sql: sql.to_owned(),
-                },
-                helpers: 0,
-                visible: None,
-            })
-        }
-        Plan::Refuse { reason, hint } => return refuse(reason, hint),
-        other => {
-            return refuse(
-                format!("the statement does not run on several shards ({other:?})"),
-                "Run it as routed.",
-            )
-        }
-    };
+    let target = plan(db, &unmerged, params);
+    if let Plan::Shard(shard) = target {
+        return Ok(MergePlan {
+            root: Node::Route {
+                shard,
+                sql: sql.to_owned(),
+            },
+            helpers: 0,
+            visible: None,
+        });
+    }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Refusal {
         reason: e.to_string(),
         hint: "See docs/merge.md for the queries the proxy merges.".into(),
@@ -115,7 +105,26 @@ pub fn plan_merge(
             (cols.len() == 1).then(|| (u.table.clone(), cols[0].to_ascii_lowercase()))
         })
         .collect();
-    Planner::new(*query, keys, collation.clone())?.plan(shards)
+    // The statement's shape first (its refusals say more than the routing's).
+    let planner = Planner::new(*query, keys, collation.clone())?;
+    let shards: Vec<String> = match target {
+        Plan::Shards(s) => s,
+        Plan::AllShards => db.shards.iter().map(|(n, _)| n.to_string()).collect(),
+        Plan::Refuse { reason, hint } => return refuse(reason, hint),
+        Plan::AtBind => {
+            return refuse(
+                "the shards depend on a parameter that is not bound yet",
+                "Plan again with the bound parameters (at Bind).",
+            )
+        }
+        other => {
+            return refuse(
+                format!("the statement does not run on several shards ({other:?})"),
+                "Run it as routed.",
+            )
+        }
+    };
+    planner.plan(shards)
 }
 
 struct Planner {
