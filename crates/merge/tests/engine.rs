@@ -725,3 +725,32 @@ fn what_cannot_be_merged_exactly_is_refused_at_execution() {
         "{e}"
     );
 }
+
+proptest! {
+    /// Whatever the rows and the limit, the executor either finishes within the limit or
+    /// stops with the memory error; it never holds more than the limit plus one entry.
+    #[test]
+    fn memory_stays_within_the_limit(
+        groups in prop::collection::vec(0i64..500, 0..400),
+        limit in 1usize..40_000,
+    ) {
+        let plan = MergePlan {
+            root: Node::Aggregate {
+                input: scatter(1),
+                group: vec![Col::Visible(0)],
+                aggs: vec![Agg::new(AggKind::Count, Col::Visible(1))],
+            },
+            helpers: 0,
+            visible: Some(2),
+        };
+        let t = |oid| Column { type_oid: oid, format: Format::Text };
+        let mut ex = Executor::new(&plan, &[t(oid::INT8), t(oid::INT8)], &[Format::Text; 2], limit).unwrap();
+        let rows: Vec<Vec<Val>> = groups.iter().map(|g| vec![Some(text_int(*g)), Some(text_int(1))]).collect();
+        let distinct: BTreeSet<i64> = groups.iter().copied().collect();
+        match run(&mut ex, vec![rows]) {
+            Ok(got) => prop_assert_eq!(got.len(), distinct.len()),
+            Err(e) => prop_assert_eq!(e, MergeError::Memory { limit }),
+        }
+        prop_assert!(ex.memory_held() <= limit + 512);
+    }
+}
