@@ -13,6 +13,7 @@ pub mod explain;
 pub mod hash;
 pub mod hints;
 pub mod lexer;
+pub mod merge_plan;
 pub mod plan;
 pub mod rewrite;
 pub mod session;
