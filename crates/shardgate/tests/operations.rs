@@ -854,3 +854,34 @@ async fn a_second_signal_stops_at_once() {
     assert!(exited, "{}", p.log());
     assert!(p.log().contains("second signal"), "{}", p.log());
 }
+
+#[tokio::test]
+async fn json_logs_and_the_slow_statement_log() {
+    let pg = pg();
+    let dir = temp_dir("logs");
+    let (port, _) = ports(10);
+    let p = Proc::start(
+        &dir,
+        &config(port, &pg, "log: { format: json, level: info, slow_query_ms: 100 }"),
+    );
+    wait_up(&p, port).await;
+    let c = try_connect(&app(port)).await.unwrap();
+    c.simple_query("SELECT 'quick'").await.unwrap();
+    c.simple_query("SELECT pg_sleep(0.3), 'slow one'").await.unwrap();
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = p.log();
+        if log.contains("slow one") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!log.contains('\u{1b}'), "no colour codes into a file:\n{log}");
+    let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow statement")).collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    for line in log.lines() {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not JSON: {line}");
+    }
+    assert!(slow[0].contains("slow one") && slow[0].contains("\"duration_ms\""), "{}", slow[0]);
+    assert!(!log.contains("quick"), "{log}");
+}
