@@ -39,6 +39,9 @@ pub enum PoolError {
     },
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// An administrator took the server out of use (BAN).
+    #[error("server {target} is banned by an administrator (UNBAN to use it again)")]
+    Banned { target: String },
 }
 
 /// Counters for SHOW POOLS and metrics.
@@ -69,6 +72,8 @@ struct Inner {
     /// ParameterStatus of the first connection made, for clients' startup.
     server_params: Mutex<Option<ServerParams>>,
     counters: Arc<crate::Counters>,
+    /// Taken out of use by an administrator: checkouts fail.
+    banned: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -96,6 +101,7 @@ impl Pool {
             timeouts: AtomicU64::new(0),
             server_params: Mutex::new(None),
             counters: Arc::default(),
+            banned: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(maintain(weak));
@@ -124,6 +130,11 @@ impl Pool {
     /// idle connection opened with other parameters is closed to make room for a new one.
     pub async fn get_for(&self, startup: &Startup) -> Result<PooledConn, PoolError> {
         let inner = &self.inner;
+        if self.is_banned() {
+            return Err(PoolError::Banned {
+                target: format!("{:?}", inner.target),
+            });
+        }
         let start = Instant::now();
         let permit = match inner.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -183,6 +194,9 @@ impl Pool {
 
     /// Checks out an idle connection opened with `startup` if one is free right now.
     pub fn try_get_for(&self, startup: &Startup) -> Option<PooledConn> {
+        if self.is_banned() {
+            return None;
+        }
         let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
         let conn = self.pop_idle(startup.key())?;
         self.inner.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -240,6 +254,18 @@ impl Pool {
         let c = self.get().await?;
         c.release();
         Ok(self.inner.server_params.lock().clone().unwrap_or_default())
+    }
+
+    /// Takes the server out of use (checkouts fail, idle connections close) or back.
+    pub fn set_banned(&self, banned: bool) {
+        self.inner.banned.store(banned, Ordering::Release);
+        if banned {
+            self.close_idle();
+        }
+    }
+
+    pub fn is_banned(&self) -> bool {
+        self.inner.banned.load(Ordering::Acquire)
     }
 
     /// What this pool counts.

@@ -72,6 +72,8 @@ pub struct Proxy {
     shutting_down: std::sync::atomic::AtomicBool,
     /// `log.slow_query_ms` of the live config (0: off).
     slow_query: AtomicU64,
+    /// Servers an administrator took out of use: (database, shard).
+    banned: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// The rustls configurations of one config.
@@ -142,6 +144,7 @@ impl Proxy {
             resumed: tokio::sync::Notify::new(),
             shutting_down: Default::default(),
             slow_query: AtomicU64::new(slow_query),
+            banned: Mutex::new(Default::default()),
         })
     }
 
@@ -175,6 +178,51 @@ impl Proxy {
                 ))
             }
         }
+    }
+
+    /// `BAN` / `UNBAN`: takes a shard's server of a database out of use (checkouts fail
+    /// with 08006 naming it; idle connections close) or back.
+    pub fn set_banned(&self, database: &str, shard: &str, banned: bool) -> Result<(), String> {
+        let known = self
+            .config
+            .load()
+            .databases
+            .get(database)
+            .is_some_and(|d| d.shards.iter().any(|(n, _)| n == shard));
+        if !known {
+            return Err(format!("database \"{database}\" has no shard \"{shard}\""));
+        }
+        let key = (database.to_owned(), shard.to_owned());
+        let changed = if banned {
+            self.banned.lock().insert(key)
+        } else {
+            self.banned.lock().remove(&key)
+        };
+        if !changed {
+            return Err(format!(
+                "shard \"{shard}\" of database \"{database}\" is {} banned",
+                if banned { "already" } else { "not" }
+            ));
+        }
+        for (k, p) in self.pools_by_key() {
+            if k.database == database && k.shard == shard {
+                p.set_banned(banned);
+            }
+        }
+        tracing::warn!(
+            database,
+            shard,
+            banned,
+            "server ban changed by an administrator"
+        );
+        Ok(())
+    }
+
+    /// Whether a shard's server of a database is banned.
+    pub fn is_banned(&self, database: &str, shard: &str) -> bool {
+        self.banned
+            .lock()
+            .contains(&(database.to_owned(), shard.to_owned()))
     }
 
     /// Every pool with its key.
@@ -369,6 +417,13 @@ impl Proxy {
         let tls = self.tls.load().servers.clone();
         let (target, settings) = pool_spec(&self.config.load(), &key, &tls)?;
         let pool = Pool::new(target, settings);
+        if self
+            .banned
+            .lock()
+            .contains(&(key.database.clone(), key.shard.clone()))
+        {
+            pool.set_banned(true);
+        }
         Ok(self.pools.lock().entry(key).or_insert(pool).clone())
     }
 

@@ -862,12 +862,18 @@ async fn json_logs_and_the_slow_statement_log() {
     let (port, _) = ports(10);
     let p = Proc::start(
         &dir,
-        &config(port, &pg, "log: { format: json, level: info, slow_query_ms: 100 }"),
+        &config(
+            port,
+            &pg,
+            "log: { format: json, level: info, slow_query_ms: 100 }",
+        ),
     );
     wait_up(&p, port).await;
     let c = try_connect(&app(port)).await.unwrap();
     c.simple_query("SELECT 'quick'").await.unwrap();
-    c.simple_query("SELECT pg_sleep(0.3), 'slow one'").await.unwrap();
+    c.simple_query("SELECT pg_sleep(0.3), 'slow one'")
+        .await
+        .unwrap();
     let mut log = String::new();
     for _ in 0..100 {
         log = p.log();
@@ -876,12 +882,61 @@ async fn json_logs_and_the_slow_statement_log() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!log.contains('\u{1b}'), "no colour codes into a file:\n{log}");
-    let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow statement")).collect();
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes into a file:\n{log}"
+    );
+    let slow: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("slow statement"))
+        .collect();
     assert_eq!(slow.len(), 1, "{log}");
     for line in log.lines() {
-        assert!(line.starts_with('{') && line.ends_with('}'), "not JSON: {line}");
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not JSON: {line}"
+        );
     }
-    assert!(slow[0].contains("slow one") && slow[0].contains("\"duration_ms\""), "{}", slow[0]);
+    assert!(
+        slow[0].contains("slow one") && slow[0].contains("\"duration_ms\""),
+        "{}",
+        slow[0]
+    );
     assert!(!log.contains("quick"), "{log}");
+}
+
+#[tokio::test]
+async fn ban_takes_a_server_out_of_use_until_unban() {
+    let pg = pg();
+    let dir = temp_dir("ban");
+    let (port, _) = ports(11);
+    let p = Proc::start(&dir, &config(port, &pg, ""));
+    wait_up(&p, port).await;
+    let ops = try_connect(&admin(port)).await.unwrap();
+    let c = try_connect(&app(port)).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    ops.simple_query("BAN app.s0").await.unwrap();
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08006");
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("banned"), "{msg}");
+    let shards = ops.query("SHOW SHARDS", &[]).await.unwrap();
+    assert_eq!(shards[0].get::<_, &str>("banned"), "yes");
+    assert_eq!(
+        sqlstate(&ops.simple_query("BAN app.s0").await.unwrap_err()),
+        "55000"
+    );
+    assert_eq!(
+        sqlstate(&ops.simple_query("BAN app.s9").await.unwrap_err()),
+        "55000"
+    );
+    ops.simple_query("UNBAN app.s0").await.unwrap();
+    c.simple_query("SELECT 1")
+        .await
+        .expect("served again after UNBAN");
+    let shards = ops.query("SHOW SHARDS", &[]).await.unwrap();
+    assert_eq!(shards[0].get::<_, &str>("banned"), "no");
 }

@@ -31,7 +31,7 @@ fn unknown(sql: &str) -> ProxyError {
         "42601",
         format!("unknown admin command: {}", sql.trim()),
     )
-    .with_hint("Commands: SHOW SHARDS | POOLS | SERVERS | CLIENTS | STATS | CONFIG | TRANSACTIONS | VERSION | ROUTE [ON db] <sql>; RELOAD; PAUSE [db]; RESUME [db].")
+    .with_hint("Commands: SHOW SHARDS | POOLS | SERVERS | CLIENTS | STATS | CONFIG | TRANSACTIONS | VERSION | ROUTE [ON db] <sql>; RELOAD; PAUSE [db]; RESUME [db]; BAN db.shard; UNBAN db.shard.")
 }
 
 /// The columns a command answers with (empty: none), without running it.
@@ -52,7 +52,7 @@ pub fn columns(sql: &str) -> Vec<Column> {
     }
 }
 
-const SHARDS: [Column; 8] = [
+const SHARDS: [Column; 9] = [
     Column::text("database"),
     Column::text("shard"),
     Column::text("role"),
@@ -61,6 +61,7 @@ const SHARDS: [Column; 8] = [
     Column::text("server_database"),
     Column::text("home"),
     Column::text("tables"),
+    Column::text("banned"),
 ];
 
 const POOLS: [Column; 11] = [
@@ -176,7 +177,21 @@ pub async fn run(proxy: &Arc<Proxy>, sql: &str) -> Result<Answer, ProxyError> {
                 .map_err(|e| ProxyError::error("55000", e))?;
             answer(&[], Vec::new(), "RESUME")
         }
-        ["ban", ..] | ["unban", ..] | ["failover", ..] | ["switchover", ..] => {
+        ["ban", _] | ["unban", _] => {
+            let target = after_words(sql, 1);
+            let Some((db, shard)) = target.split_once('.') else {
+                return Err(ProxyError::error(
+                    "42601",
+                    format!("{} needs database.shard", w[0].to_ascii_uppercase()),
+                ));
+            };
+            let ban = w[0] == "ban";
+            proxy
+                .set_banned(db.trim_matches('"'), shard.trim_matches('"'), ban)
+                .map_err(|e| ProxyError::error("55000", e))?;
+            answer(&[], Vec::new(), if ban { "BAN" } else { "UNBAN" })
+        }
+        ["failover", ..] | ["switchover", ..] => {
             return Err(ProxyError::error(
                 "0A000",
                 format!(
@@ -254,6 +269,11 @@ fn shards(proxy: &Proxy) -> Vec<Vec<Option<String>>> {
                     a.as_ref().map(|a| a.database.clone()),
                     s(if i == 0 { "yes" } else { "no" }),
                     s(tables.join(", ")),
+                    s(if role == "primary" && proxy.is_banned(db, shard) {
+                        "yes"
+                    } else {
+                        "no"
+                    }),
                 ]);
             }
         }
