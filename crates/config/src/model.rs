@@ -250,6 +250,10 @@ pub struct Limits {
     /// A statement running this long is cancelled and fails with 57014, as by PostgreSQL's
     /// statement_timeout. 0: never.
     pub query_timeout_ms: u64,
+    /// Bytes one merge across shards may hold (GROUP BY groups, DISTINCT keys, rows to
+    /// sort after aggregation); past it the statement fails with 54000. An ORDER BY merge
+    /// holds one row per shard whatever the result's size.
+    pub merge_memory: u64,
 }
 
 impl Default for Limits {
@@ -260,6 +264,7 @@ impl Default for Limits {
             client_idle_timeout_ms: 0,
             idle_transaction_timeout_ms: 0,
             query_timeout_ms: 0,
+            merge_memory: 64 * 1024 * 1024,
         }
     }
 }

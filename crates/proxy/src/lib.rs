@@ -74,6 +74,8 @@ pub struct Proxy {
     slow_query: AtomicU64,
     /// Servers an administrator took out of use: (database, shard).
     banned: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Each database's text order, as merges must reproduce it (asked of a shard once).
+    collations: Mutex<HashMap<String, router::merge_plan::Collation>>,
 }
 
 /// The rustls configurations of one config.
@@ -145,6 +147,7 @@ impl Proxy {
             shutting_down: Default::default(),
             slow_query: AtomicU64::new(slow_query),
             banned: Mutex::new(Default::default()),
+            collations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -223,6 +226,15 @@ impl Proxy {
         self.banned
             .lock()
             .contains(&(database.to_owned(), shard.to_owned()))
+    }
+
+    /// A database's collation, once known.
+    fn collation_of(&self, database: &str) -> Option<router::merge_plan::Collation> {
+        self.collations.lock().get(database).cloned()
+    }
+
+    fn set_collation(&self, database: &str, c: router::merge_plan::Collation) {
+        self.collations.lock().insert(database.to_owned(), c);
     }
 
     /// Every pool with its key.

@@ -33,6 +33,7 @@ use crate::Proxy;
 mod attach;
 mod extended;
 mod held;
+mod merge;
 mod pins;
 mod routing;
 mod scatter;
@@ -146,6 +147,8 @@ struct Fanout {
     /// Row counts are summed; a write to reference tables reports one shard's (every shard
     /// wrote the same rows).
     sum: bool,
+    /// A read whose rows are merged (ORDER BY, aggregates, ...), not concatenated.
+    merge: Option<Box<merge::MergeInput>>,
 }
 
 /// The connections of a statement on several shards, one per shard in order.

@@ -122,7 +122,10 @@ impl Session {
                 match self.route_plan(st.as_bytes(), bound)? {
                     Routing::AtBind => return Ok(Routing::AtBind),
                     Routing::Fanout(f)
-                        if f.parts.is_none() && f.shards.len() == db.shards.len() && f.sum =>
+                        if f.parts.is_none()
+                            && f.merge.is_none()
+                            && f.shards.len() == db.shards.len()
+                            && f.sum =>
                     {
                         writes |= f.write;
                         everywhere += 1
@@ -166,6 +169,7 @@ impl Session {
                     // A query of writes: all of it commits on every shard, or none of it.
                     write: writes,
                     sum: true,
+                    merge: None,
                 })));
             }
             return Ok(Routing::To(target));
@@ -340,7 +344,12 @@ impl Session {
     ) -> Result<Routing, ProxyError> {
         use router::plan::Plan;
         let plan = router::plan::plan_with_hints(db, analysis, params, hints);
+        let mergeable = analysis.kind == router::analyze::Kind::Read
+            && analysis.needs_merge
+            && hints.shard.is_none()
+            && hints.key.is_none();
         match plan {
+            Plan::Refuse { .. } if mergeable => self.merge_routing(db, text, analysis, params),
             Plan::Shard(s) => Ok(Routing::To(Some(s))),
             Plan::Session | Plan::AnyShard => Ok(Routing::To(None)),
             Plan::AllShards => Ok(Routing::Fanout(Box::new(Fanout {
@@ -354,6 +363,7 @@ impl Session {
                         .tables
                         .iter()
                         .all(|t| db.reference_tables.contains(t))),
+                merge: None,
             }))),
             Plan::Shards(some) => {
                 // In the database's order.
@@ -379,6 +389,7 @@ impl Session {
                     copy_header: false,
                     write: analysis.kind == router::analyze::Kind::Write,
                     sum: true,
+                    merge: None,
                 })))
             }
             Plan::Pinned if self.server.is_some() && self.tx_status != b'I' => {
@@ -395,6 +406,41 @@ impl Session {
             )),
             Plan::Refuse { reason, hint } => Err(refuse(reason, &hint)),
         }
+    }
+}
+
+impl Session {
+    /// A read whose rows must be merged across shards: planned now to find its shards (or
+    /// its refusal), planned again at its run with the database's collation.
+    fn merge_routing(
+        &self,
+        db: &sgconfig::DatabaseConfig,
+        text: &str,
+        analysis: &router::analyze::Analysis,
+        params: &[Option<String>],
+    ) -> Result<Routing, ProxyError> {
+        use router::merge_plan::Collation;
+        let collation = self
+            .proxy
+            .collation_of(&self.client.database)
+            .unwrap_or(Collation::C);
+        let plan = router::merge_plan::plan_merge(db, analysis, text, params, &collation)
+            .map_err(|r| refuse(r.reason, &r.hint))?;
+        if let ::merge::Node::Route { shard, .. } = &plan.root {
+            return Ok(Routing::To(Some(shard.clone())));
+        }
+        Ok(Routing::Fanout(Box::new(Fanout {
+            shards: plan.shards().to_vec(),
+            parts: None,
+            copy_header: false,
+            write: false,
+            sum: true,
+            merge: Some(Box::new(super::merge::MergeInput {
+                analysis: analysis.clone(),
+                text: text.to_owned(),
+                params: params.to_vec(),
+            })),
+        })))
     }
 }
 

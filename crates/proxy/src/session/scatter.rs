@@ -111,6 +111,16 @@ impl Session {
 
     /// A simple Query for several shards.
     pub(super) async fn simple_fanout(&mut self, frame: &Frame, f: Box<Fanout>) -> Result<(), End> {
+        if let Some(input) = f.merge.as_deref() {
+            return match self.run_merge(input, &f.shards, None).await? {
+                Ok(_) => {
+                    self.tx_status = b'I';
+                    self.error_since_ready = false;
+                    Ok(())
+                }
+                Err(e) => self.simple_error(e),
+            };
+        }
         let requests: Vec<Bytes> = match &f.parts {
             None => vec![frame.raw().clone(); f.shards.len()],
             Some(parts) => parts
@@ -186,6 +196,35 @@ impl Session {
                 )
                 .with_hint("Send a Sync before the statement that runs on several shards."),
             );
+        }
+        if let Some(input) = p.fanout.merge.as_deref() {
+            // What the client sent after its Bind: a Describe of the portal, the Execute.
+            let (mut describe, mut execute) = (false, false);
+            let mut at = 0;
+            while let Some(len) = p.messages.get(at + 1..at + 5) {
+                match p.messages[at] {
+                    tag::DESCRIBE => describe = true,
+                    tag::EXECUTE => execute = true,
+                    _ => {}
+                }
+                at += 1 + i32::from_be_bytes([len[0], len[1], len[2], len[3]]).max(4) as usize;
+            }
+            let ext = super::merge::Extended {
+                param_types: &p.param_types,
+                bind_rest: &p.bind_rest,
+                describe,
+                execute,
+                bind_complete: !p.bind_answered,
+            };
+            return match self.run_merge(input, &p.fanout.shards, Some(ext)).await? {
+                Ok(outcome) if outcome.error => {
+                    self.error_since_ready = true;
+                    self.skip_until_sync = true;
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => self.extended_error(e),
+            };
         }
         let mut requests: Vec<Bytes> = Vec::with_capacity(p.fanout.shards.len());
         for i in 0..p.fanout.shards.len() {

@@ -1,0 +1,219 @@
+//! Reads merged across shards, each answer compared with one PostgreSQL database holding
+//! all the rows: ORDER BY (every direction and NULLS placement), LIMIT/OFFSET, aggregates,
+//! GROUP BY/HAVING, DISTINCT and DISTINCT ON, over the simple protocol (text) and the
+//! extended one (tokio-postgres, binary results); and what cannot be merged exactly is
+//! refused with 0A000.
+
+use e2e::{create_database, psql_direct, simple_rows, sqlstate, APP_PASSWORD};
+
+const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, g int, name text, amount numeric(10,2), score float8, day date, at timestamptz, ok bool)";
+
+/// Rows with NULLs, ties, negative numbers, NaN and infinities.
+fn rows() -> String {
+    let mut v = Vec::new();
+    for i in 1..=60i64 {
+        let g = if i % 7 == 0 {
+            "NULL".to_owned()
+        } else {
+            (i % 5).to_string()
+        };
+        let name = if i % 11 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("'n{}'", i % 9)
+        };
+        let amount = if i % 13 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("{}.{:02}", (i * 37) % 200 - 50, i % 100)
+        };
+        let score = match i % 17 {
+            0 => "'NaN'".to_owned(),
+            1 => "'Infinity'".to_owned(),
+            2 => "'-Infinity'".to_owned(),
+            3 => "NULL".to_owned(),
+            _ => format!("{}.5", (i * 7) % 23 - 11),
+        };
+        let day = if i % 8 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("'2026-0{}-{:02}'", 1 + i % 9, 1 + i % 27)
+        };
+        let at = format!("'2026-03-{:02} {:02}:00:00+02'", 1 + i % 20, i % 24);
+        let ok = if i % 6 == 0 {
+            "NULL"
+        } else if i % 4 == 0 {
+            "false"
+        } else {
+            "true"
+        };
+        v.push(format!(
+            "({i}, {g}, {name}, {amount}, {score}, {day}, {at}, {ok})"
+        ));
+    }
+    format!(
+        "INSERT INTO t (id, g, name, amount, score, day, at, ok) VALUES {}",
+        v.join(", ")
+    )
+}
+
+struct Setup {
+    single: String,
+    conninfo: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let shards = [
+        create_database(&format!("{name}_s0")),
+        create_database(&format!("{name}_s1")),
+        create_database(&format!("{name}_s2")),
+    ];
+    let single = create_database(&format!("{name}_one"));
+    psql_direct(&single, SCHEMA);
+    psql_direct(&single, &rows());
+    let (addr, _dir) = e2e::sharded_proxy(
+        name,
+        &shards,
+        &format!("name: {name}\ntype: hash\nkey_type: bigint\npartitions: 6\nassign: {{ s0: [0, 3], s1: [1, 4], s2: [2, 5] }}\ntables: [{{ table: t, column: id }}]\n"),
+        "",
+        "{ size: 4 }",
+    );
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+        addr.port()
+    );
+    Setup { single, conninfo }
+}
+
+/// Statements whose ORDER BY is total: compared row for row.
+const ORDERED: &[&str] = &[
+    "SELECT id, name FROM t ORDER BY id LIMIT 5",
+    "SELECT id, name FROM t ORDER BY id DESC LIMIT 5 OFFSET 3",
+    "SELECT id, g FROM t ORDER BY g NULLS FIRST, id",
+    "SELECT id, g FROM t ORDER BY g DESC, id DESC",
+    "SELECT id, g FROM t ORDER BY g DESC NULLS LAST, id LIMIT 12",
+    "SELECT id, amount FROM t ORDER BY amount, id",
+    "SELECT id, score FROM t ORDER BY score DESC, id",
+    "SELECT id, day FROM t ORDER BY day NULLS FIRST, id",
+    "SELECT id, at FROM t ORDER BY at, id LIMIT 10",
+    "SELECT name, id FROM t ORDER BY 1, 2",
+    "SELECT id AS k, g AS grp FROM t ORDER BY grp, k OFFSET 50",
+    "SELECT id, g * 2 AS dbl FROM t ORDER BY g * 2, id LIMIT 7",
+    "SELECT count(*) FROM t",
+    "SELECT count(*), count(g), sum(g), min(g), max(g) FROM t",
+    "SELECT sum(amount), avg(amount), avg(g), min(amount), max(amount) FROM t",
+    "SELECT min(day), max(day), min(at), max(at), min(name), max(name) FROM t",
+    "SELECT min(score), max(score) FROM t",
+    "SELECT bool_and(ok), bool_or(ok), every(ok) FROM t",
+    "SELECT count(*) FILTER (WHERE g > 2), sum(amount) FILTER (WHERE ok) FROM t",
+    "SELECT count(*), sum(g) FROM t WHERE id < 0",
+    "SELECT g, count(*), sum(amount), avg(amount) FROM t GROUP BY g ORDER BY g",
+    "SELECT g, count(*) FROM t GROUP BY g HAVING count(*) >= 10 ORDER BY g NULLS FIRST",
+    "SELECT g, max(name) FROM t GROUP BY g ORDER BY count(*) DESC, g",
+    "SELECT name, avg(g) FROM t GROUP BY name ORDER BY name",
+    "SELECT DISTINCT g FROM t ORDER BY g",
+    "SELECT DISTINCT ON (g) g, id FROM t ORDER BY g, id",
+    "SELECT DISTINCT ON (g) g, id, name FROM t ORDER BY g, id DESC",
+];
+
+/// Statements without a total order: compared as multisets.
+const UNORDERED: &[&str] = &[
+    "SELECT DISTINCT name FROM t",
+    "SELECT g, count(*) FROM t GROUP BY g",
+    "SELECT DISTINCT g, ok FROM t",
+    "SELECT g % 2 AS parity, count(*), min(id) FROM t GROUP BY g % 2",
+];
+
+/// Statements refused with 0A000 (and why, in part).
+const REFUSED: &[(&str, &str)] = &[
+    ("SELECT sum(score) FROM t", "float"),
+    ("SELECT count(DISTINCT g) FROM t", "DISTINCT"),
+    ("SELECT string_agg(name, ',') FROM t", "string_agg"),
+];
+
+#[tokio::test]
+async fn merged_reads_equal_one_database() {
+    let s = setup("mrg");
+    let c = e2e::connect(&s.conninfo).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute(&rows()).await.unwrap();
+    let direct = e2e::connect(&format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={}",
+        e2e::cluster().port,
+        e2e::cluster().superuser,
+        e2e::SERVER_PASSWORD,
+        s.single
+    ))
+    .await;
+    for tz in ["SET TimeZone = 'UTC'"] {
+        c.batch_execute(tz).await.unwrap();
+        direct.batch_execute(tz).await.unwrap();
+    }
+    for sql in ORDERED.iter().chain(UNORDERED) {
+        // Simple protocol: every value as text, with the same session settings.
+        let want = simple_rows(&direct.simple_query(sql).await.unwrap());
+        let got = simple_rows(
+            &c.simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}")),
+        );
+        let (mut w, mut g) = (want.clone(), got.clone());
+        if UNORDERED.contains(sql) {
+            w.sort();
+            g.sort();
+        }
+        assert_eq!(g, w, "simple protocol: {sql}");
+        // Extended protocol, binary results: the column types, and each value's bytes.
+        let want = direct.query(*sql, &[]).await.unwrap();
+        let got = c
+            .query(*sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql} (extended): {e:?}"));
+        assert_eq!(got.len(), want.len(), "extended: {sql}");
+        assert!(!want.is_empty(), "no rows: {sql}");
+        let cols: Vec<_> = want[0]
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_().clone()))
+            .collect();
+        let got_cols: Vec<_> = got[0]
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_().clone()))
+            .collect();
+        assert_eq!(got_cols, cols, "RowDescription: {sql}");
+        if !UNORDERED.contains(sql) {
+            for (g, w) in got.iter().zip(&want) {
+                for i in 0..w.len() {
+                    let raw = |r: &tokio_postgres::Row| -> Option<Vec<u8>> {
+                        r.try_get::<_, Option<Raw>>(i).unwrap().map(|x| x.0)
+                    };
+                    assert_eq!(raw(g), raw(w), "extended, column {i}: {sql}");
+                }
+            }
+        }
+    }
+    for (sql, why) in REFUSED {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{sql}");
+        let msg = e.as_db_error().unwrap().message().to_owned();
+        assert!(msg.contains(why), "{sql}: {msg}");
+        // The session goes on.
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+}
+
+/// A value's bytes as the server sent them (binary format).
+struct Raw(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
