@@ -111,6 +111,8 @@ const ORDERED: &[&str] = &[
     "SELECT g, count(*) FROM t GROUP BY g HAVING count(*) >= 10 ORDER BY g NULLS FIRST",
     "SELECT g, max(name) FROM t GROUP BY g ORDER BY count(*) DESC, g",
     "SELECT name, avg(g) FROM t GROUP BY name ORDER BY name",
+    "SELECT name, avg(amount) AS a FROM t GROUP BY name ORDER BY 2 DESC NULLS LAST, 1",
+    "SELECT name, avg(amount) AS a FROM t GROUP BY name ORDER BY a, name LIMIT 4",
     "SELECT DISTINCT g FROM t ORDER BY g",
     "SELECT DISTINCT ON (g) g, id FROM t ORDER BY g, id",
     "SELECT DISTINCT ON (g) g, id, name FROM t ORDER BY g, id DESC",

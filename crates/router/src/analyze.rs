@@ -236,6 +236,7 @@ pub fn analyze(
     let stmt = statements.remove(0);
     let mut w = Walker {
         key_columns,
+        ctes: Vec::new(),
         depth: 0,
         top_depth: Some(
             if matches!(stmt, Statement::Query(_))
@@ -427,6 +428,8 @@ fn needs_merge(q: &Query) -> bool {
     }
 }
 
+/// PostgreSQL's built-in aggregate functions. A user-defined aggregate is not known to the
+/// router (docs/routing.md says so).
 const AGGREGATES: &[&str] = &[
     "count",
     "sum",
@@ -440,8 +443,12 @@ const AGGREGATES: &[&str] = &[
     "every",
     "json_agg",
     "jsonb_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
     "json_object_agg",
     "jsonb_object_agg",
+    "json_objectagg",
+    "json_arrayagg",
     "stddev",
     "stddev_pop",
     "stddev_samp",
@@ -450,30 +457,67 @@ const AGGREGATES: &[&str] = &[
     "var_samp",
     "bit_and",
     "bit_or",
+    "bit_xor",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "range_agg",
+    "range_intersect_agg",
     "percentile_cont",
     "percentile_disc",
     "mode",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "any_value",
     "xmlagg",
 ];
 
+/// Whether `name` (lower-cased unless quoted) is one of PostgreSQL's built-in aggregates.
+pub fn is_aggregate_name(name: &str) -> bool {
+    AGGREGATES.contains(&name)
+}
+
+/// An aggregate over the rows (not a window function), or a window function, anywhere in
+/// `e` (inside any expression: `count(*) + 1`, `CASE WHEN max(x) ...`): the rows of several
+/// shards cannot simply be concatenated.
 fn has_aggregate(e: &Expr) -> bool {
-    match e {
+    use std::ops::ControlFlow;
+    sqlparser::ast::visit_expressions(e, |x| match x {
         Expr::Function(f) => {
-            let name = f.name.to_string().to_ascii_lowercase();
-            let base = name.rsplit('.').next().unwrap_or(&name);
-            // A window function (OVER) is not an aggregate of the rows returned.
-            (AGGREGATES.contains(&base) && f.over.is_none())
-                || matches!(&f.args, ast::FunctionArguments::List(l) if l.args.iter().any(|a| match a {
-                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(x)) => has_aggregate(x),
-                    _ => false,
-                }))
+            // `"count"(*)` is count too; a quoted name keeps its case.
+            let base = f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| {
+                    if i.quote_style.is_some() {
+                        i.value.clone()
+                    } else {
+                        i.value.to_ascii_lowercase()
+                    }
+                })
+                .unwrap_or_default();
+            if f.over.is_some() || AGGREGATES.contains(&base.as_str()) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         }
-        Expr::BinaryOp { left, right, .. } => has_aggregate(left) || has_aggregate(right),
-        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) | Expr::Cast { expr, .. } => {
-            has_aggregate(expr)
-        }
-        _ => false,
-    }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 struct Walker<'k> {
@@ -484,6 +528,9 @@ struct Walker<'k> {
     /// The depth of the statement's own rows: 1 for a query, 0 for DML (its target table),
     /// none inside a set operation.
     top_depth: Option<usize>,
+    /// Names of the CTEs in scope: a FROM item of one of these names is the CTE, not a
+    /// table of that name.
+    ctes: Vec<String>,
 }
 
 /// A table in a scope: its name and the name it goes by (alias or name).
@@ -563,12 +610,21 @@ impl Walker<'_> {
 
     fn query(&mut self, q: &Query) {
         self.depth += 1;
+        let in_scope = self.ctes.len();
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
+                let name = ident_name(&cte.alias.name);
+                if with.recursive {
+                    self.ctes.push(name.clone());
+                }
                 self.query(&cte.query);
+                if !with.recursive {
+                    self.ctes.push(name);
+                }
             }
         }
         self.set_expr(&q.body);
+        self.ctes.truncate(in_scope);
         self.depth -= 1;
     }
 
@@ -694,6 +750,11 @@ impl Walker<'_> {
 
     fn factor(&mut self, f: &TableFactor, scope: &mut Vec<InScope>) {
         match f {
+            TableFactor::Table { name, .. }
+                if name.0.len() == 1 && self.ctes.contains(&base_name(name)) =>
+            {
+                // A CTE: its own query was walked as a scope of its own.
+            }
             TableFactor::Table { name, alias, .. } => {
                 let table = base_name(name);
                 self.note_table(&table);
@@ -1033,7 +1094,40 @@ mod tests {
         ] {
             assert!(a(sql).needs_merge, "{sql}");
         }
-        assert!(!a("SELECT total, row_number() OVER () FROM orders").needs_merge);
+        // Window functions are computed over all the rows: merged (by the shard key's
+        // partitions) or refused, never concatenated; aggregates inside expressions too.
+        for sql in [
+            "SELECT total, row_number() OVER () FROM orders",
+            "SELECT row_number() OVER (ORDER BY id) FROM orders",
+            "SELECT count(*) + 1 FROM orders",
+            "SELECT CASE WHEN max(total) > 5 THEN 1 END FROM orders",
+            "SELECT coalesce(sum(total), 0)::int FROM orders",
+            "SELECT \"count\"(*) FROM orders",
+            "SELECT count(*) IS NULL FROM orders",
+            "SELECT ARRAY[count(*)] FROM orders",
+            "SELECT count(*) IN (1, 300) FROM orders",
+            "SELECT bit_xor(total) FROM orders",
+            "SELECT id, count(*) OVER () FROM orders",
+        ] {
+            assert!(a(sql).needs_merge, "{sql}");
+        }
+        assert!(!a("SELECT lower(note), total + 1 FROM orders").needs_merge);
+    }
+
+    #[test]
+    fn a_cte_named_like_a_table_is_the_cte() {
+        // `orders` is the CTE over a reference table, not the sharded table.
+        let x = a("WITH orders AS (SELECT code FROM regions) SELECT code FROM orders");
+        assert!(
+            x.keyed.iter().all(|u| u.table != "orders") || x.nested_sharded,
+            "{x:?}"
+        );
+        // A recursive CTE sees its own name.
+        let x = a("WITH RECURSIVE orders(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM orders WHERE n < 3) SELECT n FROM orders");
+        assert!(
+            x.keyed.iter().all(|u| u.table != "orders") || x.nested_sharded,
+            "{x:?}"
+        );
     }
 
     #[test]

@@ -98,6 +98,31 @@ pub fn explain(
         crate::plan::Plan::AtBind => {
             say!("route: decided at Bind (a key comes from a parameter; give it with --param)")
         }
+        crate::plan::Plan::Refuse { .. } if crate::plan::mergeable(&analysis, &hints) => {
+            // The database's collation is asked of a shard at run time; "C" is assumed here.
+            match crate::merge_plan::plan_merge(
+                db,
+                &analysis,
+                sql,
+                params,
+                &crate::merge_plan::Collation::C,
+            ) {
+                Ok(p) => {
+                    say!(
+                        "route: shards {}, rows merged by the proxy (plan below, read bottom up)",
+                        p.shards().join(", ")
+                    );
+                    for line in p.to_string().lines() {
+                        say!("  {line}");
+                    }
+                }
+                Err(r) => {
+                    say!("refused (0A000): {}", r.reason);
+                    say!("hint: {}", r.hint);
+                    return (out, false);
+                }
+            }
+        }
         crate::plan::Plan::Refuse { reason, hint } => {
             say!("refused (0A000): {reason}");
             say!("hint: {hint}");

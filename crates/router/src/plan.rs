@@ -45,6 +45,12 @@ fn refuse(reason: impl Into<String>, hint: impl Into<String>) -> Plan {
     }
 }
 
+/// A read the plan refuses only because its rows need merging, which the merge planner
+/// (`crate::merge_plan`) may do: no hint names where it runs.
+pub fn mergeable(a: &Analysis, hints: &crate::hints::Hints) -> bool {
+    a.kind == Kind::Read && a.needs_merge && hints.shard.is_none() && hints.key.is_none()
+}
+
 /// The map that places `table`, with the table's key columns.
 pub fn map_for<'d>(db: &'d DatabaseConfig, table: &str) -> Option<(&'d ShardMap, &'d [String])> {
     db.maps.iter().find_map(|m| {

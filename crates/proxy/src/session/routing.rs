@@ -344,10 +344,7 @@ impl Session {
     ) -> Result<Routing, ProxyError> {
         use router::plan::Plan;
         let plan = router::plan::plan_with_hints(db, analysis, params, hints);
-        let mergeable = analysis.kind == router::analyze::Kind::Read
-            && analysis.needs_merge
-            && hints.shard.is_none()
-            && hints.key.is_none();
+        let mergeable = router::plan::mergeable(analysis, hints);
         match plan {
             Plan::Refuse { .. } if mergeable => self.merge_routing(db, text, analysis, params),
             Plan::Shard(s) => Ok(Routing::To(Some(s))),

@@ -139,6 +139,9 @@ struct Planner {
     aggs: Vec<Agg>,
     /// Aggregate expressions already decomposed (text), with the Agg's index.
     agg_exprs: Vec<(String, usize)>,
+    /// The select list as the statement wrote it: positions and output names refer to
+    /// these, not to the partial aggregates the shards' select list gets in their place.
+    written: Vec<SelectItem>,
 }
 
 impl Planner {
@@ -190,6 +193,7 @@ impl Planner {
         }))
         .then_some(select.projection.len());
         Ok(Planner {
+            written: select.projection.clone(),
             query,
             select,
             keys,
@@ -286,7 +290,7 @@ impl Planner {
     }
 
     fn item_expr(&self, i: usize) -> Expr {
-        match &self.select.projection[i] {
+        match &self.written[i] {
             SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e.clone(),
             _ => unreachable!("positions of * are refused"),
         }
@@ -304,7 +308,7 @@ impl Planner {
         }
         let f = is_aggregate_call(e).expect("an aggregate call");
         let name = func_name(f);
-        if NOT_DECOMPOSABLE.contains(&name.as_str()) {
+        if !DECOMPOSABLE.contains(&name.as_str()) {
             return refuse(
                 format!("{name}() across shards: its per-shard results cannot be combined into the exact result"),
                 ONE_SHARD,

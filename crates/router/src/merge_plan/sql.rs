@@ -5,43 +5,8 @@
 use merge::plan::{CmpOp, Literal};
 use sqlparser::ast::{self, BinaryOperator, Expr, Ident, SelectItem, UnaryOperator, Value};
 
-/// Aggregates that do not decompose into per-shard parts.
-pub(super) const NOT_DECOMPOSABLE: &[&str] = &[
-    "array_agg",
-    "string_agg",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "percentile_cont",
-    "percentile_disc",
-    "mode",
-    "xmlagg",
-    "corr",
-    "covar_pop",
-    "covar_samp",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_count",
-    "regr_intercept",
-    "regr_r2",
-    "regr_slope",
-    "regr_sxx",
-    "regr_sxy",
-    "regr_syy",
-    "range_agg",
-    "range_intersect_agg",
-];
-
+/// The aggregates whose per-shard results combine exactly; every other aggregate the router
+/// knows (`crate::analyze::is_aggregate_name`) is refused across shards.
 pub(super) const DECOMPOSABLE: &[&str] = &[
     "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every",
 ];
@@ -51,7 +16,7 @@ pub(super) fn func_name(f: &ast::Function) -> String {
         .0
         .last()
         .and_then(|p| p.as_ident())
-        .map(|i| i.value.to_ascii_lowercase())
+        .map(ident_name)
         .unwrap_or_default()
 }
 
@@ -59,8 +24,7 @@ pub(super) fn is_aggregate_call(e: &Expr) -> Option<&ast::Function> {
     match e {
         Expr::Function(f) if f.over.is_none() => {
             let n = func_name(f);
-            (DECOMPOSABLE.contains(&n.as_str()) || NOT_DECOMPOSABLE.contains(&n.as_str()))
-                .then_some(f)
+            crate::analyze::is_aggregate_name(&n).then_some(f)
         }
         _ => None,
     }
