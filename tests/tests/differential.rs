@@ -1,5 +1,6 @@
 //! The differential test of cross-shard reads: several hundred seeded SELECTs asked of the
-//! proxy over three shards and of one PostgreSQL database holding the same rows. Each of the
+//! proxy over three shards and of one PostgreSQL database holding the same rows (and, to
+//! check the judging, of a second one holding them in another order). Each of the
 //! proxy's answers must be the single database's (in order when the ORDER BY is total, as a
 //! multiset otherwise, a valid choice among ties under LIMIT) or a refusal (`0A000`) that the
 //! docs describe for the query's category. The per-category table is printed (visible with
@@ -36,6 +37,20 @@ async fn cross_shard_reads_answer_as_one_database_would() {
             None => None,
         };
         expected.push((want, full));
+    }
+
+    // Another PostgreSQL with the same rows in another order must pass the judge: otherwise
+    // the judge would call a choice PostgreSQL may make (ties, an unordered LIMIT) a difference.
+    let twin = session(&f.twin).await;
+    for (q, (want, full)) in corpus.iter().zip(&expected) {
+        let other = answer(&twin, &q.sql).await;
+        let verdict = judge(q, &other, want, full.as_deref());
+        assert_eq!(
+            verdict,
+            Verdict::Matched,
+            "judge or generator bug, two databases disagree: {}",
+            q.sql
+        );
     }
 
     let mut verdicts = Vec::with_capacity(corpus.len());
@@ -242,4 +257,133 @@ async fn probe() {
             answer(&proxy, sql).await
         );
     }
+}
+
+/// The judge itself: ties may come in any order and either tie may be cut by a LIMIT, but
+/// rows out of order, from beyond the boundary or repeated are wrong; refusals count only
+/// when documented for the category and the query is not one the docs say runs.
+#[test]
+fn the_judge_takes_any_choice_among_ties_and_nothing_else() {
+    let r = |k: &str, v: &str| vec![Some(k.to_owned()), Some(v.to_owned())];
+    let full = vec![
+        r("1", "a"),
+        r("1", "b"),
+        r("2", "c"),
+        r("2", "d"),
+        r("3", "e"),
+    ];
+    let ties = |keys: Vec<usize>, offset, limit| Query {
+        category: Category::Limit,
+        sql: String::new(),
+        check: Check::Ties {
+            keys,
+            offset,
+            limit,
+            full_sql: Some(String::new()),
+        },
+        runs: false,
+    };
+    let judged = |q: &Query, rows: Vec<Vec<Option<String>>>| judge(q, &Ok(rows), &[], Some(&full));
+    let is_wrong = |v: Verdict| matches!(v, Verdict::Wrong(_));
+    let limit3 = ties(vec![0], 0, Some(3));
+    assert_eq!(
+        judged(&limit3, vec![r("1", "b"), r("1", "a"), r("2", "d")]),
+        Verdict::Matched
+    );
+    assert_eq!(
+        judged(&limit3, vec![r("1", "a"), r("1", "b"), r("2", "c")]),
+        Verdict::Matched
+    );
+    assert!(is_wrong(judged(
+        &limit3,
+        vec![r("1", "a"), r("2", "d"), r("1", "b")]
+    )));
+    assert!(is_wrong(judged(
+        &limit3,
+        vec![r("1", "a"), r("1", "b"), r("3", "e")]
+    )));
+    assert!(is_wrong(judged(
+        &limit3,
+        vec![r("1", "a"), r("1", "a"), r("2", "c")]
+    )));
+    assert!(is_wrong(judged(&limit3, vec![r("1", "a"), r("1", "b")])));
+    let window = ties(vec![0], 1, Some(2));
+    assert_eq!(
+        judged(&window, vec![r("1", "a"), r("2", "d")]),
+        Verdict::Matched
+    );
+    assert!(is_wrong(judged(&window, vec![r("1", "a"), r("1", "b")])));
+    let all = ties(vec![0], 0, None);
+    assert_eq!(
+        judged(
+            &all,
+            vec![
+                r("1", "b"),
+                r("1", "a"),
+                r("2", "d"),
+                r("2", "c"),
+                r("3", "e")
+            ]
+        ),
+        Verdict::Matched
+    );
+    let unordered = ties(Vec::new(), 0, Some(2));
+    assert_eq!(
+        judged(&unordered, vec![r("3", "e"), r("1", "a")]),
+        Verdict::Matched
+    );
+    assert!(is_wrong(judged(&unordered, vec![r("3", "e"), r("3", "e")])));
+
+    let plain = |check| Query {
+        category: Category::Limit,
+        sql: String::new(),
+        check,
+        runs: false,
+    };
+    let swapped = vec![full[1].clone(), full[0].clone()];
+    let want = &full[..2];
+    assert!(is_wrong(judge(
+        &plain(Check::Ordered),
+        &Ok(swapped.clone()),
+        want,
+        None
+    )));
+    assert_eq!(
+        judge(&plain(Check::Multiset), &Ok(swapped), want, None),
+        Verdict::Matched
+    );
+    assert!(is_wrong(judge(
+        &plain(Check::Multiset),
+        &Ok(vec![full[0].clone()]),
+        want,
+        None
+    )));
+
+    let refusal = |m: &str| Err(("0A000".to_owned(), m.to_owned()));
+    let merge = "shardgate cannot route this statement: a query without a shard key whose ORDER BY, LIMIT, DISTINCT, GROUP BY or aggregate would have to be merged across shards";
+    assert_eq!(
+        judge(&plain(Check::Ordered), &refusal(merge), want, None),
+        Verdict::Refused("merge needed")
+    );
+    let mut runs = plain(Check::Ordered);
+    runs.runs = true;
+    assert!(matches!(
+        judge(&runs, &refusal(merge), want, None),
+        Verdict::UndocumentedRefusal(_)
+    ));
+    let mut range = plain(Check::Multiset);
+    range.category = Category::Range;
+    assert!(matches!(
+        judge(&range, &refusal(merge), want, None),
+        Verdict::UndocumentedRefusal(_)
+    ));
+    assert!(matches!(
+        judge(
+            &plain(Check::Ordered),
+            &Err(("XX000".into(), "boom".into())),
+            want,
+            None
+        ),
+        Verdict::Error(_)
+    ));
 }

@@ -153,6 +153,22 @@ impl Dataset {
     /// Multi-row INSERTs with column lists, in batches: the regions, the customers, then the
     /// orders.
     pub fn inserts(&self) -> Vec<String> {
+        self.inserts_in(false)
+    }
+
+    /// The same rows in reverse order (batches and rows within them): a database loaded so
+    /// lays them out otherwise, and answers ties and unordered LIMITs otherwise.
+    pub fn inserts_reversed(&self) -> Vec<String> {
+        self.inserts_in(true)
+    }
+
+    fn inserts_in(&self, reversed: bool) -> Vec<String> {
+        let order = |mut v: Vec<String>| {
+            if reversed {
+                v.reverse();
+            }
+            v
+        };
         let mut out = vec![format!(
             "INSERT INTO regions (code, name) VALUES {}",
             REGIONS
@@ -161,14 +177,15 @@ impl Dataset {
                 .collect::<Vec<_>>()
                 .join(", ")
         )];
+        let mut batches = Vec::new();
         for batch in self.customers.chunks(100) {
             let rows: Vec<String> = batch
                 .iter()
                 .map(|c| format!("({}, {})", c.id, c.values.join(", ")))
                 .collect();
-            out.push(format!(
+            batches.push(format!(
                 "INSERT INTO customers (id, name, region, score, balance, rating, joined, seen, active) VALUES {}",
-                rows.join(", ")
+                order(rows).join(", ")
             ));
         }
         for batch in self.orders.chunks(250) {
@@ -176,11 +193,12 @@ impl Dataset {
                 .iter()
                 .map(|o| format!("({}, {}, {})", o.id, o.customer_id, o.values.join(", ")))
                 .collect();
-            out.push(format!(
+            batches.push(format!(
                 "INSERT INTO orders (id, customer_id, amount, qty, placed, note) VALUES {}",
-                rows.join(", ")
+                order(rows).join(", ")
             ));
         }
+        out.extend(order(batches));
         out
     }
 

@@ -35,6 +35,10 @@ pub struct Fixture {
     pub proxy: String,
     /// Connection string of the single database.
     pub single: String,
+    /// Another single database with the same rows loaded in reverse order: its answers must
+    /// pass the judge too, or the judge (or the generator) takes a choice PostgreSQL may
+    /// make for a difference.
+    pub twin: String,
     pub data: Dataset,
     /// The shard index of every customer id in the shards' rows.
     pub shard_of: HashMap<i64, usize>,
@@ -55,6 +59,7 @@ pub fn fixture() -> &'static Fixture {
 fn setup() -> Fixture {
     let info = crate::cluster();
     let single_db = crate::create_database("diff_single");
+    let twin_db = crate::create_database("diff_twin");
     let shards: Vec<String> = (0..3)
         .map(|i| crate::create_database(&format!("diff_s{i}")))
         .collect();
@@ -70,12 +75,15 @@ fn setup() -> Fixture {
         addr.port(),
         crate::APP_PASSWORD
     );
-    let single = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={single_db}",
-        info.port,
-        info.superuser,
-        crate::SERVER_PASSWORD
-    );
+    let direct = |db: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={db}",
+            info.port,
+            info.superuser,
+            crate::SERVER_PASSWORD
+        )
+    };
+    let (single, twin) = (direct(&single_db), direct(&twin_db));
     let data = Dataset::generate(SEED);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,11 +92,18 @@ fn setup() -> Fixture {
     rt.block_on(async {
         let p = crate::connect(&proxy).await;
         let s = crate::connect(&single).await;
+        let t = crate::connect(&twin).await;
         for ddl in data::SCHEMA {
             p.batch_execute(ddl)
                 .await
                 .unwrap_or_else(|e| panic!("through the proxy: {ddl}: {e:?}"));
             s.batch_execute(ddl).await.expect(ddl);
+            t.batch_execute(ddl).await.expect(ddl);
+        }
+        for insert in data.inserts_reversed() {
+            t.batch_execute(&insert)
+                .await
+                .unwrap_or_else(|e| panic!("load the twin database: {e:?}"));
         }
         for insert in data.inserts() {
             p.batch_execute(&insert)
@@ -132,6 +147,7 @@ fn setup() -> Fixture {
     Fixture {
         proxy,
         single,
+        twin,
         data,
         shard_of,
     }
