@@ -63,13 +63,15 @@ fn setup() -> Fixture {
     let shards: Vec<String> = (0..3)
         .map(|i| crate::create_database(&format!("diff_s{i}")))
         .collect();
-    let (addr, _dir) = crate::sharded_proxy(
+    let (addr, dir) = crate::sharded_proxy(
         "differential",
         &shards,
         data::SHARD_MAP,
         "reference_tables: [regions]",
         "{ size: 4 }",
     );
+    // The proxy has read its config and shard map.
+    let _ = std::fs::remove_dir_all(dir);
     let proxy = format!(
         "host=127.0.0.1 port={} user=app password={} dbname=app",
         addr.port(),
