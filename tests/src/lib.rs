@@ -2,6 +2,7 @@
 //! on first use and stopped at exit, and proxies started in-process on their own runtime, each
 //! in front of a database of its own so that tests do not see each other's tables.
 
+pub mod differential;
 pub mod raw;
 pub mod regress;
 
