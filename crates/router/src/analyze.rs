@@ -95,6 +95,11 @@ pub struct Analysis {
     pub nested_sharded: bool,
     /// Why the statement cannot be routed by its shape, whatever the keys.
     pub refuse: Option<String>,
+    /// Pairs of `keyed` uses (indexes) whose single key columns the statement equates
+    /// (`o.customer_id = c.id` in a WHERE or an inner join's ON, in the same scope): when
+    /// their tables share a shard map, their rows of one key live on one shard, and a key
+    /// that pins one pins the other.
+    pub key_joins: Vec<(usize, usize)>,
 }
 
 /// SQL the parser does not accept.
@@ -223,6 +228,7 @@ pub fn analyze(
             cursor: false,
             nested_sharded: false,
             refuse: None,
+            key_joins: Vec::new(),
         });
     }
     let mut statements =
@@ -257,6 +263,7 @@ pub fn analyze(
             cursor: false,
             nested_sharded: false,
             refuse: None,
+            key_joins: Vec::new(),
         },
     };
     w.statement(&stmt);
@@ -285,6 +292,7 @@ fn analyze_copy(
         cursor: false,
         nested_sharded: false,
         refuse: None,
+        key_joins: Vec::new(),
     };
     match lx.next() {
         Some(open @ Token::Symbol("(")) => {
@@ -636,9 +644,29 @@ impl Walker<'_> {
     /// Uses of sharded tables the walk did not reach (in the select list, JOIN ... ON,
     /// HAVING, function arguments, ...): each counts as a use without a key, nested.
     fn hidden_uses(&mut self, stmt: &Statement) {
+        // CTE names: a relation of that name is (as far as the router can tell) the CTE,
+        // unless a shard map names a table so (then it counts, and the statement runs on
+        // one shard or is refused).
+        struct Ctes(Vec<String>);
+        impl ast::Visitor for Ctes {
+            type Break = ();
+            fn pre_visit_query(&mut self, q: &Query) -> std::ops::ControlFlow<()> {
+                if let Some(w) = &q.with {
+                    self.0
+                        .extend(w.cte_tables.iter().map(|c| ident_name(&c.alias.name)));
+                }
+                std::ops::ControlFlow::Continue(())
+            }
+        }
+        let mut ctes = Ctes(Vec::new());
+        let _ = ast::Visit::visit(stmt, &mut ctes);
         let mut seen: Vec<String> = Vec::new();
         let _ = ast::visit_relations(stmt, |name| {
-            seen.push(base_name(name));
+            let n = base_name(name);
+            let cte = name.0.len() == 1 && ctes.0.contains(&n) && (self.key_columns)(&n).is_none();
+            if !cte {
+                seen.push(n);
+            }
             std::ops::ControlFlow::<()>::Continue(())
         });
         for t in seen.iter() {
@@ -672,6 +700,20 @@ impl Walker<'_> {
                 for twj in &sel.from {
                     self.table_with_joins(twj, &mut scope);
                 }
+                // An inner join's ON is a condition on the joined rows, as WHERE is.
+                let on: Vec<&Expr> = sel
+                    .from
+                    .iter()
+                    .flat_map(|twj| twj.joins.iter())
+                    .filter_map(|j| match &j.join_operator {
+                        ast::JoinOperator::Join(ast::JoinConstraint::On(e))
+                        | ast::JoinOperator::Inner(ast::JoinConstraint::On(e)) => Some(e),
+                        _ => None,
+                    })
+                    .collect();
+                for e in &on {
+                    self.subqueries(e);
+                }
                 if let Some(w) = &sel.selection {
                     self.subqueries(w);
                 }
@@ -685,7 +727,7 @@ impl Walker<'_> {
                 if let Some(h) = &sel.having {
                     self.subqueries(h);
                 }
-                self.keyed_uses(&scope, sel.selection.as_ref());
+                self.keyed_uses_on(&scope, sel.selection.as_ref(), &on);
             }
             SetExpr::Query(q) => self.query(q),
             SetExpr::SetOperation { left, right, .. } => {
@@ -799,10 +841,59 @@ impl Walker<'_> {
 
     /// For each table of the scope with shard keys, the keys `selection` pins it to.
     fn keyed_uses(&mut self, scope: &[InScope], selection: Option<&Expr>) {
+        self.keyed_uses_on(scope, selection, &[]);
+    }
+
+    /// [`Self::keyed_uses`] with the ON conditions of the scope's inner joins; also notes
+    /// the equalities between the key columns of two sharded tables of the scope.
+    fn keyed_uses_on(&mut self, scope: &[InScope], selection: Option<&Expr>, on: &[&Expr]) {
         let mut parts = Vec::new();
         if let Some(s) = selection {
             conjuncts(s, &mut parts);
         }
+        for e in on {
+            conjuncts(e, &mut parts);
+        }
+        // Which `keyed` use each table of the scope became, and its single key column.
+        let mut used: Vec<(usize, &InScope, String)> = Vec::new();
+        let mut next = self.out.keyed.len();
+        for t in scope {
+            if let Some(cols) = (self.key_columns)(&t.table) {
+                if cols.len() == 1 {
+                    used.push((next, t, cols[0].clone()));
+                }
+                next += 1;
+            }
+        }
+        let column_of = |e: &Expr| -> Option<usize> {
+            let e = match e {
+                Expr::Nested(inner) => inner.as_ref(),
+                x => x,
+            };
+            used.iter().position(|(_, t, col)| match e {
+                Expr::Identifier(i) => scope.len() == 1 && ident_name(i) == *col,
+                Expr::CompoundIdentifier(p) if p.len() >= 2 => {
+                    ident_name(&p[p.len() - 1]) == *col && ident_name(&p[p.len() - 2]) == t.called
+                }
+                _ => false,
+            })
+        };
+        let mut joins = Vec::new();
+        for p in &parts {
+            if let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = p
+            {
+                if let (Some(a), Some(b)) = (column_of(left), column_of(right)) {
+                    if a != b {
+                        joins.push((used[a].0, used[b].0));
+                    }
+                }
+            }
+        }
+        self.out.key_joins.extend(joins);
         for t in scope {
             let Some(cols) = (self.key_columns)(&t.table) else {
                 continue;

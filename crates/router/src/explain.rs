@@ -57,6 +57,7 @@ pub fn explain(
                 cursor: false,
                 nested_sharded: false,
                 refuse: None,
+                key_joins: Vec::new(),
             }
         }
         Err(e) => {

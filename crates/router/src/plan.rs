@@ -121,10 +121,12 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
             _ => Plan::Session,
         };
     }
-    // Every use of a sharded table must be pinned; gather the shards they pin.
+    // Every use of a sharded table must be pinned; gather the shards they pin. Keys travel
+    // across equalities of co-located key columns.
+    let (uses, colocated) = colocate(db, a);
     let mut shards: Option<BTreeSet<String>> = None;
     let mut unpinned = false;
-    for u in &a.keyed {
+    for u in &uses {
         let Some((map, _)) = map_for(db, &u.table) else {
             continue;
         };
@@ -188,7 +190,9 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
         });
     }
     if unpinned {
-        if a.kind == Kind::Read && !a.needs_merge && a.keyed.len() == 1 && unsharded.is_empty() {
+        // One sharded table, or tables joined on their keys within one map: each shard
+        // joins its own rows, and every row of the answer comes from one shard.
+        if a.kind == Kind::Read && !a.needs_merge && colocated && unsharded.is_empty() {
             return Plan::AllShards;
         }
         return refuse(
@@ -229,6 +233,48 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
             }
         }
     }
+}
+
+/// The statement's uses of sharded tables with keys carried across the equalities of
+/// their key columns (`o.customer_id = c.id AND c.id = 5` pins both), where the two tables
+/// share a map (so one key's rows of both live on one shard); and whether all uses are
+/// co-located: one use, or all joined on their keys within one map.
+fn colocate(db: &DatabaseConfig, a: &Analysis) -> (Vec<crate::analyze::TableUse>, bool) {
+    let mut uses = a.keyed.clone();
+    let n = uses.len();
+    let map_name = |i: usize| map_for(db, &uses[i].table).map(|(m, _)| m.name.clone());
+    // Components of co-located uses (a small union-find).
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn root(p: &mut [usize], mut i: usize) -> usize {
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    for &(x, y) in &a.key_joins {
+        if x >= n || y >= n {
+            continue;
+        }
+        match (map_name(x), map_name(y)) {
+            (Some(mx), Some(my)) if mx == my => {
+                let (rx, ry) = (root(&mut parent, x), root(&mut parent, y));
+                parent[rx] = ry;
+            }
+            _ => {}
+        }
+    }
+    let roots: Vec<usize> = (0..n).map(|i| root(&mut parent, i)).collect();
+    for i in 0..n {
+        if uses[i].keys.is_some() {
+            continue;
+        }
+        if let Some(j) = (0..n).find(|&j| roots[j] == roots[i] && a.keyed[j].keys.is_some()) {
+            uses[i].keys = a.keyed[j].keys.clone();
+        }
+    }
+    let colocated = n == 1 || (n > 1 && roots.iter().all(|r| *r == roots[0]));
+    (uses, colocated)
 }
 
 /// Plans with the statement's hints: `shard=` names the shard outright, `key=` gives the key

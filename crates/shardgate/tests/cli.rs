@@ -294,6 +294,14 @@ fn route_prints_the_plan_or_the_refusal() {
     let (_, out) = run("SELECT * FROM accounts WHERE account_id = $1", &["42"]);
     assert!(out.contains("route: shard s0"), "{out}");
     let (code, out) = run("SELECT count(*) FROM transfers", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rows merged by the proxy"), "{out}");
+    assert!(out.contains("Aggregate aggs count(#1)"), "{out}");
+    assert!(
+        out.contains("Scatter [s0, s1]: SELECT count(*) FROM transfers"),
+        "{out}"
+    );
+    let (code, out) = run("SELECT string_agg(note, ',') FROM transfers", &[]);
     assert_eq!(code, Some(1));
     assert!(out.contains("refused (0A000)"), "{out}");
     let (_, out) = run("SELECT * FROM events WHERE day = '2026-03-01'", &[]);
