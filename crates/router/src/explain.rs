@@ -100,6 +100,34 @@ pub fn explain(
             say!("route: decided at Bind (a key comes from a parameter; give it with --param)")
         }
         crate::plan::Plan::Refuse { .. } if crate::plan::mergeable(&analysis, &hints) => {
+            let keys = |t: &str| crate::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+            use crate::union::UnionRoute;
+            match crate::union::route_union_all(db, sql, params, &keys) {
+                None => {}
+                Some(UnionRoute::Shard(s)) => {
+                    say!("route: shard {s} (primary), every part of the UNION ALL");
+                    return (out, true);
+                }
+                Some(UnionRoute::AtBind) => {
+                    say!("route: decided at Bind (a key comes from a parameter; give it with --param)");
+                    return (out, true);
+                }
+                Some(UnionRoute::Refuse { reason, hint }) => {
+                    say!("refused (0A000): {reason}");
+                    say!("hint: {hint}");
+                    return (out, false);
+                }
+                Some(UnionRoute::Shards(shards, parts)) => {
+                    say!(
+                        "route: shards {}, each running its parts of the UNION ALL (rows concatenated)",
+                        shards.join(", ")
+                    );
+                    for (s, p) in shards.iter().zip(parts) {
+                        say!("  {s}: {}", p.text);
+                    }
+                    return (out, true);
+                }
+            }
             // The database's collation is asked of a shard at run time; "C" is assumed here.
             match crate::merge_plan::plan_merge(
                 db,

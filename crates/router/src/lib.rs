@@ -18,5 +18,6 @@ pub mod plan;
 pub mod rewrite;
 pub mod session;
 pub mod sharding;
+pub mod union;
 
 pub use session::{classify, SessionCommand};

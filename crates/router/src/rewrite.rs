@@ -63,7 +63,7 @@ pub fn values_rows(sql: &str) -> Option<ValuesRows> {
 }
 
 /// One shard's part of a split INSERT.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
     pub text: String,
     /// The statement's parameters this part uses, by their original 1-based number, in

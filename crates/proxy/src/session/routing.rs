@@ -417,6 +417,24 @@ impl Session {
         params: &[Option<String>],
     ) -> Result<Routing, ProxyError> {
         use router::merge_plan::Collation;
+        use router::union::UnionRoute;
+        let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+        match router::union::route_union_all(db, text, params, &keys) {
+            None => {}
+            Some(UnionRoute::Shard(s)) => return Ok(Routing::To(Some(s))),
+            Some(UnionRoute::AtBind) => return Ok(Routing::AtBind),
+            Some(UnionRoute::Refuse { reason, hint }) => return Err(refuse(reason, &hint)),
+            Some(UnionRoute::Shards(shards, parts)) => {
+                return Ok(Routing::Fanout(Box::new(Fanout {
+                    shards,
+                    parts: Some(parts),
+                    copy_header: false,
+                    write: false,
+                    sum: true,
+                    merge: None,
+                })))
+            }
+        }
         let collation = self
             .proxy
             .collation_of(&self.client.database)
