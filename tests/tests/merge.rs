@@ -219,3 +219,50 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
         true
     }
 }
+
+#[tokio::test]
+async fn insert_without_a_column_list_finds_the_keys_in_the_catalog() {
+    let s = setup("mrgins");
+    let c = e2e::connect(&s.conninfo).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    // One row, several rows over the shards, fewer values than columns, and binary
+    // parameters through the extended protocol.
+    c.batch_execute("INSERT INTO t VALUES (100000, 1, 'z')")
+        .await
+        .unwrap();
+    let m = c
+        .simple_query(
+            "INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6) RETURNING id",
+        )
+        .await
+        .unwrap();
+    let mut returned: Vec<String> = simple_rows(&m)
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    returned.sort();
+    assert_eq!(returned, ["1", "2", "3", "4", "5", "6"]);
+    c.execute("INSERT INTO t VALUES ($1, $2)", &[&7i64, &7i32])
+        .await
+        .unwrap();
+    let n = simple_rows(
+        &c.simple_query("SELECT count(*), sum(g) FROM t")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, vec![vec![Some("8".to_owned()), Some("29".to_owned())]]);
+    // Each row on the shard of its key: reading by key finds it.
+    for id in [1i64, 2, 3, 4, 5, 6, 7, 100000] {
+        let rows = c
+            .query("SELECT id FROM t WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "row {id}");
+    }
+    // More values than the table has columns: refused (the router cannot place them).
+    let e = c
+        .simple_query("INSERT INTO t VALUES (9, 1, 'a', 1, 1, '2026-01-01', now(), true, 'extra')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+}

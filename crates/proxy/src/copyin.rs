@@ -523,9 +523,21 @@ async fn table_columns(
     leg: &mut PooledConn,
     table_sql: &str,
 ) -> std::io::Result<Result<Vec<String>, Vec<u8>>> {
+    catalog_columns(leg, table_sql, false).await
+}
+
+/// A table's columns in order, as its server's catalog has them: with `generated`, the
+/// generated ones too (an INSERT without a column list counts them); `Err(frame)`: the
+/// server's error.
+pub(crate) async fn catalog_columns(
+    leg: &mut PooledConn,
+    table_sql: &str,
+    generated: bool,
+) -> std::io::Result<Result<Vec<String>, Vec<u8>>> {
     let sql = format!(
-        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = '{}'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-        table_sql.replace('\'', "''")
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = '{}'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped{} ORDER BY attnum",
+        table_sql.replace('\'', "''"),
+        if generated { "" } else { " AND attgenerated = ''" }
     );
     let mut q = BytesMut::new();
     messages::query(&mut q, &sql);

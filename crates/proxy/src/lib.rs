@@ -76,6 +76,9 @@ pub struct Proxy {
     banned: Mutex<std::collections::HashSet<(String, String)>>,
     /// Each database's text order, as merges must reproduce it (asked of a shard once).
     collations: Mutex<HashMap<String, router::merge_plan::Collation>>,
+    /// Column order of sharded tables that INSERTs without a column list name, by
+    /// (database, table), from the home shard's catalog; forgotten on reload.
+    table_columns: Mutex<HashMap<(String, String), Arc<Vec<String>>>>,
 }
 
 /// The rustls configurations of one config.
@@ -148,6 +151,7 @@ impl Proxy {
             slow_query: AtomicU64::new(slow_query),
             banned: Mutex::new(Default::default()),
             collations: Mutex::new(HashMap::new()),
+            table_columns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -226,6 +230,14 @@ impl Proxy {
         self.banned
             .lock()
             .contains(&(database.to_owned(), shard.to_owned()))
+    }
+
+    /// A table's column order, once known.
+    fn table_columns_of(&self, database: &str, table: &str) -> Option<Arc<Vec<String>>> {
+        self.table_columns
+            .lock()
+            .get(&(database.to_owned(), table.to_owned()))
+            .cloned()
     }
 
     /// A database's collation, once known.
@@ -490,6 +502,7 @@ impl Proxy {
         self.config.store(Arc::new(config));
         // Analyses depend on the maps' key columns.
         self.route_cache.clear();
+        self.table_columns.lock().clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(generation = self.generation(), "configuration reloaded");
     }

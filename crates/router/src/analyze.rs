@@ -100,6 +100,10 @@ pub struct Analysis {
     /// their tables share a shard map, their rows of one key live on one shard, and a key
     /// that pins one pins the other.
     pub key_joins: Vec<(usize, usize)>,
+    /// `INSERT INTO t VALUES ...` into a sharded table without a column list: the router
+    /// needs the table's column order (from the catalog) to find the keys; see
+    /// [`crate::rewrite::with_insert_columns`].
+    pub insert_without_columns: Option<String>,
 }
 
 /// SQL the parser does not accept.
@@ -229,6 +233,7 @@ pub fn analyze(
             nested_sharded: false,
             refuse: None,
             key_joins: Vec::new(),
+            insert_without_columns: None,
         });
     }
     let mut statements =
@@ -264,6 +269,7 @@ pub fn analyze(
             nested_sharded: false,
             refuse: None,
             key_joins: Vec::new(),
+            insert_without_columns: None,
         },
     };
     w.statement(&stmt);
@@ -293,6 +299,7 @@ fn analyze_copy(
         nested_sharded: false,
         refuse: None,
         key_joins: Vec::new(),
+        insert_without_columns: None,
     };
     match lx.next() {
         Some(open @ Token::Symbol("(")) => {
@@ -1059,6 +1066,14 @@ impl Walker<'_> {
             _ => None,
         };
         if rows.is_none() {
+            if i.columns.is_empty()
+                && matches!(
+                    i.source.as_deref().map(|q| q.body.as_ref()),
+                    Some(SetExpr::Values(_))
+                )
+            {
+                self.out.insert_without_columns = Some(table.clone());
+            }
             self.out.refuse = Some(format!(
                 "INSERT into `{table}` must name its shard key column(s) ({}) and give each row's key as a constant or parameter in VALUES",
                 cols.join(", ")

@@ -58,6 +58,7 @@ pub fn explain(
                 nested_sharded: false,
                 refuse: None,
                 key_joins: Vec::new(),
+                insert_without_columns: None,
             }
         }
         Err(e) => {

@@ -220,3 +220,55 @@ mod tests {
         assert_eq!(parts[1].params, vec![3, 4, 7]);
     }
 }
+
+/// `INSERT INTO t VALUES ...` with its column list written out: the first of `columns` (the
+/// table's, in order), as many as its longest row has values, as PostgreSQL assigns them.
+/// `None` when the statement is not such an INSERT or has more values than columns.
+pub fn with_insert_columns(sql: &str, columns: &[String]) -> Option<String> {
+    use sqlparser::ast::{Ident, ObjectName, SetExpr, Statement};
+    let mut statements =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
+            .ok()?;
+    if statements.len() != 1 {
+        return None;
+    }
+    let Statement::Insert(insert) = &mut statements[0] else {
+        return None;
+    };
+    if !insert.columns.is_empty() {
+        return None;
+    }
+    let SetExpr::Values(values) = insert.source.as_deref()?.body.as_ref() else {
+        return None;
+    };
+    let width = values.rows.iter().map(|r| r.content.len()).max()?;
+    if width > columns.len() {
+        return None;
+    }
+    insert.columns = columns[..width]
+        .iter()
+        .map(|c| ObjectName::from(vec![Ident::with_quote('"', c.as_str())]))
+        .collect();
+    Some(statements[0].to_string())
+}
+
+#[cfg(test)]
+mod insert_columns_tests {
+    #[test]
+    fn an_insert_gets_the_tables_columns_as_far_as_its_rows_go() {
+        let cols = ["id".to_owned(), "name".to_owned(), "region".to_owned()];
+        assert_eq!(
+            super::with_insert_columns("INSERT INTO customers VALUES (1, 'a'), (2, 'b')", &cols)
+                .as_deref(),
+            Some("INSERT INTO customers (\"id\", \"name\") VALUES (1, 'a'), (2, 'b')")
+        );
+        assert_eq!(
+            super::with_insert_columns("INSERT INTO customers VALUES (1, 2, 3, 4)", &cols),
+            None
+        );
+        assert_eq!(
+            super::with_insert_columns("INSERT INTO customers (id) VALUES (1)", &cols),
+            None
+        );
+    }
+}

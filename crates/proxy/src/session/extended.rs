@@ -213,6 +213,26 @@ impl Session {
 
     pub(super) async fn on_bind(&mut self, frame: Frame) -> Result<(), End> {
         let b = BindView::new(&frame).map_err(malformed)?;
+        // An INSERT without a column list learns its table's columns before it routes.
+        let is_insert = |q: &[u8]| {
+            q.trim_ascii_start()
+                .get(..6)
+                .is_some_and(|h| h.eq_ignore_ascii_case(b"insert"))
+        };
+        let insert = if b.statement.is_empty() {
+            self.unnamed_parse
+                .as_ref()
+                .and_then(|p| ParseView::new(&p.0).ok().map(|pv| pv.query))
+                .filter(|q| is_insert(q))
+                .map(Bytes::copy_from_slice)
+        } else {
+            self.statement(b.statement)
+                .filter(|s| is_insert(&s.query))
+                .map(|s| s.query.clone())
+        };
+        if let Some(q) = insert {
+            self.learn_insert_columns(&q).await;
+        }
         if b.statement.is_empty() && self.names.as_deref().is_some_and(|n| n.ext_begin.is_some()) {
             return self.bind_held_begin(&b);
         }

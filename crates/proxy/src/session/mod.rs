@@ -770,6 +770,7 @@ impl Session {
             Ok(None) => {}
             Err(e) => return self.simple_error(e),
         }
+        self.learn_insert_columns(sql).await;
         let target = match self.route(sql) {
             Ok(Routing::To(t)) => t,
             Ok(Routing::Fanout(f)) => return self.simple_fanout(&frame, f).await,

@@ -200,6 +200,9 @@ impl Session {
                 ))
             }
         };
+        if let Some(full) = self.with_insert_columns(&routed.analysis, &text) {
+            return self.route_plan(full.as_bytes(), bound);
+        }
         self.routing(
             db,
             &text,
@@ -208,6 +211,75 @@ impl Session {
             &hints,
             bound.is_empty(),
         )
+    }
+
+    /// `INSERT INTO t VALUES ...` into a sharded table, with the table's columns written
+    /// out (once the session knows them: [`Self::learn_insert_columns`]).
+    fn with_insert_columns(
+        &self,
+        analysis: &router::analyze::Analysis,
+        text: &str,
+    ) -> Option<String> {
+        let table = analysis.insert_without_columns.as_deref()?;
+        let columns = self.proxy.table_columns_of(&self.client.database, table)?;
+        router::rewrite::with_insert_columns(text, &columns)
+    }
+
+    /// Before an `INSERT INTO t VALUES ...` without a column list into a sharded table is
+    /// routed: the table's column order, read from the home shard's catalog once.
+    pub(super) async fn learn_insert_columns(&mut self, sql: &[u8]) {
+        let head = sql.trim_ascii_start();
+        let insert = head
+            .get(..6)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"insert"))
+            || ((head.starts_with(b"/*") || head.starts_with(b"--"))
+                && first_word(sql).eq_ignore_ascii_case("insert"));
+        if !insert || !self.routes() {
+            return;
+        }
+        let table = {
+            let config = self.proxy.config.load();
+            let Some(db) = config.databases.get(&self.client.database) else {
+                return;
+            };
+            let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+            let text = String::from_utf8_lossy(sql);
+            let Ok(routed) = self
+                .proxy
+                .route_cache
+                .route_in(self.scope(), &text, &[], &keys)
+            else {
+                return;
+            };
+            match routed.analysis.insert_without_columns.clone() {
+                Some(t) => t,
+                None => return,
+            }
+        };
+        if self
+            .proxy
+            .table_columns_of(&self.client.database, &table)
+            .is_some()
+        {
+            return;
+        }
+        let Ok(mut conn) = attach::checkout(&self.client.pool, &self.client).await else {
+            return;
+        };
+        let found = crate::copyin::catalog_columns(&mut conn, &table, true).await;
+        match found {
+            Ok(Ok(columns)) if !columns.is_empty() => {
+                conn.release();
+                self.proxy
+                    .table_columns
+                    .lock()
+                    .insert((self.client.database.clone(), table), Arc::new(columns));
+            }
+            // The table is not there (the INSERT is refused as it stands) or the
+            // connection failed (it is dropped).
+            Ok(_) => conn.release(),
+            Err(_) => {}
+        }
     }
 
     /// Whether the client's text is UTF-8, as the router reads it (`client_encoding` UTF8,
@@ -322,6 +394,9 @@ impl Session {
         let mut hints = route.hints.clone();
         self.merge_session_hints(&mut hints);
         let text = String::from_utf8_lossy(&stmt.query);
+        if let Some(full) = self.with_insert_columns(&route.analysis, &text) {
+            return self.route_plan(full.as_bytes(), bound);
+        }
         self.routing(
             db,
             &text,
