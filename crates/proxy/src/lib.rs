@@ -78,8 +78,11 @@ pub struct Proxy {
     collations: Mutex<HashMap<String, router::merge_plan::Collation>>,
     /// Column order of sharded tables that INSERTs without a column list name, by
     /// (database, table), from the home shard's catalog; forgotten on reload.
-    table_columns: Mutex<HashMap<(String, String), Arc<Vec<String>>>>,
+    table_columns: Mutex<HashMap<(String, String), TableColumns>>,
 }
+
+/// A table's columns in order.
+type TableColumns = Arc<Vec<String>>;
 
 /// The rustls configurations of one config.
 #[derive(Default)]
@@ -233,7 +236,7 @@ impl Proxy {
     }
 
     /// A table's column order, once known.
-    fn table_columns_of(&self, database: &str, table: &str) -> Option<Arc<Vec<String>>> {
+    fn table_columns_of(&self, database: &str, table: &str) -> Option<TableColumns> {
         self.table_columns
             .lock()
             .get(&(database.to_owned(), table.to_owned()))
