@@ -266,3 +266,52 @@ async fn insert_without_a_column_list_finds_the_keys_in_the_catalog() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "0A000", "{e:?}");
 }
+
+#[tokio::test]
+async fn sql_prepare_and_execute_route_by_their_arguments() {
+    let s = setup("mrgprep");
+    let c = e2e::connect(&s.conninfo).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute(&rows()).await.unwrap();
+    let direct = e2e::connect(&format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={}",
+        e2e::cluster().port,
+        e2e::cluster().superuser,
+        e2e::SERVER_PASSWORD,
+        s.single
+    ))
+    .await;
+    for sql in [
+        "PREPARE p1(bigint) AS SELECT id, name FROM t WHERE id = $1",
+        "PREPARE p2 AS SELECT count(*), sum(amount) FROM t WHERE g = $1",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+        direct.batch_execute(sql).await.unwrap();
+    }
+    // Every key, wherever it lives, through one prepared statement; and a merge.
+    for sql in (1..=60)
+        .map(|k| format!("EXECUTE p1({k})"))
+        .chain((0..5).map(|g| format!("EXECUTE p2({g})")))
+    {
+        let want = simple_rows(&direct.simple_query(&sql).await.unwrap());
+        let got = simple_rows(&c.simple_query(&sql).await.unwrap());
+        assert_eq!(got, want, "{sql}");
+    }
+    // Inside a transaction, on the shard of the key.
+    c.batch_execute("BEGIN").await.unwrap();
+    let got = simple_rows(&c.simple_query("EXECUTE p1(17)").await.unwrap());
+    assert_eq!(got.len(), 1);
+    c.batch_execute("COMMIT").await.unwrap();
+    // The statement is the proxy's: it outlives server connections and is gone after
+    // DEALLOCATE.
+    let e = c.batch_execute("PREPARE p1 AS SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42P05");
+    let e = c.simple_query("EXECUTE p1(now())").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    c.batch_execute("DEALLOCATE p1").await.unwrap();
+    let e = c.simple_query("EXECUTE p1(1)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "26000");
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    let e = c.simple_query("EXECUTE p2(1)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "26000");
+}

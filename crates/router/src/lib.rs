@@ -18,6 +18,7 @@ pub mod plan;
 pub mod rewrite;
 pub mod session;
 pub mod sharding;
+pub mod sqlprepare;
 pub mod union;
 
 pub use session::{classify, SessionCommand};

@@ -109,6 +109,9 @@ struct Names {
     /// psycopg's pipeline send it in the same batch as the first statement): answered by
     /// the proxy and held at its Execute like a simple-protocol one.
     ext_begin: Option<ExtBegin>,
+    /// SQL-level prepared statements on a database that routes, kept by the proxy (see
+    /// `router::sqlprepare`).
+    sql_prepared: HashMap<String, router::sqlprepare::SqlPrepare>,
 }
 
 /// A session's view of shards other than home.
@@ -177,6 +180,16 @@ struct PendingFanout {
     bind_answered: bool,
     /// The Execute of a write came: it runs at the Sync.
     executed: bool,
+}
+
+/// What became of a simple Query that may be an SQL-level PREPARE, EXECUTE or DEALLOCATE.
+enum SqlPrepared {
+    /// Not one the proxy keeps: it goes on as any query.
+    No,
+    /// Answered by the proxy.
+    Answered,
+    /// An EXECUTE: this query (its statement with the arguments in place) runs instead.
+    Run(Frame),
 }
 
 /// An unnamed Parse of a lone BEGIN that no server has seen.
@@ -730,6 +743,11 @@ impl Session {
     }
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
+        match self.sql_prepared(&frame)? {
+            SqlPrepared::No => {}
+            SqlPrepared::Answered => return Ok(()),
+            SqlPrepared::Run(query) => return Box::pin(self.on_query(query)).await,
+        }
         let sql = messages::query_text(&frame).map_err(malformed)?;
         self.note_encoding_change(sql);
         self.note_pin_words(sql);

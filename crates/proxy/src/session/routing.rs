@@ -482,6 +482,114 @@ impl Session {
 }
 
 impl Session {
+    /// SQL-level PREPARE, EXECUTE and DEALLOCATE on a database that routes: the proxy
+    /// keeps the statements, and an EXECUTE runs its statement with the arguments in place
+    /// of the parameters, routed by them (a PREPARE whose statement carries a shard hint,
+    /// and everything on databases that do not route, go to the server as before).
+    pub(super) fn sql_prepared(&mut self, frame: &Frame) -> Result<SqlPrepared, End> {
+        use router::sqlprepare::{parse_deallocate, parse_execute, parse_prepare, substitute};
+        let sql = messages::query_text(frame).map_err(malformed)?;
+        let head = sql.trim_ascii_start();
+        let word = |w: &[u8]| {
+            head.get(..w.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(w))
+        };
+        if !(word(b"prepare") || word(b"execute") || word(b"deallocate") || word(b"discard"))
+            || !self.routes()
+        {
+            return Ok(SqlPrepared::No);
+        }
+        let text = String::from_utf8_lossy(sql).into_owned();
+        if router::lexer::split_statements(&text).len() != 1 {
+            return Ok(SqlPrepared::No);
+        }
+        if word(b"discard") {
+            if text.to_ascii_lowercase().contains("all") {
+                if let Some(n) = self.names.as_deref_mut() {
+                    n.sql_prepared.clear();
+                }
+            }
+            return Ok(SqlPrepared::No);
+        }
+        if let Some(p) = parse_prepare(&text) {
+            let hinted = router::hints::parse_hints(&text)
+                .map(|h| h.shard.is_some() || h.key.is_some())
+                .unwrap_or(true);
+            if hinted || self.session_hints.is_some() {
+                return Ok(SqlPrepared::No);
+            }
+            if self
+                .names
+                .as_deref()
+                .is_some_and(|n| n.sql_prepared.contains_key(&p.name))
+            {
+                self.simple_error(ProxyError::error(
+                    "42P05",
+                    format!("prepared statement \"{}\" already exists", p.name),
+                ))?;
+                return Ok(SqlPrepared::Answered);
+            }
+            self.names().sql_prepared.insert(p.name.clone(), p);
+            self.push_synthetic(Expect::SyntheticDone("PREPARE"));
+            self.push_synthetic(Expect::SyntheticReady);
+            return Ok(SqlPrepared::Answered);
+        }
+        if let Some((name, args)) = parse_execute(&text) {
+            let Some(p) = self
+                .names
+                .as_deref()
+                .and_then(|n| n.sql_prepared.get(&name))
+                .cloned()
+            else {
+                return Ok(SqlPrepared::No);
+            };
+            return match substitute(&p, &args) {
+                Ok(query) => {
+                    let mut b = BytesMut::with_capacity(query.len() + 6);
+                    messages::query(&mut b, &query);
+                    Ok(SqlPrepared::Run(Frame::from_raw(b.freeze())))
+                }
+                Err(why) => {
+                    self.simple_error(
+                        ProxyError::error(
+                            if why.starts_with("wrong number") {
+                                "42601"
+                            } else {
+                                "0A000"
+                            },
+                            format!("shardgate: {why}"),
+                        )
+                        .with_hint(
+                            "EXECUTE prepared statements with constants as their arguments.",
+                        ),
+                    )?;
+                    Ok(SqlPrepared::Answered)
+                }
+            };
+        }
+        match parse_deallocate(&text) {
+            Some(Some(name)) => {
+                let had = self
+                    .names
+                    .as_deref_mut()
+                    .is_some_and(|n| n.sql_prepared.remove(&name).is_some());
+                if !had {
+                    return Ok(SqlPrepared::No);
+                }
+                self.push_synthetic(Expect::SyntheticDone("DEALLOCATE"));
+                self.push_synthetic(Expect::SyntheticReady);
+                Ok(SqlPrepared::Answered)
+            }
+            Some(None) => {
+                if let Some(n) = self.names.as_deref_mut() {
+                    n.sql_prepared.clear();
+                }
+                Ok(SqlPrepared::No)
+            }
+            None => Ok(SqlPrepared::No),
+        }
+    }
+
     /// A read whose rows must be merged across shards: planned now to find its shards (or
     /// its refusal), planned again at its run with the database's collation.
     fn merge_routing(
