@@ -498,6 +498,12 @@ const AGGREGATES: &[&str] = &[
     "xmlagg",
 ];
 
+/// Whether `e` holds an aggregate or a window function anywhere (its value depends on
+/// rows of every shard).
+pub fn has_aggregate_or_window(e: &Expr) -> bool {
+    has_aggregate(e)
+}
+
 /// Whether `name` (lower-cased unless quoted) is one of PostgreSQL's built-in aggregates.
 pub fn is_aggregate_name(name: &str) -> bool {
     AGGREGATES.contains(&name)

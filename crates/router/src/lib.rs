@@ -19,6 +19,7 @@ pub mod rewrite;
 pub mod session;
 pub mod sharding;
 pub mod sqlprepare;
+pub mod subquery;
 pub mod union;
 
 pub use session::{classify, SessionCommand};

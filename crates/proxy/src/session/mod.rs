@@ -38,6 +38,7 @@ mod pins;
 mod routing;
 mod scatter;
 mod server;
+mod subqueries;
 mod timeouts;
 
 use attach::sync_conn;
@@ -793,6 +794,15 @@ impl Session {
             Ok(Routing::To(t)) => t,
             Ok(Routing::Fanout(f)) => return self.simple_fanout(&frame, f).await,
             Ok(Routing::AtBind) => None,
+            Err(e) if e.code == "0A000" => {
+                // Refused as it stands: its subqueries over sharded tables may be answered
+                // first, leaving a statement that routes.
+                return match self.answer_subqueries_first(sql).await? {
+                    Ok(Some(rewritten)) => Box::pin(self.on_query(rewritten)).await,
+                    Ok(None) => self.simple_error(e),
+                    Err(e) => self.simple_error(e),
+                };
+            }
             Err(e) => return self.simple_error(e),
         };
         if let Err(e) = self.ensure_server_on(target).await {
