@@ -535,6 +535,33 @@ impl Judge<'_> {
         }
     }
 
+    /// Like [`Judge::compare`], but a refusal with 0A000 whose hint names `COLLATE "C"` is
+    /// accepted too; returns whether it was refused.
+    async fn compare_or_refused(
+        &mut self,
+        label: &str,
+        mode: Mode,
+        sql: &str,
+        shape: Shape,
+        cl: &Classes,
+    ) -> bool {
+        if let Err(e) = run(self.proxy, mode, sql).await {
+            let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or("");
+            if sqlstate(&e) == "0A000" && hint.contains("COLLATE \"C\"") {
+                self.refused += 1;
+                self.proxy.simple_query("SELECT 1").await.unwrap();
+                return true;
+            }
+            self.failures.push(format!(
+                "[{label} {mode:?}] {sql}: failed with {} (hint {hint:?}), expected the answer or 0A000 with COLLATE \"C\": {e:?}",
+                sqlstate(&e)
+            ));
+            return false;
+        }
+        self.compare(label, mode, sql, shape, cl).await;
+        false
+    }
+
     /// `sql` must be refused by the proxy with 0A000 (and answered by the one database).
     async fn refused(&mut self, label: &str, mode: Mode, sql: &str) -> Option<String> {
         run(self.single, mode, sql)
@@ -779,6 +806,161 @@ async fn every_type_merges_as_one_database() {
     }
     println!(
         "{} comparisons matched, {} refused as expected, {} different, in {:?}",
+        judge.matched,
+        judge.refused,
+        judge.failures.len(),
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(
+        judge.failures.is_empty(),
+        "{} differences:\n{}",
+        judge.failures.len(),
+        judge.failures.join("\n")
+    );
+}
+
+/// The CREATE DATABASE options of a database whose default collation is not "C": a libc
+/// locale of the machine other than C and POSIX when PostgreSQL knows one (en_US first),
+/// else ICU's en-US.
+fn non_c_collation() -> (String, String) {
+    let libc = psql_direct(
+        "postgres",
+        "SELECT collcollate FROM pg_collation WHERE collprovider = 'c' AND collencoding IN (-1, 6) \
+         AND collcollate NOT IN ('C', 'POSIX') AND collcollate NOT ILIKE 'C.%' \
+         ORDER BY collcollate NOT ILIKE 'en_US%', collcollate LIMIT 1",
+    );
+    let libc = libc.trim();
+    if !libc.is_empty() {
+        return (
+            format!("TEMPLATE template0 LC_COLLATE '{libc}' LC_CTYPE '{libc}'"),
+            format!("libc locale {libc}"),
+        );
+    }
+    println!("no libc locale other than C/POSIX on this machine: using the ICU collation en-US");
+    (
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'".into(),
+        "ICU en-US".into(),
+    )
+}
+
+/// Text under a database collation that is not "C": ORDER BY and min/max of text either
+/// match the one database (same collation) or are refused with 0A000 and a hint to use
+/// COLLATE "C"; with COLLATE "C" they match; GROUP BY and DISTINCT match (equality under a
+/// deterministic collation is bytewise).
+#[tokio::test]
+async fn text_under_a_non_c_collation() {
+    let started = Instant::now();
+    let (options, what) = non_c_collation();
+    let (_, single, addr, dir) = setup("mcoll", &options, "tc");
+    let (proxy, direct) = clients(addr, &single).await;
+    let provider = psql_direct(
+        &single,
+        "SELECT datlocprovider::text || ' ' || datcollate || ' ' || coalesce(daticulocale, '') FROM pg_database WHERE datname = current_database()",
+    );
+    println!("collation: {what} ({})", provider.trim());
+    let schema = "CREATE TABLE tc (id bigint PRIMARY KEY, name text, vc varchar(10), ch char(4))";
+    let names = [
+        "'a'", "'B'", "'b'", "'A'", "'é'", "'e'", "'f'", "'Z'", "'_x'", "'10'", "'9'", "'a b'",
+        "'ab'", "'Ä'", "'z'", "''", "'-'",
+    ];
+    let mut rows = Vec::new();
+    for i in 1..=60usize {
+        let v = |stride: usize| {
+            if i % 9 == 0 {
+                "NULL"
+            } else {
+                names[(i * stride) % names.len()]
+            }
+        };
+        rows.push(format!("({i}, {}, {}, {})", v(1), v(5), v(7)));
+    }
+    let insert = format!(
+        "INSERT INTO tc (id, name, vc, ch) VALUES {}",
+        rows.join(", ")
+    );
+    for c in [&proxy, &direct] {
+        c.batch_execute(schema).await.unwrap();
+        c.batch_execute(&insert).await.unwrap();
+    }
+    // The collation orders otherwise than bytes, or this test would prove nothing.
+    let collated = psql_direct(
+        &single,
+        "SELECT string_agg(DISTINCT name, ' ' ORDER BY name) FROM tc",
+    );
+    let bytewise = psql_direct(
+        &single,
+        "SELECT string_agg(DISTINCT name COLLATE \"C\", ' ' ORDER BY name COLLATE \"C\") FROM tc",
+    );
+    let line = |t: &str| t.trim().to_owned();
+    println!(
+        "collation order: {}\nbytewise order:  {}",
+        line(&collated),
+        line(&bytewise)
+    );
+    assert_ne!(line(&collated), line(&bytewise));
+    let mut judge = Judge {
+        proxy: &proxy,
+        single: &direct,
+        failures: Vec::new(),
+        matched: 0,
+        refused: 0,
+    };
+    let mut refused_sql = BTreeSet::new();
+    for mode in [Mode::Text, Mode::Binary] {
+        for col in ["name", "vc", "ch"] {
+            let cl = classes(&direct, mode, "tc", col).await;
+            let label = format!("{col} ({what})");
+            // In the collation's order: the answer, or refused.
+            for sql in [
+                format!("SELECT id, {col} FROM tc ORDER BY {col}, id"),
+                format!(
+                    "SELECT id, {col} FROM tc ORDER BY {col} DESC NULLS LAST, id LIMIT 5 OFFSET 2"
+                ),
+                format!("SELECT {col}, count(*) FROM tc GROUP BY {col} ORDER BY {col}"),
+            ] {
+                if judge
+                    .compare_or_refused(&label, mode, &sql, Shape::Ordered, &cl)
+                    .await
+                {
+                    refused_sql.insert(sql);
+                }
+            }
+            let sql = format!("SELECT min({col}), max({col}), count({col}) FROM tc");
+            if judge
+                .compare_or_refused(&label, mode, &sql, Shape::UpToEquality(&[0, 1]), &cl)
+                .await
+            {
+                refused_sql.insert(sql);
+            }
+            // Bytewise: must match.
+            for sql in [
+                format!("SELECT id, {col} FROM tc ORDER BY {col} COLLATE \"C\", id"),
+                format!("SELECT id, {col} FROM tc ORDER BY {col} COLLATE \"C\" DESC, id LIMIT 4 OFFSET 3"),
+                format!("SELECT {col}, count(*) FROM tc GROUP BY {col} ORDER BY {col} COLLATE \"C\" NULLS FIRST"),
+            ] {
+                judge.compare(&label, mode, &sql, Shape::Ordered, &cl).await;
+            }
+            let sql = format!("SELECT min({col} COLLATE \"C\"), max({col} COLLATE \"C\") FROM tc");
+            judge
+                .compare(&label, mode, &sql, Shape::UpToEquality(&[0, 1]), &cl)
+                .await;
+            // Equality: must match.
+            let sql = format!("SELECT {col}, count(*) FROM tc GROUP BY {col}");
+            judge
+                .compare(&label, mode, &sql, Shape::Multiset, &cl)
+                .await;
+            let sql = format!("SELECT DISTINCT {col} FROM tc");
+            judge
+                .compare(&label, mode, &sql, Shape::Multiset, &cl)
+                .await;
+        }
+    }
+    for sql in &refused_sql {
+        println!("refused (0A000, hint COLLATE \"C\"): {sql}");
+    }
+    println!(
+        "{what}: {} comparisons matched, {} refused, {} different, in {:?}",
         judge.matched,
         judge.refused,
         judge.failures.len(),
