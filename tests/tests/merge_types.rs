@@ -780,10 +780,28 @@ async fn every_type_merges_as_one_database() {
             judge
                 .compare(&label, mode, &sql, Shape::Multiset, &cl)
                 .await;
+            // The same, sorted at the proxy (groups) or merged (DISTINCT): one row per class.
+            let sql = format!(
+                "SELECT {col}, count(*) FROM ty GROUP BY {col} ORDER BY {col} DESC NULLS LAST"
+            );
+            judge
+                .compare(&label, mode, &sql, Shape::UpToEquality(&[0]), &cl)
+                .await;
+            let sql = format!("SELECT DISTINCT {col} FROM ty ORDER BY {col} NULLS FIRST");
+            judge
+                .compare(&label, mode, &sql, Shape::UpToEquality(&[0]), &cl)
+                .await;
+            if minmax {
+                // DISTINCT over aggregated rows.
+                let sql = format!("SELECT DISTINCT max({col}) FROM ty GROUP BY id % 9");
+                judge
+                    .compare(&label, mode, &sql, Shape::Multiset, &cl)
+                    .await;
+            }
         }
         let after = (judge.matched, judge.refused, judge.failures.len());
         let line = format!(
-            "{:>5} {:<12} matched {:>3}, refused {:>2}, different {:>2} (ORDER BY x6 directions, LIMIT/OFFSET x8, {}{}GROUP BY, DISTINCT; text with extra_float_digits 0 and 3, binary)",
+            "{:>5} {:<12} matched {:>3}, refused {:>2}, different {:>2} (ORDER BY x6 directions, LIMIT/OFFSET x8, {}{}GROUP BY, DISTINCT, both also sorted; text with extra_float_digits 0 and 3, binary)",
             c.name,
             c.ty,
             after.0 - before.0,
