@@ -671,6 +671,20 @@ fn what_cannot_be_merged_exactly_is_refused_at_execution() {
     .unwrap_err();
     assert_eq!(e.sqlstate(), "0A000");
     assert!(e.to_string().contains("double precision"), "{e}");
+    // An interval sum: refused, with a hint that fits an interval (no cast to numeric).
+    let e = Executor::new(
+        &plan,
+        &[Column {
+            type_oid: oid::INTERVAL,
+            format: Format::Binary,
+        }],
+        &[Format::Binary],
+        1 << 20,
+    )
+    .unwrap_err();
+    assert_eq!(e.sqlstate(), "0A000");
+    assert!(e.to_string().contains("sum of type interval"), "{e}");
+    assert!(e.hint().unwrap().contains("extract(epoch FROM x)"), "{e:?}");
     // Text ordered under a collation other than C.
     let plan = MergePlan {
         root: Node::MergeSort {
