@@ -149,13 +149,18 @@ impl AggStage {
                         oid::INT8 | oid::NUMERIC => {}
                         oid::FLOAT4 | oid::FLOAT8 => return Err(float_refusal(what)),
                         other => {
+                            let hint = if other == oid::INTERVAL {
+                                "Aggregate a number instead (e.g. extract(epoch FROM x), which counts a month as 30 days), or give the shard key so that the query runs on one shard."
+                            } else {
+                                "Cast the argument to numeric, or give the shard key so that the query runs on one shard."
+                            };
                             return Err(MergeError::unsupported(
                                 format!(
-                                    "{what} of type {} is not merged across shards",
+                                    "{what} of type {} is not merged across shards (the proxy adds bigint and numeric partial sums only)",
                                     types::type_name(other)
                                 ),
-                                "Cast the argument to numeric, or give the shard key so that the query runs on one shard.",
-                            ))
+                                hint,
+                            ));
                         }
                     }
                     if a.kind == AggKind::Avg {

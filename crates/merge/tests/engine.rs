@@ -671,6 +671,20 @@ fn what_cannot_be_merged_exactly_is_refused_at_execution() {
     .unwrap_err();
     assert_eq!(e.sqlstate(), "0A000");
     assert!(e.to_string().contains("double precision"), "{e}");
+    // An interval sum: refused, with a hint that fits an interval (no cast to numeric).
+    let e = Executor::new(
+        &plan,
+        &[Column {
+            type_oid: oid::INTERVAL,
+            format: Format::Binary,
+        }],
+        &[Format::Binary],
+        1 << 20,
+    )
+    .unwrap_err();
+    assert_eq!(e.sqlstate(), "0A000");
+    assert!(e.to_string().contains("sum of type interval"), "{e}");
+    assert!(e.hint().unwrap().contains("extract(epoch FROM x)"), "{e:?}");
     // Text ordered under a collation other than C.
     let plan = MergePlan {
         root: Node::MergeSort {
@@ -753,4 +767,90 @@ proptest! {
         }
         prop_assert!(ex.memory_held() <= limit + 512);
     }
+}
+
+/// A plain DISTINCT compares binary twins of the select list (the planner appends them), not
+/// the client's text: floats that print alike under extra_float_digits 0 stay distinct, and
+/// `1 mon` and `30 days` (whose text cannot be compared) are one value.
+#[test]
+fn distinct_compares_binary_twins_not_the_clients_text() {
+    let plan = MergePlan {
+        root: Node::Project {
+            input: Box::new(Node::Distinct {
+                input: scatter(2),
+                on: Some(vec![Col::Helper(0), Col::Helper(1)]),
+                sorted: false,
+            }),
+            helpers: 2,
+        },
+        helpers: 2,
+        visible: Some(2),
+    };
+    let columns = [
+        Column {
+            type_oid: oid::FLOAT8,
+            format: Format::Text,
+        },
+        Column {
+            type_oid: oid::INTERVAL,
+            format: Format::Text,
+        },
+        Column {
+            type_oid: oid::FLOAT8,
+            format: Format::Binary,
+        },
+        Column {
+            type_oid: oid::INTERVAL,
+            format: Format::Binary,
+        },
+    ];
+    let interval = |days: i32, months: i32| {
+        let mut b = 0i64.to_be_bytes().to_vec();
+        b.extend_from_slice(&days.to_be_bytes());
+        b.extend_from_slice(&months.to_be_bytes());
+        b
+    };
+    let row = |text: &str, f: f64, iv: &str, ivb: Vec<u8>| -> Vec<Val> {
+        vec![
+            Some(text.as_bytes().to_vec()),
+            Some(iv.as_bytes().to_vec()),
+            Some(f.to_be_bytes().to_vec()),
+            Some(ivb),
+        ]
+    };
+    let shards = vec![
+        vec![row("0.1", 0.1, "1 mon", interval(0, 1))],
+        vec![
+            row("0.1", 0.10000000000000002, "1 mon", interval(0, 1)),
+            row("0.1", 0.1, "30 days", interval(30, 0)),
+        ],
+    ];
+    let mut ex = Executor::new(&plan, &columns, &[Format::Text, Format::Text], 1 << 20).unwrap();
+    let got = run(&mut ex, shards).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            vec![Some(b"0.1".to_vec()), Some(b"1 mon".to_vec())],
+            vec![Some(b"0.1".to_vec()), Some(b"1 mon".to_vec())],
+        ],
+        "0.1 and 0.10000000000000002 are two values; 1 mon = 30 days"
+    );
+    // Over the client's text the interval could not be compared at all.
+    let visible = MergePlan {
+        root: Node::Distinct {
+            input: scatter(2),
+            on: None,
+            sorted: false,
+        },
+        helpers: 0,
+        visible: Some(2),
+    };
+    let e = Executor::new(
+        &visible,
+        &columns[..2],
+        &[Format::Text, Format::Text],
+        1 << 20,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("interval in text format"), "{e}");
 }

@@ -447,6 +447,34 @@ impl Planner {
         Ok(self.helper(&e))
     }
 
+    /// The columns a plain DISTINCT compares rows by: a binary twin of each item of the
+    /// select list (over aggregated rows: an aggregate's final value, or a min/max's binary
+    /// twin), not the client's columns. In text a float prints rounded under
+    /// `extra_float_digits` < 1 (distinct values print alike) and an interval's text cannot
+    /// be compared (`1 mon` = `30 days`). None with `*` (the items are not known): the
+    /// client's columns are compared.
+    fn distinct_twins(&mut self, aggregated: bool) -> Result<Option<Vec<Col>>, Refusal> {
+        if self.visible.is_none() {
+            return Ok(None);
+        }
+        let mut cols = Vec::new();
+        for i in 0..self.written.len() {
+            let e = self.item_expr(i);
+            let bare = match &e {
+                Expr::Collate { expr, .. } => expr.as_ref(),
+                x => x,
+            };
+            let c = if aggregated && is_aggregate_call(bare).is_some() {
+                let (a, _) = self.aggregate(bare, None)?;
+                self.agg_key(a)
+            } else {
+                self.helper(&e)
+            };
+            cols.push(c);
+        }
+        Ok(Some(cols))
+    }
+
     fn sort_keys(&mut self, aggregated: bool) -> Result<Vec<SortKey>, Refusal> {
         let Some(ob) = self.query.order_by.clone() else {
             return Ok(Vec::new());
@@ -768,6 +796,10 @@ impl Planner {
             }
             _ => None,
         };
+        let twins = match &distinct {
+            Some(Distinct::Distinct) => self.distinct_twins(true)?,
+            _ => None,
+        };
         // The shards' query: partial aggregates, grouped the same way; no HAVING, ORDER BY,
         // DISTINCT or LIMIT (the proxy applies them over the final rows).
         self.select.having = None;
@@ -792,7 +824,7 @@ impl Planner {
         if matches!(distinct, Some(Distinct::Distinct)) {
             node = Node::Distinct {
                 input: Box::new(node),
-                on: None,
+                on: twins,
                 sorted: false,
             };
         }
@@ -855,6 +887,7 @@ impl Planner {
                 }
                 Some(cols)
             }
+            Some(Distinct::Distinct) => self.distinct_twins(false)?,
             _ => None,
         };
         // LIMIT n OFFSET m: each shard's first n+m rows hold the answer.
@@ -877,10 +910,10 @@ impl Planner {
             };
         }
         match (distinct, on) {
-            (Some(Distinct::Distinct), _) => {
+            (Some(Distinct::Distinct), on) => {
                 node = Node::Distinct {
                     input: Box::new(node),
-                    on: None,
+                    on,
                     sorted: false,
                 };
             }
