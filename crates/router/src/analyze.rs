@@ -47,6 +47,10 @@ pub struct TableUse {
     pub keys: Option<Vec<Vec<KeyExpr>>>,
     /// Comparisons of a single-column key with values, when nothing pins it.
     pub bounds: Vec<Bound>,
+    /// On the null-extended side of an outer join of the statement's own SELECT: its rows
+    /// are exact on each shard only when it is joined on its key to a table of the same
+    /// map on the preserved side (the plan checks, with `key_joins`).
+    pub nullable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,6 +381,7 @@ fn analyze_copy(
                     table: table.clone(),
                     keys: None,
                     bounds: Vec::new(),
+                    nullable: false,
                 });
             }
             a.tables.push(table);
@@ -561,6 +566,8 @@ struct InScope {
     /// A row source whose rows the top-level query returns as they are: in the statement's
     /// own SELECT, not on a side of an outer join.
     top: bool,
+    /// On the null-extended side of an outer join of the statement's own SELECT.
+    nullable: bool,
 }
 
 fn base_name(name: &ast::ObjectName) -> String {
@@ -701,6 +708,7 @@ impl Walker<'_> {
                     table: t.clone(),
                     keys: None,
                     bounds: Vec::new(),
+                    nullable: false,
                 });
             }
         }
@@ -727,6 +735,23 @@ impl Walker<'_> {
                 for e in &on {
                     self.subqueries(e);
                 }
+                // An outer join's ON relates the two sides' keys too (but pins no key).
+                let outer_on: Vec<&Expr> = sel
+                    .from
+                    .iter()
+                    .flat_map(|twj| twj.joins.iter())
+                    .filter_map(|j| match &j.join_operator {
+                        ast::JoinOperator::Left(ast::JoinConstraint::On(e))
+                        | ast::JoinOperator::LeftOuter(ast::JoinConstraint::On(e))
+                        | ast::JoinOperator::Right(ast::JoinConstraint::On(e))
+                        | ast::JoinOperator::RightOuter(ast::JoinConstraint::On(e))
+                        | ast::JoinOperator::FullOuter(ast::JoinConstraint::On(e)) => Some(e),
+                        _ => None,
+                    })
+                    .collect();
+                for e in &outer_on {
+                    self.subqueries(e);
+                }
                 if let Some(w) = &sel.selection {
                     self.subqueries(w);
                 }
@@ -740,7 +765,7 @@ impl Walker<'_> {
                 if let Some(h) = &sel.having {
                     self.subqueries(h);
                 }
-                self.keyed_uses_on(&scope, sel.selection.as_ref(), &on);
+                self.keyed_uses_on(&scope, sel.selection.as_ref(), &on, &outer_on);
             }
             SetExpr::Query(q) => self.query(q),
             SetExpr::SetOperation { left, right, .. } => {
@@ -773,6 +798,7 @@ impl Walker<'_> {
                             table: name,
                             keys: None,
                             bounds: Vec::new(),
+                            nullable: false,
                         });
                     }
                 }
@@ -783,20 +809,37 @@ impl Walker<'_> {
     }
 
     fn table_with_joins(&mut self, twj: &TableWithJoins, scope: &mut Vec<InScope>) {
+        use ast::JoinOperator as J;
         let from = scope.len();
         self.factor(&twj.relation, scope);
-        let mut outer = false;
+        let mut other = false;
         for j in &twj.joins {
+            let before = scope.len();
             self.factor(&j.relation, scope);
-            outer |= !matches!(
-                j.join_operator,
-                ast::JoinOperator::Join(_)
-                    | ast::JoinOperator::Inner(_)
-                    | ast::JoinOperator::CrossJoin(_)
-            );
+            // The null-extended side of an outer join: its rows may come null-extended from
+            // every shard, unless it is co-located with the preserved side (the plan judges).
+            let (left, right) = match j.join_operator {
+                J::Join(_) | J::Inner(_) | J::CrossJoin(_) => (false, false),
+                J::Left(_) | J::LeftOuter(_) => (false, true),
+                J::Right(_) | J::RightOuter(_) => (true, false),
+                J::FullOuter(_) => (true, true),
+                _ => {
+                    other = true;
+                    (false, false)
+                }
+            };
+            if left {
+                for t in &mut scope[from..before] {
+                    t.nullable = true;
+                }
+            }
+            if right {
+                for t in &mut scope[before..] {
+                    t.nullable = true;
+                }
+            }
         }
-        if outer {
-            // A side of an outer join: its rows may come null-extended from every shard.
+        if other {
             for t in &mut scope[from..] {
                 t.top = false;
             }
@@ -821,6 +864,7 @@ impl Walker<'_> {
                     table,
                     called,
                     top: self.at_top(),
+                    nullable: false,
                 });
             }
             TableFactor::Derived { subquery, .. } => self.query(subquery),
@@ -854,12 +898,18 @@ impl Walker<'_> {
 
     /// For each table of the scope with shard keys, the keys `selection` pins it to.
     fn keyed_uses(&mut self, scope: &[InScope], selection: Option<&Expr>) {
-        self.keyed_uses_on(scope, selection, &[]);
+        self.keyed_uses_on(scope, selection, &[], &[]);
     }
 
     /// [`Self::keyed_uses`] with the ON conditions of the scope's inner joins; also notes
     /// the equalities between the key columns of two sharded tables of the scope.
-    fn keyed_uses_on(&mut self, scope: &[InScope], selection: Option<&Expr>, on: &[&Expr]) {
+    fn keyed_uses_on(
+        &mut self,
+        scope: &[InScope],
+        selection: Option<&Expr>,
+        on: &[&Expr],
+        outer_on: &[&Expr],
+    ) {
         let mut parts = Vec::new();
         if let Some(s) = selection {
             conjuncts(s, &mut parts);
@@ -892,7 +942,11 @@ impl Walker<'_> {
             })
         };
         let mut joins = Vec::new();
-        for p in &parts {
+        let mut related: Vec<&Expr> = parts.clone();
+        for e in outer_on {
+            conjuncts(e, &mut related);
+        }
+        for p in &related {
             if let Expr::BinaryOp {
                 left,
                 op: BinaryOperator::Eq,
@@ -1028,6 +1082,7 @@ impl Walker<'_> {
                 table: t.table.clone(),
                 keys,
                 bounds,
+                nullable: t.nullable,
             });
         }
     }
@@ -1089,6 +1144,7 @@ impl Walker<'_> {
             table,
             keys: rows,
             bounds: Vec::new(),
+            nullable: false,
         });
     }
 

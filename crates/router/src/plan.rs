@@ -74,6 +74,12 @@ pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Pla
             "Give the shard key so that the statement runs on one shard, query the sharded table on its own, or name the shard: /* shardgate: shard=NAME */.",
         );
     }
+    if matches!(p, Plan::Shards(_) | Plan::AllShards) && nullable_alone(db, a) {
+        return refuse(
+            "a sharded table on the null-extended side of an outer join, not joined on its shard key to a table of its map: each shard would extend its own rows with NULLs where another shard has the match",
+            "Join the sharded tables on their shard keys, give the shard key, or name the shard: /* shardgate: shard=NAME */.",
+        );
+    }
     if a.cursor && matches!(p, Plan::Shards(_) | Plan::AllShards) {
         return refuse(
             "a cursor over several shards (its rows would need a merge the proxy cannot keep open across FETCHes)",
@@ -235,15 +241,22 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
     }
 }
 
-/// The statement's uses of sharded tables with keys carried across the equalities of
-/// their key columns (`o.customer_id = c.id AND c.id = 5` pins both), where the two tables
-/// share a map (so one key's rows of both live on one shard); and whether all uses are
-/// co-located: one use, or all joined on their keys within one map.
-fn colocate(db: &DatabaseConfig, a: &Analysis) -> (Vec<crate::analyze::TableUse>, bool) {
-    let mut uses = a.keyed.clone();
-    let n = uses.len();
-    let map_name = |i: usize| map_for(db, &uses[i].table).map(|(m, _)| m.name.clone());
-    // Components of co-located uses (a small union-find).
+/// Whether a sharded table on the null-extended side of an outer join is not joined on
+/// keys (directly or through others) to a table of its map on a preserved side: its
+/// null-extended rows would come from every shard.
+fn nullable_alone(db: &DatabaseConfig, a: &Analysis) -> bool {
+    let roots = components(db, a);
+    (0..a.keyed.len()).any(|i| {
+        a.keyed[i].nullable
+            && !(0..a.keyed.len()).any(|j| roots[j] == roots[i] && !a.keyed[j].nullable)
+    })
+}
+
+/// For each use of a sharded table, the representative of its group of uses joined on
+/// their keys within one map.
+fn components(db: &DatabaseConfig, a: &Analysis) -> Vec<usize> {
+    let n = a.keyed.len();
+    let map_name = |i: usize| map_for(db, &a.keyed[i].table).map(|(m, _)| m.name.clone());
     let mut parent: Vec<usize> = (0..n).collect();
     fn root(p: &mut [usize], mut i: usize) -> usize {
         while p[i] != i {
@@ -264,7 +277,17 @@ fn colocate(db: &DatabaseConfig, a: &Analysis) -> (Vec<crate::analyze::TableUse>
             _ => {}
         }
     }
-    let roots: Vec<usize> = (0..n).map(|i| root(&mut parent, i)).collect();
+    (0..n).map(|i| root(&mut parent, i)).collect()
+}
+
+/// The statement's uses of sharded tables with keys carried across the equalities of
+/// their key columns (`o.customer_id = c.id AND c.id = 5` pins both), where the two tables
+/// share a map (so one key's rows of both live on one shard); and whether all uses are
+/// co-located: one use, or all joined on their keys within one map.
+fn colocate(db: &DatabaseConfig, a: &Analysis) -> (Vec<crate::analyze::TableUse>, bool) {
+    let mut uses = a.keyed.clone();
+    let n = uses.len();
+    let roots = components(db, a);
     for i in 0..n {
         if uses[i].keys.is_some() {
             continue;
@@ -613,6 +636,55 @@ mod tests {
             p("SELECT * FROM orders o JOIN countries c ON c.code = o.country WHERE o.customer_id = 7", &[]),
             Plan::Shard(shard_of(7))
         );
+    }
+
+    #[test]
+    fn co_located_joins_and_outer_joins() {
+        // Joined on their keys: a key on either side pins both; without one, each shard
+        // joins its own rows.
+        assert_eq!(
+            p("SELECT * FROM orders o JOIN payments y ON y.customer_id = o.customer_id WHERE y.customer_id = 7", &[]),
+            Plan::Shard(shard_of(7))
+        );
+        assert_eq!(
+            p(
+                "SELECT * FROM orders o, payments y WHERE y.customer_id = o.customer_id",
+                &[]
+            ),
+            Plan::AllShards
+        );
+        assert!(matches!(
+            p(
+                "SELECT * FROM orders o JOIN payments y ON y.amount = o.total",
+                &[]
+            ),
+            Plan::Refuse { .. }
+        ));
+        // Outer joins: exact when the null-extended side is joined on its key to the
+        // preserved side's, or is a reference table.
+        assert_eq!(
+            p(
+                "SELECT * FROM orders o LEFT JOIN payments y ON y.customer_id = o.customer_id",
+                &[]
+            ),
+            Plan::AllShards
+        );
+        assert_eq!(
+            p(
+                "SELECT * FROM orders o LEFT JOIN countries c ON c.code = o.country",
+                &[]
+            ),
+            Plan::AllShards
+        );
+        for sql in [
+            "SELECT * FROM countries c LEFT JOIN orders o ON o.country = c.code",
+            "SELECT * FROM orders o RIGHT JOIN countries c ON o.country = c.code",
+            "SELECT * FROM countries c LEFT JOIN orders o ON o.country = c.code LEFT JOIN payments y ON y.customer_id = o.customer_id",
+            "SELECT * FROM orders o FULL JOIN payments y ON y.customer_id = o.customer_id",
+            "SELECT * FROM orders o LEFT JOIN payments y ON y.amount = o.total",
+        ] {
+            assert!(matches!(p(sql, &[]), Plan::Refuse { .. }), "{sql}");
+        }
     }
 
     #[test]

@@ -17,8 +17,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    self, BinaryOperator, Expr, InTarget, Query, SelectItem, SetExpr, Statement, Value,
-    VisitMut,
+    self, BinaryOperator, Expr, InTarget, Query, SelectItem, SetExpr, Statement, Value, VisitMut,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -177,9 +176,7 @@ fn inner_names(s: &ast::Select) -> Vec<String> {
                     .unwrap_or_default(),
             });
         }
-        ast::TableFactor::Derived { alias: Some(a), .. } => {
-            names.push(lower(&a.name))
-        }
+        ast::TableFactor::Derived { alias: Some(a), .. } => names.push(lower(&a.name)),
         _ => {}
     };
     for twj in &s.from {
@@ -424,7 +421,10 @@ mod tests {
         let sql = "SELECT id FROM orders WHERE customer_id IN (SELECT DISTINCT id FROM customers WHERE country = 'de' ORDER BY id) AND NOT EXISTS (SELECT 1 FROM orders WHERE amount < 0)";
         let inner = plan(sql, &sharded);
         assert_eq!(inner.len(), 2);
-        assert_eq!(inner[0].sql, "SELECT id FROM customers WHERE country = 'de'");
+        assert_eq!(
+            inner[0].sql,
+            "SELECT id FROM customers WHERE country = 'de'"
+        );
         let out = finish(
             sql,
             &sharded,

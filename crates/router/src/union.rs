@@ -169,7 +169,12 @@ mod tests {
     use super::*;
 
     fn db() -> DatabaseConfig {
-        let dir = std::env::temp_dir().join(format!("sg-union-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sg-union-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("m.yaml"),

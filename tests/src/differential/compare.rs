@@ -99,6 +99,13 @@ pub const REFUSALS: &[(&str, &str, &str)] = &[
         "merge.md",
     ),
     ("set operation", "a set operation (UNION", "merge.md"),
+    // docs/routing.md "Refused": a sharded table on the null-extended side of an outer join
+    // that is not joined on its key to a table of its map on the preserved side.
+    (
+        "outer join without the key",
+        "null-extended side of an outer join",
+        "routing.md",
+    ),
     ("HAVING beyond comparisons", "HAVING `", "merge.md"),
 ];
 
@@ -134,8 +141,8 @@ pub fn allowed(category: Category) -> &'static [&'static str] {
         // A co-located join is on both tables' shard keys: SPEC §4 refuses only joins on
         // other columns, so "join without a key" is not expected here.
         ColocatedJoin => &[MERGE, SPLIT],
-        ReferenceJoin => &[MERGE, NESTED],
-        Subquery | Cte => &[MERGE, NESTED, SPLIT, JOIN],
+        ReferenceJoin => &[MERGE, NESTED, "outer join without the key"],
+        Subquery | Cte => &[MERGE, NESTED, SPLIT, JOIN, "outer join without the key"],
         Window => &[MERGE, NESTED, "window not by the key"],
         UnionAll => &[MERGE, NESTED, SPLIT, JOIN, "set operation"],
     }

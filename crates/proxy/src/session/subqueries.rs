@@ -30,9 +30,15 @@ impl Session {
         let mut held = 0usize;
         let mut values = Vec::with_capacity(inner.len());
         for i in &inner {
-            match self.first_column(&i.sql, limit.saturating_sub(held)).await? {
+            match self
+                .first_column(&i.sql, limit.saturating_sub(held))
+                .await?
+            {
                 Ok(v) => {
-                    held += v.iter().map(|x| x.as_ref().map_or(8, |s| s.len() + 24)).sum::<usize>();
+                    held += v
+                        .iter()
+                        .map(|x| x.as_ref().map_or(8, |s| s.len() + 24))
+                        .sum::<usize>();
                     values.push(v);
                 }
                 Err(e) => return Ok(Err(e)),
@@ -115,7 +121,8 @@ impl Session {
                         out.push(value);
                     }
                     tag::ERROR_RESPONSE if error.is_none() => {
-                        let fields = wire::messages::ErrorFields::parse(f.body()).unwrap_or_default();
+                        let fields =
+                            wire::messages::ErrorFields::parse(f.body()).unwrap_or_default();
                         error = Some(ProxyError {
                             fatal: false,
                             code: fields.code.into(),
