@@ -36,7 +36,7 @@ enum Shape {
     Exists,
     /// `[NOT] EXISTS (subquery correlated by outer = inner)`: `(outer IN (inner values)) IS
     /// [NOT] TRUE`.
-    Decorrelated(Expr),
+    Decorrelated(Box<Expr>),
 }
 
 /// The subqueries of `sql` that can be answered first (those reading a table for which
@@ -93,23 +93,23 @@ fn boolean(b: bool) -> Expr {
 /// What replaces a subquery of `shape` whose values are `v`.
 enum Replacement {
     /// The whole expression (`x IN (subquery)`, `EXISTS (subquery)`).
-    Expr(Expr),
+    Expr(Box<Expr>),
     /// Only the subquery, by a list of values (`x IN (v1, v2)`).
     List(Vec<Expr>),
 }
 
 fn replacement(shape: &Shape, v: &[Option<String>], negated: bool) -> Replacement {
-    Replacement::Expr(match shape {
+    Replacement::Expr(Box::new(match shape {
         Shape::Exists => boolean(!v.is_empty() != negated),
         // `x IN (no rows)` is false and `x NOT IN (no rows)` true, NULL x included.
         Shape::In if v.is_empty() => boolean(negated),
         Shape::In => return Replacement::List(v.iter().map(literal).collect()),
         Shape::Decorrelated(outer) => {
             if v.is_empty() {
-                return Replacement::Expr(boolean(negated));
+                return Replacement::Expr(Box::new(boolean(negated)));
             }
             let test = Expr::In {
-                expr: Box::new(outer.clone()),
+                expr: outer.clone(),
                 target: InTarget::List(v.iter().map(literal).collect()),
                 negated: false,
                 global: false,
@@ -121,7 +121,7 @@ fn replacement(shape: &Shape, v: &[Option<String>], negated: bool) -> Replacemen
                 Expr::IsTrue(nested)
             }
         }
-    })
+    }))
 }
 
 /// Whether a subquery's rows are the union of every shard's: one SELECT with no
@@ -299,7 +299,7 @@ fn exists_shape(q: &Query) -> Option<(Shape, String)> {
         right: Box::new(b),
     });
     Some((
-        Shape::Decorrelated(outer_expr),
+        Shape::Decorrelated(Box::new(outer_expr)),
         values_query(q, Some(inner_expr), Some(selection)),
     ))
 }
@@ -337,7 +337,7 @@ fn walk(stmt: &mut Statement, sharded: &dyn Fn(&str) -> bool, each: &mut Each<'_
                                 *target = InTarget::List(list);
                             }
                         }
-                        Some(Replacement::Expr(r)) => *e = Expr::Nested(Box::new(r)),
+                        Some(Replacement::Expr(r)) => *e = Expr::Nested(r),
                         None => {}
                     }
                 }
@@ -345,7 +345,7 @@ fn walk(stmt: &mut Statement, sharded: &dyn Fn(&str) -> bool, each: &mut Each<'_
                     if let Some((shape, sql)) = exists_shape(subquery) {
                         let neg = *negated;
                         match (self.each)(&shape, sql, neg) {
-                            Some(Replacement::Expr(r)) => *e = Expr::Nested(Box::new(r)),
+                            Some(Replacement::Expr(r)) => *e = Expr::Nested(r),
                             Some(Replacement::List(_)) | None => {}
                         }
                     }
