@@ -100,7 +100,7 @@ enum Replacement {
 
 fn replacement(shape: &Shape, v: &[Option<String>], negated: bool) -> Replacement {
     Replacement::Expr(Box::new(match shape {
-        Shape::Exists => boolean(!v.is_empty() != negated),
+        Shape::Exists => boolean(v.is_empty() == negated),
         // `x IN (no rows)` is false and `x NOT IN (no rows)` true, NULL x included.
         Shape::In if v.is_empty() => boolean(negated),
         Shape::In => return Replacement::List(v.iter().map(literal).collect()),
