@@ -183,6 +183,14 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let on_last = clusters[args.shards as usize - 1]
         .0
         .psql("app", "SELECT count(*) FROM customers")?;
+    let mut total = 0u64;
+    for (primary, _) in &clusters {
+        total += primary
+            .psql("app", "SELECT count(*) FROM customers")?
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
+    }
 
     let rt = crate::runtime(config.worker_threads())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -208,7 +216,8 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("  SELECT id FROM customers WHERE id IN (1, 2, 3, 4);             -- 4 rows, from every shard that holds one");
             println!("  /* shardgate: shard={last} */ SELECT count(*) FROM customers;   -- {on_last}, the customers on {last}");
             if args.shards > 1 {
-                println!("  SELECT count(*) FROM customers;     -- refused (0A000): needs every shard");
+                println!("  SELECT count(*) FROM customers;                                -- {total}, merged from every shard");
+                println!("  SELECT id, name FROM customers ORDER BY id DESC LIMIT 3;       -- merged: the 3 highest ids of all shards");
             }
             println!("Press Ctrl-C to stop everything.");
         }

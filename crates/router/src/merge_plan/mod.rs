@@ -374,7 +374,22 @@ impl Planner {
             "count" => (Agg::new(AggKind::Count, target), e.clone()),
             "sum" => (Agg::new(AggKind::Sum, target), e.clone()),
             "avg" => {
-                self.helpers.push(with_name("count"));
+                // count(x::numeric) is count(x) (a cast keeps NULLs NULL), without casting
+                // every row a second time.
+                let mut count = with_name("count");
+                if let Expr::Function(c) = &mut count {
+                    if let FunctionArguments::List(l) = &mut c.args {
+                        if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Cast {
+                            expr,
+                            ..
+                        }))] = l.args.as_slice()
+                        {
+                            let inner = (**expr).clone();
+                            l.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))];
+                        }
+                    }
+                }
+                self.helpers.push(count);
                 let count = Some(Col::Helper(self.helpers.len() - 1));
                 let agg = Agg {
                     count,
