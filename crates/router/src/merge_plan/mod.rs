@@ -490,6 +490,37 @@ impl Planner {
         Ok(Some(cols))
     }
 
+    /// PostgreSQL's rule for SELECT DISTINCT: every ORDER BY expression is in the select
+    /// list (42P10 otherwise). The shards' query would carry it as a helper column and
+    /// answer; refused instead, so that no answer comes where PostgreSQL gives an error.
+    fn order_by_in_select_list(&self) -> Result<(), Refusal> {
+        let Some(ob) = &self.query.order_by else {
+            return Ok(());
+        };
+        let ast::OrderByKind::Expressions(items) = &ob.kind else {
+            return Ok(());
+        };
+        for it in items {
+            if self.item_for(&it.expr)?.is_some() {
+                continue;
+            }
+            let text = it.expr.to_string();
+            let listed = self.written.iter().any(|item| match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    e.to_string() == text
+                }
+                _ => true,
+            });
+            if !listed {
+                return refuse(
+                    format!("for SELECT DISTINCT, ORDER BY expressions must appear in select list (`{text}` does not; PostgreSQL refuses it with 42P10)"),
+                    "Add the expression to the select list, or drop it from ORDER BY.",
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn sort_keys(&mut self, aggregated: bool) -> Result<Vec<SortKey>, Refusal> {
         let Some(ob) = self.query.order_by.clone() else {
             return Ok(Vec::new());
@@ -888,6 +919,9 @@ impl Planner {
         limit: Option<u64>,
         offset: u64,
     ) -> Result<MergePlan, Refusal> {
+        if matches!(self.select.distinct, Some(Distinct::Distinct)) {
+            self.order_by_in_select_list()?;
+        }
         let keys = self.sort_keys(false)?;
         let distinct = self.select.distinct.clone();
         let on = match &distinct {
