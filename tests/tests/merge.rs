@@ -259,6 +259,18 @@ async fn insert_without_a_column_list_finds_the_keys_in_the_catalog() {
             .unwrap();
         assert_eq!(rows.len(), 1, "row {id}");
     }
+    // INSERT ... SELECT from the same map, by key, with ON CONFLICT: on the key's shard.
+    c.batch_execute(
+        "INSERT INTO t (id, g) SELECT id, g + 100 FROM t WHERE id = 5 ON CONFLICT (id) DO UPDATE SET g = EXCLUDED.g",
+    )
+    .await
+    .unwrap();
+    let g = simple_rows(
+        &c.simple_query("SELECT g FROM t WHERE id = 5")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(g, vec![vec![Some("105".to_owned())]]);
     // More values than the table has columns: refused (the router cannot place them).
     let e = c
         .simple_query("INSERT INTO t VALUES (9, 1, 'a', 1, 1, '2026-01-01', now(), true, 'extra')")

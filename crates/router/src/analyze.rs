@@ -1114,7 +1114,10 @@ impl Walker<'_> {
             .iter()
             .map(|c| names.iter().position(|n| n == c))
             .collect();
-        let rows = match (i.source.as_deref().map(|q| q.body.as_ref()), positions) {
+        let rows = match (
+            i.source.as_deref().map(|q| q.body.as_ref()),
+            positions.clone(),
+        ) {
             (Some(SetExpr::Values(v)), Some(pos)) => v
                 .rows
                 .iter()
@@ -1127,6 +1130,34 @@ impl Walker<'_> {
             _ => None,
         };
         if rows.is_none() {
+            if let (Some(src), Some(pos)) = (
+                i.source
+                    .as_deref()
+                    .filter(|q| matches!(q.body.as_ref(), SetExpr::Select(_))),
+                positions.as_ref().filter(|p| p.len() == 1),
+            ) {
+                // INSERT ... SELECT: when the target's key is a sharded source table's key
+                // column, every row goes to the shard the source row is on (the plan joins
+                // the two uses: same map, a pinned source pins the target).
+                let before = self.out.keyed.len();
+                self.query(src);
+                if let Some(source) = self.key_source(src, pos[0], before) {
+                    let target = self.out.keyed.len();
+                    self.out.keyed.push(TableUse {
+                        table,
+                        keys: None,
+                        bounds: Vec::new(),
+                        nullable: false,
+                    });
+                    self.out.key_joins.push((target, source));
+                    return;
+                }
+                self.out.refuse = Some(format!(
+                    "INSERT ... SELECT into `{table}` whose key column ({}) is not the shard key of a sharded table it selects from",
+                    cols.join(", ")
+                ));
+                return;
+            }
             if i.columns.is_empty()
                 && matches!(
                     i.source.as_deref().map(|q| q.body.as_ref()),
@@ -1146,6 +1177,49 @@ impl Walker<'_> {
             bounds: Vec::new(),
             nullable: false,
         });
+    }
+
+    /// The `keyed` use (from index `from` on) whose table's single key column is the
+    /// `position`-th item of the source query's select list, if any.
+    fn key_source(&self, src: &Query, position: usize, from: usize) -> Option<usize> {
+        let SetExpr::Select(sel) = src.body.as_ref() else {
+            return None;
+        };
+        let item = match sel.projection.get(position)? {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => return None,
+        };
+        let (qualifier, column) = match item {
+            Expr::Identifier(c) => (None, ident_name(c)),
+            Expr::CompoundIdentifier(p) if p.len() >= 2 => (
+                Some(ident_name(&p[p.len() - 2])),
+                ident_name(&p[p.len() - 1]),
+            ),
+            _ => return None,
+        };
+        // The source's FROM items: (table, the name it goes by).
+        let mut tables: Vec<(String, String)> = Vec::new();
+        for twj in &sel.from {
+            for f in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+                if let TableFactor::Table { name, alias, .. } = f {
+                    let t = base_name(name);
+                    let called = alias
+                        .as_ref()
+                        .map(|a| ident_name(&a.name))
+                        .unwrap_or_else(|| t.clone());
+                    tables.push((t, called));
+                }
+            }
+        }
+        let table = match qualifier {
+            Some(q) => tables.iter().find(|(_, c)| *c == q)?.0.clone(),
+            None if tables.len() == 1 => tables[0].0.clone(),
+            None => return None,
+        };
+        if (self.key_columns)(&table)? != [column] {
+            return None;
+        }
+        (from..self.out.keyed.len()).find(|&i| self.out.keyed[i].table == table)
     }
 
     fn update(&mut self, u: &ast::Update) {

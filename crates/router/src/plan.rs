@@ -688,6 +688,28 @@ mod tests {
     }
 
     #[test]
+    fn insert_select_goes_where_its_source_rows_are() {
+        assert_eq!(
+            p("INSERT INTO payments (customer_id, amount) SELECT customer_id, total FROM orders WHERE customer_id = 7", &[]),
+            Plan::Shard(shard_of(7))
+        );
+        assert_eq!(
+            p("INSERT INTO payments (amount, customer_id) SELECT o.total, o.customer_id FROM orders o WHERE o.customer_id = 7", &[]),
+            Plan::Shard(shard_of(7))
+        );
+        for sql in [
+            // Without a key: a write on every shard (two-phase commit's work).
+            "INSERT INTO payments (customer_id, amount) SELECT customer_id, total FROM orders",
+            // The key is not the source's key column.
+            "INSERT INTO payments (customer_id, amount) SELECT total, customer_id FROM orders WHERE customer_id = 7",
+            // A source of another map.
+            "INSERT INTO payments (customer_id, amount) SELECT 7, 1 FROM events WHERE day = '2026-01-02'",
+        ] {
+            assert!(matches!(p(sql, &[]), Plan::Refuse { .. }), "{sql}");
+        }
+    }
+
+    #[test]
     fn in_lists_go_to_every_shard_they_touch() {
         let keys: Vec<i64> = (1..40).collect();
         let shards: BTreeSet<String> = keys.iter().map(|k| shard_of(*k)).collect();
