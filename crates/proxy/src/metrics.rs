@@ -266,6 +266,17 @@ impl Collector for ProxyCollector {
                 .map(|(db, v)| (vec![("database", db)], v))
                 .collect::<Vec<_>>(),
         )?;
+        counter(
+            &mut e,
+            "shardgate_merges",
+            "Reads whose rows the merge engine combined (ORDER BY, aggregates, DISTINCT, ...).",
+            &proxy
+                .stats
+                .merges()
+                .into_iter()
+                .map(|(db, v)| (vec![("database", db)], v))
+                .collect::<Vec<_>>(),
+        )?;
         let (hits, misses) = proxy.route_cache.hits_and_misses();
         counter(
             &mut e,

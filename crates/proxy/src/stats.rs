@@ -65,6 +65,8 @@ pub struct Stats {
     errors: Mutex<HashMap<(String, String), u64>>,
     /// database → statements run over several shards (fan-out and merge).
     fanouts: Mutex<HashMap<String, u64>>,
+    /// database → reads whose rows the merge engine combined.
+    merges: Mutex<HashMap<String, u64>>,
 }
 
 impl Stats {
@@ -128,6 +130,22 @@ impl Stats {
     /// Counts a statement run over several shards.
     pub fn fanout(&self, database: &str) {
         *self.fanouts.lock().entry(database.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a read merged across shards.
+    pub fn merge(&self, database: &str) {
+        *self.merges.lock().entry(database.to_owned()).or_default() += 1;
+    }
+
+    pub fn merges(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .merges
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn fanouts(&self) -> Vec<(String, u64)> {

@@ -148,6 +148,7 @@ impl Session {
             }
         };
         let limit = config.limits.merge_memory as usize;
+        self.proxy.stats.merge(&self.client.database);
         let result = Box::pin(drive(
             &plan,
             &mut legs.conns,
