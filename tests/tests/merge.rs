@@ -327,3 +327,66 @@ async fn sql_prepare_and_execute_route_by_their_arguments() {
     let e = c.simple_query("EXECUTE p2(1)").await.unwrap_err();
     assert_eq!(sqlstate(&e), "26000");
 }
+
+/// Past `limits.merge_memory`, a merge that must hold its groups fails with 54000 (the
+/// session goes on), while an ORDER BY merge, which holds one row per shard, still answers.
+#[tokio::test]
+async fn a_merge_past_its_memory_limit_fails_with_54000() {
+    let shards = [
+        create_database("mrgmem_s0"),
+        create_database("mrgmem_s1"),
+        create_database("mrgmem_s2"),
+    ];
+    let (addr, _dir) = e2e::sharded_proxy(
+        "mrgmem",
+        &shards,
+        "name: mrgmem\ntype: hash\nkey_type: bigint\npartitions: 3\nassign: { s0: [0], s1: [1], s2: [2] }\ntables: [{ table: t, column: id }]\n",
+        "",
+        "{ size: 4 }\nlimits: { merge_memory: 4096 }",
+    );
+    let c = e2e::connect(&format!(
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+        addr.port()
+    ))
+    .await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute(&rows()).await.unwrap();
+    c.batch_execute(
+        "INSERT INTO t (id, g, name) SELECT i, i, 'x' || i FROM generate_series(1000, 1999) i",
+    )
+    .await
+    .unwrap_or_else(|e| {
+        // INSERT ... SELECT without a key is refused: insert the rows by VALUES instead.
+        assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    });
+    let values: Vec<String> = (1000..2000)
+        .map(|i| format!("({i}, {i}, 'x{i}')"))
+        .collect();
+    c.batch_execute(&format!(
+        "INSERT INTO t (id, g, name) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    let e = c
+        .simple_query("SELECT g, count(*) FROM t GROUP BY g")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "54000", "{e:?}");
+    let e = c
+        .simple_query("SELECT DISTINCT name FROM t")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "54000", "{e:?}");
+    // One row per shard at a time: any size.
+    let rows = simple_rows(
+        &c.simple_query("SELECT id, name FROM t ORDER BY id")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows.len(), 1060);
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0][0].as_ref().unwrap().parse::<i64>().unwrap()
+            < w[1][0].as_ref().unwrap().parse::<i64>().unwrap()));
+}
