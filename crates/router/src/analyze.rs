@@ -252,6 +252,7 @@ pub fn analyze(
     let mut w = Walker {
         key_columns,
         ctes: Vec::new(),
+        cte_views: Vec::new(),
         depth: 0,
         top_depth: Some(
             if matches!(stmt, Statement::Query(_))
@@ -557,6 +558,9 @@ struct Walker<'k> {
     /// Names of the CTEs in scope: a FROM item of one of these names is the CTE, not a
     /// table of that name.
     ctes: Vec<String>,
+    /// CTEs in scope that are views of one sharded table (see [`view_of`]): name, the table,
+    /// and its use inside the CTE.
+    cte_views: Vec<(String, String, usize)>,
 }
 
 /// A table in a scope: its name and the name it goes by (alias or name).
@@ -568,6 +572,9 @@ struct InScope {
     top: bool,
     /// On the null-extended side of an outer join of the statement's own SELECT.
     nullable: bool,
+    /// A CTE or derived table that is a view of this table: the table's use inside it,
+    /// which rows of this use come from (joined on the key).
+    linked: Option<usize>,
 }
 
 fn base_name(name: &ast::ObjectName) -> String {
@@ -639,13 +646,24 @@ impl Walker<'_> {
     fn query(&mut self, q: &Query) {
         self.depth += 1;
         let in_scope = self.ctes.len();
+        let views_in_scope = self.cte_views.len();
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 let name = ident_name(&cte.alias.name);
                 if with.recursive {
                     self.ctes.push(name.clone());
                 }
+                let before = self.out.keyed.len();
                 self.query(&cte.query);
+                if !with.recursive && cte.alias.columns.is_empty() {
+                    if let Some(table) = self.view_of(&cte.query) {
+                        if let Some(inner) = (before..self.out.keyed.len())
+                            .find(|&i| self.out.keyed[i].table == table)
+                        {
+                            self.cte_views.push((name.clone(), table, inner));
+                        }
+                    }
+                }
                 if !with.recursive {
                     self.ctes.push(name);
                 }
@@ -653,7 +671,74 @@ impl Walker<'_> {
         }
         self.set_expr(&q.body);
         self.ctes.truncate(in_scope);
+        self.cte_views.truncate(views_in_scope);
         self.depth -= 1;
+    }
+
+    /// A query that is a view of one sharded table keeping its key column under its own
+    /// name (`SELECT *` or a select list naming it; one table, WHERE allowed; no grouping,
+    /// aggregates, windows, DISTINCT or LIMIT): every row it gives is a row of that table on
+    /// the shard of its key, so a key on the view's key column pins the table. Returns the
+    /// table.
+    fn view_of(&self, q: &Query) -> Option<String> {
+        if q.with.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+            return None;
+        }
+        let SetExpr::Select(sel) = q.body.as_ref() else {
+            return None;
+        };
+        let grouped = !matches!(&sel.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+        if grouped || sel.having.is_some() || sel.distinct.is_some() || sel.from.len() != 1 {
+            return None;
+        }
+        let twj = &sel.from[0];
+        if !twj.joins.is_empty() {
+            return None;
+        }
+        let TableFactor::Table { name, alias, .. } = &twj.relation else {
+            return None;
+        };
+        let table = base_name(name);
+        let cols = (self.key_columns)(&table)?;
+        let [key] = cols.as_slice() else {
+            return None;
+        };
+        let called = alias
+            .as_ref()
+            .map(|a| ident_name(&a.name))
+            .unwrap_or_else(|| table.clone());
+        let mut keeps_key = false;
+        for item in &sel.projection {
+            match item {
+                SelectItem::Wildcard(_) => keeps_key = true,
+                SelectItem::QualifiedWildcard(..) => keeps_key = true,
+                SelectItem::UnnamedExpr(e) => {
+                    if has_aggregate(e) {
+                        return None;
+                    }
+                    let named = match e {
+                        Expr::Identifier(i) => ident_name(i) == *key,
+                        Expr::CompoundIdentifier(p) if p.len() >= 2 => {
+                            ident_name(&p[p.len() - 1]) == *key
+                                && ident_name(&p[p.len() - 2]) == called
+                        }
+                        _ => false,
+                    };
+                    keeps_key |= named;
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    if has_aggregate(expr) {
+                        return None;
+                    }
+                    // Another column named like the key would shadow it.
+                    if ident_name(alias) == *key {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        keeps_key.then_some(table)
     }
 
     /// Whether a scope being walked is the statement's own SELECT.
@@ -848,10 +933,29 @@ impl Walker<'_> {
 
     fn factor(&mut self, f: &TableFactor, scope: &mut Vec<InScope>) {
         match f {
-            TableFactor::Table { name, .. }
+            TableFactor::Table { name, alias, .. }
                 if name.0.len() == 1 && self.ctes.contains(&base_name(name)) =>
             {
-                // A CTE: its own query was walked as a scope of its own.
+                // A CTE: its own query was walked as a scope of its own. A view of one
+                // sharded table stands for that table here, joined on its key to its use
+                // inside the CTE.
+                let cte = base_name(name);
+                if let Some((_, table, inner)) = self
+                    .cte_views
+                    .iter()
+                    .rev()
+                    .find(|(n, _, _)| *n == cte)
+                    .cloned()
+                {
+                    let called = alias.as_ref().map(|a| ident_name(&a.name)).unwrap_or(cte);
+                    scope.push(InScope {
+                        table,
+                        called,
+                        top: self.at_top(),
+                        nullable: false,
+                        linked: Some(inner),
+                    });
+                }
             }
             TableFactor::Table { name, alias, .. } => {
                 let table = base_name(name);
@@ -865,9 +969,34 @@ impl Walker<'_> {
                     called,
                     top: self.at_top(),
                     nullable: false,
+                    linked: None,
                 });
             }
-            TableFactor::Derived { subquery, .. } => self.query(subquery),
+            TableFactor::Derived {
+                subquery, alias, ..
+            } => {
+                let before = self.out.keyed.len();
+                self.query(subquery);
+                // A derived table that is a view of one sharded table stands for it, as a
+                // CTE does.
+                let view = alias
+                    .as_ref()
+                    .filter(|a| a.columns.is_empty())
+                    .and_then(|a| Some((a, self.view_of(subquery)?)));
+                if let Some((a, table)) = view {
+                    if let Some(inner) =
+                        (before..self.out.keyed.len()).find(|&i| self.out.keyed[i].table == table)
+                    {
+                        scope.push(InScope {
+                            table,
+                            called: ident_name(&a.name),
+                            top: self.at_top(),
+                            nullable: false,
+                            linked: Some(inner),
+                        });
+                    }
+                }
+            }
             TableFactor::NestedJoin {
                 table_with_joins, ..
             } => self.table_with_joins(table_with_joins, scope),
@@ -1077,6 +1206,9 @@ impl Walker<'_> {
             }
             if !t.top {
                 self.out.nested_sharded = true;
+            }
+            if let Some(inner) = t.linked {
+                self.out.key_joins.push((self.out.keyed.len(), inner));
             }
             self.out.keyed.push(TableUse {
                 table: t.table.clone(),
@@ -1375,8 +1507,21 @@ mod tests {
     #[test]
     fn subqueries_and_ctes_are_scopes() {
         let x = a("WITH o AS (SELECT * FROM orders WHERE customer_id = 5) SELECT * FROM o");
-        assert_eq!(x.keyed.len(), 1);
         assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("5")]]));
+        // The CTE is a view of orders: its use outside stands for orders, joined on the key
+        // to the use inside (the plan carries the key across).
+        assert_eq!(x.keyed.len(), 2);
+        assert_eq!(x.keyed[1].table, "orders");
+        assert_eq!(x.key_joins, vec![(1, 0)]);
+        let x = a("WITH o AS (SELECT id, total FROM orders) SELECT * FROM o WHERE customer_id = 5");
+        assert_eq!(
+            x.keyed.len(),
+            1,
+            "a view without the key column is no view: {x:?}"
+        );
+        let x = a("SELECT * FROM (SELECT * FROM orders) d WHERE d.customer_id = 7");
+        assert_eq!(x.keyed[1].keys, Some(vec![vec![lit("7")]]));
+        assert_eq!(x.key_joins, vec![(1, 0)]);
         let x = a("SELECT * FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE customer_id = 9)");
         assert_eq!(x.tables, vec!["customers", "orders"]);
         assert_eq!(x.keyed[0].keys, Some(vec![vec![lit("9")]]));

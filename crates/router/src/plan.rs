@@ -688,6 +688,24 @@ mod tests {
     }
 
     #[test]
+    fn views_in_ctes_and_derived_tables_route_by_the_key_outside() {
+        for sql in [
+            "WITH x AS (SELECT * FROM orders) SELECT * FROM x WHERE customer_id = 7",
+            "WITH x AS MATERIALIZED (SELECT customer_id, total FROM orders WHERE total > 1) SELECT count(*) FROM x WHERE customer_id = 7",
+            "SELECT * FROM (SELECT o.customer_id, o.total FROM orders o) d WHERE d.customer_id = 7",
+        ] {
+            assert_eq!(p(sql, &[]), Plan::Shard(shard_of(7)), "{sql}");
+        }
+        for sql in [
+            "WITH x AS (SELECT * FROM orders) SELECT * FROM x",
+            "WITH x AS (SELECT customer_id, sum(total) FROM orders GROUP BY customer_id) SELECT * FROM x WHERE customer_id = 7",
+            "WITH x AS (SELECT total AS customer_id FROM orders) SELECT * FROM x WHERE customer_id = 7",
+        ] {
+            assert!(matches!(p(sql, &[]), Plan::Refuse { .. }), "{sql}");
+        }
+    }
+
+    #[test]
     fn insert_select_goes_where_its_source_rows_are() {
         assert_eq!(
             p("INSERT INTO payments (customer_id, amount) SELECT customer_id, total FROM orders WHERE customer_id = 7", &[]),
