@@ -382,3 +382,57 @@ async fn a_merge_past_its_memory_limit_fails_with_54000() {
         .all(|w| w[0][0].as_ref().unwrap().parse::<i64>().unwrap()
             < w[1][0].as_ref().unwrap().parse::<i64>().unwrap()));
 }
+
+/// A user-defined aggregate over several shards is found in the catalog and refused; plain
+/// functions run as before, and on one shard the aggregate runs.
+#[tokio::test]
+async fn user_defined_aggregates_are_never_concatenated() {
+    let s = setup("mrguda");
+    let c = e2e::connect(&s.conninfo).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute(&rows()).await.unwrap();
+    let count = |m: &[tokio_postgres::SimpleQueryMessage]| simple_rows(m).len();
+    // Learned (not an aggregate) before the aggregate exists.
+    assert_eq!(
+        count(
+            &c.simple_query("SELECT my_total(g) IS NULL FROM t")
+                .await
+                .unwrap_or_default()
+        ),
+        0
+    );
+    c.batch_execute("CREATE AGGREGATE my_total(int) (sfunc = int4pl, stype = int)")
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT my_total(g) FROM t",
+        "SELECT my_total(g) + 1 FROM t",
+        "SELECT id FROM t WHERE id = 1 UNION ALL SELECT my_total(g) FROM t",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{sql}");
+        let msg = e.as_db_error().unwrap().message().to_owned();
+        assert!(msg.contains("my_total"), "{sql}: {msg}");
+    }
+    let one = simple_rows(
+        &c.simple_query("SELECT my_total(g) FROM t WHERE id = 5")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(one, vec![vec![Some("0".to_owned())]]);
+    assert_eq!(
+        count(&c.simple_query("SELECT lower(name) FROM t").await.unwrap()),
+        60
+    );
+    let n = c
+        .query("SELECT upper(name) FROM t WHERE g > $1", &[&0i32])
+        .await
+        .unwrap()
+        .len();
+    assert!(n > 0);
+    let e = c
+        .query("SELECT my_total(g) FROM t WHERE g > $1", &[&0i32])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+}

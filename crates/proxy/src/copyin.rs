@@ -526,6 +526,14 @@ async fn table_columns(
     catalog_columns(leg, table_sql, false).await
 }
 
+/// The first column of a catalog query's rows, as text; `Err(frame)`: the server's error.
+pub(crate) async fn first_column(
+    leg: &mut PooledConn,
+    sql: &str,
+) -> std::io::Result<Result<Vec<String>, Vec<u8>>> {
+    run_first_column(leg, sql).await
+}
+
 /// A table's columns in order, as its server's catalog has them: with `generated`, the
 /// generated ones too (an INSERT without a column list counts them); `Err(frame)`: the
 /// server's error.
@@ -539,8 +547,16 @@ pub(crate) async fn catalog_columns(
         table_sql.replace('\'', "''"),
         if generated { "" } else { " AND attgenerated = ''" }
     );
+    run_first_column(leg, &sql).await
+}
+
+/// Runs a simple query and returns its rows' first column as text.
+async fn run_first_column(
+    leg: &mut PooledConn,
+    sql: &str,
+) -> std::io::Result<Result<Vec<String>, Vec<u8>>> {
     let mut q = BytesMut::new();
-    messages::query(&mut q, &sql);
+    messages::query(&mut q, sql);
     leg.send(&q).await?;
     let mut columns = Vec::new();
     let mut error = None;

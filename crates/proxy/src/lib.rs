@@ -79,6 +79,10 @@ pub struct Proxy {
     /// Column order of sharded tables that INSERTs without a column list name, by
     /// (database, table), from the home shard's catalog; forgotten on reload.
     table_columns: Mutex<HashMap<(String, String), TableColumns>>,
+    /// Functions called by reads over several shards, by (database, name): whether the
+    /// catalog has an aggregate of that name (a user-defined aggregate would need a merge
+    /// the router does not know of). Forgotten on reload and on DDL.
+    functions: Mutex<HashMap<(String, String), bool>>,
 }
 
 /// A table's columns in order.
@@ -155,6 +159,7 @@ impl Proxy {
             banned: Mutex::new(Default::default()),
             collations: Mutex::new(HashMap::new()),
             table_columns: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -233,6 +238,32 @@ impl Proxy {
         self.banned
             .lock()
             .contains(&(database.to_owned(), shard.to_owned()))
+    }
+
+    /// Whether any of `names` is an aggregate in `database`'s catalog, or not known yet.
+    fn aggregate_among(&self, database: &str, names: &[String]) -> bool {
+        let known = self.functions.lock();
+        names.iter().any(|n| {
+            known
+                .get(&(database.to_owned(), n.clone()))
+                .copied()
+                .unwrap_or(true)
+        })
+    }
+
+    /// The names of `names` not looked up yet in `database`'s catalog.
+    fn unknown_functions(&self, database: &str, names: &[String]) -> Vec<String> {
+        let known = self.functions.lock();
+        names
+            .iter()
+            .filter(|n| !known.contains_key(&(database.to_owned(), (*n).clone())))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets what the catalog said of `database`'s functions (after DDL).
+    fn forget_functions(&self, database: &str) {
+        self.functions.lock().retain(|(d, _), _| d != database);
     }
 
     /// A table's column order, once known.
@@ -506,6 +537,7 @@ impl Proxy {
         // Analyses depend on the maps' key columns.
         self.route_cache.clear();
         self.table_columns.lock().clear();
+        self.functions.lock().clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(generation = self.generation(), "configuration reloaded");
     }

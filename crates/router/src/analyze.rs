@@ -108,6 +108,11 @@ pub struct Analysis {
     /// needs the table's column order (from the catalog) to find the keys; see
     /// [`crate::rewrite::with_insert_columns`].
     pub insert_without_columns: Option<String>,
+    /// Functions the top-level query calls (outside window clauses) that are not built-in
+    /// aggregates: a user-defined aggregate among them would need a merge the router does
+    /// not know of, so the proxy asks the catalog before running such a statement on
+    /// several shards.
+    pub functions: Vec<String>,
 }
 
 /// SQL the parser does not accept.
@@ -238,6 +243,7 @@ pub fn analyze(
             refuse: None,
             key_joins: Vec::new(),
             insert_without_columns: None,
+            functions: Vec::new(),
         });
     }
     let mut statements =
@@ -275,6 +281,7 @@ pub fn analyze(
             refuse: None,
             key_joins: Vec::new(),
             insert_without_columns: None,
+            functions: Vec::new(),
         },
     };
     w.statement(&stmt);
@@ -305,6 +312,7 @@ fn analyze_copy(
         refuse: None,
         key_joins: Vec::new(),
         insert_without_columns: None,
+        functions: Vec::new(),
     };
     match lx.next() {
         Some(open @ Token::Symbol("(")) => {
@@ -399,6 +407,7 @@ impl Walker<'_> {
             Statement::Explain { statement, .. } => w.statement(statement),
             Statement::Query(q) => {
                 w.out.needs_merge = needs_merge(q);
+                w.out.functions = called_functions(q);
                 if !q.locks.is_empty() {
                     w.out.kind = Kind::Write;
                 }
@@ -508,6 +517,60 @@ const AGGREGATES: &[&str] = &[
 /// rows of every shard).
 pub fn has_aggregate_or_window(e: &Expr) -> bool {
     has_aggregate(e)
+}
+
+/// The functions a query's own SELECT calls in its select list, HAVING and ORDER BY
+/// (without OVER, not built-in aggregates), lower-cased unless quoted.
+fn called_functions(q: &Query) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    select_functions(q.body.as_ref(), q.order_by.as_ref(), &mut out);
+    out
+}
+
+fn select_functions(body: &SetExpr, order_by: Option<&ast::OrderBy>, out: &mut Vec<String>) {
+    let s = match body {
+        SetExpr::Select(s) => s,
+        SetExpr::SetOperation { left, right, .. } => {
+            select_functions(left, None, out);
+            select_functions(right, None, out);
+            return;
+        }
+        SetExpr::Query(q) => {
+            select_functions(q.body.as_ref(), q.order_by.as_ref(), out);
+            return;
+        }
+        _ => return,
+    };
+    let mut add = |e: &Expr| {
+        let _ = ast::visit_expressions(e, |x| {
+            if let Expr::Function(f) = x {
+                if f.over.is_none() {
+                    if let Some(i) = f.name.0.last().and_then(|p| p.as_ident()) {
+                        let n = ident_name(i);
+                        if !AGGREGATES.contains(&n.as_str()) && !out.contains(&n) {
+                            out.push(n);
+                        }
+                    }
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    };
+    for item in &s.projection {
+        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+            add(e);
+        }
+    }
+    if let Some(h) = &s.having {
+        add(h);
+    }
+    if let Some(ob) = order_by {
+        if let ast::OrderByKind::Expressions(items) = &ob.kind {
+            for it in items {
+                add(&it.expr);
+            }
+        }
+    }
 }
 
 /// Whether `name` (lower-cased unless quoted) is one of PostgreSQL's built-in aggregates.

@@ -59,6 +59,7 @@ pub fn explain(
                 refuse: None,
                 key_joins: Vec::new(),
                 insert_without_columns: None,
+                functions: Vec::new(),
             }
         }
         Err(e) => {

@@ -39,6 +39,11 @@ impl Session {
         let p = ParseView::new(&frame).map_err(malformed)?;
         self.note_encoding_change(p.query);
         self.note_pin_words(p.query);
+        // A read calling functions learns which are aggregates before it routes (a
+        // Describe or the Bind may route it).
+        if p.query.contains(&b'(') {
+            self.learn_functions(p.query).await;
+        }
         if matches!(tracked(p.query), Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
         {
             return self.extended_error(
@@ -232,6 +237,27 @@ impl Session {
         };
         if let Some(q) = insert {
             self.learn_insert_columns(&q).await;
+        }
+        // A read calling functions learns which are aggregates before it routes.
+        let is_read = |q: &[u8]| {
+            let h = q.trim_ascii_start();
+            h.get(..6)
+                .is_some_and(|h| h.eq_ignore_ascii_case(b"select"))
+                || h.get(..4).is_some_and(|h| h.eq_ignore_ascii_case(b"with"))
+        };
+        let read = if b.statement.is_empty() {
+            self.unnamed_parse
+                .as_ref()
+                .and_then(|p| ParseView::new(&p.0).ok().map(|pv| pv.query))
+                .filter(|q| is_read(q) && q.contains(&b'('))
+                .map(Bytes::copy_from_slice)
+        } else {
+            self.statement(b.statement)
+                .filter(|s| is_read(&s.query) && s.query.contains(&b'('))
+                .map(|s| s.query.clone())
+        };
+        if let Some(q) = read {
+            self.learn_functions(&q).await;
         }
         if b.statement.is_empty() && self.names.as_deref().is_some_and(|n| n.ext_begin.is_some()) {
             return self.bind_held_begin(&b);

@@ -790,6 +790,7 @@ impl Session {
             Err(e) => return self.simple_error(e),
         }
         self.learn_insert_columns(sql).await;
+        self.learn_functions(sql).await;
         let target = match self.route(sql) {
             Ok(Routing::To(t)) => t,
             Ok(Routing::Fanout(f)) => return self.simple_fanout(&frame, f).await,

@@ -225,6 +225,64 @@ impl Session {
         router::rewrite::with_insert_columns(text, &columns)
     }
 
+    /// Before a read with function calls routes over several shards: whether the catalog
+    /// has aggregates of those names, asked of the home shard once per name.
+    pub(super) async fn learn_functions(&mut self, sql: &[u8]) {
+        let head = sql.trim_ascii_start();
+        let read = head
+            .get(..6)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"select"))
+            || head
+                .get(..4)
+                .is_some_and(|h| h.eq_ignore_ascii_case(b"with"));
+        if !read || !sql.contains(&b'(') || !self.routes() {
+            return;
+        }
+        let names = {
+            let config = self.proxy.config.load();
+            let Some(db) = config.databases.get(&self.client.database) else {
+                return;
+            };
+            let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+            let text = String::from_utf8_lossy(sql);
+            let Ok(routed) = self
+                .proxy
+                .route_cache
+                .route_in(self.scope(), &text, &[], &keys)
+            else {
+                return;
+            };
+            self.proxy
+                .unknown_functions(&self.client.database, &routed.analysis.functions)
+        };
+        if names.is_empty() {
+            return;
+        }
+        let Ok(mut conn) = attach::checkout(&self.client.pool, &self.client).await else {
+            return;
+        };
+        let list = names
+            .iter()
+            .map(|n| format!("'{}'", n.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT p.proname FROM pg_catalog.pg_proc p WHERE p.prokind = 'a' AND p.proname IN ({list})"
+        );
+        match crate::copyin::first_column(&mut conn, &sql).await {
+            Ok(Ok(aggregates)) => {
+                conn.release();
+                let mut known = self.proxy.functions.lock();
+                for n in names {
+                    let agg = aggregates.contains(&n);
+                    known.insert((self.client.database.clone(), n), agg);
+                }
+            }
+            Ok(Err(_)) => conn.release(),
+            Err(_) => {}
+        }
+    }
+
     /// Before an `INSERT INTO t VALUES ...` without a column list into a sharded table is
     /// routed: the table's column order, read from the home shard's catalog once.
     pub(super) async fn learn_insert_columns(&mut self, sql: &[u8]) {
@@ -417,9 +475,32 @@ impl Session {
         hints: &router::hints::Hints,
         unbound: bool,
     ) -> Result<Routing, ProxyError> {
+        use router::analyze::Kind;
         use router::plan::Plan;
+        if analysis.kind == Kind::Ddl {
+            // CREATE AGGREGATE and the like: what the catalog said of functions may change.
+            self.proxy.forget_functions(&self.client.database);
+        }
         let plan = router::plan::plan_with_hints(db, analysis, params, hints);
         let mergeable = router::plan::mergeable(analysis, hints);
+        let several = matches!(plan, Plan::AllShards | Plan::Shards(_)) || mergeable;
+        if several
+            && analysis.kind == Kind::Read
+            && !analysis.functions.is_empty()
+            && hints.shard.is_none()
+            && hints.key.is_none()
+            && self
+                .proxy
+                .aggregate_among(&self.client.database, &analysis.functions)
+        {
+            return Err(refuse(
+                format!(
+                    "it calls {} over several shards, and the catalog has an aggregate of that name (or could not be asked): a user-defined aggregate's per-shard results cannot be combined",
+                    analysis.functions.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                ),
+                "Give the shard key so that the statement runs on one shard, or name the shard: /* shardgate: shard=NAME */.",
+            ));
+        }
         match plan {
             Plan::Refuse { .. } if mergeable => self.merge_routing(db, text, analysis, params),
             Plan::Shard(s) => Ok(Routing::To(Some(s))),
