@@ -62,6 +62,20 @@ struct Setup {
     conninfo: String,
 }
 
+impl Setup {
+    /// A client of the single database.
+    async fn direct(&self) -> tokio_postgres::Client {
+        e2e::connect(&format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={}",
+            e2e::cluster().port,
+            e2e::cluster().superuser,
+            e2e::SERVER_PASSWORD,
+            self.single
+        ))
+        .await
+    }
+}
+
 fn setup(name: &str) -> Setup {
     let shards = [
         create_database(&format!("{name}_s0")),
@@ -139,14 +153,7 @@ async fn merged_reads_equal_one_database() {
     let c = e2e::connect(&s.conninfo).await;
     c.batch_execute(SCHEMA).await.unwrap();
     c.batch_execute(&rows()).await.unwrap();
-    let direct = e2e::connect(&format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={}",
-        e2e::cluster().port,
-        e2e::cluster().superuser,
-        e2e::SERVER_PASSWORD,
-        s.single
-    ))
-    .await;
+    let direct = s.direct().await;
     for tz in ["SET TimeZone = 'UTC'"] {
         c.batch_execute(tz).await.unwrap();
         direct.batch_execute(tz).await.unwrap();
@@ -285,14 +292,7 @@ async fn sql_prepare_and_execute_route_by_their_arguments() {
     let c = e2e::connect(&s.conninfo).await;
     c.batch_execute(SCHEMA).await.unwrap();
     c.batch_execute(&rows()).await.unwrap();
-    let direct = e2e::connect(&format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={}",
-        e2e::cluster().port,
-        e2e::cluster().superuser,
-        e2e::SERVER_PASSWORD,
-        s.single
-    ))
-    .await;
+    let direct = s.direct().await;
     for sql in [
         "PREPARE p1(bigint) AS SELECT id, name FROM t WHERE id = $1",
         "PREPARE p2 AS SELECT count(*), sum(amount) FROM t WHERE g = $1",

@@ -115,6 +115,26 @@ pub struct Analysis {
     pub functions: Vec<String>,
 }
 
+impl Analysis {
+    /// A statement of `kind` that touches no table.
+    pub fn of_kind(kind: Kind) -> Analysis {
+        Analysis {
+            kind,
+            tables: Vec::new(),
+            keyed: Vec::new(),
+            needs_merge: false,
+            insert_rows: false,
+            one_shard: false,
+            cursor: false,
+            nested_sharded: false,
+            refuse: None,
+            key_joins: Vec::new(),
+            insert_without_columns: None,
+            functions: Vec::new(),
+        }
+    }
+}
+
 /// SQL the parser does not accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError(pub String);
@@ -231,20 +251,7 @@ pub fn analyze(
         return Ok(a);
     }
     if let Some(kind) = classify_by_keyword(sql) {
-        return Ok(Analysis {
-            kind,
-            tables: Vec::new(),
-            keyed: Vec::new(),
-            needs_merge: false,
-            insert_rows: false,
-            one_shard: false,
-            cursor: false,
-            nested_sharded: false,
-            refuse: None,
-            key_joins: Vec::new(),
-            insert_without_columns: None,
-            functions: Vec::new(),
-        });
+        return Ok(Analysis::of_kind(kind));
     }
     let mut statements =
         Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| ParseError(e.to_string()))?;
@@ -269,20 +276,7 @@ pub fn analyze(
                 0
             },
         ),
-        out: Analysis {
-            kind: Kind::Read,
-            tables: Vec::new(),
-            keyed: Vec::new(),
-            needs_merge: false,
-            insert_rows: false,
-            one_shard: false,
-            cursor: false,
-            nested_sharded: false,
-            refuse: None,
-            key_joins: Vec::new(),
-            insert_without_columns: None,
-            functions: Vec::new(),
-        },
+        out: Analysis::of_kind(Kind::Read),
     };
     w.statement(&stmt);
     w.hidden_uses(&stmt);
@@ -657,7 +651,7 @@ fn ident_name(i: &ast::Ident) -> String {
 }
 
 /// The conjuncts of a predicate (through parentheses).
-fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+pub(crate) fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
     match e {
         Expr::BinaryOp {
             left,

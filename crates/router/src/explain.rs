@@ -47,20 +47,7 @@ pub fn explain(
         Ok(a) => a,
         Err(e) if hints.shard.is_some() => {
             say!("cannot parse ({e}); the hint decides");
-            crate::analyze::Analysis {
-                kind: crate::analyze::Kind::Session,
-                tables: Vec::new(),
-                keyed: Vec::new(),
-                needs_merge: false,
-                insert_rows: false,
-                one_shard: false,
-                cursor: false,
-                nested_sharded: false,
-                refuse: None,
-                key_joins: Vec::new(),
-                insert_without_columns: None,
-                functions: Vec::new(),
-            }
+            crate::analyze::Analysis::of_kind(crate::analyze::Kind::Session)
         }
         Err(e) => {
             say!("cannot parse: {e}");

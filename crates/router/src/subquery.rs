@@ -205,21 +205,6 @@ fn outer_ref(e: &Expr, inner: &[String]) -> bool {
     found
 }
 
-fn conjuncts(e: &Expr, out: &mut Vec<Expr>) {
-    match e {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            conjuncts(left, out);
-            conjuncts(right, out);
-        }
-        Expr::Nested(inner) => conjuncts(inner, out),
-        x => out.push(x.clone()),
-    }
-}
-
 /// A subquery's plain SELECT with its select list set to `item` and its ORDER BY and
 /// DISTINCT dropped.
 fn values_query(q: &Query, item: Option<Expr>, selection: Option<Option<Expr>>) -> String {
@@ -258,19 +243,19 @@ fn exists_shape(q: &Query) -> Option<(Shape, String)> {
         return Some((Shape::Exists, values_query(q, None, None)));
     }
     let mut parts = Vec::new();
-    conjuncts(w, &mut parts);
+    crate::analyze::conjuncts(w, &mut parts);
     let mut correlation = None;
     let mut rest = Vec::new();
     for p in parts {
-        if !outer_ref(&p, &inner) {
-            rest.push(p);
+        if !outer_ref(p, &inner) {
+            rest.push(p.clone());
             continue;
         }
         let Expr::BinaryOp {
             left,
             op: BinaryOperator::Eq,
             right,
-        } = &p
+        } = p
         else {
             return None;
         };

@@ -225,6 +225,20 @@ impl Session {
         router::rewrite::with_insert_columns(text, &columns)
     }
 
+    /// The route cache's analysis of a statement of this client's database (no parameters
+    /// bound), for what the proxy learns before routing it.
+    fn analysis_of(&self, sql: &[u8]) -> Option<Arc<router::analyze::Analysis>> {
+        let config = self.proxy.config.load();
+        let db = config.databases.get(&self.client.database)?;
+        let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
+        let text = String::from_utf8_lossy(sql);
+        self.proxy
+            .route_cache
+            .route_in(self.scope(), &text, &[], &keys)
+            .ok()
+            .map(|r| r.analysis)
+    }
+
     /// Before a read with function calls routes over several shards: whether the catalog
     /// has aggregates of those names, asked of the home shard once per name.
     pub(super) async fn learn_functions(&mut self, sql: &[u8]) {
@@ -238,23 +252,12 @@ impl Session {
         if !read || !sql.contains(&b'(') || !self.routes() {
             return;
         }
-        let names = {
-            let config = self.proxy.config.load();
-            let Some(db) = config.databases.get(&self.client.database) else {
-                return;
-            };
-            let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
-            let text = String::from_utf8_lossy(sql);
-            let Ok(routed) = self
-                .proxy
-                .route_cache
-                .route_in(self.scope(), &text, &[], &keys)
-            else {
-                return;
-            };
-            self.proxy
-                .unknown_functions(&self.client.database, &routed.analysis.functions)
+        let Some(analysis) = self.analysis_of(sql) else {
+            return;
         };
+        let names = self
+            .proxy
+            .unknown_functions(&self.client.database, &analysis.functions);
         if names.is_empty() {
             return;
         }
@@ -295,24 +298,11 @@ impl Session {
         if !insert || !self.routes() {
             return;
         }
-        let table = {
-            let config = self.proxy.config.load();
-            let Some(db) = config.databases.get(&self.client.database) else {
-                return;
-            };
-            let keys = |t: &str| router::plan::map_for(db, t).map(|(_, c)| c.to_vec());
-            let text = String::from_utf8_lossy(sql);
-            let Ok(routed) = self
-                .proxy
-                .route_cache
-                .route_in(self.scope(), &text, &[], &keys)
-            else {
-                return;
-            };
-            match routed.analysis.insert_without_columns.clone() {
-                Some(t) => t,
-                None => return,
-            }
+        let Some(table) = self
+            .analysis_of(sql)
+            .and_then(|a| a.insert_without_columns.clone())
+        else {
+            return;
         };
         if self
             .proxy
