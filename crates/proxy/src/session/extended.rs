@@ -223,6 +223,7 @@ impl Session {
             q.trim_ascii_start()
                 .get(..6)
                 .is_some_and(|h| h.eq_ignore_ascii_case(b"insert"))
+                && !router::lexer::insert_names_columns(q)
         };
         let insert = if b.statement.is_empty() {
             self.unnamed_parse

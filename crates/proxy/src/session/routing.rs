@@ -295,7 +295,7 @@ impl Session {
             .is_some_and(|h| h.eq_ignore_ascii_case(b"insert"))
             || ((head.starts_with(b"/*") || head.starts_with(b"--"))
                 && first_word(sql).eq_ignore_ascii_case("insert"));
-        if !insert || !self.routes() {
+        if !insert || router::lexer::insert_names_columns(sql) || !self.routes() {
             return;
         }
         let Some(table) = self
