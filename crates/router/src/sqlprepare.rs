@@ -19,7 +19,11 @@ pub struct SqlPrepare {
 fn ident(t: &Token<'_>) -> Option<String> {
     match t {
         Token::Word(w) => Some(w.to_ascii_lowercase()),
-        Token::QuotedIdent(q) => Some(q[1..q.len() - 1].replace("\"\"", "\"")),
+        Token::QuotedIdent(q) => Some(
+            q.strip_prefix('"')?
+                .strip_suffix('"')?
+                .replace("\"\"", "\""),
+        ),
         _ => None,
     }
 }
@@ -167,7 +171,7 @@ pub fn substitute(p: &SqlPrepare, args: &[String]) -> Result<String, String> {
             let n: usize = text[1..]
                 .parse()
                 .map_err(|_| format!("bad parameter {text}"))?;
-            let Some(arg) = args.get(n - 1) else {
+            let Some(arg) = n.checked_sub(1).and_then(|i| args.get(i)) else {
                 return Err(format!(
                     "prepared statement \"{}\" uses ${n} and EXECUTE gives {} argument(s)",
                     p.name,
@@ -232,5 +236,9 @@ mod tests {
         );
         assert!(substitute(&q, &["now()".into(), "1".into()]).is_err());
         assert!(substitute(&p, &[]).is_err());
+        // Bad input is an error, never a panic.
+        let z = parse_prepare("PREPARE z AS SELECT $0").unwrap();
+        assert!(substitute(&z, &["1".into()]).is_err());
+        assert_eq!(parse_prepare("PREPARE \" AS SELECT 1"), None);
     }
 }
