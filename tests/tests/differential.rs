@@ -73,8 +73,18 @@ async fn cross_shard_reads_answer_as_one_database_would() {
         failures.join("\n")
     );
     println!("{text}");
+    // The file also lists each refusal, to see what is left to merge.
+    let refused: Vec<String> = corpus
+        .iter()
+        .zip(&verdicts)
+        .filter_map(|(q, v)| match v {
+            Verdict::Refused(why) => Some(format!("{:<15} {why:<28} {}", q.category.name(), q.sql)),
+            _ => None,
+        })
+        .collect();
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("differential.txt");
-    std::fs::write(&out, &text).expect("write the report");
+    std::fs::write(&out, format!("{text}\nrefused:\n{}\n", refused.join("\n")))
+        .expect("write the report");
     assert!(
         failures.is_empty(),
         "{} of {} queries failed (all of them in {}):\n{}",

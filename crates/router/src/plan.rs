@@ -65,7 +65,7 @@ pub fn map_for<'d>(db: &'d DatabaseConfig, table: &str) -> Option<(&'d ShardMap,
 /// bound yet or NULL).
 pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Plan {
     let p = plan_shape(db, a, params);
-    if a.nested_sharded
+    if (a.nested_sharded || unanchored(db, a))
         && matches!(a.kind, Kind::Read | Kind::Write)
         && matches!(p, Plan::Shards(_) | Plan::AllShards)
     {
@@ -241,15 +241,32 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
     }
 }
 
+/// Whether a nested use of a sharded table (in a subquery, CTE, derived table, select
+/// list) is not joined on its key, through uses of its map, to a row source of the
+/// statement: run on several shards, it would see only each shard's part of its table.
+fn unanchored(db: &DatabaseConfig, a: &Analysis) -> bool {
+    let roots = components(db, a);
+    (0..a.keyed.len()).any(|i| {
+        a.keyed[i].nested && !(0..a.keyed.len()).any(|j| roots[j] == roots[i] && !a.keyed[j].nested)
+    })
+}
+
 /// Whether a sharded table on the null-extended side of an outer join is not joined on
 /// keys (directly or through others) to a table of its map on a preserved side: its
 /// null-extended rows would come from every shard.
+/// Also whether the sides of a FULL JOIN of sharded tables are not all joined on their
+/// keys.
 fn nullable_alone(db: &DatabaseConfig, a: &Analysis) -> bool {
     let roots = components(db, a);
-    (0..a.keyed.len()).any(|i| {
-        a.keyed[i].nullable
-            && !(0..a.keyed.len()).any(|j| roots[j] == roots[i] && !a.keyed[j].nullable)
-    })
+    let apart = a.together.iter().any(|g| {
+        g.iter()
+            .any(|&i| i >= roots.len() || roots[i] != roots[g[0]])
+    });
+    apart
+        || (0..a.keyed.len()).any(|i| {
+            a.keyed[i].nullable
+                && !(0..a.keyed.len()).any(|j| roots[j] == roots[i] && !a.keyed[j].nullable)
+        })
 }
 
 /// For each use of a sharded table, the representative of its group of uses joined on
@@ -676,12 +693,24 @@ mod tests {
             ),
             Plan::AllShards
         );
+        // FULL JOIN of co-located tables on their keys: each row of either side, matched
+        // or not, is on one shard.
+        for sql in [
+            "SELECT * FROM orders o FULL JOIN payments y ON y.customer_id = o.customer_id",
+            "SELECT * FROM orders o FULL JOIN payments y ON y.customer_id = o.customer_id AND y.amount > o.total",
+            "SELECT * FROM orders o FULL JOIN payments y ON y.customer_id = o.customer_id LEFT JOIN countries c ON c.code = o.country",
+        ] {
+            assert_eq!(p(sql, &[]), Plan::AllShards, "{sql}");
+        }
         for sql in [
             "SELECT * FROM countries c LEFT JOIN orders o ON o.country = c.code",
             "SELECT * FROM orders o RIGHT JOIN countries c ON o.country = c.code",
             "SELECT * FROM countries c LEFT JOIN orders o ON o.country = c.code LEFT JOIN payments y ON y.customer_id = o.customer_id",
-            "SELECT * FROM orders o FULL JOIN payments y ON y.customer_id = o.customer_id",
             "SELECT * FROM orders o LEFT JOIN payments y ON y.amount = o.total",
+            "SELECT * FROM orders o FULL JOIN payments y ON y.amount = o.total",
+            "SELECT * FROM orders o FULL JOIN countries c ON c.code = o.country",
+            "SELECT * FROM orders o FULL JOIN payments y ON y.customer_id = o.customer_id FULL JOIN countries c ON c.code = o.country",
+            "SELECT * FROM countries c LEFT JOIN (orders o FULL JOIN payments y ON y.customer_id = o.customer_id) ON o.country = c.code",
         ] {
             assert!(matches!(p(sql, &[]), Plan::Refuse { .. }), "{sql}");
         }
@@ -693,13 +722,63 @@ mod tests {
             "WITH x AS (SELECT * FROM orders) SELECT * FROM x WHERE customer_id = 7",
             "WITH x AS MATERIALIZED (SELECT customer_id, total FROM orders WHERE total > 1) SELECT count(*) FROM x WHERE customer_id = 7",
             "SELECT * FROM (SELECT o.customer_id, o.total FROM orders o) d WHERE d.customer_id = 7",
+            // Grouped by the key: each group lives on its key's shard.
+            "WITH x AS (SELECT customer_id, sum(total) FROM orders GROUP BY customer_id) SELECT * FROM x WHERE customer_id = 7",
+            "SELECT * FROM (SELECT DISTINCT customer_id, total FROM orders) d WHERE d.customer_id = 7",
         ] {
             assert_eq!(p(sql, &[]), Plan::Shard(shard_of(7)), "{sql}");
         }
+        // Without a key, each shard's rows of the view are its rows of the table.
+        assert_eq!(
+            p("WITH x AS (SELECT * FROM orders) SELECT * FROM x", &[]),
+            Plan::AllShards
+        );
         for sql in [
-            "WITH x AS (SELECT * FROM orders) SELECT * FROM x",
-            "WITH x AS (SELECT customer_id, sum(total) FROM orders GROUP BY customer_id) SELECT * FROM x WHERE customer_id = 7",
+            // Two uses of one view are not joined on the key to each other: a key on one
+            // says nothing of the other's rows.
+            "WITH x AS (SELECT * FROM orders) SELECT * FROM x x1 JOIN x x2 ON x1.total = x2.total WHERE x1.customer_id = 7",
+            "WITH x AS (SELECT total, sum(total) FROM orders GROUP BY total) SELECT * FROM x WHERE total = 7",
+            "WITH x AS (SELECT customer_id, rank() OVER (ORDER BY total) FROM orders) SELECT * FROM x WHERE customer_id = 7",
+            "WITH x AS (SELECT customer_id, sum(total) AS s FROM orders GROUP BY customer_id) SELECT s, count(*) FROM x GROUP BY s",
             "WITH x AS (SELECT total AS customer_id FROM orders) SELECT * FROM x WHERE customer_id = 7",
+        ] {
+            assert!(matches!(p(sql, &[]), Plan::Refuse { .. }), "{sql}");
+        }
+    }
+
+    #[test]
+    fn subqueries_correlated_on_the_key_run_where_their_outer_row_is() {
+        // With a key: one shard, the key travels into the subquery.
+        for sql in [
+            "SELECT * FROM orders o WHERE o.customer_id = 7 AND EXISTS (SELECT 1 FROM payments y WHERE y.customer_id = o.customer_id)",
+            "SELECT o.total, (SELECT sum(amount) FROM payments y WHERE y.customer_id = o.customer_id) FROM orders o WHERE o.customer_id = 7",
+            "SELECT * FROM orders o, LATERAL (SELECT max(amount) FROM payments y WHERE y.customer_id = o.customer_id) m WHERE o.customer_id = 7",
+        ] {
+            assert_eq!(p(sql, &[]), Plan::Shard(shard_of(7)), "{sql}");
+        }
+        // Without one: every shard answers for its own rows.
+        for sql in [
+            "SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM payments y WHERE y.customer_id = o.customer_id)",
+            "SELECT * FROM orders o WHERE NOT EXISTS (SELECT 1 FROM payments y WHERE y.customer_id = o.customer_id AND y.amount > 5)",
+            "SELECT o.total, (SELECT count(*) FROM payments y WHERE y.customer_id = o.customer_id) AS n FROM orders o",
+            "SELECT * FROM orders o WHERE o.customer_id IN (SELECT y.customer_id FROM payments y WHERE y.amount > 5)",
+            "SELECT * FROM orders o WHERE o.total > (SELECT avg(y.amount) FROM payments y WHERE y.customer_id = o.customer_id)",
+        ] {
+            assert_eq!(p(sql, &[]), Plan::AllShards, "{sql}");
+        }
+        for sql in [
+            // Not correlated on the key, or not only by the key.
+            "SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM payments y WHERE y.amount = o.total)",
+            "SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM payments y WHERE y.customer_id = o.customer_id OR y.amount > 1)",
+            // NOT IN sees a NULL key on any shard; LIMIT picks among every shard's rows.
+            "SELECT * FROM orders o WHERE o.customer_id NOT IN (SELECT y.customer_id FROM payments y)",
+            "SELECT * FROM orders o WHERE o.customer_id IN (SELECT y.customer_id FROM payments y ORDER BY y.amount LIMIT 3)",
+            // IN outside a WHERE conjunct: NULL and false differ.
+            "SELECT o.customer_id IN (SELECT y.customer_id FROM payments y) FROM orders o",
+            // A table of another map.
+            "SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM events e WHERE e.day = o.customer_id)",
+            // An inner name shadows the outer one.
+            "SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM payments o WHERE o.customer_id = o.customer_id)",
         ] {
             assert!(matches!(p(sql, &[]), Plan::Refuse { .. }), "{sql}");
         }

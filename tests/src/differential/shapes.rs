@@ -19,9 +19,11 @@ impl Gen<'_> {
     pub(super) fn colocated_join(&mut self) {
         let cat = Category::ColocatedJoin;
         let mut conds = Vec::new();
-        let from = match self.rng.gen_range(0..3) {
+        let from = match self.rng.gen_range(0..4) {
             0 => "customers c JOIN orders o ON o.customer_id = c.id",
             1 => "orders o JOIN customers c ON c.id = o.customer_id",
+            // Orders without customers and customers without orders, each on its shard.
+            2 => "customers c FULL JOIN orders o ON o.customer_id = c.id",
             _ => {
                 conds.push("o.customer_id = c.id".to_owned());
                 "customers c, orders o"
@@ -176,7 +178,36 @@ impl Gen<'_> {
             }
         };
         let mut runs = false;
-        let sql = match self.rng.gen_range(0..14) {
+        let sql = match self.rng.gen_range(0..19) {
+            // Correlated on the shard key without a key: each shard answers for its rows.
+            14 => {
+                runs = true;
+                let not = if self.coin(0.5) { "NOT " } else { "" };
+                let p = self.opred("o.");
+                format!("SELECT c.id, c.name FROM customers c WHERE {not}EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND {p})")
+            }
+            15 => {
+                runs = true;
+                let p = self.opred("o.");
+                let tail = if self.coin(0.5) { " ORDER BY 2 DESC NULLS LAST, 1 LIMIT 7" } else { "" };
+                format!("SELECT c.id, (SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND {p}) AS n FROM customers c{tail}")
+            }
+            16 => {
+                runs = true;
+                let p = self.opred("o.");
+                let agg = if self.coin(0.5) { "count(*)" } else { "c.id, c.region" };
+                let tail = if agg == "count(*)" { "" } else { " ORDER BY c.id" };
+                format!("SELECT {agg} FROM customers c WHERE c.id IN (SELECT o.customer_id FROM orders o WHERE {p}){tail}")
+            }
+            17 => {
+                runs = true;
+                format!("SELECT c.id, m.top FROM customers c, LATERAL (SELECT max(o.amount) AS top FROM orders o WHERE o.customer_id = c.id) m ORDER BY c.id")
+            }
+            18 => {
+                runs = true;
+                let p = self.opred("o.");
+                format!("SELECT o.id, o.customer_id FROM orders o WHERE o.amount > (SELECT avg(o2.amount) FROM orders o2 WHERE o2.customer_id = o.customer_id) AND {p}")
+            }
             0 => {
                 runs = true;
                 let p = cp(self);
@@ -254,8 +285,17 @@ impl Gen<'_> {
 
     pub(super) fn window(&mut self) {
         let cat = Category::Window;
-        let shape = self.rng.gen_range(0..10);
+        let shape = self.rng.gen_range(0..12);
         let (sql, check) = match shape {
+            // A view of a sharded table without a key: each shard's rows of it.
+            10 => (
+                "WITH x AS (SELECT id, customer_id, amount FROM orders) SELECT id, customer_id, amount FROM x ORDER BY amount DESC NULLS LAST, customer_id, id LIMIT 9".to_owned(),
+                Check::Ordered,
+            ),
+            11 => (
+                "SELECT d.region, count(*) FROM (SELECT * FROM customers) d GROUP BY d.region".to_owned(),
+                Check::Multiset,
+            ),
             0..=2 => {
                 let w = self
                     .where_of("", false, true)
@@ -432,7 +472,7 @@ impl Gen<'_> {
             ),
         };
         // The key inside the CTE (one shard), or a CTE of the reference table only.
-        if matches!(shape, 3..=6 | 8) {
+        if matches!(shape, 3..=8 | 10 | 11) {
             self.push_run(cat, sql, check);
         } else {
             self.push(cat, sql, check);

@@ -152,7 +152,68 @@ pub fn is_aggregate_name(name: &str) -> bool {
 /// An aggregate over the rows (not a window function), or a window function, anywhere in
 /// `e` (inside any expression: `count(*) + 1`, `CASE WHEN max(x) ...`): the rows of several
 /// shards cannot simply be concatenated.
+/// A subquery's own aggregates are its own: they do not aggregate the rows of the query
+/// around it.
 pub(super) fn has_aggregate(e: &Expr) -> bool {
+    aggregate_in(&outside_subqueries(e))
+}
+
+/// `e` with each subquery in it replaced by NULL (`x IN (subquery)` by `(x)`): what the
+/// query around the subqueries computes itself.
+pub(crate) fn outside_subqueries(e: &Expr) -> std::borrow::Cow<'_, Expr> {
+    use std::ops::ControlFlow;
+    let is_subquery = |x: &Expr| {
+        matches!(
+            x,
+            Expr::Subquery(_)
+                | Expr::Exists { .. }
+                | Expr::In {
+                    target: ast::InTarget::Subquery(_),
+                    ..
+                }
+        )
+    };
+    let has_subquery = sqlparser::ast::visit_expressions(e, |x| {
+        if is_subquery(x) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break();
+    if !has_subquery {
+        return std::borrow::Cow::Borrowed(e);
+    }
+    let mut outer = e.clone();
+    let _ = sqlparser::ast::visit_expressions_mut(&mut outer, |x| {
+        if let Expr::In {
+            expr,
+            target: ast::InTarget::Subquery(_),
+            ..
+        } = x
+        {
+            *x = Expr::Nested(Box::new(std::mem::replace(
+                expr.as_mut(),
+                Expr::Value(ast::Value::Null.into()),
+            )));
+        } else if is_subquery(x) {
+            *x = Expr::Value(ast::Value::Null.into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    std::borrow::Cow::Owned(outer)
+}
+
+/// A window function in `e`, outside its subqueries.
+pub(super) fn has_window(e: &Expr) -> bool {
+    sqlparser::ast::visit_expressions(outside_subqueries(e).as_ref(), |x| match x {
+        Expr::Function(f) if f.over.is_some() => std::ops::ControlFlow::Break(()),
+        _ => std::ops::ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+fn aggregate_in(e: &Expr) -> bool {
     use std::ops::ControlFlow;
     sqlparser::ast::visit_expressions(e, |x| match x {
         Expr::Function(f) => {

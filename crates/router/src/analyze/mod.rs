@@ -51,6 +51,11 @@ pub struct TableUse {
     /// are exact on each shard only when it is joined on its key to a table of the same
     /// map on the preserved side (the plan checks, with `key_joins`).
     pub nullable: bool,
+    /// Not a row source of the statement's own SELECT: in a subquery, CTE, derived table or
+    /// the select list. On several shards such a use is exact only when it is joined on its
+    /// key (`key_joins`, within its map) to a use that is a row source, as a subquery
+    /// correlated on the key is; the plan checks.
+    pub nested: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +96,11 @@ pub struct Analysis {
     /// `DECLARE ... CURSOR FOR query`, analysed as its query: a cursor lives on one server
     /// session, so it runs on one shard or is refused.
     pub cursor: bool,
-    /// Some use of a sharded table is not a row source of the top-level query itself: it
-    /// sits in a subquery, a CTE, a derived table, the select list, on a side of an outer
-    /// join, or in a set operation (or the statement is DML). Run on several shards, such a
-    /// query would see only each shard's part of that table, and the shards' rows could not
-    /// simply be concatenated: it runs on one shard or is refused.
+    /// Some use of a sharded table sits where no key join can make it exact on several
+    /// shards: in a set operation, or out of the walk's reach (function arguments, ...).
+    /// Run on several shards, such a query would see only each shard's part of that table,
+    /// and the shards' rows could not simply be put together: it runs on one shard or is
+    /// refused. (Other nested uses are marked `TableUse::nested`.)
     pub nested_sharded: bool,
     /// Why the statement cannot be routed by its shape, whatever the keys.
     pub refuse: Option<String>,
@@ -113,6 +118,9 @@ pub struct Analysis {
     /// not know of, so the proxy asks the catalog before running such a statement on
     /// several shards.
     pub functions: Vec<String>,
+    /// Groups of `keyed` uses that are the sides of a FULL JOIN of sharded tables: exact on
+    /// several shards only when each group's uses are joined on their keys within one map.
+    pub together: Vec<Vec<usize>>,
 }
 
 impl Analysis {
@@ -131,6 +139,7 @@ impl Analysis {
             key_joins: Vec::new(),
             insert_without_columns: None,
             functions: Vec::new(),
+            together: Vec::new(),
         }
     }
 }
@@ -277,9 +286,21 @@ pub fn analyze(
             },
         ),
         out: Analysis::of_kind(Kind::Read),
+        outer: Vec::new(),
+        in_anchor: None,
+        links: Vec::new(),
+        full_groups: 0,
     };
     w.statement(&stmt);
     w.hidden_uses(&stmt);
+    // A CTE or derived table used once stands for its table; used twice, its two uses are
+    // not joined on the key to each other, so neither is linked.
+    let links = std::mem::take(&mut w.links);
+    for &(view, inner) in &links {
+        if links.iter().filter(|(_, i)| *i == inner).count() == 1 {
+            w.out.key_joins.push((view, inner));
+        }
+    }
     Ok(w.out)
 }
 
@@ -295,18 +316,8 @@ fn analyze_copy(
     lx.next(); // COPY
     let offset = |t: &Token| t.text().as_ptr() as usize - sql.as_ptr() as usize;
     let mut a = Analysis {
-        kind: Kind::Read,
-        tables: Vec::new(),
-        keyed: Vec::new(),
-        needs_merge: false,
-        insert_rows: false,
         one_shard: true,
-        cursor: false,
-        nested_sharded: false,
-        refuse: None,
-        key_joins: Vec::new(),
-        insert_without_columns: None,
-        functions: Vec::new(),
+        ..Analysis::of_kind(Kind::Read)
     };
     match lx.next() {
         Some(open @ Token::Symbol("(")) => {
@@ -385,6 +396,7 @@ fn analyze_copy(
                     keys: None,
                     bounds: Vec::new(),
                     nullable: false,
+                    nested: false,
                 });
             }
             a.tables.push(table);
@@ -399,6 +411,7 @@ mod functions;
 mod tests;
 mod walk;
 
+pub(crate) use functions::outside_subqueries;
 use functions::*;
 pub use functions::{has_aggregate_or_window, is_aggregate_name};
 pub(crate) use walk::conjuncts;

@@ -17,6 +17,18 @@ pub(super) struct Walker<'k> {
     /// CTEs in scope that are views of one sharded table (see [`view_of`]): name, the table,
     /// and its use inside the CTE.
     pub(super) cte_views: Vec<(String, String, usize)>,
+    /// Uses of sharded tables in the scopes around the one being walked, which a subquery
+    /// may correlate with: the name each goes by, its single key column, its `keyed` index.
+    pub(super) outer: Vec<(String, String, usize)>,
+    /// Set while walking the subquery of `k IN (subquery)`, a conjunct of a WHERE, where `k`
+    /// is the key column of the outer use with this `keyed` index: a subquery selecting the
+    /// key column of a table of its own scope is joined on the key to that use.
+    pub(super) in_anchor: Option<usize>,
+    /// Uses that stand for a CTE or derived table which is a view of one sharded table,
+    /// with that table's use inside it (see `InScope::linked`).
+    pub(super) links: Vec<(usize, usize)>,
+    /// FULL JOIN groups handed out (see `InScope::full_group`).
+    pub(super) full_groups: usize,
 }
 
 /// A table in a scope: its name and the name it goes by (alias or name).
@@ -31,6 +43,9 @@ pub(super) struct InScope {
     /// A CTE or derived table that is a view of this table: the table's use inside it,
     /// which rows of this use come from (joined on the key).
     linked: Option<usize>,
+    /// A side of a FULL JOIN of sharded tables: the uses of one group must all be joined on
+    /// their keys (`Analysis::together`).
+    full_group: Option<usize>,
 }
 
 pub(super) fn base_name(name: &ast::ObjectName) -> String {
@@ -132,8 +147,8 @@ impl Walker<'_> {
     }
 
     /// A query that is a view of one sharded table keeping its key column under its own
-    /// name (`SELECT *` or a select list naming it; one table, WHERE allowed; no grouping,
-    /// aggregates, windows, DISTINCT or LIMIT): every row it gives is a row of that table on
+    /// name (`SELECT *` or a select list naming it; one table, WHERE allowed; grouping and
+    /// aggregates only when grouped by the key; no windows, DISTINCT ON or LIMIT): every row it gives is a row of that table on
     /// the shard of its key, so a key on the view's key column pins the table. Returns the
     /// table.
     fn view_of(&self, q: &Query) -> Option<String> {
@@ -144,7 +159,7 @@ impl Walker<'_> {
             return None;
         };
         let grouped = !matches!(&sel.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
-        if grouped || sel.having.is_some() || sel.distinct.is_some() || sel.from.len() != 1 {
+        if sel.from.len() != 1 || matches!(sel.distinct, Some(ast::Distinct::On(_))) {
             return None;
         }
         let twj = &sel.from[0];
@@ -163,27 +178,35 @@ impl Walker<'_> {
             .as_ref()
             .map(|a| ident_name(&a.name))
             .unwrap_or_else(|| table.clone());
+        let is_key = |e: &Expr| match e {
+            Expr::Identifier(i) => ident_name(i) == *key,
+            Expr::CompoundIdentifier(p) if p.len() >= 2 => {
+                ident_name(&p[p.len() - 1]) == *key && ident_name(&p[p.len() - 2]) == called
+            }
+            _ => false,
+        };
+        // Grouped by the key (among other things): each group's rows share one key, so
+        // they live on one shard, and so do its aggregates. Otherwise no grouping at all.
+        let by_key = match &sel.group_by {
+            GroupByExpr::Expressions(e, _) => e.iter().any(is_key),
+            GroupByExpr::All(_) => false,
+        };
+        if (grouped || sel.having.is_some()) && !by_key {
+            return None;
+        }
         let mut keeps_key = false;
         for item in &sel.projection {
             match item {
                 SelectItem::Wildcard(_) => keeps_key = true,
                 SelectItem::QualifiedWildcard(..) => keeps_key = true,
                 SelectItem::UnnamedExpr(e) => {
-                    if has_aggregate(e) {
+                    if has_window(e) || (has_aggregate(e) && !by_key) {
                         return None;
                     }
-                    let named = match e {
-                        Expr::Identifier(i) => ident_name(i) == *key,
-                        Expr::CompoundIdentifier(p) if p.len() >= 2 => {
-                            ident_name(&p[p.len() - 1]) == *key
-                                && ident_name(&p[p.len() - 2]) == called
-                        }
-                        _ => false,
-                    };
-                    keeps_key |= named;
+                    keeps_key |= is_key(e);
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
-                    if has_aggregate(expr) {
+                    if has_window(expr) || (has_aggregate(expr) && !by_key) {
                         return None;
                     }
                     // Another column named like the key would shadow it.
@@ -250,6 +273,7 @@ impl Walker<'_> {
                     keys: None,
                     bounds: Vec::new(),
                     nullable: false,
+                    nested: true,
                 });
             }
         }
@@ -258,6 +282,8 @@ impl Walker<'_> {
     fn set_expr(&mut self, s: &SetExpr) {
         match s {
             SetExpr::Select(sel) => {
+                // `k IN (SELECT t.k ...)`: this SELECT is that subquery.
+                let in_anchor = self.in_anchor.take();
                 let mut scope = Vec::new();
                 for twj in &sel.from {
                     self.table_with_joins(twj, &mut scope);
@@ -273,9 +299,6 @@ impl Walker<'_> {
                         _ => None,
                     })
                     .collect();
-                for e in &on {
-                    self.subqueries(e);
-                }
                 // An outer join's ON relates the two sides' keys too (but pins no key).
                 let outer_on: Vec<&Expr> = sel
                     .from
@@ -290,11 +313,35 @@ impl Walker<'_> {
                         _ => None,
                     })
                     .collect();
-                for e in &outer_on {
+                // The scope's own uses first, so that its subqueries can correlate with them.
+                let first = self.out.keyed.len();
+                self.keyed_uses_on(&scope, sel.selection.as_ref(), &on, &outer_on);
+                if let Some(outer) = in_anchor {
+                    if let Some(inner) = self.selected_key(sel, &scope, first) {
+                        self.out.key_joins.push((inner, outer));
+                    }
+                }
+                let visible = self.outer.len();
+                self.outer.extend(self.scope_keys(&scope, first));
+                for twj in &sel.from {
+                    for f in
+                        std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation))
+                    {
+                        if let TableFactor::Derived {
+                            lateral: true,
+                            subquery,
+                            ..
+                        } = f
+                        {
+                            self.query(subquery);
+                        }
+                    }
+                }
+                for e in on.iter().chain(outer_on.iter()) {
                     self.subqueries(e);
                 }
                 if let Some(w) = &sel.selection {
-                    self.subqueries(w);
+                    self.where_subqueries(w, &scope, first);
                 }
                 for item in &sel.projection {
                     if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } =
@@ -306,7 +353,7 @@ impl Walker<'_> {
                 if let Some(h) = &sel.having {
                     self.subqueries(h);
                 }
-                self.keyed_uses_on(&scope, sel.selection.as_ref(), &on, &outer_on);
+                self.outer.truncate(visible);
             }
             SetExpr::Query(q) => self.query(q),
             SetExpr::SetOperation { left, right, .. } => {
@@ -340,6 +387,7 @@ impl Walker<'_> {
                             keys: None,
                             bounds: Vec::new(),
                             nullable: false,
+                            nested: !self.at_top(),
                         });
                     }
                 }
@@ -354,9 +402,29 @@ impl Walker<'_> {
         let from = scope.len();
         self.factor(&twj.relation, scope);
         let mut other = false;
-        for j in &twj.joins {
+        for (n, j) in twj.joins.iter().enumerate() {
             let before = scope.len();
             self.factor(&j.relation, scope);
+            // FULL JOIN of sides made only of sharded tables (one scope entry per FROM item,
+            // each with a key): every row of either side lives on one shard, and when the
+            // ON joins the sides on their keys (the plan checks the group), each shard's
+            // FULL JOIN of its own rows is exact. Otherwise both sides are null-extended.
+            if matches!(j.join_operator, J::FullOuter(_))
+                && before - from == n + 1
+                && scope.len() == before + 1
+                && scope[from..]
+                    .iter()
+                    .all(|t| (self.key_columns)(&t.table).is_some())
+            {
+                let group = self.full_groups;
+                self.full_groups += 1;
+                // An earlier FULL JOIN of this FROM item covered a part of these: the
+                // new group takes them all.
+                for t in &mut scope[from..] {
+                    t.full_group = Some(group);
+                }
+                continue;
+            }
             // The null-extended side of an outer join: its rows may come null-extended from
             // every shard, unless it is co-located with the preserved side (the plan judges).
             let (left, right) = match j.join_operator {
@@ -410,6 +478,7 @@ impl Walker<'_> {
                         top: self.at_top(),
                         nullable: false,
                         linked: Some(inner),
+                        full_group: None,
                     });
                 }
             }
@@ -426,8 +495,12 @@ impl Walker<'_> {
                     top: self.at_top(),
                     nullable: false,
                     linked: None,
+                    full_group: None,
                 });
             }
+            // A LATERAL subquery may correlate with the FROM items before it: the SELECT
+            // walks it once its own uses are known.
+            TableFactor::Derived { lateral: true, .. } => {}
             TableFactor::Derived {
                 subquery, alias, ..
             } => {
@@ -449,6 +522,7 @@ impl Walker<'_> {
                             top: self.at_top(),
                             nullable: false,
                             linked: Some(inner),
+                            full_group: None,
                         });
                     }
                 }
@@ -457,6 +531,87 @@ impl Walker<'_> {
                 table_with_joins, ..
             } => self.table_with_joins(table_with_joins, scope),
             _ => {}
+        }
+    }
+
+    /// The scope's uses of sharded tables with a single key column, as subqueries see them
+    /// (`first`: the `keyed` index of the scope's first use).
+    fn scope_keys(&self, scope: &[InScope], first: usize) -> Vec<(String, String, usize)> {
+        let mut out = Vec::new();
+        let mut next = first;
+        for t in scope {
+            if let Some(cols) = (self.key_columns)(&t.table) {
+                if let [col] = cols.as_slice() {
+                    out.push((t.called.clone(), col.clone(), next));
+                }
+                next += 1;
+            }
+        }
+        out
+    }
+
+    /// The `keyed` index of the scope's use whose key column `e` names, if any.
+    fn key_column_in(&self, e: &Expr, scope: &[InScope], first: usize) -> Option<usize> {
+        let e = match e {
+            Expr::Nested(inner) => inner.as_ref(),
+            x => x,
+        };
+        let (qualifier, column) = match e {
+            Expr::Identifier(c) => (None, ident_name(c)),
+            Expr::CompoundIdentifier(p) if p.len() >= 2 => (
+                Some(ident_name(&p[p.len() - 2])),
+                ident_name(&p[p.len() - 1]),
+            ),
+            _ => return None,
+        };
+        let keys = self.scope_keys(scope, first);
+        match qualifier {
+            Some(q) => keys.iter().find(|(c, k, _)| *c == q && *k == column),
+            None if scope.len() == 1 => keys.iter().find(|(_, k, _)| *k == column),
+            None => None,
+        }
+        .map(|(_, _, i)| *i)
+    }
+
+    /// For a SELECT that is the subquery of `k IN (...)`: the `keyed` index of the use whose
+    /// key column is its one selected item.
+    fn selected_key(&self, sel: &ast::Select, scope: &[InScope], first: usize) -> Option<usize> {
+        let [item] = sel.projection.as_slice() else {
+            return None;
+        };
+        let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item else {
+            return None;
+        };
+        self.key_column_in(e, scope, first)
+    }
+
+    /// The subqueries of a WHERE. A conjunct `k IN (SELECT t.k FROM t ...)` whose `k` is the
+    /// key column of a use of the scope, and whose subquery keeps every row of `t` it
+    /// selects (no LIMIT/OFFSET, no set operation), is a join on the key: only `t`'s rows
+    /// of that key decide it, and they live on `k`'s shard. (Only as a conjunct of a WHERE:
+    /// there, a NULL from a NULL key elsewhere and FALSE both drop the row.)
+    fn where_subqueries(&mut self, w: &Expr, scope: &[InScope], first: usize) {
+        let mut parts = Vec::new();
+        conjuncts(w, &mut parts);
+        for p in parts {
+            match p {
+                Expr::In {
+                    expr,
+                    target: ast::InTarget::Subquery(q),
+                    negated: false,
+                    ..
+                } if q.with.is_none()
+                    && q.limit_clause.is_none()
+                    && q.fetch.is_none()
+                    && matches!(q.body.as_ref(), SetExpr::Select(_)) =>
+                {
+                    self.subqueries(expr);
+                    self.in_anchor = self.key_column_in(expr, scope, first);
+                    self.query(q);
+                    self.in_anchor = None;
+                }
+                other => self.subqueries(other),
+            }
         }
     }
 
@@ -545,7 +700,26 @@ impl Walker<'_> {
                 }
             }
         }
+        // A subquery's table equated on its key with a table of an enclosing scope
+        // (`t.k = a.k`, correlated): for each outer row only the rows of that key count, and
+        // they live on the outer row's shard.
+        for p in &parts {
+            let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = p
+            else {
+                continue;
+            };
+            for (inner, outer) in [(left, right), (right, left)] {
+                if let (Some(a), Some(b)) = (column_of(inner), self.outer_key(outer, scope)) {
+                    joins.push((used[a].0, b));
+                }
+            }
+        }
         self.out.key_joins.extend(joins);
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
         for t in scope {
             let Some(cols) = (self.key_columns)(&t.table) else {
                 continue;
@@ -660,19 +834,46 @@ impl Walker<'_> {
                     }
                 }
             }
-            if !t.top {
-                self.out.nested_sharded = true;
-            }
             if let Some(inner) = t.linked {
-                self.out.key_joins.push((self.out.keyed.len(), inner));
+                self.links.push((self.out.keyed.len(), inner));
+            }
+            if let Some(g) = t.full_group {
+                groups.entry(g).or_default().push(self.out.keyed.len());
             }
             self.out.keyed.push(TableUse {
                 table: t.table.clone(),
                 keys,
                 bounds,
                 nullable: t.nullable,
+                nested: !t.top,
             });
         }
+        self.out.together.extend(groups.into_values());
+    }
+
+    /// The `keyed` index of the use of an enclosing scope whose key column `e` names
+    /// (qualified, and not shadowed by a table of `scope` going by the same name).
+    fn outer_key(&self, e: &Expr, scope: &[InScope]) -> Option<usize> {
+        let e = match e {
+            Expr::Nested(inner) => inner.as_ref(),
+            x => x,
+        };
+        let Expr::CompoundIdentifier(p) = e else {
+            return None;
+        };
+        if p.len() < 2 {
+            return None;
+        }
+        let (q, col) = (ident_name(&p[p.len() - 2]), ident_name(&p[p.len() - 1]));
+        if scope.iter().any(|t| t.called == q) {
+            return None;
+        }
+        self.outer
+            .iter()
+            .rev()
+            .find(|(c, _, _)| *c == q)
+            .filter(|(_, k, _)| *k == col)
+            .map(|(_, _, i)| *i)
     }
 
     fn insert(&mut self, i: &ast::Insert) {
@@ -736,6 +937,7 @@ impl Walker<'_> {
                         keys: None,
                         bounds: Vec::new(),
                         nullable: false,
+                        nested: false,
                     });
                     self.out.key_joins.push((target, source));
                     return;
@@ -764,6 +966,7 @@ impl Walker<'_> {
             keys: rows,
             bounds: Vec::new(),
             nullable: false,
+            nested: false,
         });
     }
 

@@ -30,10 +30,12 @@ pub(super) fn is_aggregate_call(e: &Expr) -> Option<&ast::Function> {
     }
 }
 
-/// Whether `e` holds an aggregate call or a window function anywhere.
+/// Whether `e` holds what `what` looks for outside its subqueries (a subquery's
+/// aggregates and windows are its own).
 pub(super) fn contains(e: &Expr, what: &dyn Fn(&Expr) -> bool) -> bool {
     let mut found = false;
-    let _ = ast::visit_expressions(e, |x| {
+    let e = crate::analyze::outside_subqueries(e);
+    let _ = ast::visit_expressions(e.as_ref(), |x| {
         if what(x) {
             found = true;
             std::ops::ControlFlow::Break(())
