@@ -201,7 +201,7 @@ impl Gen<'_> {
             }
             17 => {
                 runs = true;
-                format!("SELECT c.id, m.top FROM customers c, LATERAL (SELECT max(o.amount) AS top FROM orders o WHERE o.customer_id = c.id) m ORDER BY c.id")
+                "SELECT c.id, m.top FROM customers c, LATERAL (SELECT max(o.amount) AS top FROM orders o WHERE o.customer_id = c.id) m ORDER BY c.id".to_owned()
             }
             18 => {
                 runs = true;
