@@ -198,11 +198,7 @@ databases:
     }
 
     pub fn direct_conninfo(&self) -> String {
-        let info = cluster();
-        format!(
-            "host=127.0.0.1 port={} user={} password={SERVER_PASSWORD} dbname={}",
-            info.port, info.superuser, self.name
-        )
+        direct_conninfo(&self.name)
     }
 
     pub fn proxy_url(&self) -> String {
@@ -229,6 +225,15 @@ databases:
     pub async fn connect_direct(&self) -> tokio_postgres::Client {
         connect(&self.direct_conninfo()).await
     }
+}
+
+/// A conninfo straight to `database` on the shared cluster, as its superuser.
+pub fn direct_conninfo(database: &str) -> String {
+    let info = cluster();
+    format!(
+        "host=127.0.0.1 port={} user={} password={SERVER_PASSWORD} dbname={database}",
+        info.port, info.superuser
+    )
 }
 
 /// Connects and drives the connection on a task; panics on failure.

@@ -38,6 +38,9 @@ pub struct Config {
     /// After SIGTERM/SIGINT, running transactions get this long to finish.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_s: u64,
+    /// Two-phase commit of transactions over several shards, and its recovery.
+    #[serde(default)]
+    pub two_phase: TwoPhaseConfig,
     /// The directory of the config file, which relative paths (shard maps, certificates)
     /// are read from.
     #[serde(skip)]
@@ -46,6 +49,43 @@ pub struct Config {
 
 fn default_shutdown_grace() -> u64 {
     30
+}
+
+/// Two-phase commit: how in-doubt transactions are found and resolved, and how long a
+/// transaction over several shards may wait for a lock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwoPhaseConfig {
+    /// How often every shard is swept for prepared transactions left by a proxy that died
+    /// (also once at start-up).
+    pub recovery_interval_s: u64,
+    /// A prepared transaction younger than this is left to the proxy running it.
+    pub grace_s: u64,
+    /// A statement of a transaction over several shards that waits this long for a lock
+    /// fails with 40P01: a deadlock across shards, which no one PostgreSQL can see, is
+    /// broken after this long. 0: never.
+    pub deadlock_timeout_ms: u64,
+}
+
+impl Default for TwoPhaseConfig {
+    fn default() -> Self {
+        TwoPhaseConfig {
+            recovery_interval_s: 10,
+            grace_s: 30,
+            deadlock_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Whether a transaction may span shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossShardTransactions {
+    /// Shards join as the transaction needs them; several commit with two-phase commit.
+    #[default]
+    TwoPhase,
+    /// A statement for a second shard in a transaction is refused.
+    Deny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +390,9 @@ pub struct DatabaseConfig {
     /// Tables copied whole on every shard: reads go to one shard, writes to all.
     #[serde(default)]
     pub reference_tables: Vec<String>,
+    /// Transactions over several shards: `two_phase` (default) or `deny`.
+    #[serde(default)]
+    pub cross_shard_transactions: CrossShardTransactions,
     /// The loaded maps, in the order of `shard_maps`.
     #[serde(skip)]
     pub maps: Vec<crate::shardmap::ShardMap>,

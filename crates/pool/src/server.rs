@@ -432,6 +432,49 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query and returns the first column of each row it answers, as text
+    /// (`None` for NULL), or the first error the server reported.
+    pub async fn query_column(
+        &mut self,
+        sql: &str,
+    ) -> std::io::Result<Result<Vec<Option<String>>, ErrorFields>> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
+        let mut rows = Vec::new();
+        let mut first_error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag() {
+                tag::DATA_ROW => {
+                    // int16 column count, then int32 length (-1: NULL) and the bytes.
+                    let b = f.body();
+                    let value = b.get(2..6).and_then(|l| {
+                        let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+                        let len = usize::try_from(len).ok()?;
+                        b.get(6..6 + len)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    });
+                    rows.push(value);
+                }
+                tag::ERROR_RESPONSE if first_error.is_none() => {
+                    first_error = Some(ErrorFields::parse(f.body()).unwrap_or_default());
+                }
+                tag::READY_FOR_QUERY => {
+                    return Ok(match first_error {
+                        Some(e) => Err(e),
+                        None => Ok(rows),
+                    })
+                }
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(std::io::Error::other("unexpected COPY in a control query"));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Runs a simple query of several statements to completion: how many completed before
     /// the first error, and that error.
     pub async fn run_simple_counted(

@@ -16,6 +16,7 @@ mod settings;
 mod startup;
 mod statements;
 pub mod stats;
+pub mod twophase;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -83,6 +84,9 @@ pub struct Proxy {
     /// catalog has an aggregate of that name (a user-defined aggregate would need a merge
     /// the router does not know of). Forgotten on reload and on DDL.
     functions: Mutex<HashMap<(String, String), bool>>,
+    /// Shards, by (database, shard), where the two-phase commit's decision table is known to
+    /// exist.
+    decisions_ready: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// A table's columns in order.
@@ -160,6 +164,7 @@ impl Proxy {
             collations: Mutex::new(HashMap::new()),
             table_columns: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            decisions_ready: Mutex::new(Default::default()),
         })
     }
 
@@ -381,6 +386,42 @@ impl Proxy {
     /// The TLS configuration for clients, when TLS is on.
     fn tls_acceptor(&self) -> Option<Arc<transport::rustls::ServerConfig>> {
         self.tls.load().acceptor.clone()
+    }
+
+    /// Resolves the prepared transactions that proxies left in doubt on every shard of every
+    /// routing database: once now, then every `two_phase.recovery_interval_s` (see
+    /// [`twophase`]). Runs until the process ends.
+    pub async fn recover_in_doubt(self: Arc<Self>) {
+        loop {
+            let config = self.config();
+            let tls = self.tls.load().servers.clone();
+            let grace = std::time::Duration::from_secs(config.two_phase.grace_s);
+            let done = twophase::sweep(&config, &tls, grace).await;
+            if done.committed + done.rolled_back > 0 {
+                tracing::info!(
+                    committed = done.committed,
+                    rolled_back = done.rolled_back,
+                    waiting = done.waiting,
+                    "two-phase recovery sweep"
+                );
+            }
+            let every = config.two_phase.recovery_interval_s.max(1);
+            drop(config);
+            tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+        }
+    }
+
+    /// Whether shard `shard` of `database` is known to have the decision table.
+    fn decisions_ready(&self, database: &str, shard: &str) -> bool {
+        self.decisions_ready
+            .lock()
+            .contains(&(database.to_owned(), shard.to_owned()))
+    }
+
+    fn set_decisions_ready(&self, database: &str, shard: &str) {
+        self.decisions_ready
+            .lock()
+            .insert((database.to_owned(), shard.to_owned()));
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -279,6 +279,15 @@ impl Settings {
             .push((name, self.desired.clone()));
     }
 
+    /// The transaction's savepoints, oldest first (a shard joining the transaction makes
+    /// them too).
+    pub fn savepoint_names(&self) -> impl Iterator<Item = &str> {
+        self.savepoints
+            .iter()
+            .flat_map(|v| v.iter())
+            .map(|(n, _)| n.as_str())
+    }
+
     /// RELEASE: the savepoint and those made after it go; the settings stay.
     pub fn release(&mut self, name: &str) {
         if let Some(sp) = self.savepoints.as_mut() {

@@ -310,6 +310,7 @@ pub async fn serve(
         let _ = tx.send(addr);
     }
     let accept = tokio::spawn(Arc::clone(&proxy).serve(listener));
+    let recovery = tokio::spawn(Arc::clone(&proxy).recover_in_doubt());
     if let Some(path) = config_path {
         proxy.set_config_path(path);
         tokio::spawn(reload_on_sighup(Arc::clone(&proxy)));
@@ -318,6 +319,7 @@ pub async fn serve(
     signals.next().await;
     // The listener closes with the accept task: new clients are refused from here on.
     accept.abort();
+    recovery.abort();
     proxy.begin_shutdown();
     tracing::info!(
         grace_s = grace.as_secs(),

@@ -123,11 +123,15 @@ impl Session {
                     .with_hint("Drop that state first (DISCARD ALL drops all of it), or use another connection for the other shard."));
                 }
                 if attached != t {
+                    if self.may_join() {
+                        let t = t.clone();
+                        return Box::pin(self.join_shard(&t)).await;
+                    }
                     return Err(ProxyError::error(
                         "0A000",
-                        format!("this transaction runs on shard `{attached}` and the statement needs shard `{t}`: transactions across shards are not available yet"),
+                        format!("this transaction runs on shard `{attached}` and the statement needs shard `{t}`, and it cannot span shards here (an extended-protocol batch without BEGIN, a multi-statement query, session pooling, a pinned connection, or cross_shard_transactions: deny)"),
                     )
-                    .with_hint("Run the statements of each shard in transactions of their own."));
+                    .with_hint("Begin the transaction with BEGIN, or run the statements of each shard in transactions of their own."));
                 }
                 return self.ensure_server().await;
             }

@@ -31,6 +31,7 @@ use crate::statements::Statement;
 use crate::Proxy;
 
 mod attach;
+mod cross;
 mod extended;
 mod held;
 mod merge;
@@ -124,6 +125,9 @@ struct ShardPools {
     /// Session pooling: the session's own idle connections to shards other than the
     /// attached one's, kept for its next statement there.
     parked: Vec<(Box<str>, PooledConn)>,
+    /// The transaction's other shards, once it spans several (kept here, where shards
+    /// other than home are, so that an idle session stays small).
+    cross: Option<Box<cross::CrossTx>>,
 }
 
 /// A routing decision.
@@ -776,6 +780,8 @@ impl Session {
             if let Some(done) = self.end_held(sql) {
                 return done;
             }
+        } else if let Some(done) = self.cross_control(sql).await {
+            return done;
         } else if lone_begin(sql) && self.may_hold_begin().await? {
             // Held until a statement picks the shard.
             self.held_begin = Some(Box::new(frame.raw().clone()));

@@ -77,7 +77,17 @@ impl Session {
                 self.copy_in_extended = false;
                 self.error_since_ready = true;
                 self.on_error();
-                if !self.timeout_error(&frame) {
+                if self.cross().is_some() && crate::stats::error_code(frame.body()) == Some("55P03")
+                {
+                    // A lock wait of a transaction over several shards ran out: the bound
+                    // that breaks deadlocks no one PostgreSQL can see.
+                    ProxyError::error(
+                        "40P01",
+                        "deadlock detected: a transaction over several shards waited for a lock longer than two_phase.deadlock_timeout_ms",
+                    )
+                    .with_hint("Retry the transaction; take locks in the same order everywhere to avoid it.")
+                    .encode(&mut self.wbuf);
+                } else if !self.timeout_error(&frame) {
                     self.wbuf.extend_from_slice(frame.raw());
                 }
             }
@@ -242,7 +252,7 @@ impl Session {
 
     /// Between transactions, a server that was in line with the client when its statements
     /// began carries what those statements made of the client's settings.
-    fn mirror_settings(&mut self) {
+    pub(super) fn mirror_settings(&mut self) {
         let settings = &self.client.settings;
         let Some(server) = self.server.as_mut() else {
             return;
@@ -328,6 +338,7 @@ impl Session {
             .await;
         }
         crate::cancel::point(&self.client.cancel_slot, None);
+        self.abandon_cross().await;
         let parked = self
             .shard_pools
             .as_deref_mut()

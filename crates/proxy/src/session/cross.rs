@@ -1,0 +1,482 @@
+//! Transactions over several shards. A transaction starts on the shard of its first
+//! statement; when a later statement needs another shard, the attached server is parked
+//! (still inside the transaction) and the other shard joins: a connection of its pool gets
+//! the client's settings, the client's own BEGIN (isolation level, READ ONLY, DEFERRABLE)
+//! and the transaction's savepoints, so that a ROLLBACK TO undoes its work too. SAVEPOINT,
+//! RELEASE and ROLLBACK TO run on every participant; COMMIT and ROLLBACK end the
+//! transaction on all of them, with two-phase commit when several wrote
+//! (`crate::twophase`).
+
+use super::*;
+use crate::twophase;
+
+/// The participants of a transaction over several shards other than the attached server.
+pub(super) struct CrossTx {
+    /// Shard and connection, each inside the client's transaction.
+    pub(super) parked: Vec<(Box<str>, PooledConn)>,
+    /// The transaction's BEGIN, with the characteristics the first shard's transaction
+    /// has (isolation level, READ ONLY, DEFERRABLE), for the shards that join.
+    begin: String,
+}
+
+/// A statement that ends or marks a transaction, as a transaction over several shards
+/// must treat it.
+#[derive(Debug, PartialEq, Eq)]
+enum Control {
+    Commit {
+        chain: bool,
+    },
+    Rollback {
+        chain: bool,
+    },
+    /// SAVEPOINT, RELEASE, ROLLBACK TO: the same statement on every participant.
+    Everywhere,
+    /// PREPARE TRANSACTION and the like: not for a transaction the proxy commits.
+    Refused,
+}
+
+fn control(sql: &[u8]) -> Option<Control> {
+    use router::lexer::Token;
+    let text = String::from_utf8_lossy(sql);
+    let mut words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
+    while words.last() == Some(&Token::Semicolon) {
+        words.pop();
+    }
+    let kw = |i: usize, k: &str| words.get(i).is_some_and(|t| t.is_keyword(k));
+    let commit = kw(0, "commit") || kw(0, "end");
+    let rollback = kw(0, "rollback") || kw(0, "abort");
+    if kw(0, "savepoint") || kw(0, "release") {
+        return Some(Control::Everywhere);
+    }
+    if kw(0, "prepare") && kw(1, "transaction") {
+        return Some(Control::Refused);
+    }
+    if !(commit || rollback) {
+        return None;
+    }
+    let mut i = 1;
+    if kw(i, "work") || kw(i, "transaction") {
+        i += 1;
+    }
+    if rollback && kw(i, "to") {
+        return Some(Control::Everywhere);
+    }
+    if commit && kw(i, "prepared") || rollback && kw(i, "prepared") {
+        return Some(Control::Refused);
+    }
+    let chain = if kw(i, "and") && kw(i + 1, "chain") {
+        i += 2;
+        true
+    } else if kw(i, "and") && kw(i + 1, "no") && kw(i + 2, "chain") {
+        i += 3;
+        false
+    } else {
+        false
+    };
+    if i != words.len() {
+        return Some(Control::Refused);
+    }
+    Some(if commit {
+        Control::Commit { chain }
+    } else {
+        Control::Rollback { chain }
+    })
+}
+
+/// The BEGIN that starts a transaction like the one running: isolation level, READ ONLY,
+/// DEFERRABLE.
+const TRANSACTION_MODES: &str = "SELECT 'BEGIN ISOLATION LEVEL ' || upper(current_setting('transaction_isolation')) \
+     || CASE WHEN current_setting('transaction_read_only')::bool THEN ' READ ONLY' ELSE ' READ WRITE' END \
+     || CASE WHEN current_setting('transaction_deferrable')::bool THEN ' DEFERRABLE' ELSE '' END";
+
+/// `name` as a quoted identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Session {
+    /// The transaction's other shards, when it spans several.
+    pub(super) fn cross(&self) -> Option<&CrossTx> {
+        self.shard_pools.as_deref()?.cross.as_deref()
+    }
+
+    fn cross_mut(&mut self) -> Option<&mut CrossTx> {
+        self.shard_pools.as_deref_mut()?.cross.as_deref_mut()
+    }
+
+    fn take_cross(&mut self) -> Option<Box<CrossTx>> {
+        self.shard_pools.as_deref_mut()?.cross.take()
+    }
+
+    /// Whether the client's transaction may take in shard `t` now: an explicit transaction
+    /// (its BEGIN sent), in transaction pooling, on a database that allows it.
+    pub(super) fn may_join(&self) -> bool {
+        if self.client.mode != PoolMode::Transaction
+            || !matches!(self.tx_status, b'T' | b'E')
+            || self.held_begin.is_some()
+            || self.pinned
+        {
+            return false;
+        }
+        let config = self.proxy.config.load();
+        config
+            .databases
+            .get(&self.client.database)
+            .is_some_and(|d| {
+                d.cross_shard_transactions == sgconfig::CrossShardTransactions::TwoPhase
+            })
+    }
+
+    /// Shard `t` joins the client's transaction and becomes the attached server; the one
+    /// attached so far is parked in the transaction.
+    pub(super) async fn join_shard(&mut self, t: &str) -> Result<(), ProxyError> {
+        if self.tx_status == b'E' || self.error_since_ready {
+            return Err(ProxyError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        Box::pin(self.settle()).await?;
+        let Some(from) = self.server_shard_name() else {
+            return Ok(());
+        };
+        let mut conn = self.server.take().expect("attached");
+        crate::cancel::point(&self.client.cancel_slot, None);
+        self.server_shard = None;
+        self.swbuf.clear(); // nothing pending: a Flush at most
+        if self.cross().is_none() {
+            // The first shard's transaction as it runs (BEGIN's options, or a SET
+            // TRANSACTION since) is how the others begin; its lock waits are bounded too
+            // from now on.
+            let begin = match conn.query_column(TRANSACTION_MODES).await {
+                Ok(Ok(rows)) => rows.into_iter().next().flatten(),
+                _ => None,
+            };
+            let deadlock = self.proxy.config.load().two_phase.deadlock_timeout_ms;
+            if deadlock > 0 {
+                let _ = conn
+                    .run_simple(&format!("SET LOCAL lock_timeout = {deadlock}"))
+                    .await;
+            }
+            let Some(begin) = begin else {
+                self.attach(conn);
+                self.server_shard = (from != self.home_shard()).then(|| from.as_str().into());
+                return Err(ProxyError::error(
+                    "08006",
+                    "could not read the transaction's characteristics from its first shard",
+                ));
+            };
+            self.shard_pools.get_or_insert_with(Default::default).cross = Some(Box::new(CrossTx {
+                parked: Vec::with_capacity(2),
+                begin,
+            }));
+        }
+        let home = self.home_shard();
+        let cross = self.cross_mut().expect("made above");
+        cross.parked.push((from.as_str().into(), conn));
+        if let Some(i) = cross.parked.iter().position(|(s, _)| &**s == t) {
+            let (_, conn) = cross.parked.swap_remove(i);
+            self.attach(conn);
+            self.server_shard = (t != home).then(|| t.into());
+            return Ok(());
+        }
+        match Box::pin(self.open_participant(t, &home)).await {
+            Ok(conn) => {
+                self.attach(conn);
+                self.server_shard = (t != home).then(|| t.into());
+                Ok(())
+            }
+            Err(e) => {
+                // The transaction stays where it was.
+                let cross = self.cross_mut().expect("made above");
+                let (s, conn) = cross.parked.pop().expect("parked above");
+                if cross.parked.is_empty() {
+                    self.take_cross();
+                }
+                self.attach(conn);
+                self.server_shard = (*s != *home).then_some(s);
+                Err(e)
+            }
+        }
+    }
+
+    /// A connection of shard `t` inside a transaction begun as the client's was, with its
+    /// savepoints.
+    async fn open_participant(&mut self, t: &str, home: &str) -> Result<PooledConn, ProxyError> {
+        let pool = if t == home {
+            self.client.pool.clone()
+        } else {
+            self.shard_pool(t)?
+        };
+        let mut conn = attach::checkout(&pool, &self.client).await?;
+        // The client's settings, outside the transaction (as between transactions).
+        sync_conn(&mut conn, &mut self.client, b'I').await?;
+        let mut sql = self.cross().expect("joining").begin.clone();
+        for name in self.client.settings.savepoint_names() {
+            sql.push_str("; SAVEPOINT ");
+            sql.push_str(&quote_ident(name));
+        }
+        let deadlock = self.proxy.config.load().two_phase.deadlock_timeout_ms;
+        if deadlock > 0 {
+            sql.push_str(&format!("; SET LOCAL lock_timeout = {deadlock}"));
+        }
+        match conn.run_simple(&sql).await {
+            Ok(None) => Ok(conn),
+            Ok(Some(e)) => Err(ProxyError {
+                fatal: false,
+                code: e.code.into(),
+                message: format!(
+                    "shard \"{t}\" could not join the transaction: {}",
+                    e.message
+                ),
+                detail: e.detail,
+                hint: e.hint,
+            }),
+            Err(e) => Err(ProxyError::error(
+                "08006",
+                format!("shard \"{t}\" could not join the transaction: {e}"),
+            )),
+        }
+    }
+
+    /// A simple query while the transaction spans shards: transaction control is done on
+    /// every participant. `None`: not such a statement, route it as usual.
+    pub(super) async fn cross_control(&mut self, sql: &[u8]) -> Option<Result<(), End>> {
+        self.cross()?;
+        if split_statements(&String::from_utf8_lossy(sql)).len() > 1 {
+            let any_control = split_statements(&String::from_utf8_lossy(sql))
+                .iter()
+                .any(|s| control(s.as_bytes()).is_some());
+            if any_control {
+                return Some(self.simple_error(ProxyError::error(
+                    "0A000",
+                    "shardgate cannot end or mark a transaction over several shards inside a query of several statements",
+                ).with_hint("Send COMMIT, ROLLBACK, SAVEPOINT, RELEASE and ROLLBACK TO as queries of their own.")));
+            }
+            return None;
+        }
+        match control(sql)? {
+            Control::Refused => Some(self.simple_error(
+                ProxyError::error(
+                    "0A000",
+                    "PREPARE TRANSACTION of a transaction over several shards: shardgate commits it with two-phase commit itself",
+                )
+                .with_hint("Use COMMIT."),
+            )),
+            Control::Everywhere => {
+                if let Err(e) = self.settle().await {
+                    return Some(Err(End::Fatal(e)));
+                }
+                let text = String::from_utf8_lossy(sql).into_owned();
+                let parked = &mut self.cross_mut().expect("checked").parked;
+                for (shard, conn) in parked.iter_mut() {
+                    match conn.run_simple(&text).await {
+                        Ok(None) => {}
+                        Ok(Some(e)) => {
+                            let e = ProxyError {
+                                fatal: false,
+                                code: e.code.into(),
+                                message: format!("on shard \"{shard}\": {}", e.message),
+                                detail: e.detail,
+                                hint: e.hint,
+                            };
+                            return Some(self.simple_error(e));
+                        }
+                        Err(e) => {
+                            return Some(Err(End::ServerGone(format!(
+                                "shard \"{shard}\" of the transaction: {e}"
+                            ))))
+                        }
+                    }
+                }
+                // The attached server runs it as usual (and the session's savepoint stack
+                // follows its answer).
+                None
+            }
+            Control::Commit { chain } => Some(self.end_cross(true, chain).await),
+            Control::Rollback { chain } => Some(self.end_cross(false, chain).await),
+        }
+    }
+
+    /// COMMIT or ROLLBACK of a transaction over several shards, answered to the client as
+    /// PostgreSQL answers it.
+    pub(super) async fn end_cross(&mut self, commit: bool, chain: bool) -> Result<(), End> {
+        if let Err(e) = self.settle().await {
+            return Err(End::Fatal(e));
+        }
+        let cross = self
+            .take_cross()
+            .expect("a transaction over several shards");
+        let cross_begin = cross.begin;
+        let mut parked = cross.parked;
+        let failed = self.tx_status == b'E' || self.error_since_ready;
+        let db = self.client.database.clone();
+        let attached = self.server_shard_name();
+        let attached_field = self.server_shard.take();
+        let mut server = self.server.take();
+        let mut names: Vec<String> = parked.iter().map(|(s, _)| s.to_string()).collect();
+        let mut parts: Vec<twophase::Participant<'_>> = parked
+            .iter_mut()
+            .zip(names.iter())
+            .map(|((_, c), n)| twophase::Participant {
+                shard: n.as_str(),
+                conn: c,
+            })
+            .collect();
+        let attached_name = attached.unwrap_or_default();
+        if let Some(s) = server.as_mut() {
+            parts.push(twophase::Participant {
+                shard: attached_name.as_str(),
+                conn: s,
+            });
+        }
+        let coordinator = parts.len().saturating_sub(1);
+        if commit && !failed {
+            // Any writer may coordinate: each must have the decision table (made once per
+            // shard and process, outside the client's transaction).
+            let missing: Vec<String> = parts
+                .iter()
+                .map(|p| p.shard.to_owned())
+                .filter(|s| !self.proxy.decisions_ready(&db, s))
+                .collect();
+            for shard in missing {
+                if let Err(e) = self.ensure_decisions(&shard).await {
+                    tracing::warn!(database = %db, shard = %shard, error = %e, "could not create the decision table");
+                }
+            }
+        }
+        let (result, clean) = if commit && !failed {
+            let out = twophase::commit(&db, &mut parts, coordinator).await;
+            (out.result, out.clean)
+        } else {
+            let ok = twophase::rollback_all(&mut parts).await;
+            (Ok("ROLLBACK"), ok)
+        };
+        drop(parts);
+        names.clear();
+        // The attached connection (last) stays attached and goes back as usual; the others
+        // go back now when clean.
+        let attached_clean = server.is_some() && clean.last().copied().unwrap_or(false);
+        for ((_, conn), ok) in parked.into_iter().zip(clean) {
+            if ok {
+                conn.release();
+            }
+        }
+        if let Some(s) = server {
+            if attached_clean {
+                self.server = Some(s);
+                self.server_shard = attached_field;
+            } else {
+                drop(s);
+            }
+        }
+        if self.server.is_none() {
+            crate::cancel::point(&self.client.cancel_slot, None);
+        }
+        self.tx_status = b'I';
+        let committed = matches!(result, Ok("COMMIT"));
+        if committed {
+            self.client.settings.commit();
+        } else {
+            self.roll_back_settings();
+        }
+        self.mirror_settings();
+        if let Some(server) = self.server.as_mut() {
+            server.prepared.batch_done();
+        }
+        match result {
+            Ok(tag) => self.push_synthetic(Expect::SyntheticDone(tag)),
+            Err(e) => {
+                self.proxy.stats.error(&self.client.database, &e.code);
+                self.push_synthetic(Expect::SyntheticError(e));
+            }
+        }
+        if chain {
+            // A new transaction with the same characteristics, held like a BEGIN.
+            let mut b = BytesMut::new();
+            messages::query(&mut b, &cross_begin);
+            self.held_begin = Some(Box::new(b.freeze()));
+            self.tx_status = b'T';
+        }
+        self.push_synthetic(Expect::SyntheticReady);
+        Ok(())
+    }
+
+    /// Creates the two-phase commit's decision table on `shard` if it is missing.
+    async fn ensure_decisions(&mut self, shard: &str) -> Result<(), ProxyError> {
+        let pool = if shard == self.home_shard() {
+            self.client.pool.clone()
+        } else {
+            self.shard_pool(shard)?
+        };
+        let mut conn = attach::checkout(&pool, &self.client).await?;
+        match conn.run_simple(twophase::ENSURE_DECISIONS).await {
+            Ok(None) => {
+                conn.release();
+                self.proxy.set_decisions_ready(&self.client.database, shard);
+                Ok(())
+            }
+            Ok(Some(e)) => {
+                conn.release();
+                Err(ProxyError {
+                    fatal: false,
+                    code: e.code.into(),
+                    message: e.message,
+                    detail: e.detail,
+                    hint: e.hint,
+                })
+            }
+            Err(e) => Err(ProxyError::error("08006", e.to_string())),
+        }
+    }
+
+    /// The session ends inside a transaction over several shards: every parked participant
+    /// rolls back (one that cannot is closed, which rolls it back too).
+    pub(super) async fn abandon_cross(&mut self) {
+        let Some(cross) = self.take_cross() else {
+            return;
+        };
+        for (_, mut conn) in cross.parked {
+            let ok = tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_simple("ROLLBACK"))
+                .await
+                .is_ok_and(|r| matches!(r, Ok(None)));
+            if ok {
+                conn.release();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_control_is_recognised() {
+        assert_eq!(control(b"COMMIT"), Some(Control::Commit { chain: false }));
+        assert_eq!(
+            control(b"end work;"),
+            Some(Control::Commit { chain: false })
+        );
+        assert_eq!(
+            control(b"COMMIT AND CHAIN"),
+            Some(Control::Commit { chain: true })
+        );
+        assert_eq!(
+            control(b"rollback transaction and no chain"),
+            Some(Control::Rollback { chain: false })
+        );
+        assert_eq!(
+            control(b"ROLLBACK TO SAVEPOINT a"),
+            Some(Control::Everywhere)
+        );
+        assert_eq!(control(b"rollback to a"), Some(Control::Everywhere));
+        assert_eq!(control(b"SAVEPOINT a"), Some(Control::Everywhere));
+        assert_eq!(control(b"RELEASE a"), Some(Control::Everywhere));
+        assert_eq!(control(b"PREPARE TRANSACTION 'x'"), Some(Control::Refused));
+        assert_eq!(control(b"COMMIT PREPARED 'x'"), Some(Control::Refused));
+        assert_eq!(control(b"SELECT 1"), None);
+        assert_eq!(control(b"UPDATE t SET a = 1"), None);
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,321 @@
+//! Transactions over several shards through the proxy: shards join as statements need them,
+//! COMMIT is all or nothing (two-phase commit when several shards wrote), errors abort the
+//! whole transaction, savepoints behave as on one PostgreSQL (compared with one), a client
+//! that leaves rolls back everywhere, and a deadlock across shards is broken with 40P01.
+
+use e2e::{create_database, psql_direct, simple_rows, sqlstate, APP_PASSWORD};
+
+/// Three shards by range of `accounts.id`: s0 below 100, s1 from 100 to 200, s2 from 200.
+fn proxy(name: &str, extra: &str) -> ([String; 3], String) {
+    let shards = [
+        create_database(&format!("{name}_s0")),
+        create_database(&format!("{name}_s1")),
+        create_database(&format!("{name}_s2")),
+    ];
+    for db in &shards {
+        psql_direct(
+            db,
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance int NOT NULL, \
+             CONSTRAINT non_negative CHECK (balance >= 0)); \
+             CREATE TABLE audit (id bigint REFERENCES accounts DEFERRABLE INITIALLY DEFERRED, note text)",
+        );
+    }
+    let map = format!(
+        "name: {name}\ntype: range\nkey_type: bigint\nranges:\n  - {{ from: null, to: 100, shard: s0 }}\n  - {{ from: 100, to: 200, shard: s1 }}\n  - {{ from: 200, to: null, shard: s2 }}\ntables: [{{ table: accounts, column: id }}, {{ table: audit, column: id }}]\n"
+    );
+    let (addr, _dir) =
+        e2e::sharded_proxy(name, &shards, &map, "", &format!("{{ size: 4 }}\n{extra}"));
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password={APP_PASSWORD} dbname=app",
+        addr.port()
+    );
+    (shards, conninfo)
+}
+
+fn count(db: &str, sql: &str) -> i64 {
+    psql_direct(db, sql).parse().unwrap()
+}
+
+fn prepared(shards: &[String]) -> i64 {
+    shards
+        .iter()
+        .map(|db| {
+            count(
+                db,
+                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+            )
+        })
+        .sum()
+}
+
+fn rows_everywhere(shards: &[String]) -> Vec<i64> {
+    shards
+        .iter()
+        .map(|db| count(db, "SELECT count(*) FROM accounts"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transaction_over_three_shards_commits_all_or_nothing() {
+    let (shards, conninfo) = proxy("xtx", "");
+    let c = e2e::connect(&conninfo).await;
+
+    // Committed on every shard, by two-phase commit.
+    c.batch_execute("BEGIN").await.unwrap();
+    for id in [1, 101, 201] {
+        c.batch_execute(&format!("INSERT INTO accounts VALUES ({id}, 10)"))
+            .await
+            .unwrap();
+    }
+    // Reads inside the transaction see its own writes on every shard.
+    let seen = simple_rows(
+        &c.simple_query("SELECT balance FROM accounts WHERE id = 101")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(seen, vec![vec![Some("10".to_owned())]]);
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+    assert_eq!(prepared(&shards), 0);
+    // The decision rows are kept only until their transaction is resolved everywhere;
+    // one was written on the coordinator.
+    let decisions: i64 = shards
+        .iter()
+        .map(|db| count(db, "SELECT count(*) FROM shardgate.decisions"))
+        .sum();
+    assert_eq!(decisions, 1);
+
+    // Rolled back on every shard.
+    c.batch_execute("BEGIN").await.unwrap();
+    for id in [2, 102, 202] {
+        c.batch_execute(&format!("INSERT INTO accounts VALUES ({id}, 10)"))
+            .await
+            .unwrap();
+    }
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+
+    // An error anywhere aborts the whole transaction: the next statement, on another
+    // shard, gets 25P02, and COMMIT rolls back everywhere.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO accounts VALUES (3, 10)")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("INSERT INTO accounts VALUES (101, 10)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23505");
+    let e = c
+        .batch_execute("INSERT INTO accounts VALUES (203, 10)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02");
+    let done = c.simple_query("COMMIT").await.unwrap();
+    assert!(matches!(
+        done.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
+    ));
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+
+    // A failure at PREPARE (a deferred foreign key) rolls back every shard, the ones that
+    // would have committed too; the client gets the error.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO accounts VALUES (4, 10)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO accounts VALUES (104, 10)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO audit VALUES (299, 'no such account')")
+        .await
+        .unwrap();
+    let e = c.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "23503", "{e:?}");
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+    assert_eq!(prepared(&shards), 0);
+
+    // A transfer between shards, read back: one statement per shard, one commit.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    c.batch_execute("UPDATE accounts SET balance = balance - 7 WHERE id = 1")
+        .await
+        .unwrap();
+    c.batch_execute("UPDATE accounts SET balance = balance + 7 WHERE id = 201")
+        .await
+        .unwrap();
+    // The shard that joined began as the client did.
+    let iso = simple_rows(&c.simple_query("SHOW transaction_isolation").await.unwrap());
+    assert_eq!(iso, vec![vec![Some("repeatable read".to_owned())]]);
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(psql_direct(&shards[0], "SELECT balance FROM accounts"), "3");
+    assert_eq!(
+        psql_direct(&shards[2], "SELECT balance FROM accounts"),
+        "17"
+    );
+
+    // Read-only participants simply commit; the session is usable after all of this.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    for id in [1, 101, 201] {
+        c.simple_query(&format!("SELECT * FROM accounts WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(prepared(&shards), 0);
+}
+
+/// The same savepoint script through the proxy (three shards) and on one database.
+#[tokio::test]
+async fn savepoints_span_shards_as_on_one_postgresql() {
+    let (shards, conninfo) = proxy("xsp", "");
+    let single = create_database("xsp_single");
+    psql_direct(
+        &single,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance int NOT NULL)",
+    );
+    let script = [
+        "BEGIN",
+        "INSERT INTO accounts VALUES (1, 1)",
+        "SAVEPOINT a",
+        // s1 joins after the savepoint: ROLLBACK TO must undo its work too.
+        "INSERT INTO accounts VALUES (101, 1)",
+        "SAVEPOINT b",
+        "INSERT INTO accounts VALUES (201, 1)",
+        "ROLLBACK TO SAVEPOINT b",
+        "UPDATE accounts SET balance = 2 WHERE id = 101",
+        "ROLLBACK TO a",
+        "INSERT INTO accounts VALUES (202, 5)",
+        "SAVEPOINT c",
+        "INSERT INTO accounts VALUES (102, 5)",
+        "RELEASE SAVEPOINT c",
+        "INSERT INTO accounts VALUES (103, 5)",
+        // An error, then ROLLBACK TO recovers the transaction on every shard.
+        "SAVEPOINT d",
+        "INSERT INTO accounts VALUES (1, 1)",
+        "ROLLBACK TO d",
+        "INSERT INTO accounts VALUES (203, 6)",
+        "COMMIT",
+    ];
+    let via = e2e::connect(&conninfo).await;
+    let direct = e2e::connect(&e2e::direct_conninfo(&single)).await;
+    for sql in script {
+        let a = via
+            .simple_query(sql)
+            .await
+            .map(|_| ())
+            .map_err(|e| sqlstate(&e));
+        let b = direct
+            .simple_query(sql)
+            .await
+            .map(|_| ())
+            .map_err(|e| sqlstate(&e));
+        assert_eq!(a, b, "{sql}");
+    }
+    let q = "SELECT id, balance FROM accounts ORDER BY id";
+    let mut through: Vec<String> = Vec::new();
+    for db in &shards {
+        let rows = psql_direct(
+            db,
+            "SELECT string_agg(id || ':' || balance, ',' ORDER BY id) FROM accounts",
+        );
+        if !rows.is_empty() {
+            through.extend(rows.split(',').map(str::to_owned));
+        }
+    }
+    through.sort_by_key(|r| r.split(':').next().unwrap().parse::<i64>().unwrap());
+    let one: Vec<String> = simple_rows(&direct.simple_query(q).await.unwrap())
+        .into_iter()
+        .map(|r| format!("{}:{}", r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    assert_eq!(through, one);
+    assert_eq!(prepared(&shards), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_transaction_rolls_back_everywhere() {
+    let (shards, conninfo) = proxy("xleave", "");
+    {
+        let c = e2e::connect(&conninfo).await;
+        c.batch_execute("BEGIN").await.unwrap();
+        for id in [5, 105, 205] {
+            c.batch_execute(&format!("INSERT INTO accounts VALUES ({id}, 1)"))
+                .await
+                .unwrap();
+        }
+        // Dropped without COMMIT.
+    }
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = shards
+            .iter()
+            .map(|db| {
+                count(
+                    db,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                )
+            })
+            .collect();
+        if left.iter().all(|n| *n == 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, vec![0, 0, 0]);
+    assert_eq!(rows_everywhere(&shards), vec![0, 0, 0]);
+    // The connections went back to the pool: a new client's transaction over every shard
+    // runs.
+    let c = e2e::connect(&conninfo).await;
+    c.batch_execute("BEGIN").await.unwrap();
+    for id in [6, 106, 206] {
+        c.batch_execute(&format!("INSERT INTO accounts VALUES ({id}, 1)"))
+            .await
+            .unwrap();
+    }
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+}
+
+#[tokio::test]
+async fn a_deadlock_across_shards_is_broken_with_40p01() {
+    let (shards, conninfo) = proxy("xdead", "two_phase: { deadlock_timeout_ms: 300 }");
+    let setup = e2e::connect(&conninfo).await;
+    setup
+        .batch_execute("INSERT INTO accounts VALUES (7, 100)")
+        .await
+        .unwrap();
+    setup
+        .batch_execute("INSERT INTO accounts VALUES (107, 100)")
+        .await
+        .unwrap();
+    let a = e2e::connect(&conninfo).await;
+    let b = e2e::connect(&conninfo).await;
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = balance - 1 WHERE id = 7")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE accounts SET balance = balance - 1 WHERE id = 107")
+        .await
+        .unwrap();
+    // Each now waits for the other's lock, on the other shard: no one PostgreSQL sees it.
+    let (ra, rb) = tokio::join!(
+        a.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 107"),
+        b.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 7"),
+    );
+    let codes: Vec<String> = [&ra, &rb]
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(sqlstate))
+        .collect();
+    assert!(
+        codes.iter().any(|c| c == "40P01"),
+        "one of them is broken as a deadlock: {ra:?} {rb:?}"
+    );
+    assert!(codes.iter().all(|c| c == "40P01"), "{codes:?}");
+    let _ = a.batch_execute("ROLLBACK").await;
+    let _ = b.batch_execute("ROLLBACK").await;
+    assert_eq!(
+        psql_direct(&shards[0], "SELECT balance FROM accounts"),
+        "100"
+    );
+    assert_eq!(prepared(&shards), 0);
+}
