@@ -319,3 +319,74 @@ async fn a_deadlock_across_shards_is_broken_with_40p01() {
     );
     assert_eq!(prepared(&shards), 0);
 }
+
+/// Drivers send BEGIN, COMMIT, SAVEPOINT and the statements through the extended protocol
+/// (tokio-postgres's `execute`, JDBC): the same transaction over several shards.
+#[tokio::test]
+async fn the_extended_protocol_ends_transactions_over_several_shards_too() {
+    let (shards, conninfo) = proxy("xext", "");
+    let c = e2e::connect(&conninfo).await;
+    c.execute("BEGIN", &[]).await.unwrap();
+    for id in [1i64, 101, 201] {
+        c.execute("INSERT INTO accounts (id, balance) VALUES ($1, 5)", &[&id])
+            .await
+            .unwrap();
+    }
+    c.execute("SAVEPOINT s", &[]).await.unwrap();
+    for id in [2i64, 102] {
+        c.execute("INSERT INTO accounts (id, balance) VALUES ($1, 5)", &[&id])
+            .await
+            .unwrap();
+    }
+    c.execute("ROLLBACK TO SAVEPOINT s", &[]).await.unwrap();
+    c.execute("COMMIT", &[]).await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+    assert_eq!(prepared(&shards), 0);
+
+    c.execute("BEGIN", &[]).await.unwrap();
+    for id in [3i64, 103, 203] {
+        c.execute("INSERT INTO accounts (id, balance) VALUES ($1, 5)", &[&id])
+            .await
+            .unwrap();
+    }
+    c.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+
+    // A prepared COMMIT (as JDBC keeps it) used across transactions.
+    let commit = c.prepare("COMMIT").await.unwrap();
+    for round in 0..3i64 {
+        c.execute("BEGIN", &[]).await.unwrap();
+        for base in [10i64, 110, 210] {
+            c.execute(
+                "INSERT INTO accounts (id, balance) VALUES ($1, 5)",
+                &[&(base + round)],
+            )
+            .await
+            .unwrap();
+        }
+        c.execute(&commit, &[]).await.unwrap();
+    }
+    assert_eq!(rows_everywhere(&shards), vec![4, 4, 4]);
+    assert_eq!(prepared(&shards), 0);
+    // The session goes on outside a transaction.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM accounts WHERE id = $1", &[&101i64])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+/// An INSERT without a column list through the extended protocol learns its table's columns
+/// at Parse, as through the simple protocol.
+#[tokio::test]
+async fn an_extended_insert_without_columns_routes_by_the_catalog() {
+    let (shards, conninfo) = proxy("xcols", "");
+    let c = e2e::connect(&conninfo).await;
+    for id in [1i64, 101, 201] {
+        c.execute("INSERT INTO accounts VALUES ($1, 5)", &[&id])
+            .await
+            .unwrap();
+    }
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+}

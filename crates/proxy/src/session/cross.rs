@@ -17,6 +17,9 @@ pub(super) struct CrossTx {
     /// The transaction's BEGIN, with the characteristics the first shard's transaction
     /// has (isolation level, READ ONLY, DEFERRABLE), for the shards that join.
     begin: String,
+    /// A COMMIT or ROLLBACK bound through the extended protocol, run at its Execute: the
+    /// portal's name, whether it commits, AND CHAIN.
+    portal: Option<(Box<[u8]>, bool, bool)>,
 }
 
 /// A statement that ends or marks a transaction, as a transaction over several shards
@@ -169,6 +172,7 @@ impl Session {
             self.shard_pools.get_or_insert_with(Default::default).cross = Some(Box::new(CrossTx {
                 parked: Vec::with_capacity(2),
                 begin,
+                portal: None,
             }));
         }
         let home = self.home_shard();
@@ -180,7 +184,7 @@ impl Session {
             self.server_shard = (t != home).then(|| t.into());
             return Ok(());
         }
-        match Box::pin(self.open_participant(t, &home)).await {
+        match Box::pin(self.open_participant(t)).await {
             Ok(conn) => {
                 self.attach(conn);
                 self.server_shard = (t != home).then(|| t.into());
@@ -202,12 +206,10 @@ impl Session {
 
     /// A connection of shard `t` inside a transaction begun as the client's was, with its
     /// savepoints.
-    async fn open_participant(&mut self, t: &str, home: &str) -> Result<PooledConn, ProxyError> {
-        let pool = if t == home {
-            self.client.pool.clone()
-        } else {
-            self.shard_pool(t)?
-        };
+    async fn open_participant(&mut self, t: &str) -> Result<PooledConn, ProxyError> {
+        // By name, also for home: after a reload the client's own pool may be the old
+        // home's.
+        let pool = self.shard_pool(t)?;
         let mut conn = attach::checkout(&pool, &self.client).await?;
         // The client's settings, outside the transaction (as between transactions).
         sync_conn(&mut conn, &mut self.client, b'I').await?;
@@ -263,44 +265,114 @@ impl Session {
                 )
                 .with_hint("Use COMMIT."),
             )),
-            Control::Everywhere => {
-                if let Err(e) = self.settle().await {
-                    return Some(Err(End::Fatal(e)));
-                }
-                let text = String::from_utf8_lossy(sql).into_owned();
-                let parked = &mut self.cross_mut().expect("checked").parked;
-                for (shard, conn) in parked.iter_mut() {
-                    match conn.run_simple(&text).await {
-                        Ok(None) => {}
-                        Ok(Some(e)) => {
-                            let e = ProxyError {
-                                fatal: false,
-                                code: e.code.into(),
-                                message: format!("on shard \"{shard}\": {}", e.message),
-                                detail: e.detail,
-                                hint: e.hint,
-                            };
-                            return Some(self.simple_error(e));
-                        }
-                        Err(e) => {
-                            return Some(Err(End::ServerGone(format!(
-                                "shard \"{shard}\" of the transaction: {e}"
-                            ))))
-                        }
-                    }
-                }
+            Control::Everywhere => match self.on_parked(sql).await {
                 // The attached server runs it as usual (and the session's savepoint stack
                 // follows its answer).
-                None
-            }
-            Control::Commit { chain } => Some(self.end_cross(true, chain).await),
-            Control::Rollback { chain } => Some(self.end_cross(false, chain).await),
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(self.simple_error(e)),
+                Err(end) => Some(Err(end)),
+            },
+            Control::Commit { chain } => Some(self.end_cross(true, chain, false).await),
+            Control::Rollback { chain } => Some(self.end_cross(false, chain, false).await),
         }
+    }
+
+    /// Runs a SAVEPOINT, RELEASE or ROLLBACK TO on every parked participant.
+    async fn on_parked(&mut self, sql: &[u8]) -> Result<Result<(), ProxyError>, End> {
+        if let Err(e) = self.settle().await {
+            return Err(End::Fatal(e));
+        }
+        let text = String::from_utf8_lossy(sql).into_owned();
+        let parked = &mut self.cross_mut().expect("checked").parked;
+        for (shard, conn) in parked.iter_mut() {
+            match conn.run_simple(&text).await {
+                Ok(None) => {}
+                Ok(Some(e)) => {
+                    return Ok(Err(ProxyError {
+                        fatal: false,
+                        code: e.code.into(),
+                        message: format!("on shard \"{shard}\": {}", e.message),
+                        detail: e.detail,
+                        hint: e.hint,
+                    }))
+                }
+                Err(e) => {
+                    return Err(End::ServerGone(format!(
+                        "shard \"{shard}\" of the transaction: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// A Bind while the transaction spans shards, of statement text `sql`: transaction
+    /// control is done on every participant (COMMIT and ROLLBACK at their Execute).
+    /// `None`: not such a statement, bind it as usual.
+    pub(super) async fn cross_bind(
+        &mut self,
+        sql: &[u8],
+        portal: &[u8],
+    ) -> Option<Result<(), End>> {
+        match control(sql)? {
+            Control::Refused => Some(self.extended_error(
+                ProxyError::error(
+                    "0A000",
+                    "PREPARE TRANSACTION of a transaction over several shards: shardgate commits it with two-phase commit itself",
+                )
+                .with_hint("Use COMMIT."),
+            )),
+            Control::Everywhere => match self.on_parked(sql).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(self.extended_error(e)),
+                Err(end) => Some(Err(end)),
+            },
+            Control::Commit { chain } | Control::Rollback { chain } => {
+                let commit = matches!(control(sql), Some(Control::Commit { .. }));
+                self.cross_mut().expect("checked").portal = Some((portal.into(), commit, chain));
+                self.push_synthetic(Expect::Synthetic(tag::BIND_COMPLETE));
+                Some(Ok(()))
+            }
+        }
+    }
+
+    /// A Describe of the portal of a COMMIT or ROLLBACK bound while the transaction spans
+    /// shards: answered here.
+    pub(super) fn describes_cross_portal(&mut self, kind: u8, name: &[u8]) -> bool {
+        let ours = kind == b'P'
+            && self
+                .cross()
+                .and_then(|c| c.portal.as_ref())
+                .is_some_and(|(p, _, _)| &**p == name);
+        if ours {
+            self.push_synthetic(Expect::SyntheticFrame(NO_DATA));
+        }
+        ours
+    }
+
+    /// An Execute of that portal: the transaction ends on every shard; the client's Sync
+    /// brings the ReadyForQuery.
+    pub(super) async fn executes_cross_portal(&mut self, frame: &Frame) -> Result<bool, End> {
+        let Some((p, commit, chain)) = self.cross().and_then(|c| c.portal.clone()) else {
+            return Ok(false);
+        };
+        let (portal, _) = messages::execute_view(frame).map_err(malformed)?;
+        if *p != *portal {
+            return Ok(false);
+        }
+        self.end_cross(commit, chain, true).await?;
+        Ok(true)
     }
 
     /// COMMIT or ROLLBACK of a transaction over several shards, answered to the client as
     /// PostgreSQL answers it.
-    pub(super) async fn end_cross(&mut self, commit: bool, chain: bool) -> Result<(), End> {
+    /// `extended`: run by an Execute, whose Sync brings the ReadyForQuery.
+    pub(super) async fn end_cross(
+        &mut self,
+        commit: bool,
+        chain: bool,
+        extended: bool,
+    ) -> Result<(), End> {
         if let Err(e) = self.settle().await {
             return Err(End::Fatal(e));
         }
@@ -398,17 +470,15 @@ impl Session {
             self.held_begin = Some(Box::new(b.freeze()));
             self.tx_status = b'T';
         }
-        self.push_synthetic(Expect::SyntheticReady);
+        if !extended {
+            self.push_synthetic(Expect::SyntheticReady);
+        }
         Ok(())
     }
 
     /// Creates the two-phase commit's decision table on `shard` if it is missing.
     async fn ensure_decisions(&mut self, shard: &str) -> Result<(), ProxyError> {
-        let pool = if shard == self.home_shard() {
-            self.client.pool.clone()
-        } else {
-            self.shard_pool(shard)?
-        };
+        let pool = self.shard_pool(shard)?;
         let mut conn = attach::checkout(&pool, &self.client).await?;
         match conn.run_simple(twophase::ENSURE_DECISIONS).await {
             Ok(None) => {

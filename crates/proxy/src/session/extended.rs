@@ -44,6 +44,8 @@ impl Session {
         if p.query.contains(&b'(') {
             self.learn_functions(p.query).await;
         }
+        // So does an INSERT without a column list (its table's column order).
+        self.learn_insert_columns(p.query).await;
         if matches!(tracked(p.query), Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
         {
             return self.extended_error(
@@ -263,6 +265,22 @@ impl Session {
         if b.statement.is_empty() && self.names.as_deref().is_some_and(|n| n.ext_begin.is_some()) {
             return self.bind_held_begin(&b);
         }
+        if self.cross().is_some() {
+            let text = if b.statement.is_empty() {
+                self.unnamed_parse.as_ref().and_then(|p| {
+                    ParseView::new(&p.0)
+                        .ok()
+                        .map(|pv| Bytes::copy_from_slice(pv.query))
+                })
+            } else {
+                self.statement(b.statement).map(|s| s.query.clone())
+            };
+            if let Some(q) = text {
+                if let Some(done) = self.cross_bind(&q, b.portal).await {
+                    return done;
+                }
+            }
+        }
         if b.statement.is_empty() {
             if self.unnamed_parse.is_none() {
                 // Never the unnamed statement another client left on a pooled connection.
@@ -371,7 +389,7 @@ impl Session {
 
     pub(super) async fn on_describe(&mut self, frame: Frame) -> Result<(), End> {
         let d = TargetView::new(&frame).map_err(malformed)?;
-        if self.describes_held_begin(&d) {
+        if self.describes_held_begin(&d) || self.describes_cross_portal(d.kind, d.name) {
             return Ok(());
         }
         if d.kind == b'S' && d.name.is_empty() && self.unnamed_parse.is_none() {

@@ -650,7 +650,7 @@ impl Session {
             tag::BIND => self.on_bind(frame).await,
             tag::DESCRIBE => self.on_describe(frame).await,
             tag::EXECUTE => {
-                if self.executes_held_begin(&frame)? {
+                if self.executes_held_begin(&frame)? || self.executes_cross_portal(&frame).await? {
                     return Ok(());
                 }
                 if let Err(e) = self.ensure_server().await {
