@@ -142,8 +142,10 @@ async fn the_proxy_killed_at_each_step_of_two_phase_commit_leaves_all_or_nothing
         ("after_decision", true),
         ("between_commits", true),
     ];
+    let mut running = None;
     for (n, (fault, committed)) in cases.into_iter().enumerate() {
         let ids = [n as i64 + 1, 101 + n as i64, 201 + n as i64];
+        drop(running.take());
         let mut p = Proc::start(&dir, Some(fault), &format!("{fault}.log"));
         let c = connect().await;
         c.batch_execute("BEGIN").await.unwrap();
@@ -173,7 +175,7 @@ async fn the_proxy_killed_at_each_step_of_two_phase_commit_leaves_all_or_nothing
         assert!(in_doubt > 0, "{fault}: nothing was left in doubt");
 
         // Restarted without the fault: recovery resolves it.
-        let _p = Proc::start(&dir, None, &format!("{fault}-recovery.log"));
+        running = Some(Proc::start(&dir, None, &format!("{fault}-recovery.log")));
         let mut left = in_doubt;
         for _ in 0..200 {
             left = SHARDS
@@ -218,7 +220,9 @@ async fn the_proxy_killed_at_each_step_of_two_phase_commit_leaves_all_or_nothing
         }
         c.batch_execute("COMMIT").await.unwrap();
     }
-    // Decision rows go once nothing refers to them (older than the grace period).
+    // Decision rows go once nothing refers to them (older than the grace period), swept by
+    // the proxy still running.
+    assert!(running.is_some());
     let mut decisions = -1;
     for _ in 0..100 {
         decisions = SHARDS
