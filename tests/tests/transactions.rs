@@ -390,3 +390,162 @@ async fn an_extended_insert_without_columns_routes_by_the_catalog() {
     }
     assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
 }
+
+/// UPDATE and DELETE without a key run on every shard, all or nothing, with the summed row
+/// count; inside a transaction, DDL, TRUNCATE, keyless writes and a COPY split by key join
+/// the transaction on every shard and commit together.
+#[tokio::test]
+async fn statements_for_every_shard_are_atomic_in_and_out_of_transactions() {
+    let (shards, conninfo) = proxy("xall", "");
+    let c = e2e::connect(&conninfo).await;
+    for id in [1, 2, 101, 102, 201] {
+        c.batch_execute(&format!("INSERT INTO accounts VALUES ({id}, 10)"))
+            .await
+            .unwrap();
+    }
+    // Outside a transaction: summed counts.
+    let n = c
+        .execute(
+            "UPDATE accounts SET balance = balance + 1 WHERE balance >= 0",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    // (A subquery that selects the key is joined on it: each shard deletes its own.)
+    let m = c
+        .simple_query(
+            "DELETE FROM accounts WHERE id IN (SELECT id FROM accounts WHERE id % 100 = 2)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(e2e::simple_counts(&m), vec![2]);
+    // One that does not is refused.
+    let e = c
+        .simple_query("DELETE FROM accounts WHERE balance IN (SELECT max(balance) FROM accounts)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+    // A failure on one shard (the CHECK on s1's row) leaves every shard as it was.
+    psql_direct(&shards[1], "UPDATE accounts SET balance = 0");
+    let e = c
+        .batch_execute("UPDATE accounts SET balance = balance - 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23514");
+    assert_eq!(
+        psql_direct(&shards[0], "SELECT balance FROM accounts"),
+        "11"
+    );
+    assert_eq!(
+        psql_direct(&shards[2], "SELECT balance FROM accounts"),
+        "11"
+    );
+    assert_eq!(prepared(&shards), 0);
+
+    // Inside a transaction: everything joins it and commits together.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("CREATE TABLE notes (id bigint, body text)")
+        .await
+        .unwrap();
+    c.batch_execute("TRUNCATE accounts CASCADE").await.unwrap();
+    c.batch_execute("INSERT INTO accounts VALUES (1, 5); INSERT INTO accounts VALUES (2, 5)")
+        .await
+        .unwrap();
+    for id in [150, 250, 251] {
+        c.batch_execute(&format!("INSERT INTO accounts VALUES ({id}, 5)"))
+            .await
+            .unwrap();
+    }
+    let n = c
+        .execute("UPDATE accounts SET balance = balance * 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    // (TRUNCATE holds its table locked until COMMIT: nothing is read beside it here.)
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![2, 1, 2]);
+    for db in &shards {
+        assert_eq!(
+            count(db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'"),
+            1
+        );
+        assert_eq!(
+            count(db, "SELECT count(*) FROM accounts WHERE balance <> 10"),
+            0
+        );
+    }
+    assert_eq!(prepared(&shards), 0);
+
+    // Rolled back, the same statements leave nothing.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("DROP TABLE notes").await.unwrap();
+    c.batch_execute("DELETE FROM accounts").await.unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![2, 1, 2]);
+    for db in &shards {
+        assert_eq!(
+            count(db, "SELECT count(*) FROM pg_class WHERE relname = 'notes'"),
+            1
+        );
+    }
+
+    // A failure of a statement on several shards aborts the transaction.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO accounts VALUES (3, 1)")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("UPDATE accounts SET balance = balance - 10")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23514");
+    let e = c
+        .batch_execute("INSERT INTO accounts VALUES (4, 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![2, 1, 2]);
+}
+
+/// psql's COPY FROM STDIN inside a transaction, after a TRUNCATE in it: the rows split by
+/// key, every shard in the transaction (COPY FREEZE needs the TRUNCATE in the same one, as
+/// pgbench -i does), one commit.
+#[tokio::test]
+async fn a_copy_in_a_transaction_is_split_and_committed_with_it() {
+    let (shards, conninfo) = proxy("xcopy", "");
+    let script = "BEGIN;\n\
+        TRUNCATE accounts CASCADE;\n\
+        COPY accounts (id, balance) FROM STDIN WITH (FREEZE ON);\n\
+        1\t5\n2\t5\n150\t5\n250\t5\n251\t5\n\\.\n\
+        UPDATE accounts SET balance = balance * 2;\n\
+        COMMIT;\n";
+    let out = std::process::Command::new("psql")
+        .arg(&conninfo)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rows_everywhere(&shards), vec![2, 1, 2]);
+    for db in &shards {
+        assert_eq!(
+            count(db, "SELECT count(*) FROM accounts WHERE balance <> 10"),
+            0
+        );
+    }
+    assert_eq!(prepared(&shards), 0);
+}

@@ -41,14 +41,31 @@ pub(crate) enum Ended {
 }
 
 /// Runs the COPY: `query` is the client's Query message.
+/// `tx`: inside the client's transaction over several shards (`Some(database)`: no
+/// transaction of the COPY's own; a failure fails the client's transaction) or not
+/// (`None`: each shard copies in a transaction that commits with two-phase commit).
+/// Returns how it ended and the transaction status it reported to the client.
 pub(crate) async fn run(
     legs: &mut [PooledConn],
     target: &CopyTarget,
     query: &Bytes,
     client: &mut ClientConn,
     out: &mut BytesMut,
-) -> Result<Ended, Failure> {
+    db: &str,
+    in_tx: bool,
+) -> Result<(Ended, u8), Failure> {
     let shards = &target.shards;
+    // The ReadyForQuery status after the COPY: outside a transaction always idle; inside,
+    // failed unless it succeeded.
+    let status = |ok: bool| {
+        if !in_tx {
+            b'I'
+        } else if ok {
+            b'T'
+        } else {
+            b'E'
+        }
+    };
     let lost = |i: usize| {
         let s = shards[i].clone();
         move |e: std::io::Error| Failure::Server(format!("connection to shard `{s}` lost: {e}"))
@@ -63,8 +80,8 @@ pub(crate) async fn run(
                     Ok(Err(e)) => {
                         // The table does not exist (or is not visible): PostgreSQL's error.
                         out.extend_from_slice(&e);
-                        messages::ready_for_query(out, b'I');
-                        return Ok(Ended::Clean);
+                        messages::ready_for_query(out, status(false));
+                        return Ok((Ended::Clean, status(false)));
                     }
                     Err(e) => return Err(lost(0)(e)),
                 }
@@ -82,18 +99,22 @@ pub(crate) async fn run(
                         )
                         .with_hint("Name the shard key column in the COPY's column list.")
                         .encode(out);
-                        messages::ready_for_query(out, b'I');
-                        return Ok(Ended::Clean);
+                        messages::ready_for_query(out, status(false));
+                        return Ok((Ended::Clean, status(false)));
                     }
                 }
             }
             fields
         }
     };
-    // Every shard starts a transaction and the COPY in it.
+    // Every shard starts a transaction (unless already in the client's) and the COPY in it.
     let mut begin = BytesMut::new();
     messages::query(&mut begin, "BEGIN");
     for (i, leg) in legs.iter_mut().enumerate() {
+        if in_tx {
+            leg.send(query).await.map_err(lost(i))?;
+            continue;
+        }
         leg.send(&begin).await.map_err(lost(i))?;
         leg.send(query).await.map_err(lost(i))?;
         loop {
@@ -138,10 +159,12 @@ pub(crate) async fn run(
         // A shard refused the COPY itself: the others are stopped.
         out.truncate(before);
         abort(legs, &copying, "another shard refused the COPY", shards).await?;
-        end_all(legs, "ROLLBACK", shards).await?;
+        if !in_tx {
+            end_all(legs, "ROLLBACK", shards).await?;
+        }
         out.extend_from_slice(e.raw());
-        messages::ready_for_query(out, b'I');
-        return Ok(Ended::Clean);
+        messages::ready_for_query(out, status(false));
+        return Ok((Ended::Clean, status(false)));
     }
     client
         .stream
@@ -187,7 +210,9 @@ pub(crate) async fn run(
                     shards,
                 )
                 .await?;
-                end_all(legs, "ROLLBACK", shards).await?;
+                if !in_tx {
+                    end_all(legs, "ROLLBACK", shards).await?;
+                }
                 e.encode(out); // the session closes the client with it
                 return Err(Failure::ClientGone);
             }
@@ -200,12 +225,14 @@ pub(crate) async fn run(
         if let Some(i) = inbox.iter().position(|b| b.error.is_some()) {
             let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
             abort(legs, &copying, "another shard failed", shards).await?;
-            end_all(legs, "ROLLBACK", shards).await?;
+            if !in_tx {
+                end_all(legs, "ROLLBACK", shards).await?;
+            }
             if let Some(e) = inbox[i].error.take() {
                 out.extend_from_slice(e.raw());
             }
-            messages::ready_for_query(out, b'I');
-            return Ok(Ended::Refused);
+            messages::ready_for_query(out, status(false));
+            return Ok((Ended::Refused, status(false)));
         }
         if !out.is_empty() {
             flush_client(client, out).await?;
@@ -220,15 +247,17 @@ pub(crate) async fn run(
                 if let Some(why) = refused {
                     let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
                     abort(legs, &copying, &why, shards).await?;
-                    end_all(legs, "ROLLBACK", shards).await?;
+                    if !in_tx {
+                        end_all(legs, "ROLLBACK", shards).await?;
+                    }
                     ProxyError::error(
                         "22P04",
                         format!("shardgate cannot route a row of this COPY: {why}"),
                     )
                     .with_hint("Every row needs a valid, non-NULL shard key.")
                     .encode(out);
-                    messages::ready_for_query(out, b'I');
-                    return Ok(Ended::Refused);
+                    messages::ready_for_query(out, status(false));
+                    return Ok((Ended::Refused, status(false)));
                 }
                 for (i, p) in pending.iter_mut().enumerate() {
                     if p.len() >= FLUSH_AT {
@@ -242,14 +271,16 @@ pub(crate) async fn run(
                 if let Err(why) = splitter.finish(&mut |row| route(row, &mut pending)) {
                     let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
                     abort(legs, &copying, &why, shards).await?;
-                    end_all(legs, "ROLLBACK", shards).await?;
+                    if !in_tx {
+                        end_all(legs, "ROLLBACK", shards).await?;
+                    }
                     ProxyError::error(
                         "22P04",
                         format!("shardgate cannot route a row of this COPY: {why}"),
                     )
                     .encode(out);
-                    messages::ready_for_query(out, b'I');
-                    return Ok(Ended::Clean);
+                    messages::ready_for_query(out, status(false));
+                    return Ok((Ended::Clean, status(false)));
                 }
                 for (i, p) in pending.iter_mut().enumerate() {
                     messages::empty_message(p, tag::COPY_DONE);
@@ -268,19 +299,45 @@ pub(crate) async fn run(
                     // A reference table: every shard copied the same rows.
                     tag = format!("COPY {}", splitter.rows());
                 }
-                let error = match error {
+                let failed = match error {
                     Some(e) => {
-                        end_all(legs, "ROLLBACK", shards).await?;
-                        Some(e)
+                        if !in_tx {
+                            end_all(legs, "ROLLBACK", shards).await?;
+                        }
+                        out.extend_from_slice(e.raw());
+                        true
                     }
-                    None => end_all(legs, "COMMIT", shards).await?,
+                    None if in_tx => false,
+                    None => {
+                        // All or nothing: two-phase commit when several shards wrote.
+                        let mut parts: Vec<crate::twophase::Participant<'_>> = legs
+                            .iter_mut()
+                            .zip(shards.iter())
+                            .map(|(c, s)| crate::twophase::Participant {
+                                shard: s.as_str(),
+                                conn: c,
+                            })
+                            .collect();
+                        let done = crate::twophase::commit(db, &mut parts, 0).await;
+                        if done.clean.iter().any(|c| !c) {
+                            return Err(Failure::Server(
+                                "a shard's connection was lost while the COPY committed".into(),
+                            ));
+                        }
+                        match done.result {
+                            Ok(_) => false,
+                            Err(e) => {
+                                e.encode(out);
+                                true
+                            }
+                        }
+                    }
                 };
-                match error {
-                    Some(e) => out.extend_from_slice(e.raw()),
-                    None => messages::command_complete(out, &tag),
+                if !failed {
+                    messages::command_complete(out, &tag);
                 }
-                messages::ready_for_query(out, b'I');
-                return Ok(Ended::Clean);
+                messages::ready_for_query(out, status(!failed));
+                return Ok((Ended::Clean, status(!failed)));
             }
             tag::COPY_FAIL => {
                 let why = String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body()))
@@ -298,12 +355,14 @@ pub(crate) async fn run(
                     }
                 }
                 let (_, error) = finish(legs, &mut inbox, shards, out).await?;
-                end_all(legs, "ROLLBACK", shards).await?;
+                if !in_tx {
+                    end_all(legs, "ROLLBACK", shards).await?;
+                }
                 if let Some(e) = error {
                     out.extend_from_slice(e.raw());
                 }
-                messages::ready_for_query(out, b'I');
-                return Ok(Ended::Clean);
+                messages::ready_for_query(out, status(false));
+                return Ok((Ended::Clean, status(false)));
             }
             // Ignored during COPY, as by PostgreSQL.
             tag::FLUSH | tag::SYNC => {}
@@ -311,14 +370,16 @@ pub(crate) async fn run(
             other => {
                 let copying: Vec<bool> = inbox.iter().map(|b| !b.ready).collect();
                 abort(legs, &copying, "unexpected message", shards).await?;
-                end_all(legs, "ROLLBACK", shards).await?;
+                if !in_tx {
+                    end_all(legs, "ROLLBACK", shards).await?;
+                }
                 ProxyError::error(
                     "08P01",
                     format!("unexpected message type 0x{other:02X} during COPY from stdin"),
                 )
                 .encode(out);
-                messages::ready_for_query(out, b'I');
-                return Ok(Ended::Refused);
+                messages::ready_for_query(out, status(false));
+                return Ok((Ended::Refused, status(false)));
             }
         }
     }

@@ -88,8 +88,8 @@ pub fn plan(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> Pla
     }
     if a.one_shard && matches!(p, Plan::Shards(_) | Plan::AllShards) {
         return refuse(
-            "a COPY that would need several shards (COPY data is not split or merged by shard yet)",
-            "Copy each shard's rows with /* shardgate: shard=NAME */.",
+            "a COPY, or an EXPLAIN of a write, that would need several shards (their output is not merged by shard)",
+            "Give the shard key, or name the shard with /* shardgate: shard=NAME */.",
         );
     }
     p
@@ -199,6 +199,17 @@ fn plan_shape(db: &DatabaseConfig, a: &Analysis, params: &[Option<String>]) -> P
         // One sharded table, or tables joined on their keys within one map: each shard
         // joins its own rows, and every row of the answer comes from one shard.
         if a.kind == Kind::Read && !a.needs_merge && colocated && unsharded.is_empty() {
+            return Plan::AllShards;
+        }
+        // A write without a key: UPDATE and DELETE run on every shard, each on its own rows
+        // (atomically: in the client's transaction, or with two-phase commit of their
+        // own); an INSERT ... SELECT only from a source co-located on the target's key
+        // (each shard inserts its own rows), never VALUES (they would go to every shard).
+        if a.kind == Kind::Write
+            && colocated
+            && unsharded.is_empty()
+            && (!a.insert || a.keyed.len() > 1)
+        {
             return Plan::AllShards;
         }
         return refuse(
@@ -794,9 +805,18 @@ mod tests {
             p("INSERT INTO payments (amount, customer_id) SELECT o.total, o.customer_id FROM orders o WHERE o.customer_id = 7", &[]),
             Plan::Shard(shard_of(7))
         );
+        // Without a key: every shard inserts its own source rows (atomically, by two-phase
+        // commit).
+        assert_eq!(
+            p(
+                "INSERT INTO payments (customer_id, amount) SELECT customer_id, total FROM orders",
+                &[]
+            ),
+            Plan::AllShards
+        );
         for sql in [
-            // Without a key: a write on every shard (two-phase commit's work).
-            "INSERT INTO payments (customer_id, amount) SELECT customer_id, total FROM orders",
+            // VALUES without a constant key would go to every shard.
+            "INSERT INTO payments (customer_id, amount) VALUES (now()::int, 1)",
             // The key is not the source's key column.
             "INSERT INTO payments (customer_id, amount) SELECT total, customer_id FROM orders WHERE customer_id = 7",
             // A source of another map.
@@ -870,10 +890,15 @@ mod tests {
             p("SELECT count(*) FROM orders", &[]),
             Plan::Refuse { .. }
         ));
-        assert!(matches!(
+        // Writes without a key run on every shard, each on its own rows.
+        assert_eq!(
             p("DELETE FROM orders WHERE total = 0", &[]),
-            Plan::Refuse { .. }
-        ));
+            Plan::AllShards
+        );
+        assert_eq!(
+            p("UPDATE orders SET total = 0 WHERE total < 0", &[]),
+            Plan::AllShards
+        );
     }
 
     #[test]
@@ -1135,10 +1160,11 @@ mod tests {
             ),
             Plan::Shard("s1".into())
         );
-        assert!(matches!(
+        // Writes are not pruned: every shard deletes its own rows.
+        assert_eq!(
             one("DELETE FROM events WHERE day >= '2026-03-01'"),
-            Plan::Refuse { .. }
-        ));
+            Plan::AllShards
+        );
         // A hash map is not pruned by comparisons.
         assert_eq!(
             one("SELECT * FROM orders WHERE customer_id > 5"),

@@ -103,11 +103,11 @@ impl Session {
         self.shard_pools.as_deref()?.cross.as_deref()
     }
 
-    fn cross_mut(&mut self) -> Option<&mut CrossTx> {
+    pub(super) fn cross_mut(&mut self) -> Option<&mut CrossTx> {
         self.shard_pools.as_deref_mut()?.cross.as_deref_mut()
     }
 
-    fn take_cross(&mut self) -> Option<Box<CrossTx>> {
+    pub(super) fn take_cross(&mut self) -> Option<Box<CrossTx>> {
         self.shard_pools.as_deref_mut()?.cross.take()
     }
 
@@ -130,51 +130,62 @@ impl Session {
             })
     }
 
+    /// The transaction starts to span shards: the attached server's transaction as it runs
+    /// (BEGIN's options, or a SET TRANSACTION since) is how the others begin, and its lock
+    /// waits are bounded from now on.
+    async fn start_cross(&mut self) -> Result<(), ProxyError> {
+        if self.cross().is_some() {
+            return Ok(());
+        }
+        let Some(conn) = self.server.as_mut() else {
+            return Err(ProxyError::error("08006", "no shard holds the transaction"));
+        };
+        let begin = match conn.query_column(TRANSACTION_MODES).await {
+            Ok(Ok(rows)) => rows.into_iter().next().flatten(),
+            _ => None,
+        };
+        let deadlock = self.proxy.config.load().two_phase.deadlock_timeout_ms;
+        if deadlock > 0 {
+            let _ = conn
+                .run_simple(&format!("SET LOCAL lock_timeout = {deadlock}"))
+                .await;
+        }
+        let Some(begin) = begin else {
+            return Err(ProxyError::error(
+                "08006",
+                "could not read the transaction's characteristics from its first shard",
+            ));
+        };
+        self.shard_pools.get_or_insert_with(Default::default).cross = Some(Box::new(CrossTx {
+            parked: Vec::with_capacity(2),
+            begin,
+            portal: None,
+        }));
+        Ok(())
+    }
+
+    fn aborted() -> ProxyError {
+        ProxyError::error(
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )
+    }
+
     /// Shard `t` joins the client's transaction and becomes the attached server; the one
     /// attached so far is parked in the transaction.
     pub(super) async fn join_shard(&mut self, t: &str) -> Result<(), ProxyError> {
         if self.tx_status == b'E' || self.error_since_ready {
-            return Err(ProxyError::error(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
+            return Err(Self::aborted());
         }
         Box::pin(self.settle()).await?;
         let Some(from) = self.server_shard_name() else {
             return Ok(());
         };
-        let mut conn = self.server.take().expect("attached");
+        Box::pin(self.start_cross()).await?;
+        let conn = self.server.take().expect("attached");
         crate::cancel::point(&self.client.cancel_slot, None);
         self.server_shard = None;
         self.swbuf.clear(); // nothing pending: a Flush at most
-        if self.cross().is_none() {
-            // The first shard's transaction as it runs (BEGIN's options, or a SET
-            // TRANSACTION since) is how the others begin; its lock waits are bounded too
-            // from now on.
-            let begin = match conn.query_column(TRANSACTION_MODES).await {
-                Ok(Ok(rows)) => rows.into_iter().next().flatten(),
-                _ => None,
-            };
-            let deadlock = self.proxy.config.load().two_phase.deadlock_timeout_ms;
-            if deadlock > 0 {
-                let _ = conn
-                    .run_simple(&format!("SET LOCAL lock_timeout = {deadlock}"))
-                    .await;
-            }
-            let Some(begin) = begin else {
-                self.attach(conn);
-                self.server_shard = (from != self.home_shard()).then(|| from.as_str().into());
-                return Err(ProxyError::error(
-                    "08006",
-                    "could not read the transaction's characteristics from its first shard",
-                ));
-            };
-            self.shard_pools.get_or_insert_with(Default::default).cross = Some(Box::new(CrossTx {
-                parked: Vec::with_capacity(2),
-                begin,
-                portal: None,
-            }));
-        }
         let home = self.home_shard();
         let cross = self.cross_mut().expect("made above");
         cross.parked.push((from.as_str().into(), conn));
@@ -202,6 +213,93 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a statement for several shards may run inside the client's transaction, on
+    /// its participants.
+    pub(super) fn may_fan_out_in_tx(&self) -> bool {
+        let held = self.held_begin.is_some()
+            && self.tx_status == b'T'
+            && self.client.mode == PoolMode::Transaction
+            && !self.pinned;
+        (held || self.may_join())
+            && self
+                .proxy
+                .config
+                .load()
+                .databases
+                .get(&self.client.database)
+                .is_some_and(|d| {
+                    d.cross_shard_transactions == sgconfig::CrossShardTransactions::TwoPhase
+                })
+    }
+
+    /// The connections of a statement for several shards inside the client's transaction:
+    /// the attached server for its shard, the participants for theirs, and shards that join
+    /// now. A BEGIN still held begins on the home shard first.
+    pub(super) async fn take_tx_legs(
+        &mut self,
+        shards: &[String],
+    ) -> Result<Result<Legs, ProxyError>, End> {
+        if self.tx_status == b'E' || self.error_since_ready {
+            return Ok(Err(Self::aborted()));
+        }
+        if self.held_begin.is_some() {
+            let home = self.home_shard();
+            if let Err(e) = self.ensure_server_on(Some(home)).await {
+                return Ok(Err(e));
+            }
+            self.begin_if_held();
+            if let Err(e) = self.settle().await {
+                return Err(End::Fatal(e));
+            }
+            if self.tx_status != b'T' {
+                return Ok(Err(Self::aborted()));
+            }
+        }
+        if let Err(e) = Box::pin(self.start_cross()).await {
+            return Ok(Err(e));
+        }
+        self.proxy.stats.fanout(&self.client.database);
+        let own_shard = self.server_shard_name();
+        let mut legs = Legs {
+            shards: shards.iter().map(|s| s.as_str().into()).collect(),
+            conns: Vec::with_capacity(shards.len()),
+            own: None,
+            parked: vec![None; shards.len()],
+            in_tx: true,
+        };
+        for shard in shards {
+            if legs.own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
+                if let Some(conn) = self.server.take() {
+                    legs.own = Some(legs.conns.len());
+                    legs.conns.push(conn);
+                    continue;
+                }
+            }
+            let cross = self.cross_mut().expect("started above");
+            if let Some(i) = cross.parked.iter().position(|(s, _)| **s == **shard) {
+                let (_, conn) = cross.parked.swap_remove(i);
+                legs.conns.push(conn);
+                continue;
+            }
+            match Box::pin(self.open_participant(shard)).await {
+                Ok(conn) => legs.conns.push(conn),
+                Err(e) => {
+                    self.put_back(legs);
+                    return Ok(Err(e));
+                }
+            }
+        }
+        crate::cancel::point_many(
+            &self.client.cancel_slot,
+            legs.conns.iter().map(|l| CancelTarget {
+                addr: l.addr,
+                backend_pid: l.backend_pid,
+                secret_key: l.secret_key,
+            }),
+        );
+        Ok(Ok(legs))
     }
 
     /// A connection of shard `t` inside a transaction begun as the client's was, with its
@@ -476,8 +574,19 @@ impl Session {
         Ok(())
     }
 
+    /// Creates the decision table where `shards` may need it and it is not known to exist.
+    pub(super) async fn ensure_decisions_on(&mut self, shards: &[String]) {
+        for shard in shards {
+            if !self.proxy.decisions_ready(&self.client.database, shard) {
+                if let Err(e) = self.ensure_decisions(shard).await {
+                    tracing::warn!(database = %self.client.database, shard = %shard, error = %e, "could not create the decision table");
+                }
+            }
+        }
+    }
+
     /// Creates the two-phase commit's decision table on `shard` if it is missing.
-    async fn ensure_decisions(&mut self, shard: &str) -> Result<(), ProxyError> {
+    pub(super) async fn ensure_decisions(&mut self, shard: &str) -> Result<(), ProxyError> {
         let pool = self.shard_pool(shard)?;
         let mut conn = attach::checkout(&pool, &self.client).await?;
         match conn.run_simple(twophase::ENSURE_DECISIONS).await {

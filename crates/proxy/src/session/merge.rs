@@ -163,11 +163,19 @@ impl Session {
         ))
         .await;
         match result {
-            Ok(Ok(outcome)) => {
+            Ok(Ok(mut outcome)) => {
+                let in_tx = legs.in_tx;
+                if in_tx {
+                    outcome.status = if outcome.error { b'E' } else { b'T' };
+                }
                 if ext.is_none() {
-                    messages::ready_for_query(&mut self.wbuf, b'I');
+                    messages::ready_for_query(&mut self.wbuf, outcome.status);
                 }
                 self.put_back(legs);
+                if in_tx && outcome.error && self.server.is_some() {
+                    // The attached server's transaction fails too, as PostgreSQL's would.
+                    self.abort_server_transaction(true);
+                }
                 Ok(Ok(outcome))
             }
             Ok(Err(e)) => {

@@ -167,6 +167,9 @@ struct Legs {
     own: Option<usize>,
     /// Which ones are the session's parked connections, by shard (session pooling).
     parked: Vec<Option<Box<str>>>,
+    /// Inside a transaction over several shards: the connections are its participants and
+    /// go back to it (`Session::cross`), not to their pools.
+    in_tx: bool,
 }
 
 /// An extended-protocol statement for several shards, collected from its Bind up to its

@@ -78,22 +78,32 @@ impl Session {
         frame: &Frame,
         target: crate::copyin::CopyTarget,
     ) -> Result<(), End> {
+        if self.tx_status == b'I' {
+            self.ensure_decisions_on(&target.shards).await;
+        }
         let mut legs = match self.take_legs(&target.shards).await? {
             Ok(l) => l,
             Err(e) => return self.simple_error(e),
         };
+        let in_tx = legs.in_tx;
         let result = Box::pin(crate::copyin::run(
             &mut legs.conns,
             &target,
             frame.raw(),
             &mut self.client.conn,
             &mut self.wbuf,
+            &self.client.database,
+            in_tx,
         ))
         .await;
         match result {
-            Ok(_) => {
+            Ok((_, status)) => {
                 self.put_back(legs);
-                self.tx_status = b'I';
+                if in_tx && status == b'E' && self.server.is_some() {
+                    // The attached server's transaction fails too, as PostgreSQL's would.
+                    self.abort_server_transaction(true);
+                }
+                self.tx_status = status;
                 self.error_since_ready = false;
                 Ok(())
             }
@@ -113,8 +123,8 @@ impl Session {
     pub(super) async fn simple_fanout(&mut self, frame: &Frame, f: Box<Fanout>) -> Result<(), End> {
         if let Some(input) = f.merge.as_deref() {
             return match self.run_merge(input, &f.shards, None).await? {
-                Ok(_) => {
-                    self.tx_status = b'I';
+                Ok(outcome) => {
+                    self.tx_status = outcome.status;
                     self.error_since_ready = false;
                     Ok(())
                 }
@@ -162,11 +172,13 @@ impl Session {
                 .with_hint("Execute it with no row limit, or use a cursor on each shard."),
             );
         }
+        let in_tx = self.tx_status != b'I' && self.may_fan_out_in_tx();
         if let Some(p) = self.pending_fanout.as_mut() {
             p.messages.extend_from_slice(frame.raw());
-            if p.fanout.write {
+            if p.fanout.write && !in_tx {
                 // A write commits on every shard at the batch's Sync, so that nothing else of
-                // the batch can fail after it has committed.
+                // the batch can fail after it has committed. (Inside a transaction over
+                // several shards it runs now, in the transaction.)
                 p.executed = true;
                 return Ok(());
             }
@@ -188,7 +200,7 @@ impl Session {
             self.skip_until_sync = true;
             return Ok(());
         }
-        if self.unsynced {
+        if self.unsynced && !(self.tx_status != b'I' && self.may_fan_out_in_tx()) {
             return self.extended_error(
                 ProxyError::error(
                     "0A000",
@@ -276,12 +288,35 @@ impl Session {
         requests: Vec<Bytes>,
         merge: fanout::Merge,
     ) -> Result<Result<fanout::Outcome, ProxyError>, End> {
+        if f.write && self.tx_status == b'I' && f.shards.len() > 1 {
+            self.ensure_decisions_on(&f.shards).await;
+        }
         let mut legs = match self.take_legs(&f.shards).await? {
             Ok(l) => l,
             Err(e) => return Ok(Err(e)),
         };
         let ready = merge.ready;
-        let result = if f.write {
+        let db = &self.client.database;
+        let result = if legs.in_tx {
+            // Inside the client's transaction: no transaction of its own; an error anywhere
+            // aborts the client's transaction.
+            let merge = fanout::Merge {
+                ready: false,
+                ..merge
+            };
+            let out = &mut self.wbuf;
+            let stream = &mut self.client.conn.stream;
+            Box::pin(async {
+                let mut outcome =
+                    fanout::run(&mut legs.conns, &f.shards, &requests, stream, out, merge).await?;
+                outcome.status = if outcome.error { b'E' } else { b'T' };
+                if ready {
+                    messages::ready_for_query(out, outcome.status);
+                }
+                Ok(outcome)
+            })
+            .await
+        } else if f.write {
             // Each shard's part in a transaction: all commit, or none does.
             let merge = fanout::Merge {
                 ready: false,
@@ -293,11 +328,31 @@ impl Session {
                 fanout::begin_all(&mut legs.conns, &f.shards).await?;
                 let mut outcome =
                     fanout::run(&mut legs.conns, &f.shards, &requests, stream, out, merge).await?;
-                let end = if outcome.error { "ROLLBACK" } else { "COMMIT" };
-                if let Some(e) = fanout::end_all(&mut legs.conns, end, &f.shards).await? {
-                    if !outcome.error {
-                        out.extend_from_slice(e.raw());
+                if outcome.error {
+                    if let Some(e) = fanout::end_all(&mut legs.conns, "ROLLBACK", &f.shards).await?
+                    {
+                        let _ = e;
+                    }
+                } else {
+                    // All or nothing: two-phase commit when several shards wrote.
+                    let mut parts: Vec<crate::twophase::Participant<'_>> = legs
+                        .conns
+                        .iter_mut()
+                        .zip(f.shards.iter())
+                        .map(|(c, s)| crate::twophase::Participant {
+                            shard: s.as_str(),
+                            conn: c,
+                        })
+                        .collect();
+                    let done = crate::twophase::commit(db, &mut parts, 0).await;
+                    if let Err(e) = done.result {
+                        e.encode(out);
                         outcome.error = true;
+                    }
+                    if done.clean.iter().any(|c| !c) {
+                        return Err(fanout::Failure::Server(
+                            "a shard's connection was lost while the write committed".into(),
+                        ));
                     }
                 }
                 outcome.status = b'I';
@@ -319,8 +374,13 @@ impl Session {
             .await
         };
         match result {
-            Ok(outcome) if outcome.status == b'I' => {
+            Ok(outcome) if outcome.status == b'I' || legs.in_tx => {
+                let failed = legs.in_tx && outcome.error;
                 self.put_back(legs);
+                if failed && self.server.is_some() {
+                    // The attached server's transaction fails too, as PostgreSQL's would.
+                    self.abort_server_transaction(true);
+                }
                 Ok(Ok(outcome))
             }
             Ok(_) => {
@@ -352,6 +412,9 @@ impl Session {
         if let Err(e) = self.settle().await {
             return Err(End::Fatal(e));
         }
+        if self.tx_status != b'I' && self.may_fan_out_in_tx() {
+            return self.take_tx_legs(shards).await;
+        }
         if self.tx_status != b'I' {
             return Ok(Err(ProxyError::error(
                 "0A000",
@@ -377,6 +440,7 @@ impl Session {
             conns: Vec::with_capacity(shards.len()),
             own: None,
             parked: vec![None; shards.len()],
+            in_tx: false,
         };
         for shard in shards {
             if legs.own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
@@ -429,10 +493,16 @@ impl Session {
             own,
             mut parked,
             shards,
+            in_tx,
         } = legs;
         for (i, leg) in conns.into_iter().enumerate() {
             if Some(i) == own {
                 self.attach(leg);
+            } else if in_tx {
+                self.cross_mut()
+                    .expect("a transaction over several shards")
+                    .parked
+                    .push((shards[i].clone(), leg));
             } else if let Some(shard) = parked[i].take() {
                 self.shard_pools
                     .get_or_insert_with(Default::default)
@@ -452,12 +522,21 @@ impl Session {
     }
 
     /// Fan-out connections in an unknown state are closed, the session's own included.
+    /// Inside a transaction over several shards, that ends the transaction: the rest of
+    /// its participants are rolled back and closed, and the session ends.
     pub(super) fn lose_legs(&mut self, legs: Legs) {
         crate::cancel::point(&self.client.cancel_slot, None);
         let own = legs.own;
+        let in_tx = legs.in_tx;
         drop(legs);
-        if own.is_some() {
+        if own.is_some() || in_tx {
             self.drop_server();
+        }
+        if in_tx {
+            // Dropped connections roll their transactions back; the client's transaction is
+            // gone, so its session ends once the error is out.
+            drop(self.take_cross());
+            self.terminated = true;
         }
     }
 

@@ -121,6 +121,8 @@ pub struct Analysis {
     /// Groups of `keyed` uses that are the sides of a FULL JOIN of sharded tables: exact on
     /// several shards only when each group's uses are joined on their keys within one map.
     pub together: Vec<Vec<usize>>,
+    /// The statement is an INSERT (its first `keyed` use is the target table).
+    pub insert: bool,
 }
 
 impl Analysis {
@@ -140,6 +142,7 @@ impl Analysis {
             insert_without_columns: None,
             functions: Vec::new(),
             together: Vec::new(),
+            insert: false,
         }
     }
 }

@@ -1067,7 +1067,14 @@ impl Walker<'_> {
     pub(super) fn statement(&mut self, stmt: &Statement) {
         let w = self;
         match stmt {
-            Statement::Explain { statement, .. } => w.statement(statement),
+            Statement::Explain { statement, .. } => {
+                w.statement(statement);
+                if w.out.kind == Kind::Write {
+                    // Its plans (and, with ANALYZE, its run) would come from every shard a
+                    // write without a key runs on.
+                    w.out.one_shard = true;
+                }
+            }
             Statement::Query(q) => {
                 w.out.needs_merge = needs_merge(q);
                 w.out.functions = called_functions(q);
@@ -1078,6 +1085,7 @@ impl Walker<'_> {
             }
             Statement::Insert(i) => {
                 w.out.kind = Kind::Write;
+                w.out.insert = true;
                 w.insert(i);
                 w.out.insert_rows = w.out.keyed.len() == 1
                     && w.out.keyed[0].keys.is_some()
