@@ -81,6 +81,9 @@ async fn a_transaction_over_three_shards_commits_all_or_nothing() {
     // one was written on the coordinator.
     let decisions: i64 = shards
         .iter()
+        .filter(|db| {
+            psql_direct(db, "SELECT to_regclass('shardgate.decisions') IS NOT NULL") == "t"
+        })
         .map(|db| count(db, "SELECT count(*) FROM shardgate.decisions"))
         .sum();
     assert_eq!(decisions, 1);
@@ -548,4 +551,56 @@ async fn a_copy_in_a_transaction_is_split_and_committed_with_it() {
         );
     }
     assert_eq!(prepared(&shards), 0);
+}
+
+/// An extended-protocol batch without BEGIN (JDBC's executeBatch in autocommit, psycopg's
+/// executemany) is one implicit transaction: over several shards it commits at its Sync on
+/// all of them, or on none when something in it failed.
+#[tokio::test]
+async fn a_batch_without_begin_over_several_shards_is_all_or_nothing() {
+    use e2e::raw::*;
+    let (shards, conninfo) = proxy("ximpl", "");
+    let port: u16 = conninfo
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut r = Raw::login(([127, 0, 0, 1], port).into()).await;
+    let insert = |id: &str| {
+        vec![
+            parse("", "INSERT INTO accounts (id, balance) VALUES ($1, 1)"),
+            bind("", "", &[id]),
+            execute(""),
+        ]
+    };
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for id in ["1", "101", "201"] {
+        batch.extend(insert(id));
+    }
+    batch.push(sync());
+    let got = r.round(&batch).await;
+    assert!(errors(&got).is_empty(), "{got:?}");
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+
+    // The third statement fails on s0: the two before it (s0 and s1) are not committed.
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for id in ["2", "102", "1"] {
+        batch.extend(insert(id));
+    }
+    batch.push(sync());
+    let got = r.round(&batch).await;
+    assert_eq!(errors(&got).len(), 1, "{got:?}");
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+    assert_eq!(prepared(&shards), 0);
+
+    // The session goes on: a batch on one shard, then one over two.
+    let mut batch = insert("3");
+    batch.push(sync());
+    assert!(errors(&r.round(&batch).await).is_empty());
+    let mut batch = insert("4");
+    batch.extend(insert("204"));
+    batch.push(sync());
+    assert!(errors(&r.round(&batch).await).is_empty());
+    assert_eq!(rows_everywhere(&shards), vec![3, 1, 2]);
 }

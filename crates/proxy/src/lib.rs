@@ -84,9 +84,6 @@ pub struct Proxy {
     /// catalog has an aggregate of that name (a user-defined aggregate would need a merge
     /// the router does not know of). Forgotten on reload and on DDL.
     functions: Mutex<HashMap<(String, String), bool>>,
-    /// Shards, by (database, shard), where the two-phase commit's decision table is known to
-    /// exist.
-    decisions_ready: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// A table's columns in order.
@@ -164,7 +161,6 @@ impl Proxy {
             collations: Mutex::new(HashMap::new()),
             table_columns: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            decisions_ready: Mutex::new(Default::default()),
         })
     }
 
@@ -409,19 +405,6 @@ impl Proxy {
             drop(config);
             tokio::time::sleep(std::time::Duration::from_secs(every)).await;
         }
-    }
-
-    /// Whether shard `shard` of `database` is known to have the decision table.
-    fn decisions_ready(&self, database: &str, shard: &str) -> bool {
-        self.decisions_ready
-            .lock()
-            .contains(&(database.to_owned(), shard.to_owned()))
-    }
-
-    fn set_decisions_ready(&self, database: &str, shard: &str) {
-        self.decisions_ready
-            .lock()
-            .insert((database.to_owned(), shard.to_owned()));
     }
 
     pub fn config(&self) -> Arc<Config> {

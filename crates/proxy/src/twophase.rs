@@ -243,7 +243,23 @@ pub async fn commit(db: &str, parts: &mut [Participant<'_>], coordinator_hint: u
             "INSERT INTO {DECISIONS} (gid) VALUES ({})",
             literal(&decision_key(db, &cname, &xid))
         );
-        match parts[c].conn.run_simple(&row).await {
+        // Behind a savepoint: where the table is missing, it is made in the same
+        // transaction and the row written again.
+        let mut written = parts[c]
+            .conn
+            .run_simple(&format!("SAVEPOINT sg_decision; {row}"))
+            .await;
+        if let Ok(Some(e)) = &written {
+            if e.code == "42P01" || e.code == "3F000" {
+                written = parts[c]
+                    .conn
+                    .run_simple(&format!(
+                        "ROLLBACK TO SAVEPOINT sg_decision; {ENSURE_DECISIONS}; {row}"
+                    ))
+                    .await;
+            }
+        }
+        match written {
             Ok(None) => {}
             Ok(Some(e)) => {
                 failure = Some(server_error(

@@ -20,6 +20,9 @@ pub(super) struct CrossTx {
     /// A COMMIT or ROLLBACK bound through the extended protocol, run at its Execute: the
     /// portal's name, whether it commits, AND CHAIN.
     portal: Option<(Box<[u8]>, bool, bool)>,
+    /// The implicit transaction of an extended-protocol batch (no BEGIN): it ends at the
+    /// batch's Sync, committed unless something in the batch failed.
+    pub(super) implicit: bool,
 }
 
 /// A statement that ends or marks a transaction, as a transaction over several shards
@@ -112,10 +115,12 @@ impl Session {
     }
 
     /// Whether the client's transaction may take in shard `t` now: an explicit transaction
-    /// (its BEGIN sent), in transaction pooling, on a database that allows it.
+    /// (its BEGIN sent) or an extended-protocol batch's implicit one, in transaction pooling,
+    /// on a database that allows it.
     pub(super) fn may_join(&self) -> bool {
+        let implicit = self.tx_status == b'I' && self.unsynced;
         if self.client.mode != PoolMode::Transaction
-            || !matches!(self.tx_status, b'T' | b'E')
+            || !(matches!(self.tx_status, b'T' | b'E') || implicit)
             || self.held_begin.is_some()
             || self.pinned
         {
@@ -137,9 +142,33 @@ impl Session {
         if self.cross().is_some() {
             return Ok(());
         }
+        let implicit = self.tx_status == b'I' && self.unsynced;
         let Some(conn) = self.server.as_mut() else {
             return Err(ProxyError::error("08006", "no shard holds the transaction"));
         };
+        if implicit {
+            // The batch's implicit transaction becomes a transaction block on its shard (a
+            // BEGIN inside one does that), so that it can be prepared and committed with the
+            // others at the Sync. The simple query drops the server's unnamed statement:
+            // the session parses it again before it is used there.
+            match conn.run_simple("BEGIN").await {
+                Ok(None) => {}
+                Ok(Some(e)) => {
+                    return Err(ProxyError::error(
+                        "08006",
+                        format!(
+                            "the batch's transaction could not span shards: {}",
+                            e.message
+                        ),
+                    ))
+                }
+                Err(e) => return Err(ProxyError::error("08006", e.to_string())),
+            }
+            if let Some(p) = self.unnamed_parse.as_mut() {
+                p.1 = true;
+            }
+        }
+        let conn = self.server.as_mut().expect("attached");
         let begin = match conn.query_column(TRANSACTION_MODES).await {
             Ok(Ok(rows)) => rows.into_iter().next().flatten(),
             _ => None,
@@ -160,6 +189,7 @@ impl Session {
             parked: Vec::with_capacity(2),
             begin,
             portal: None,
+            implicit,
         }));
         Ok(())
     }
@@ -471,6 +501,7 @@ impl Session {
         chain: bool,
         extended: bool,
     ) -> Result<(), End> {
+        let implicit = self.cross().is_some_and(|c| c.implicit);
         if let Err(e) = self.settle().await {
             return Err(End::Fatal(e));
         }
@@ -501,20 +532,6 @@ impl Session {
             });
         }
         let coordinator = parts.len().saturating_sub(1);
-        if commit && !failed {
-            // Any writer may coordinate: each must have the decision table (made once per
-            // shard and process, outside the client's transaction).
-            let missing: Vec<String> = parts
-                .iter()
-                .map(|p| p.shard.to_owned())
-                .filter(|s| !self.proxy.decisions_ready(&db, s))
-                .collect();
-            for shard in missing {
-                if let Err(e) = self.ensure_decisions(&shard).await {
-                    tracing::warn!(database = %db, shard = %shard, error = %e, "could not create the decision table");
-                }
-            }
-        }
         let (result, clean) = if commit && !failed {
             let out = twophase::commit(&db, &mut parts, coordinator).await;
             (out.result, out.clean)
@@ -555,6 +572,8 @@ impl Session {
             server.prepared.batch_done();
         }
         match result {
+            // An implicit transaction ends without a statement of the client's to answer.
+            Ok(_) if implicit => {}
             Ok(tag) => self.push_synthetic(Expect::SyntheticDone(tag)),
             Err(e) => {
                 self.proxy.stats.error(&self.client.database, &e.code);
@@ -574,39 +593,34 @@ impl Session {
         Ok(())
     }
 
-    /// Creates the decision table where `shards` may need it and it is not known to exist.
-    pub(super) async fn ensure_decisions_on(&mut self, shards: &[String]) {
-        for shard in shards {
-            if !self.proxy.decisions_ready(&self.client.database, shard) {
-                if let Err(e) = self.ensure_decisions(shard).await {
-                    tracing::warn!(database = %self.client.database, shard = %shard, error = %e, "could not create the decision table");
+    /// The Sync of a batch whose implicit transaction spans shards: it commits on every
+    /// shard, unless something in the batch failed; an error of the commit is the batch's.
+    pub(super) async fn end_implicit_cross(&mut self) -> Result<(), End> {
+        if !self.cross().is_some_and(|c| c.implicit) {
+            return Ok(());
+        }
+        // Every answer of the batch first: an error in it means no commit.
+        if let Err(e) = self.settle().await {
+            return Err(End::Fatal(e));
+        }
+        let commit = !self.error_since_ready;
+        if !commit {
+            // After an error the attached server skips everything up to a Sync: it gets one
+            // of its own before the ROLLBACK.
+            if let Some(server) = self.server.as_mut() {
+                let mut sync = BytesMut::new();
+                messages::empty_message(&mut sync, tag::SYNC);
+                let lost = |e: std::io::Error| End::ServerGone(e.to_string());
+                server.send(&sync).await.map_err(lost)?;
+                loop {
+                    let f = server.read_frame().await.map_err(lost)?;
+                    if f.tag() == tag::READY_FOR_QUERY {
+                        break;
+                    }
                 }
             }
         }
-    }
-
-    /// Creates the two-phase commit's decision table on `shard` if it is missing.
-    pub(super) async fn ensure_decisions(&mut self, shard: &str) -> Result<(), ProxyError> {
-        let pool = self.shard_pool(shard)?;
-        let mut conn = attach::checkout(&pool, &self.client).await?;
-        match conn.run_simple(twophase::ENSURE_DECISIONS).await {
-            Ok(None) => {
-                conn.release();
-                self.proxy.set_decisions_ready(&self.client.database, shard);
-                Ok(())
-            }
-            Ok(Some(e)) => {
-                conn.release();
-                Err(ProxyError {
-                    fatal: false,
-                    code: e.code.into(),
-                    message: e.message,
-                    detail: e.detail,
-                    hint: e.hint,
-                })
-            }
-            Err(e) => Err(ProxyError::error("08006", e.to_string())),
-        }
+        self.end_cross(commit, false, true).await
     }
 
     /// The session ends inside a transaction over several shards: every parked participant

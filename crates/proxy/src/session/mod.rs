@@ -672,6 +672,9 @@ impl Session {
             }
             tag::CLOSE => self.on_close(frame),
             tag::SYNC => {
+                if self.cross().is_some_and(|c| c.implicit) {
+                    self.end_implicit_cross().await?;
+                }
                 self.skip_until_sync = false;
                 self.unsynced = false;
                 let between = self.tx_status == b'I' && self.held_begin.is_none();

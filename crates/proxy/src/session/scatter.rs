@@ -78,9 +78,6 @@ impl Session {
         frame: &Frame,
         target: crate::copyin::CopyTarget,
     ) -> Result<(), End> {
-        if self.tx_status == b'I' {
-            self.ensure_decisions_on(&target.shards).await;
-        }
         let mut legs = match self.take_legs(&target.shards).await? {
             Ok(l) => l,
             Err(e) => return self.simple_error(e),
@@ -288,9 +285,6 @@ impl Session {
         requests: Vec<Bytes>,
         merge: fanout::Merge,
     ) -> Result<Result<fanout::Outcome, ProxyError>, End> {
-        if f.write && self.tx_status == b'I' && f.shards.len() > 1 {
-            self.ensure_decisions_on(&f.shards).await;
-        }
         let mut legs = match self.take_legs(&f.shards).await? {
             Ok(l) => l,
             Err(e) => return Ok(Err(e)),
