@@ -150,12 +150,32 @@ fn check_invariants(pg: &Cluster, when: &str) -> i64 {
         "SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches",
     );
     let d = sum(pg, "SELECT coalesce(sum(delta), 0) FROM pgbench_history");
-    assert_eq!((a, t, b), (d, d, d), "{when}: balances against history");
+    let per_shard: Vec<String> = SHARDS
+        .iter()
+        .map(|db| {
+            pg.psql(
+                db,
+                "SELECT (SELECT coalesce(sum(abalance),0) FROM pgbench_accounts) || ' ' || \
+                 (SELECT coalesce(sum(delta),0) FROM pgbench_history) || ' ' || \
+                 (SELECT count(*) FROM pgbench_history) || ' ' || \
+                 (SELECT count(*) FROM pgbench_accounts a LEFT JOIN (SELECT aid, sum(delta) AS s FROM pgbench_history GROUP BY aid) h USING (aid) WHERE a.abalance <> coalesce(h.s, 0))",
+            )
+            .unwrap()
+            .trim()
+            .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        (a, t, b),
+        (d, d, d),
+        "{when}: balances against history (per shard: abalance, delta, history rows, accounts off: {per_shard:?})"
+    );
     // Accounts and their history live together (both by aid): each shard checks its own.
     let off = sum(
         pg,
-        "SELECT count(*) FROM pgbench_accounts a WHERE abalance <> \
-         coalesce((SELECT sum(delta) FROM pgbench_history h WHERE h.aid = a.aid), 0)",
+        "SELECT count(*) FROM pgbench_accounts a LEFT JOIN \
+         (SELECT aid, sum(delta) AS s FROM pgbench_history GROUP BY aid) h USING (aid) \
+         WHERE a.abalance <> coalesce(h.s, 0)",
     );
     assert_eq!(
         off, 0,
@@ -173,18 +193,13 @@ fn check_invariants(pg: &Cluster, when: &str) -> i64 {
 }
 
 fn run(mode: &str) -> String {
-    let out = pgbench(&[
-        "-c",
-        "16",
-        "-j",
-        "2",
-        "-T",
-        &SECONDS.to_string(),
-        "-M",
-        mode,
-    ])
-    .output()
-    .unwrap();
+    let clients = std::env::var("TPCB_CLIENTS").unwrap_or_else(|_| "16".into());
+    let secs = std::env::var("TPCB_SECONDS").unwrap_or_else(|_| SECONDS.to_string());
+    // -n: no VACUUM and no TRUNCATE of pgbench_history before the run (pgbench's default),
+    // so that the history keeps every delta since -i.
+    let out = pgbench(&["-n", "-c", &clients, "-j", "2", "-T", &secs, "-M", mode])
+        .output()
+        .unwrap();
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -251,7 +266,8 @@ fn pgbench_runs_unchanged_over_three_shards_and_the_money_adds_up() {
     }
     check_invariants(&pg, "after -i");
 
-    for mode in ["simple", "prepared"] {
+    let modes = std::env::var("TPCB_MODES").unwrap_or_else(|_| "simple,prepared".into());
+    for mode in modes.split(',') {
         let text = run(mode);
         assert!(processed(&text) > 0, "{text}");
         assert_eq!(failed(&text), 0, "-M {mode}: failed transactions\n{text}");
@@ -260,7 +276,7 @@ fn pgbench_runs_unchanged_over_three_shards_and_the_money_adds_up() {
     }
 
     // The proxy SIGKILLed mid-run, then restarted: recovery leaves all or nothing.
-    let mut bench = pgbench(&["-c", "16", "-j", "2", "-T", "12", "-M", "prepared"])
+    let mut bench = pgbench(&["-n", "-c", "16", "-j", "2", "-T", "12", "-M", "prepared"])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(5));
