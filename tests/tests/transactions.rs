@@ -604,3 +604,38 @@ async fn a_batch_without_begin_over_several_shards_is_all_or_nothing() {
     assert!(errors(&r.round(&batch).await).is_empty());
     assert_eq!(rows_everywhere(&shards), vec![3, 1, 2]);
 }
+
+/// A simple query of several statements for different shards is one implicit transaction,
+/// as on PostgreSQL: all commit, or (an error in any) none, and the statements after the
+/// error do not run.
+#[tokio::test]
+async fn a_query_of_statements_for_several_shards_is_one_transaction() {
+    let (shards, conninfo) = proxy("xmulti", "");
+    let c = e2e::connect(&conninfo).await;
+    let m = c
+        .simple_query(
+            "INSERT INTO accounts VALUES (1, 1); INSERT INTO accounts VALUES (101, 1); \
+             UPDATE accounts SET balance = 2 WHERE id = 1; SELECT balance FROM accounts WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(e2e::simple_counts(&m), vec![1, 1, 1, 1]);
+    assert_eq!(simple_rows(&m), vec![vec![Some("2".to_owned())]]);
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 0]);
+    // The third statement fails: the first two are rolled back, the fourth never runs.
+    let e = c
+        .simple_query(
+            "INSERT INTO accounts VALUES (2, 1); INSERT INTO accounts VALUES (202, 1); \
+             INSERT INTO accounts VALUES (101, 1); INSERT INTO accounts VALUES (203, 1)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23505");
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 0]);
+    assert_eq!(prepared(&shards), 0);
+    // The session goes on.
+    c.batch_execute("INSERT INTO accounts VALUES (204, 1)")
+        .await
+        .unwrap();
+    assert_eq!(rows_everywhere(&shards), vec![1, 1, 1]);
+}

@@ -35,6 +35,7 @@ mod cross;
 mod extended;
 mod held;
 mod merge;
+mod multi;
 mod pins;
 mod routing;
 mod scatter;
@@ -808,6 +809,11 @@ impl Session {
             Ok(Routing::Fanout(f)) => return self.simple_fanout(&frame, f).await,
             Ok(Routing::AtBind) => None,
             Err(e) if e.code == "0A000" => {
+                // A query of several statements for different shards: one transaction over
+                // them.
+                if let Some(done) = self.multi_shard_query(sql).await {
+                    return done;
+                }
                 // Refused as it stands: its subqueries over sharded tables may be answered
                 // first, leaving a statement that routes.
                 return match self.answer_subqueries_first(sql).await? {
