@@ -119,9 +119,10 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
             .unwrap(),
     );
     assert_eq!(limited.len() as i64, total.min(3));
-    // Refused, not run on the wrong shard.
+    // Refused, not run on the wrong shard. (A DELETE without a key runs on every shard:
+    // tests/tests/transactions.rs.)
     for sql in [
-        "DELETE FROM accounts WHERE balance = 0",
+        "UPDATE accounts SET account_id = account_id + 1000 WHERE account_id = 5",
         "COPY accounts TO '/tmp/accounts.out'",
         "DO $$ BEGIN UPDATE accounts SET balance = 1; END $$",
     ] {
@@ -171,14 +172,20 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
     ))
     .await
     .unwrap();
-    let e = c
-        .batch_execute(&format!(
-            "UPDATE accounts SET balance = 5 WHERE account_id = {a}"
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000");
+    // The other shard joins the transaction, and the ROLLBACK undoes both.
+    c.batch_execute(&format!(
+        "UPDATE accounts SET balance = 5 WHERE account_id = {a}"
+    ))
+    .await
+    .unwrap();
     c.batch_execute("ROLLBACK").await.unwrap();
+    assert_ne!(
+        psql_direct(
+            &shards[0],
+            &format!("SELECT balance FROM accounts WHERE account_id = {a}")
+        ),
+        "5"
+    );
     // Code the router cannot see into runs on the shard the transaction is pinned to.
     c.batch_execute(&format!(
         "BEGIN; UPDATE accounts SET balance = 8 WHERE account_id = {b}"
@@ -206,11 +213,19 @@ async fn keyed_statements_reach_the_shard_of_their_key() {
         ),
         "6"
     );
-    let e = c
-        .batch_execute(&format!("UPDATE accounts SET balance = 7 WHERE account_id = {a}; UPDATE accounts SET balance = 7 WHERE account_id = {b}"))
+    // A query of statements for both shards is one transaction over them.
+    c.batch_execute(&format!("UPDATE accounts SET balance = 7 WHERE account_id = {a}; UPDATE accounts SET balance = 7 WHERE account_id = {b}"))
         .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000");
+        .unwrap();
+    for (db, id) in [(&shards[0], a), (&shards[1], b)] {
+        assert_eq!(
+            psql_direct(
+                db,
+                &format!("SELECT balance FROM accounts WHERE account_id = {id}")
+            ),
+            "7"
+        );
+    }
     // A hint names the shard for what the router cannot see.
     let rows = c
         .simple_query("/* shardgate: shard=s1 */ SELECT count(*) FROM accounts")

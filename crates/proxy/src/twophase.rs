@@ -26,7 +26,11 @@ use wire::messages::{ErrorFields, ProxyError};
 
 /// The schema and table of commit decisions, created on every shard of a routing database.
 pub const DECISIONS: &str = "shardgate.decisions";
-pub const ENSURE_DECISIONS: &str = "CREATE SCHEMA IF NOT EXISTS shardgate; \
+/// Creates the decision table where it is missing. Creators take a transaction-scoped
+/// advisory lock first, so that two transactions creating it at once do not collide in the
+/// catalog (`CREATE ... IF NOT EXISTS` alone races: 23505).
+pub const ENSURE_DECISIONS: &str = "SELECT pg_advisory_xact_lock(7305, 2); \
+     CREATE SCHEMA IF NOT EXISTS shardgate; \
      CREATE TABLE IF NOT EXISTS shardgate.decisions \
      (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
 
