@@ -310,15 +310,7 @@ pub(crate) async fn run(
                     None if in_tx => false,
                     None => {
                         // All or nothing: two-phase commit when several shards wrote.
-                        let mut parts: Vec<crate::twophase::Participant<'_>> = legs
-                            .iter_mut()
-                            .zip(shards.iter())
-                            .map(|(c, s)| crate::twophase::Participant {
-                                shard: s.as_str(),
-                                conn: c,
-                            })
-                            .collect();
-                        let done = crate::twophase::commit(db, &mut parts, 0).await;
+                        let done = crate::twophase::commit_all(db, legs, shards).await;
                         if done.clean.iter().any(|c| !c) {
                             return Err(Failure::Server(
                                 "a shard's connection was lost while the COPY committed".into(),

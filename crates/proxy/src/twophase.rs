@@ -351,6 +351,21 @@ pub async fn commit(db: &str, parts: &mut [Participant<'_>], coordinator_hint: u
     Outcome { result, clean }
 }
 
+/// [`commit`] over connections and their shards side by side (`conns[i]` is of
+/// `shards[i]`), the first the preferred coordinator: a statement's own transaction on
+/// several shards.
+pub async fn commit_all(db: &str, conns: &mut [pool::PooledConn], shards: &[String]) -> Outcome {
+    let mut parts: Vec<Participant<'_>> = conns
+        .iter_mut()
+        .zip(shards.iter())
+        .map(|(c, s)| Participant {
+            shard: s.as_str(),
+            conn: c,
+        })
+        .collect();
+    commit(db, &mut parts, 0).await
+}
+
 /// What one recovery sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sweep {

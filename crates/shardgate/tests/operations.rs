@@ -2,12 +2,14 @@
 //! tokio-postgres over both protocols), PAUSE/RESUME, RELOAD, the Prometheus endpoint and
 //! its counters, TLS on both legs, and a graceful SIGTERM.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cluster::{AuthMethod, Cluster, ClusterOptions};
+use cluster::Cluster;
+
+mod common;
+use common::{pg, write};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 
@@ -15,27 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 fn ports(test: u16) -> (u16, u16) {
     let base = 24_100 + 2 * test;
     (base, base + 1)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shardgate-ops-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(path: &Path, text: &str) {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-fn pg() -> Cluster {
-    Cluster::start(ClusterOptions {
-        password: Some("pw".into()),
-        auth: AuthMethod::ScramSha256,
-        ..ClusterOptions::default()
-    })
-    .unwrap()
 }
 
 /// A config: users `app` and `ops` (admin), one shard on `pg`, and `extra` top-level keys.
@@ -150,7 +131,7 @@ fn psql(conninfo: &str, sql: &str) -> std::process::Output {
 #[tokio::test]
 async fn the_admin_console_answers_every_show_as_a_table() {
     let pg = pg();
-    let dir = temp_dir("admin");
+    let dir = common::temp_dir("ops", "admin");
     let (port, _) = ports(0);
     let p = Proc::start(&dir, &config(port, &pg, ""));
     wait_up(&p, port).await;
@@ -315,7 +296,7 @@ async fn the_admin_console_answers_every_show_as_a_table() {
 #[tokio::test]
 async fn only_admin_users_enter_the_console() {
     let pg = pg();
-    let dir = temp_dir("refuse");
+    let dir = common::temp_dir("ops", "refuse");
     let (port, _) = ports(1);
     let p = Proc::start(&dir, &config(port, &pg, ""));
     wait_up(&p, port).await;
@@ -360,7 +341,7 @@ async fn wait_client_state(ops: &tokio_postgres::Client, user: &str, state: &str
 #[tokio::test]
 async fn pause_holds_new_transactions_until_resume() {
     let pg = pg();
-    let dir = temp_dir("pause");
+    let dir = common::temp_dir("ops", "pause");
     let (port, _) = ports(2);
     let p = Proc::start(&dir, &config(port, &pg, ""));
     wait_up(&p, port).await;
@@ -404,7 +385,7 @@ async fn pause_holds_new_transactions_until_resume() {
 #[tokio::test]
 async fn reload_applies_a_changed_config_and_refuses_a_bad_one() {
     let pg = pg();
-    let dir = temp_dir("reload");
+    let dir = common::temp_dir("ops", "reload");
     let (port, _) = ports(3);
     let yaml = config(port, &pg, "");
     let p = Proc::start(&dir, &yaml);
@@ -481,7 +462,7 @@ async fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
 #[tokio::test]
 async fn metrics_parse_and_count_exactly_what_ran() {
     let pg = pg();
-    let dir = temp_dir("metrics");
+    let dir = common::temp_dir("ops", "metrics");
     let (port, mport) = ports(4);
     let p = Proc::start(
         &dir,
@@ -607,7 +588,7 @@ fn certificates(dir: &Path) {
 #[tokio::test]
 async fn tls_for_clients_verify_full_wrong_ca_and_require() {
     let pg = pg();
-    let dir = temp_dir("tls");
+    let dir = common::temp_dir("ops", "tls");
     certificates(&dir);
     let (port, _) = ports(5);
     let p = Proc::start(
@@ -690,7 +671,7 @@ fn private_key_for_server(from: &Path, to: &Path) {
 #[tokio::test]
 async fn the_proxy_reaches_a_server_that_demands_tls() {
     let pg = pg();
-    let dir = temp_dir("server-tls");
+    let dir = common::temp_dir("ops", "server-tls");
     certificates(&dir);
     server_file(
         &pg,
@@ -735,7 +716,7 @@ async fn the_proxy_reaches_a_server_that_demands_tls() {
     assert!(servers.iter().all(|r| r.get::<_, &str>("tls") == "yes"));
 
     // Without TLS the server refuses the proxy, and the client hears why.
-    let plain_dir = temp_dir("server-plain");
+    let plain_dir = common::temp_dir("ops", "server-plain");
     let p2 = Proc::start(&plain_dir, &config(port2, &pg, ""));
     let mut last = String::new();
     for _ in 0..100 {
@@ -767,7 +748,7 @@ async fn the_proxy_reaches_a_server_that_demands_tls() {
 async fn sigterm_lets_the_running_transaction_commit_and_refuses_new_clients() {
     let pg = pg();
     pg.psql("postgres", "CREATE TABLE t (v int)").unwrap();
-    let dir = temp_dir("sigterm");
+    let dir = common::temp_dir("ops", "sigterm");
     let (port, _) = ports(8);
     let p = Proc::start(&dir, &config(port, &pg, "shutdown_grace_s: 20"));
     wait_up(&p, port).await;
@@ -821,7 +802,7 @@ async fn sigterm_lets_the_running_transaction_commit_and_refuses_new_clients() {
 #[tokio::test]
 async fn a_second_signal_stops_at_once() {
     let pg = pg();
-    let dir = temp_dir("sigterm2");
+    let dir = common::temp_dir("ops", "sigterm2");
     let (port, _) = ports(9);
     let p = Proc::start(&dir, &config(port, &pg, "shutdown_grace_s: 600"));
     wait_up(&p, port).await;
@@ -858,7 +839,7 @@ async fn a_second_signal_stops_at_once() {
 #[tokio::test]
 async fn json_logs_and_the_slow_statement_log() {
     let pg = pg();
-    let dir = temp_dir("logs");
+    let dir = common::temp_dir("ops", "logs");
     let (port, _) = ports(10);
     let p = Proc::start(
         &dir,
@@ -908,7 +889,7 @@ async fn json_logs_and_the_slow_statement_log() {
 #[tokio::test]
 async fn ban_takes_a_server_out_of_use_until_unban() {
     let pg = pg();
-    let dir = temp_dir("ban");
+    let dir = common::temp_dir("ops", "ban");
     let (port, _) = ports(11);
     let p = Proc::start(&dir, &config(port, &pg, ""));
     wait_up(&p, port).await;

@@ -6,12 +6,14 @@
 //! balance sum equals the sum of the history's deltas, and every account's balance equals
 //! its own deltas. The same after the proxy is SIGKILLed mid-run and restarted.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cluster::{AuthMethod, Cluster, ClusterOptions};
+use cluster::Cluster;
+
+mod common;
+use common::{pg, write};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 /// A fixed port for this file's proxy (below the kernel's ephemeral range).
@@ -19,20 +21,6 @@ const PORT: u16 = 24_320;
 const SHARDS: [&str; 3] = ["tpcb_s0", "tpcb_s1", "tpcb_s2"];
 const SCALE: u32 = 5;
 const SECONDS: u32 = 30;
-
-fn pg() -> Cluster {
-    Cluster::start(ClusterOptions {
-        password: Some("pw".into()),
-        auth: AuthMethod::ScramSha256,
-        ..ClusterOptions::default()
-    })
-    .unwrap()
-}
-
-fn write(path: &Path, text: &str) {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 fn map(name: &str, tables: &[(&str, &str)]) -> String {
     let list: Vec<String> = tables
@@ -46,9 +34,7 @@ fn map(name: &str, tables: &[(&str, &str)]) -> String {
 }
 
 fn setup(pg: &Cluster) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardgate-tpcb-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("tpcb", "run");
     write(
         &dir.join("aid.yaml"),
         &map(

@@ -5,38 +5,19 @@
 //! the fault, its recovery leaves no prepared transaction on any shard, and each
 //! transaction is all or nothing: rolled back before the decision, committed after it.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cluster::{AuthMethod, Cluster, ClusterOptions};
+use cluster::Cluster;
+
+mod common;
+use common::{pg, write};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 
 /// A fixed port for this file's proxy (below the kernel's ephemeral range).
 const PORT: u16 = 24_300;
-
-fn pg() -> Cluster {
-    Cluster::start(ClusterOptions {
-        password: Some("pw".into()),
-        auth: AuthMethod::ScramSha256,
-        ..ClusterOptions::default()
-    })
-    .unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shardgate-2pc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(path: &Path, text: &str) {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 const SHARDS: [&str; 3] = ["tp_s0", "tp_s1", "tp_s2"];
 
@@ -131,7 +112,7 @@ async fn the_proxy_killed_at_each_step_of_two_phase_commit_leaves_all_or_nothing
         pg.psql(db, "CREATE TABLE accounts (id bigint PRIMARY KEY, v int)")
             .unwrap();
     }
-    let dir = temp_dir("faults");
+    let dir = common::temp_dir("2pc", "faults");
     write(&dir.join("config.yaml"), &config(&pg));
     write(&dir.join("map.yaml"), MAP);
 

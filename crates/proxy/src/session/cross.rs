@@ -95,6 +95,16 @@ const TRANSACTION_MODES: &str = "SELECT 'BEGIN ISOLATION LEVEL ' || upper(curren
      || CASE WHEN current_setting('transaction_read_only')::bool THEN ' READ ONLY' ELSE ' READ WRITE' END \
      || CASE WHEN current_setting('transaction_deferrable')::bool THEN ' DEFERRABLE' ELSE '' END";
 
+/// A client's own PREPARE TRANSACTION (or COMMIT/ROLLBACK PREPARED) while its transaction
+/// spans shards.
+fn prepare_refused() -> ProxyError {
+    ProxyError::error(
+        "0A000",
+        "PREPARE TRANSACTION of a transaction over several shards: shardgate commits it with two-phase commit itself",
+    )
+    .with_hint("Use COMMIT.")
+}
+
 /// `name` as a quoted identifier.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -126,8 +136,15 @@ impl Session {
         {
             return false;
         }
-        let config = self.proxy.config.load();
-        config
+        self.may_span_shards()
+    }
+
+    /// Whether the client's database lets transactions span shards
+    /// (`cross_shard_transactions: two_phase`).
+    pub(super) fn may_span_shards(&self) -> bool {
+        self.proxy
+            .config
+            .load()
             .databases
             .get(&self.client.database)
             .is_some_and(|d| {
@@ -252,16 +269,7 @@ impl Session {
             && self.tx_status == b'T'
             && self.client.mode == PoolMode::Transaction
             && !self.pinned;
-        (held || self.may_join())
-            && self
-                .proxy
-                .config
-                .load()
-                .databases
-                .get(&self.client.database)
-                .is_some_and(|d| {
-                    d.cross_shard_transactions == sgconfig::CrossShardTransactions::TwoPhase
-                })
+        (held && self.may_span_shards()) || self.may_join()
     }
 
     /// The connections of a statement for several shards inside the client's transaction:
@@ -292,20 +300,10 @@ impl Session {
         }
         self.proxy.stats.fanout(&self.client.database);
         let own_shard = self.server_shard_name();
-        let mut legs = Legs {
-            shards: shards.iter().map(|s| s.as_str().into()).collect(),
-            conns: Vec::with_capacity(shards.len()),
-            own: None,
-            parked: vec![None; shards.len()],
-            in_tx: true,
-        };
+        let mut legs = Legs::new(shards, true);
         for shard in shards {
-            if legs.own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
-                if let Some(conn) = self.server.take() {
-                    legs.own = Some(legs.conns.len());
-                    legs.conns.push(conn);
-                    continue;
-                }
+            if self.take_own_leg(&mut legs, own_shard.as_deref(), shard) {
+                continue;
             }
             let cross = self.cross_mut().expect("started above");
             if let Some(i) = cross.parked.iter().position(|(s, _)| **s == **shard) {
@@ -321,14 +319,7 @@ impl Session {
                 }
             }
         }
-        crate::cancel::point_many(
-            &self.client.cancel_slot,
-            legs.conns.iter().map(|l| CancelTarget {
-                addr: l.addr,
-                backend_pid: l.backend_pid,
-                secret_key: l.secret_key,
-            }),
-        );
+        self.cancels_reach(&legs);
         Ok(Ok(legs))
     }
 
@@ -386,13 +377,7 @@ impl Session {
             return None;
         }
         match control(sql)? {
-            Control::Refused => Some(self.simple_error(
-                ProxyError::error(
-                    "0A000",
-                    "PREPARE TRANSACTION of a transaction over several shards: shardgate commits it with two-phase commit itself",
-                )
-                .with_hint("Use COMMIT."),
-            )),
+            Control::Refused => Some(self.simple_error(prepare_refused())),
             Control::Everywhere => match self.on_parked(sql).await {
                 // The attached server runs it as usual (and the session's savepoint stack
                 // follows its answer).
@@ -443,13 +428,7 @@ impl Session {
         portal: &[u8],
     ) -> Option<Result<(), End>> {
         match control(sql)? {
-            Control::Refused => Some(self.extended_error(
-                ProxyError::error(
-                    "0A000",
-                    "PREPARE TRANSACTION of a transaction over several shards: shardgate commits it with two-phase commit itself",
-                )
-                .with_hint("Use COMMIT."),
-            )),
+            Control::Refused => Some(self.extended_error(prepare_refused())),
             Control::Everywhere => match self.on_parked(sql).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(self.extended_error(e)),

@@ -173,6 +173,19 @@ struct Legs {
     in_tx: bool,
 }
 
+impl Legs {
+    /// No connections yet, for a statement on `shards`.
+    fn new(shards: &[String], in_tx: bool) -> Legs {
+        Legs {
+            shards: shards.iter().map(|s| s.as_str().into()).collect(),
+            conns: Vec::with_capacity(shards.len()),
+            own: None,
+            parked: vec![None; shards.len()],
+            in_tx,
+        }
+    }
+}
+
 /// An extended-protocol statement for several shards, collected from its Bind up to its
 /// Execute: the messages every shard gets.
 struct PendingFanout {

@@ -21,16 +21,7 @@ impl Session {
         {
             return None;
         }
-        let allowed = self
-            .proxy
-            .config
-            .load()
-            .databases
-            .get(&self.client.database)
-            .is_some_and(|d| {
-                d.cross_shard_transactions == sgconfig::CrossShardTransactions::TwoPhase
-            });
-        if !allowed {
+        if !self.may_span_shards() {
             return None;
         }
         let text = String::from_utf8_lossy(sql).into_owned();

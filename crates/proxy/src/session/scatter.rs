@@ -291,9 +291,11 @@ impl Session {
         };
         let ready = merge.ready;
         let db = &self.client.database;
-        let result = if legs.in_tx {
-            // Inside the client's transaction: no transaction of its own; an error anywhere
-            // aborts the client's transaction.
+        let result = if legs.in_tx || f.write {
+            // Inside the client's transaction: no transaction of its own, and an error
+            // anywhere aborts the client's. Outside one, a write runs in a transaction of its
+            // own on each shard: all commit (two-phase), or none does.
+            let in_tx = legs.in_tx;
             let merge = fanout::Merge {
                 ready: false,
                 ..merge
@@ -301,44 +303,18 @@ impl Session {
             let out = &mut self.wbuf;
             let stream = &mut self.client.conn.stream;
             Box::pin(async {
-                let mut outcome =
-                    fanout::run(&mut legs.conns, &f.shards, &requests, stream, out, merge).await?;
-                outcome.status = if outcome.error { b'E' } else { b'T' };
-                if ready {
-                    messages::ready_for_query(out, outcome.status);
+                if !in_tx {
+                    fanout::begin_all(&mut legs.conns, &f.shards).await?;
                 }
-                Ok(outcome)
-            })
-            .await
-        } else if f.write {
-            // Each shard's part in a transaction: all commit, or none does.
-            let merge = fanout::Merge {
-                ready: false,
-                ..merge
-            };
-            let out = &mut self.wbuf;
-            let stream = &mut self.client.conn.stream;
-            Box::pin(async {
-                fanout::begin_all(&mut legs.conns, &f.shards).await?;
                 let mut outcome =
                     fanout::run(&mut legs.conns, &f.shards, &requests, stream, out, merge).await?;
-                if outcome.error {
-                    if let Some(e) = fanout::end_all(&mut legs.conns, "ROLLBACK", &f.shards).await?
-                    {
-                        let _ = e;
-                    }
+                if in_tx {
+                    outcome.status = if outcome.error { b'E' } else { b'T' };
+                } else if outcome.error {
+                    fanout::end_all(&mut legs.conns, "ROLLBACK", &f.shards).await?;
+                    outcome.status = b'I';
                 } else {
-                    // All or nothing: two-phase commit when several shards wrote.
-                    let mut parts: Vec<crate::twophase::Participant<'_>> = legs
-                        .conns
-                        .iter_mut()
-                        .zip(f.shards.iter())
-                        .map(|(c, s)| crate::twophase::Participant {
-                            shard: s.as_str(),
-                            conn: c,
-                        })
-                        .collect();
-                    let done = crate::twophase::commit(db, &mut parts, 0).await;
+                    let done = crate::twophase::commit_all(db, &mut legs.conns, &f.shards).await;
                     if let Err(e) = done.result {
                         e.encode(out);
                         outcome.error = true;
@@ -348,10 +324,10 @@ impl Session {
                             "a shard's connection was lost while the write committed".into(),
                         ));
                     }
+                    outcome.status = b'I';
                 }
-                outcome.status = b'I';
                 if ready {
-                    messages::ready_for_query(out, b'I');
+                    messages::ready_for_query(out, outcome.status);
                 }
                 Ok(outcome)
             })
@@ -429,20 +405,10 @@ impl Session {
             (Some(_), Some(s)) => Some(s.to_string()),
             (Some(_), None) => Some(self.home_shard()),
         };
-        let mut legs = Legs {
-            shards: shards.iter().map(|s| s.as_str().into()).collect(),
-            conns: Vec::with_capacity(shards.len()),
-            own: None,
-            parked: vec![None; shards.len()],
-            in_tx: false,
-        };
+        let mut legs = Legs::new(shards, false);
         for shard in shards {
-            if legs.own.is_none() && own_shard.as_deref() == Some(shard.as_str()) {
-                if let Some(conn) = self.server.take() {
-                    legs.own = Some(legs.conns.len());
-                    legs.conns.push(conn);
-                    continue;
-                }
+            if self.take_own_leg(&mut legs, own_shard.as_deref(), shard) {
+                continue;
             }
             if let Some(conn) = self.unpark(shard) {
                 legs.parked[legs.conns.len()] = Some(shard.as_str().into());
@@ -467,6 +433,30 @@ impl Session {
                 return Ok(Err(e));
             }
         }
+        self.cancels_reach(&legs);
+        Ok(Ok(legs))
+    }
+
+    /// The attached server as the leg of `shard`, when it is that shard's (`own_shard`).
+    pub(super) fn take_own_leg(
+        &mut self,
+        legs: &mut Legs,
+        own_shard: Option<&str>,
+        shard: &str,
+    ) -> bool {
+        if legs.own.is_some() || own_shard != Some(shard) {
+            return false;
+        }
+        let Some(conn) = self.server.take() else {
+            return false;
+        };
+        legs.own = Some(legs.conns.len());
+        legs.conns.push(conn);
+        true
+    }
+
+    /// A cancel from the client reaches every leg.
+    pub(super) fn cancels_reach(&self, legs: &Legs) {
         crate::cancel::point_many(
             &self.client.cancel_slot,
             legs.conns.iter().map(|l| CancelTarget {
@@ -475,7 +465,6 @@ impl Session {
                 secret_key: l.secret_key,
             }),
         );
-        Ok(Ok(legs))
     }
 
     /// Idle fan-out connections go back: the session's own to the session, parked ones to
