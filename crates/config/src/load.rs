@@ -354,6 +354,22 @@ fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
                 "database name `shardgate` is reserved for the admin console".into(),
             );
         }
+        // Database and shard names go into two-phase commit's transaction ids
+        // (`sg:<db>:<shard>:<xid>:<shard>`, at most 200 bytes).
+        if db.contains(':') || db.len() > 60 {
+            err(
+                &["databases", db],
+                format!("database name `{db}` must be at most 60 bytes and without `:`"),
+            );
+        }
+        for (s, _) in d.shards.iter() {
+            if s.contains(':') || s.len() > 60 {
+                err(
+                    &["databases", db, "shards", s],
+                    format!("shard name `{s}` must be at most 60 bytes and without `:`"),
+                );
+            }
+        }
         if d.shards.is_empty() {
             err(
                 &["databases", db, "shards"],

@@ -32,7 +32,7 @@ pub const DECISIONS: &str = "shardgate.decisions";
 pub const ENSURE_DECISIONS: &str = "SELECT pg_advisory_xact_lock(7305, 2); \
      CREATE SCHEMA IF NOT EXISTS shardgate; \
      CREATE TABLE IF NOT EXISTS shardgate.decisions \
-     (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
+     (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT clock_timestamp())";
 
 /// A participant of a transaction that is ending: its shard and its connection, inside the
 /// client's transaction.
@@ -179,21 +179,38 @@ pub async fn commit(db: &str, parts: &mut [Participant<'_>], coordinator_hint: u
     let writers: Vec<usize> = (0..n).filter(|&i| xids[i].is_some()).collect();
     let readers: Vec<usize> = (0..n).filter(|&i| xids[i].is_none()).collect();
     let mut result = Ok("COMMIT");
+    // Readers commit first: one that cannot (a serialization failure on what it read) fails
+    // the whole transaction before anything is decided.
+    for &i in &readers {
+        let p = &mut parts[i];
+        let failed = match p.conn.run_simple("COMMIT").await {
+            Ok(None) => None,
+            Ok(Some(e)) => Some(server_error(p.shard, "the commit failed", e)),
+            Err(e) => {
+                clean[i] = false;
+                Some(lost(p.shard, e))
+            }
+        };
+        if let Some(err) = failed {
+            for &w in &writers {
+                clean[w] = matches!(parts[w].conn.run_simple("ROLLBACK").await, Ok(None));
+            }
+            return Outcome {
+                result: Err(err),
+                clean,
+            };
+        }
+    }
     if writers.len() <= 1 {
-        // Nothing to make atomic: the writer (if any) decides, readers follow.
-        for &i in writers.iter().chain(readers.iter()) {
+        // Nothing to make atomic: the writer (if any) decides.
+        for &i in &writers {
             let p = &mut parts[i];
             match p.conn.run_simple("COMMIT").await {
                 Ok(None) => {}
-                Ok(Some(e)) if writers.contains(&i) => {
-                    result = Err(server_error(p.shard, "the commit failed", e));
-                }
-                Ok(Some(_)) => {}
+                Ok(Some(e)) => result = Err(server_error(p.shard, "the commit failed", e)),
                 Err(e) => {
                     clean[i] = false;
-                    if writers.contains(&i) {
-                        result = Err(lost(p.shard, e));
-                    }
+                    result = Err(lost(p.shard, e));
                 }
             }
         }
@@ -310,7 +327,7 @@ pub async fn commit(db: &str, parts: &mut [Participant<'_>], coordinator_hint: u
                 clean[i] = false;
             }
         }
-        for i in 0..n {
+        for &i in &writers {
             if !prepared.contains(&i) && clean[i] {
                 clean[i] = matches!(parts[i].conn.run_simple("ROLLBACK").await, Ok(None));
             }
@@ -341,11 +358,6 @@ pub async fn commit(db: &str, parts: &mut [Participant<'_>], coordinator_hint: u
         }
         if k == 0 && prepared.len() > 1 {
             fault_point(Fault::BetweenCommits);
-        }
-    }
-    for &i in &readers {
-        if !matches!(parts[i].conn.run_simple("COMMIT").await, Ok(None)) {
-            clean[i] = false;
         }
     }
     Outcome { result, clean }
@@ -439,37 +451,56 @@ async fn sweep_database(
     out: &mut Sweep,
 ) {
     // Every prepared transaction of ours on every shard: (shard, gid, owner, old enough).
+    // Decision rows older than the grace period are read first: any prepared transaction
+    // one of them needs was prepared before the row was written, so the listing after
+    // sees it.
     let mut found: Vec<(String, String, String, bool)> = Vec::new();
     let mut conns: Vec<(String, ServerConn)> = Vec::new();
+    let mut candidates: Vec<(String, Vec<String>)> = Vec::new();
+    let mut complete = true;
+    // owner's length, '.', owner, 't'/'f' (old enough), gid: no separator can collide.
     let list = format!(
-        "SELECT gid || '|' || owner || '|' || (prepared < now() - interval '{} milliseconds')::text \
+        "SELECT length(owner)::text || '.' || owner || \
+         CASE WHEN prepared < now() - interval '{} milliseconds' THEN 't' ELSE 'f' END || gid \
          FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'sg:%'",
+        grace.as_millis()
+    );
+    let old_rows = format!(
+        "SELECT gid FROM {DECISIONS} WHERE decided_at < now() - interval '{} milliseconds'",
         grace.as_millis()
     );
     for (shard, _) in db.shards.iter() {
         let Some(mut conn) = connect(config, db, shard, None, tls).await else {
             tracing::warn!(database = name, shard = %shard, "two-phase recovery could not reach the shard");
             out.unreachable += 1;
+            complete = false;
             continue;
         };
         if let Ok(Some(e)) = conn.run_simple(ENSURE_DECISIONS).await {
             tracing::warn!(database = name, shard = %shard, error = %e.message, "could not create {DECISIONS}: transactions over several shards that write on this shard cannot commit");
         }
-        if let Ok(Ok(rows)) = conn.query_column(&list).await {
-            for r in rows.into_iter().flatten() {
-                let mut it = r.rsplitn(3, '|');
-                let (old, owner, gid) = (it.next(), it.next(), it.next());
-                if let (Some(old), Some(owner), Some(gid)) = (old, owner, gid) {
-                    found.push((
-                        shard.to_owned(),
-                        gid.to_owned(),
-                        owner.to_owned(),
-                        old == "true",
-                    ));
-                }
+        match conn.query_column(&old_rows).await {
+            Ok(Ok(rows)) => {
+                candidates.push((shard.to_owned(), rows.into_iter().flatten().collect()))
             }
+            _ => complete = false,
         }
         conns.push((shard.to_owned(), conn));
+    }
+    for (shard, conn) in conns.iter_mut() {
+        match conn.query_column(&list).await {
+            Ok(Ok(rows)) => {
+                for r in rows.into_iter().flatten() {
+                    match parse_listing(&r) {
+                        Some((owner, old, gid)) => {
+                            found.push((shard.clone(), gid.to_owned(), owner.to_owned(), old))
+                        }
+                        None => complete = false,
+                    }
+                }
+            }
+            _ => complete = false,
+        }
     }
     for (shard, gid, owner, old) in &found {
         let Some((gdb, c, xid, _)) = parse_gid(gid) else {
@@ -545,24 +576,48 @@ async fn sweep_database(
             Err(_) => out.waiting += 1,
         }
     }
-    // Decision rows of transactions with nothing left prepared anywhere go.
+    // Decision rows of transactions with nothing left prepared anywhere go; only when every
+    // shard was listed (a shard not seen may still hold one of their transactions).
+    if !complete {
+        return;
+    }
     let keep: Vec<String> = found
         .iter()
-        .filter_map(|(_, g, _, _)| parse_gid(g).map(|(d, c, x, _)| literal(&decision_key(d, c, x))))
+        .filter_map(|(_, g, _, _)| parse_gid(g).map(|(d, c, x, _)| decision_key(d, c, x)))
         .collect();
-    let keep = if keep.is_empty() {
-        String::new()
-    } else {
-        format!(" AND gid NOT IN ({})", keep.join(", "))
-    };
-    for (_, conn) in conns.iter_mut() {
+    for (shard, conn) in conns.iter_mut() {
+        let Some((_, rows)) = candidates.iter().find(|(s, _)| s == shard) else {
+            continue;
+        };
+        let gone: Vec<String> = rows
+            .iter()
+            .filter(|g| !keep.contains(g))
+            .map(|g| literal(g))
+            .collect();
+        if gone.is_empty() {
+            continue;
+        }
         let _ = conn
             .run_simple(&format!(
-                "DELETE FROM {DECISIONS} WHERE decided_at < now() - interval '{} milliseconds'{keep}",
-                grace.as_millis()
+                "DELETE FROM {DECISIONS} WHERE gid IN ({})",
+                gone.join(", ")
             ))
             .await;
     }
+}
+
+/// A row of the sweep's listing: (owner, old enough, gid).
+fn parse_listing(row: &str) -> Option<(&str, bool, &str)> {
+    let (len, rest) = row.split_once('.')?;
+    let len: usize = len.parse().ok()?;
+    let end = rest.char_indices().nth(len).map_or(rest.len(), |(i, _)| i);
+    let (owner, rest) = rest.split_at(end);
+    let old = match rest.chars().next()? {
+        't' => true,
+        'f' => false,
+        _ => return None,
+    };
+    Some((owner, old, &rest[1..]))
 }
 
 #[cfg(test)]
@@ -584,5 +639,11 @@ mod tests {
             assert_eq!(parse_gid(bad), None, "{bad}");
         }
         assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(
+            parse_listing("4.a|b.tsg:app:s0:1:s1"),
+            Some(("a|b.", true, "sg:app:s0:1:s1"))
+        );
+        assert_eq!(parse_listing("2.ébfsg:x"), Some(("éb", false, "sg:x")));
+        assert_eq!(parse_listing("x.y"), None);
     }
 }

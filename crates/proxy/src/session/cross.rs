@@ -196,12 +196,9 @@ impl Session {
                 .run_simple(&format!("SET LOCAL lock_timeout = {deadlock}"))
                 .await;
         }
-        let Some(begin) = begin else {
-            return Err(ProxyError::error(
-                "08006",
-                "could not read the transaction's characteristics from its first shard",
-            ));
-        };
+        // Unreadable (it cannot be, short of a lost connection, which the next step finds):
+        // the default characteristics.
+        let begin = begin.unwrap_or_else(|| "BEGIN".to_owned());
         self.shard_pools.get_or_insert_with(Default::default).cross = Some(Box::new(CrossTx {
             parked: Vec::with_capacity(2),
             begin,
@@ -252,7 +249,9 @@ impl Session {
                 // The transaction stays where it was.
                 let cross = self.cross_mut().expect("made above");
                 let (s, conn) = cross.parked.pop().expect("parked above");
-                if cross.parked.is_empty() {
+                // An implicit one stays, so that the batch's Sync rolls back the block the
+                // first shard's implicit transaction became.
+                if cross.parked.is_empty() && !cross.implicit {
                     self.take_cross();
                 }
                 self.attach(conn);
@@ -333,13 +332,14 @@ impl Session {
         // The client's settings, outside the transaction (as between transactions).
         sync_conn(&mut conn, &mut self.client, b'I').await?;
         let mut sql = self.cross().expect("joining").begin.clone();
-        for name in self.client.settings.savepoint_names() {
-            sql.push_str("; SAVEPOINT ");
-            sql.push_str(&quote_ident(name));
-        }
+        // The bound first, so that no ROLLBACK TO a savepoint undoes it.
         let deadlock = self.proxy.config.load().two_phase.deadlock_timeout_ms;
         if deadlock > 0 {
             sql.push_str(&format!("; SET LOCAL lock_timeout = {deadlock}"));
+        }
+        for name in self.client.settings.savepoint_names() {
+            sql.push_str("; SAVEPOINT ");
+            sql.push_str(&quote_ident(name));
         }
         match conn.run_simple(&sql).await {
             Ok(None) => Ok(conn),
@@ -427,7 +427,16 @@ impl Session {
         sql: &[u8],
         portal: &[u8],
     ) -> Option<Result<(), End>> {
-        match control(sql)? {
+        let Some(kind) = control(sql) else {
+            // A Bind of another statement to the portal of an earlier COMMIT replaces it.
+            if let Some(c) = self.cross_mut() {
+                if c.portal.as_ref().is_some_and(|(p, _, _)| **p == *portal) {
+                    c.portal = None;
+                }
+            }
+            return None;
+        };
+        match kind {
             Control::Refused => Some(self.extended_error(prepare_refused())),
             Control::Everywhere => match self.on_parked(sql).await {
                 Ok(Ok(())) => None,
@@ -480,7 +489,18 @@ impl Session {
         chain: bool,
         extended: bool,
     ) -> Result<(), End> {
-        let implicit = self.cross().is_some_and(|c| c.implicit);
+        self.end_cross_as(commit, chain, extended, false).await
+    }
+
+    /// [`Self::end_cross`]; `implicit`: the end of a batch's implicit transaction, which no
+    /// statement of the client's answers.
+    async fn end_cross_as(
+        &mut self,
+        commit: bool,
+        chain: bool,
+        extended: bool,
+        implicit: bool,
+    ) -> Result<(), End> {
         if let Err(e) = self.settle().await {
             return Err(End::Fatal(e));
         }
@@ -550,6 +570,7 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             server.prepared.batch_done();
         }
+        let ended_ok = result.is_ok();
         match result {
             // An implicit transaction ends without a statement of the client's to answer.
             Ok(_) if implicit => {}
@@ -559,8 +580,9 @@ impl Session {
                 self.push_synthetic(Expect::SyntheticError(e));
             }
         }
-        if chain {
-            // A new transaction with the same characteristics, held like a BEGIN.
+        if chain && ended_ok {
+            // A new transaction with the same characteristics, held like a BEGIN (not after
+            // a commit that failed: PostgreSQL ends idle then).
             let mut b = BytesMut::new();
             messages::query(&mut b, &cross_begin);
             self.held_begin = Some(Box::new(b.freeze()));
@@ -599,7 +621,7 @@ impl Session {
                 }
             }
         }
-        self.end_cross(commit, false, true).await
+        self.end_cross_as(commit, false, true, true).await
     }
 
     /// The session ends inside a transaction over several shards: every parked participant

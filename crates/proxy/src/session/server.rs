@@ -77,7 +77,10 @@ impl Session {
                 self.copy_in_extended = false;
                 self.error_since_ready = true;
                 self.on_error();
-                if self.cross().is_some() && crate::stats::error_code(frame.body()) == Some("55P03")
+                if self.cross().is_some()
+                    && crate::stats::error_code(frame.body()) == Some("55P03")
+                    && wire::messages::ErrorFields::parse(frame.body())
+                        .is_ok_and(|e| e.message.contains("lock timeout"))
                 {
                     // A lock wait of a transaction over several shards ran out: the bound
                     // that breaks deadlocks no one PostgreSQL can see.
