@@ -403,6 +403,11 @@ pub(crate) fn locate(text: &str, path: &[String]) -> (u64, u64) {
     let mut from = 0usize;
     let mut found = None;
     for comp in path {
+        // An empty name (`name: ""`) is not found as text (nor searched for: it matches
+        // everywhere without moving on); its problem is placed at its parent.
+        if comp.is_empty() {
+            break;
+        }
         let mut pos = None;
         let mut search = from;
         while let Some(i) = text[search..].find(comp.as_str()) {
@@ -474,6 +479,18 @@ databases:
             ("127.0.0.1", 5432, "app")
         );
         assert_eq!(a.user.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn problems_of_empty_names_are_placed_at_their_parent() {
+        let text = "users: [{ name: \"\" }]\ndatabases: { app: { shards: { s0: { primary: \"postgres://h/d\" } } } }\n";
+        let e = load(text).unwrap_err();
+        assert_eq!((e.problems[0].line, e.problems[0].column), (1, 1), "{e}");
+        assert!(e.problems[0].message.contains("needs a password"), "{e}");
+        let text = "users: [{ name: u, auth: trust }]\ndatabases:\n  \"\": { shards: {} }\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.problems[0].line, 2, "{e}");
+        assert!(e.problems[0].message.contains("has no shards"), "{e}");
     }
 
     #[test]

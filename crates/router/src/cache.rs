@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::analyze::{analyze, Analysis, ParseError};
-use crate::lexer::{Lexer, Token};
+use crate::lexer::{Lexer, Token, MAX_PARAM};
 
 /// Entries kept; past it the least recently used goes.
 const CAPACITY: usize = 10_000;
@@ -26,7 +26,8 @@ pub struct Fingerprint {
     /// Highest `$n` the statement uses itself.
     pub max_param: usize,
     /// False when the text has constants the normaliser does not take out faithfully (E''
-    /// strings): such statements are analysed as they are, every time.
+    /// strings), or a `$n` above [`MAX_PARAM`]: such statements are analysed as they are,
+    /// every time.
     pub cacheable: bool,
 }
 
@@ -53,6 +54,7 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
                 Token::Param(p) => p[1..].parse::<usize>().ok(),
                 _ => None,
             })
+            .filter(|&n| n <= MAX_PARAM)
             .max()
             .unwrap_or(0)
     } else {
@@ -109,7 +111,12 @@ pub fn fingerprint(sql: &str, want_text: bool) -> (Fingerprint, Option<String>) 
             }
             None => {
                 if let Token::Param(p) = t {
-                    max_param = max_param.max(p[1..].parse().unwrap_or(0));
+                    match p[1..].parse::<usize>() {
+                        Ok(n) if n <= MAX_PARAM => max_param = max_param.max(n),
+                        // A `$n` no Bind can carry: the statement is analysed as written,
+                        // its parameters only those bound.
+                        _ => cacheable = false,
+                    }
                 }
                 match t {
                     Token::Word(w) => w.to_ascii_lowercase().hash(&mut h),
@@ -367,6 +374,23 @@ mod tests {
             r.analysis.keyed[0].keys,
             Some(vec![vec![KeyExpr::Literal("5".into())]])
         );
+    }
+
+    #[test]
+    fn parameters_no_bind_can_carry_size_nothing() {
+        // A `$n` above what a Bind can carry once sized the parameter list (n values).
+        let cache = RouteCache::default();
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $99999999999",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $18446744073709551615 AND bid = 1",
+            "SELECT $99999999999999999999999, 1",
+        ] {
+            let r = cache.route(sql, &[], &keys).unwrap();
+            assert!(r.params.is_empty() && r.own == 0, "{sql}");
+            let _ = fingerprint(sql, true);
+        }
+        let (fp, _) = fingerprint("SELECT $65535, $65536", false);
+        assert_eq!((fp.max_param, fp.cacheable), (65_535, false));
     }
 
     proptest::proptest! {

@@ -139,8 +139,9 @@ pub fn parse_copy(sql: &str) -> Option<Result<CopyStatement, String>> {
             }),
         );
     }
-    let start = first.text().as_ptr() as usize - sql.as_ptr() as usize;
+    // A name token is a slice of `sql` (`;` is not), so its offset can be taken.
     let mut name = ident(first)?;
+    let start = first.text().as_ptr() as usize - sql.as_ptr() as usize;
     let mut end = start + first.text().len();
     let mut peek = lx.clone();
     while peek.next() == Some(Token::Symbol(".")) {
@@ -823,6 +824,15 @@ mod tests {
         let mut s = RowSplitter::new(CopyFormat::default(), vec![2]);
         let e = s.feed(b"1\t2\n", &mut |_| Ok(())).unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn a_copy_that_names_no_table_is_refused_without_a_panic() {
+        // `;` is a token whose text is not a slice of the statement (held on the heap
+        // here, as a client's is).
+        assert!(parse_copy(&String::from("COPY;")).is_none());
+        assert!(parse_copy(&String::from("copy ; x")).is_none());
+        assert!(crate::analyze::analyze(&String::from("COPY;"), &|_| None).is_err());
     }
 
     /// A value in COPY text format.

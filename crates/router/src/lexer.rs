@@ -36,6 +36,10 @@ impl<'a> Token<'a> {
     }
 }
 
+/// The highest `$n` a statement can have bound: a Bind carries at most 65,535 values (its
+/// count is 16 bits, which PostgreSQL reads unsigned). Nothing is sized by a higher `$n`.
+pub const MAX_PARAM: usize = 65_535;
+
 /// Iterates over the tokens of SQL text; comments and whitespace are skipped. Text that does
 /// not scan (an unterminated quote) ends the iteration with the rest as one `Symbol`.
 #[derive(Clone)]

@@ -667,6 +667,18 @@ mod tests {
     }
 
     #[test]
+    fn parameter_zero_is_no_key() {
+        // PostgreSQL has no $0 and refuses the statement; the router reads no key from it.
+        for sql in [
+            "SELECT * FROM orders WHERE customer_id = $0",
+            "SELECT * FROM orders WHERE customer_id = ANY($0)",
+            "SELECT * FROM events WHERE day >= $0",
+        ] {
+            assert_eq!(p(sql, &[Some("7".into())]), Plan::AllShards, "{sql}");
+        }
+    }
+
+    #[test]
     fn co_located_joins_and_outer_joins() {
         // Joined on their keys: a key on either side pins both; without one, each shard
         // joins its own rows.

@@ -153,13 +153,14 @@ fn flatten<'q>(e: &'q SetExpr, out: &mut Vec<&'q SetExpr>) -> bool {
     }
 }
 
-/// The highest `$n` of the statement.
+/// The highest `$n` of the statement that a Bind can carry.
 fn max_param(sql: &str) -> usize {
     crate::lexer::Lexer::new(sql)
         .filter_map(|t| match t {
             crate::lexer::Token::Param(p) => p[1..].parse().ok(),
             _ => None,
         })
+        .filter(|&n| n <= crate::lexer::MAX_PARAM)
         .max()
         .unwrap_or(0)
 }
@@ -224,6 +225,18 @@ mod tests {
         assert!(parts[1]
             .text
             .starts_with("(SELECT * FROM (SELECT id FROM t WHERE id = "));
+    }
+
+    #[test]
+    fn a_parameter_no_bind_can_carry_sizes_no_part() {
+        let (a, b) = two_shards();
+        let sql = format!(
+            "SELECT id FROM t WHERE id = {a} AND $99999999999 = 1 UNION ALL SELECT id FROM t WHERE id = {b}"
+        );
+        let Some(UnionRoute::Shards(_, parts)) = route_union_all(&db(), &sql, &[], &keys) else {
+            panic!("not split");
+        };
+        assert!(parts.iter().all(|p| p.params.is_empty()));
     }
 
     #[test]

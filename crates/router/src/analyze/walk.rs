@@ -88,7 +88,13 @@ pub(super) fn key_value(e: &Expr) -> Option<KeyExpr> {
             Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
                 Some(KeyExpr::Literal(s.clone()))
             }
-            Value::Placeholder(p) => p.strip_prefix('$')?.parse().ok().map(KeyExpr::Param),
+            // Parameters count from $1: `$0` names none (PostgreSQL refuses it).
+            Value::Placeholder(p) => p
+                .strip_prefix('$')?
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(KeyExpr::Param),
             _ => None,
         },
         Expr::Cast { expr, .. } | Expr::Nested(expr) => key_value(expr),
