@@ -409,6 +409,7 @@ fn analyze_copy(
     }
 }
 
+mod dml;
 mod functions;
 #[cfg(test)]
 mod tests;
