@@ -331,7 +331,7 @@ pub(crate) fn select_param_types(raw: &[u8], keep: &[usize]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + 4 * keep.len());
     out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
     for k in keep {
-        let oid = oids.get(k - 1).copied().unwrap_or(0);
+        let oid = oids.get(k.wrapping_sub(1)).copied().unwrap_or(0);
         out.extend_from_slice(&oid.to_be_bytes());
     }
     out
@@ -365,12 +365,12 @@ pub(crate) fn select_bind_values(rest: &[u8], keep: &[usize]) -> Option<Vec<u8>>
     } else {
         out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
         for k in keep {
-            out.extend_from_slice(formats.get(k - 1)?);
+            out.extend_from_slice(formats.get(k.checked_sub(1)?)?);
         }
     }
     out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
     for k in keep {
-        out.extend_from_slice(values.get(k - 1)?);
+        out.extend_from_slice(values.get(k.checked_sub(1)?)?);
     }
     out.extend_from_slice(results);
     Some(out)
@@ -387,6 +387,18 @@ pub(crate) fn failure_error(why: &str) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `$0` is no parameter (they count from `$1`): selecting it selects nothing, and
+    /// never underflows.
+    #[test]
+    fn parameter_zero_selects_nothing() {
+        let types = select_param_types(&[0, 1, 0, 0, 0, 20], &[0]);
+        assert_eq!(types, vec![0, 1, 0, 0, 0, 0]);
+        // No formats, one text value "7", no result formats.
+        let rest = [0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0];
+        assert_eq!(select_bind_values(&rest, &[0]), None);
+        assert!(select_bind_values(&rest, &[1]).is_some());
+    }
 
     #[test]
     fn bind_values_are_selected_with_their_formats() {
