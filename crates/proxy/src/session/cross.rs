@@ -25,23 +25,25 @@ pub(super) struct CrossTx {
     pub(super) implicit: bool,
 }
 
-/// A statement that ends or marks a transaction, as a transaction over several shards
-/// must treat it.
+/// A statement that ends or marks a transaction, as the proxy must treat it when no one
+/// server holds the whole transaction (it spans shards, or its BEGIN is still held).
 #[derive(Debug, PartialEq, Eq)]
-enum Control {
+pub(super) enum Control {
     Commit {
         chain: bool,
     },
     Rollback {
         chain: bool,
     },
-    /// SAVEPOINT, RELEASE, ROLLBACK TO: the same statement on every participant.
+    /// SAVEPOINT, RELEASE: the same statement on every participant.
     Everywhere,
+    /// ROLLBACK TO the savepoint named (as written): on every participant too.
+    RollbackTo(String),
     /// PREPARE TRANSACTION and the like: not for a transaction the proxy commits.
     Refused,
 }
 
-fn control(sql: &[u8]) -> Option<Control> {
+pub(super) fn control(sql: &[u8]) -> Option<Control> {
     use router::lexer::Token;
     let text = String::from_utf8_lossy(sql);
     let mut words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
@@ -65,7 +67,11 @@ fn control(sql: &[u8]) -> Option<Control> {
         i += 1;
     }
     if rollback && kw(i, "to") {
-        return Some(Control::Everywhere);
+        let name = words
+            .last()
+            .map(|t| t.text().to_owned())
+            .unwrap_or_default();
+        return Some(Control::RollbackTo(name));
     }
     if commit && kw(i, "prepared") || rollback && kw(i, "prepared") {
         return Some(Control::Refused);
@@ -378,7 +384,7 @@ impl Session {
         }
         match control(sql)? {
             Control::Refused => Some(self.simple_error(prepare_refused())),
-            Control::Everywhere => match self.on_parked(sql).await {
+            Control::Everywhere | Control::RollbackTo(_) => match self.on_parked(sql).await {
                 // The attached server runs it as usual (and the session's savepoint stack
                 // follows its answer).
                 Ok(Ok(())) => None,
@@ -438,7 +444,7 @@ impl Session {
         };
         match kind {
             Control::Refused => Some(self.extended_error(prepare_refused())),
-            Control::Everywhere => match self.on_parked(sql).await {
+            Control::Everywhere | Control::RollbackTo(_) => match self.on_parked(sql).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(self.extended_error(e)),
                 Err(end) => Some(Err(end)),
@@ -662,9 +668,12 @@ mod tests {
         );
         assert_eq!(
             control(b"ROLLBACK TO SAVEPOINT a"),
-            Some(Control::Everywhere)
+            Some(Control::RollbackTo("a".into()))
         );
-        assert_eq!(control(b"rollback to a"), Some(Control::Everywhere));
+        assert_eq!(
+            control(b"rollback to a"),
+            Some(Control::RollbackTo("a".into()))
+        );
         assert_eq!(control(b"SAVEPOINT a"), Some(Control::Everywhere));
         assert_eq!(control(b"RELEASE a"), Some(Control::Everywhere));
         assert_eq!(control(b"PREPARE TRANSACTION 'x'"), Some(Control::Refused));

@@ -123,45 +123,20 @@ impl Session {
     /// A query while BEGIN is held: COMMIT or ROLLBACK end the transaction no server saw;
     /// after an error only those are accepted. `None`: go on and run it.
     pub(super) fn end_held(&mut self, sql: &[u8]) -> Option<Result<(), End>> {
-        use router::lexer::Token;
-        let text = String::from_utf8_lossy(sql);
-        let mut words: Vec<Token<'_>> = router::lexer::Lexer::new(&text).collect();
-        while words.last() == Some(&Token::Semicolon) {
-            words.pop();
-        }
-        let kw = |i: usize, k: &str| words.get(i).is_some_and(|t| t.is_keyword(k));
-        let rollback = kw(0, "rollback") || kw(0, "abort");
-        if !(rollback || kw(0, "commit") || kw(0, "end")) {
-            return self.held_refusal().map(|e| self.simple_error(e));
-        }
-        let mut i = 1;
-        if kw(i, "work") || kw(i, "transaction") {
-            i += 1;
-        }
-        if rollback && kw(i, "to") {
-            // No savepoint can exist in a transaction no statement has run in.
-            let name = words
-                .last()
-                .map(|t| t.text().to_owned())
-                .unwrap_or_default();
-            return Some(self.simple_error(ProxyError::error(
-                "3B001",
-                format!("savepoint \"{name}\" does not exist"),
-            )));
-        }
-        let chain = if kw(i, "and") && kw(i + 1, "chain") {
-            i += 2;
-            true
-        } else if kw(i, "and") && kw(i + 1, "no") && kw(i + 2, "chain") {
-            i += 3;
-            false
-        } else {
-            false
+        use super::cross::{control, Control};
+        let (rollback, chain) = match control(sql) {
+            Some(Control::Commit { chain }) => (false, chain),
+            Some(Control::Rollback { chain }) => (true, chain),
+            Some(Control::RollbackTo(name)) => {
+                // No savepoint can exist in a transaction no statement has run in.
+                return Some(self.simple_error(ProxyError::error(
+                    "3B001",
+                    format!("savepoint \"{name}\" does not exist"),
+                )));
+            }
+            // Anything else (SAVEPOINT, COMMIT PREPARED, ...): the server judges it.
+            _ => return self.held_refusal().map(|e| self.simple_error(e)),
         };
-        if i != words.len() {
-            // Something else (COMMIT PREPARED, ...): the server judges it.
-            return self.held_refusal().map(|e| self.simple_error(e));
-        }
         let tag = if self.tx_status == b'E' || rollback {
             "ROLLBACK"
         } else {
