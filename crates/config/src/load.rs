@@ -370,6 +370,20 @@ fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
                 );
             }
         }
+        let f = &d.failover;
+        if f.health_check_interval_ms == 0 || f.failures_before_down == 0 {
+            err(
+                &["databases", db, "failover"],
+                format!("database `{db}` failover: health_check_interval_ms and failures_before_down must be at least 1"),
+            );
+        }
+        let rw = &d.read_write_split;
+        if !(rw.max_lag_seconds >= 0.0 && rw.max_lag_seconds.is_finite()) {
+            err(
+                &["databases", db, "read_write_split", "max_lag_seconds"],
+                format!("database `{db}` read_write_split: max_lag_seconds must be a number of seconds, 0 or more"),
+            );
+        }
         if d.shards.is_empty() {
             err(
                 &["databases", db, "shards"],
@@ -377,14 +391,21 @@ fn validate(c: &Config) -> Vec<(Vec<String>, String)> {
             );
         }
         for (s, shard) in d.shards.iter() {
-            if let Err(e) = ServerAddress::parse(&shard.primary) {
+            if let Err(e) = ServerAddress::parse(&shard.primary.url) {
                 err(
                     &["databases", db, "shards", s, "primary"],
                     format!("database `{db}` shard `{s}` primary: {e}"),
                 );
             }
+            let urls: Vec<&str> = shard.servers().map(|s| s.url.as_str()).collect();
+            if (1..urls.len()).any(|i| urls[..i].contains(&urls[i])) {
+                err(
+                    &["databases", db, "shards", s],
+                    format!("database `{db}` shard `{s}` names one server twice"),
+                );
+            }
             for r in &shard.replicas {
-                if let Err(e) = ServerAddress::parse(r) {
+                if let Err(e) = ServerAddress::parse(&r.url) {
                     err(
                         &["databases", db, "shards", s, "replicas"],
                         format!("database `{db}` shard `{s}` replica: {e}"),
@@ -473,7 +494,7 @@ databases:
         assert_eq!(c.pool.checkout_timeout_ms, 5000);
         let (name, shard) = c.databases["app"].shards.first().unwrap();
         assert_eq!(name, "s0");
-        let a = ServerAddress::parse(&shard.primary).unwrap();
+        let a = ServerAddress::parse(&shard.primary.url).unwrap();
         assert_eq!(
             (a.host.as_str(), a.port, a.database.as_str()),
             ("127.0.0.1", 5432, "app")

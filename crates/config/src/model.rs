@@ -393,6 +393,12 @@ pub struct DatabaseConfig {
     /// Transactions over several shards: `two_phase` (default) or `deny`.
     #[serde(default)]
     pub cross_shard_transactions: CrossShardTransactions,
+    /// Reads on replicas.
+    #[serde(default)]
+    pub read_write_split: ReadWriteSplit,
+    /// Health checks and failover.
+    #[serde(default)]
+    pub failover: FailoverConfig,
     /// The loaded maps, in the order of `shard_maps`.
     #[serde(skip)]
     pub maps: Vec<crate::shardmap::ShardMap>,
@@ -401,10 +407,177 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
-    /// `postgres://[user[:password]@]host[:port]/database`
-    pub primary: String,
+    /// The server that takes writes when the proxy starts (failover may promote another).
+    pub primary: ServerSpec,
+    /// Streaming replicas of the primary: reads go to them (see `read_write_split`), and
+    /// failover promotes one of them.
     #[serde(default)]
-    pub replicas: Vec<String>,
+    pub replicas: Vec<ServerSpec>,
+}
+
+impl ShardConfig {
+    /// The shard's servers as configured: the primary first, then the replicas.
+    pub fn servers(&self) -> impl Iterator<Item = &ServerSpec> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
+}
+
+/// One server of a shard: its URL alone, or `{ url, stop_command, weight }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// `postgres://[user[:password]@]host[:port]/database`
+    pub url: String,
+    /// A shell command that stops the server abruptly (`shardgate drill failover` runs it).
+    pub stop_command: Option<String>,
+    /// Share of the shard's reads relative to the other replicas (default 1; 0: no reads).
+    pub weight: u32,
+}
+
+impl ServerSpec {
+    pub fn new(url: impl Into<String>) -> ServerSpec {
+        ServerSpec {
+            url: url.into(),
+            stop_command: None,
+            weight: 1,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            url: String,
+            #[serde(default)]
+            stop_command: Option<String>,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ServerSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a server URL or { url, stop_command, weight }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerSpec, E> {
+                Ok(ServerSpec::new(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ServerSpec, E> {
+                Ok(ServerSpec::new(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ServerSpec, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(ServerSpec {
+                    url: f.url,
+                    stop_command: f.stop_command,
+                    weight: f.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads on replicas: which statements are reads is the proxy's (docs/failover.md); this
+/// says whether they go to replicas, how one is chosen, and which are fit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadWriteSplit {
+    /// Reads go to replicas (when the shard has fit ones).
+    pub enabled: bool,
+    pub strategy: ReadStrategy,
+    /// A replica whose replay position is further than this behind the primary's WAL
+    /// gets no reads until it catches up (0: no bound).
+    pub max_lag_bytes: u64,
+    /// A replica that has not replayed what the primary wrote this long ago gets no reads
+    /// (0: no bound).
+    pub max_lag_seconds: f64,
+    /// What a client's reads see after its own writes.
+    pub read_your_writes: ReadYourWrites,
+}
+
+impl Default for ReadWriteSplit {
+    fn default() -> Self {
+        ReadWriteSplit {
+            enabled: true,
+            strategy: ReadStrategy::RoundRobin,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag_seconds: 10.0,
+            read_your_writes: ReadYourWrites::Lsn,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadStrategy {
+    /// Each fit replica in turn, as often as its weight says.
+    #[default]
+    RoundRobin,
+    /// A fit replica at random, by weight.
+    Random,
+    /// The fit replica with the fewest connections in use (ties: by weight, then in turn).
+    LeastConnections,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadYourWrites {
+    /// After a client's write commits, its reads of that shard go to replicas known to
+    /// have replayed the primary's WAL past that commit, else to the primary.
+    #[default]
+    Lsn,
+    /// After a client's first write on a shard, all its reads of that shard go to the
+    /// primary.
+    PrimaryAfterWrite,
+    /// Reads may see a replica from before the client's own writes.
+    Off,
+}
+
+/// Health checks of every server and what happens when a shard's primary is lost.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// How often each server is checked.
+    pub health_check_interval_ms: u64,
+    /// A check that takes longer fails.
+    pub health_check_timeout_ms: u64,
+    /// Consecutive failed checks before a server is down (a replica gets no reads; a
+    /// primary is replaced in `auto` mode).
+    pub failures_before_down: u32,
+    /// New transactions for a shard whose primary is being replaced wait this long for the
+    /// new one before they fail.
+    pub buffer_timeout_ms: u64,
+    /// `SWITCHOVER` waits this long for the replica to replay the primary's last WAL.
+    pub switchover_timeout_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Auto,
+            health_check_interval_ms: 500,
+            health_check_timeout_ms: 1000,
+            failures_before_down: 3,
+            buffer_timeout_ms: 10_000,
+            switchover_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// A primary down past the threshold is replaced by its most advanced replica.
+    #[default]
+    Auto,
+    /// Only the admin commands `FAILOVER` and `SWITCHOVER` promote.
+    Manual,
 }
 
 /// Where and how to reach one server, parsed from a shard URL.

@@ -603,7 +603,7 @@ fn pool_spec(
         .find(|u| &u.name == user)
         .ok_or_else(|| ProxyError::fatal("28000", format!("role \"{user}\" does not exist")))?;
     let addr =
-        ServerAddress::parse(&shard_cfg.primary).map_err(|e| ProxyError::fatal("08006", e))?;
+        ServerAddress::parse(&shard_cfg.primary.url).map_err(|e| ProxyError::fatal("08006", e))?;
     let target = ServerTarget {
         shard: shard.clone(),
         host: addr.host,

@@ -399,7 +399,7 @@ async fn connect(
     tls: &pool::ServerTls,
 ) -> Option<ServerConn> {
     let (_, shard_cfg) = db.shards.iter().find(|(n, _)| *n == shard)?;
-    let addr = sgconfig::ServerAddress::parse(&shard_cfg.primary).ok()?;
+    let addr = sgconfig::ServerAddress::parse(&shard_cfg.primary.url).ok()?;
     for u in &config.users {
         let user = addr
             .user

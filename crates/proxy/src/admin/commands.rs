@@ -259,7 +259,7 @@ fn shards(proxy: &Proxy) -> Vec<Vec<Option<String>>> {
             let servers = std::iter::once(("primary", &sc.primary))
                 .chain(sc.replicas.iter().map(|r| ("replica", r)));
             for (role, url) in servers {
-                let a = sgconfig::ServerAddress::parse(url).ok();
+                let a = sgconfig::ServerAddress::parse(&url.url).ok();
                 rows.push(vec![
                     s(db.as_str()),
                     s(shard),
