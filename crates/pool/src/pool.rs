@@ -5,6 +5,10 @@
 //! connections never exceed `size`. Waiters are served in arrival order and give up after
 //! `checkout_timeout`. Idle connections are reused newest first (warm caches) and trimmed by a
 //! maintenance task.
+//!
+//! While its server is being replaced (failover, switchover) a pool can be *held*: checkouts
+//! wait instead of failing. Once replaced it is *retired* with a successor, the new server's
+//! pool, and checkouts of sessions that still hold the old pool go to the successor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -42,6 +46,9 @@ pub enum PoolError {
     /// An administrator took the server out of use (BAN).
     #[error("server {target} is banned by an administrator (UNBAN to use it again)")]
     Banned { target: String },
+    /// The server was replaced (failover) and nothing took its place.
+    #[error("server {target} was taken out of use by a failover")]
+    Retired { target: String },
 }
 
 /// Counters for SHOW POOLS and metrics.
@@ -74,6 +81,17 @@ struct Inner {
     counters: Arc<crate::Counters>,
     /// Taken out of use by an administrator: checkouts fail.
     banned: std::sync::atomic::AtomicBool,
+    /// Checkouts wait until this time (the server is being replaced).
+    held_until: Mutex<Option<Instant>>,
+    /// Wakes checkouts waiting on a hold or a failure report.
+    changed: tokio::sync::Notify,
+    /// Replaced: connections going back are closed, and checkouts go to the successor
+    /// (or fail, without one).
+    retired: std::sync::atomic::AtomicBool,
+    successor: Mutex<Option<Pool>>,
+    /// Told when a connection cannot be opened (the health checker then looks at once),
+    /// and how long a checkout then waits for the server to be held or replaced.
+    watch: Mutex<Option<(Arc<tokio::sync::Notify>, Duration)>>,
 }
 
 #[derive(Clone)]
@@ -102,6 +120,11 @@ impl Pool {
             server_params: Mutex::new(None),
             counters: Arc::default(),
             banned: Default::default(),
+            held_until: Mutex::new(None),
+            changed: tokio::sync::Notify::new(),
+            retired: Default::default(),
+            successor: Mutex::new(None),
+            watch: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(maintain(weak));
@@ -129,7 +152,108 @@ impl Pool {
     /// Checks a connection opened with `startup` out, waiting up to the checkout timeout. An
     /// idle connection opened with other parameters is closed to make room for a new one.
     pub async fn get_for(&self, startup: &Startup) -> Result<PooledConn, PoolError> {
+        let mut reported = false;
+        loop {
+            self.wait_while_held().await;
+            if let Some(next) = self.successor() {
+                return Box::pin(next.get_for(startup)).await;
+            }
+            match self.get_here(startup).await {
+                Err(PoolError::Connect(e)) if !reported => {
+                    // Tell the health checker, and give it the time of one check to hold
+                    // or replace the server: then this checkout waits for the new one.
+                    let Some((notify, grace)) = self.inner.watch.lock().clone() else {
+                        return Err(PoolError::Connect(e));
+                    };
+                    reported = true;
+                    let changed = self.inner.changed.notified();
+                    notify.notify_one();
+                    let _ = tokio::time::timeout(grace, changed).await;
+                    if !self.is_held() && self.successor().is_none() {
+                        return Err(PoolError::Connect(e));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Waits while the pool is held, up to the hold's end.
+    async fn wait_while_held(&self) {
+        loop {
+            let changed = self.inner.changed.notified();
+            let Some(until) = *self.inner.held_until.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+            let _ = tokio::time::timeout(until - now, changed).await;
+            self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn successor(&self) -> Option<Pool> {
+        if !self.inner.retired.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner.successor.lock().clone()
+    }
+
+    /// Checkouts wait (up to `timeout`) until [`Pool::unhold`] or [`Pool::retire`].
+    pub fn hold(&self, timeout: Duration) {
+        let mut h = self.inner.held_until.lock();
+        let now = Instant::now();
+        if h.is_none_or(|t| t <= now) {
+            *h = Some(now + timeout);
+        }
+    }
+
+    pub fn unhold(&self) {
+        *self.inner.held_until.lock() = None;
+        self.inner.changed.notify_waiters();
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.inner
+            .held_until
+            .lock()
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    /// The server is out of use for good: idle connections close, connections coming back
+    /// close, and checkouts go to `successor` (or fail).
+    pub fn retire(&self, successor: Option<Pool>) {
+        *self.inner.successor.lock() = successor;
+        self.inner.retired.store(true, Ordering::Release);
+        self.close_idle();
+        self.unhold();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.inner.retired.load(Ordering::Acquire)
+    }
+
+    /// Whether this pool's connections are to a replica.
+    pub fn is_replica(&self) -> bool {
+        self.inner.target.replica
+    }
+
+    /// Reports connection failures to `notify`; a checkout whose connection failed then
+    /// waits up to `grace` for the server to be held or replaced.
+    pub fn set_watch(&self, notify: Arc<tokio::sync::Notify>, grace: Duration) {
+        *self.inner.watch.lock() = Some((notify, grace));
+    }
+
+    async fn get_here(&self, startup: &Startup) -> Result<PooledConn, PoolError> {
         let inner = &self.inner;
+        if inner.retired.load(Ordering::Acquire) {
+            return Err(PoolError::Retired {
+                target: format!("{:?}", inner.target),
+            });
+        }
         if self.is_banned() {
             return Err(PoolError::Banned {
                 target: format!("{:?}", inner.target),
@@ -194,8 +318,11 @@ impl Pool {
 
     /// Checks out an idle connection opened with `startup` if one is free right now.
     pub fn try_get_for(&self, startup: &Startup) -> Option<PooledConn> {
-        if self.is_banned() {
+        if self.is_banned() || self.is_held() {
             return None;
+        }
+        if self.inner.retired.load(Ordering::Acquire) {
+            return self.successor()?.try_get_for(startup);
         }
         let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
         let conn = self.pop_idle(startup.key())?;
@@ -314,12 +441,21 @@ pub struct PooledConn {
 impl PooledConn {
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            if conn.created.elapsed() > self.pool.settings.server_lifetime {
+            if conn.created.elapsed() > self.pool.settings.server_lifetime
+                || self.pool.retired.load(Ordering::Acquire)
+            {
                 return;
             }
             conn.last_used = Instant::now();
             self.pool.idle.lock().push(conn);
         }
+    }
+}
+
+impl PooledConn {
+    /// Whether this connection is to a replica.
+    pub fn is_replica(&self) -> bool {
+        self.pool.target.replica
     }
 }
 

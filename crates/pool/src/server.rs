@@ -27,6 +27,8 @@ pub struct ServerTarget {
     pub password: Option<String>,
     /// TLS towards this server.
     pub tls: ServerTls,
+    /// The pool serves reads on a replica (its connections never take writes).
+    pub replica: bool,
 }
 
 /// Whether and how connections to a server use TLS.

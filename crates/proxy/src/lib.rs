@@ -16,6 +16,7 @@ mod settings;
 mod startup;
 mod statements;
 pub mod stats;
+pub mod topology;
 pub mod twophase;
 
 use std::collections::HashMap;
@@ -31,12 +32,14 @@ use wire::messages::ProxyError;
 
 pub use cancel::CancelRegistry;
 
-/// Identifies a pool: database, user, shard.
+/// Identifies a pool: database, user, shard, and for reads on a replica its URL (`None`:
+/// the shard's write pool, to whichever server is its primary).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     database: String,
     user: String,
     shard: String,
+    replica: Option<String>,
 }
 
 pub struct Proxy {
@@ -84,6 +87,12 @@ pub struct Proxy {
     /// catalog has an aggregate of that name (a user-defined aggregate would need a merge
     /// the router does not know of). Forgotten on reload and on DDL.
     functions: Mutex<HashMap<(String, String), bool>>,
+    /// Every shard's servers: which is primary, which replicas are fit for reads.
+    topology: topology::Topology,
+    /// This proxy, for the tasks it starts (health checks).
+    me: std::sync::Weak<Proxy>,
+    /// What sessions measure times from (their last write, compactly).
+    epoch: std::time::Instant,
 }
 
 /// A table's columns in order.
@@ -136,7 +145,10 @@ impl Proxy {
             tracing::error!("TLS is off: {e}");
             Tls::default()
         });
-        Arc::new(Proxy {
+        Arc::new_cyclic(|me| Proxy {
+            me: me.clone(),
+            epoch: std::time::Instant::now(),
+            topology: Default::default(),
             config: sgconfig::handle(config),
             users: arc_swap::ArcSwap::from_pointee(users),
             pools: Mutex::new(HashMap::new()),
@@ -389,7 +401,7 @@ impl Proxy {
     /// [`twophase`]). Runs until the process ends.
     pub async fn recover_in_doubt(self: Arc<Self>) {
         loop {
-            let config = self.config();
+            let config = self.live_config();
             let tls = self.tls.load().servers.clone();
             let grace = std::time::Duration::from_secs(config.two_phase.grace_s);
             let done = twophase::sweep(&config, &tls, grace).await;
@@ -440,6 +452,7 @@ impl Proxy {
 
     /// Accepts clients until the listener fails or the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        self.start_health_checks();
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -486,18 +499,22 @@ impl Proxy {
         }
     }
 
-    /// The pool for a user on a database's shard, made on first use.
+    /// The write pool for a user on a database's shard (to its primary, wherever failover
+    /// put it), made on first use.
     fn pool_for(&self, database: &str, user: &str, shard: &str) -> Result<Pool, ProxyError> {
         let key = PoolKey {
             database: database.to_owned(),
             user: user.to_owned(),
             shard: shard.to_owned(),
+            replica: None,
         };
         if let Some(p) = self.pools.lock().get(&key) {
             return Ok(p.clone());
         }
         let tls = self.tls.load().servers.clone();
-        let (target, settings) = pool_spec(&self.config.load(), &key, &tls)?;
+        let config = self.config.load();
+        let url = self.primary_url(&config, database, shard);
+        let (target, settings) = pool_spec(&config, &key, url.as_deref(), &tls)?;
         let pool = Pool::new(target, settings);
         if self
             .banned
@@ -506,7 +523,161 @@ impl Proxy {
         {
             pool.set_banned(true);
         }
+        if let Some(s) = self
+            .topology
+            .shard(database, shard)
+            .filter(|s| s.servers.len() > 1)
+        {
+            pool.set_watch(s.wake.clone(), topology::failure_grace(&s.failover));
+            if let Some(until) = s.holding() {
+                pool.hold(until.saturating_duration_since(std::time::Instant::now()));
+            }
+        }
         Ok(self.pools.lock().entry(key).or_insert(pool).clone())
+    }
+
+    /// The URL of a shard's primary as the proxy sees it now (`None`: as configured).
+    fn primary_url(&self, config: &Config, database: &str, shard: &str) -> Option<String> {
+        let s = self.topology.shard(database, shard)?;
+        let url = s.primary_server().url.clone();
+        // A shard entry from before a reload may name a server the new config dropped.
+        let db = config.databases.get(database)?;
+        let (_, sc) = db.shards.iter().find(|(n, _)| *n == shard)?;
+        sc.servers().any(|x| x.url == url).then_some(url)
+    }
+
+    /// A replica's pool for a read of `shard` by this user, when one is fit (see
+    /// [`topology::Shard::pick_replica`]); `after`: the end of the client's last write.
+    fn read_pool(
+        &self,
+        database: &str,
+        user: &str,
+        shard: &str,
+        after: Option<std::time::Instant>,
+    ) -> Option<Pool> {
+        let s = self.topology.shard(database, shard)?;
+        let key = |url: &str| PoolKey {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            shard: shard.to_owned(),
+            replica: Some(url.to_owned()),
+        };
+        let active = |i: usize| {
+            self.pools
+                .lock()
+                .get(&key(&s.servers[i].url))
+                .map_or(0, |p| p.stats().active)
+        };
+        let i = s.pick_replica(after, &active)?;
+        let k = key(&s.servers[i].url);
+        if let Some(p) = self.pools.lock().get(&k) {
+            return Some(p.clone());
+        }
+        let tls = self.tls.load().servers.clone();
+        let (target, settings) =
+            pool_spec(&self.config.load(), &k, Some(&s.servers[i].url), &tls).ok()?;
+        let pool = Pool::new(target, settings);
+        Some(self.pools.lock().entry(k).or_insert(pool).clone())
+    }
+
+    /// The write pools of a shard (one per user).
+    fn write_pools_of(&self, database: &str, shard: &str) -> Vec<Pool> {
+        self.pools
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.database == database && k.shard == shard && k.replica.is_none())
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// The shard's primary is now `url`: every write pool of the shard is replaced by one
+    /// to it (the old ones hand their checkouts over), replica pools to it go, and
+    /// sessions pick the new pools up at their next transaction.
+    fn replace_write_pools(&self, database: &str, shard: &str, url: &str) {
+        let tls = self.tls.load().servers.clone();
+        let config = self.config.load();
+        let watch = self.topology.shard(database, shard);
+        let mut pools = self.pools.lock();
+        let keys: Vec<PoolKey> = pools
+            .keys()
+            .filter(|k| k.database == database && k.shard == shard)
+            .cloned()
+            .collect();
+        for k in keys {
+            let old = pools.get(&k).cloned().expect("listed");
+            if k.replica.is_some() {
+                if k.replica.as_deref() == Some(url) {
+                    old.retire(None);
+                    pools.remove(&k);
+                }
+                continue;
+            }
+            match pool_spec(&config, &k, Some(url), &tls) {
+                Ok((target, settings)) => {
+                    let new = Pool::new(target, settings);
+                    if let Some(s) = watch.as_ref().filter(|s| s.servers.len() > 1) {
+                        new.set_watch(s.wake.clone(), topology::failure_grace(&s.failover));
+                    }
+                    old.retire(Some(new.clone()));
+                    pools.insert(k, new);
+                }
+                Err(_) => {
+                    old.retire(None);
+                    pools.remove(&k);
+                }
+            }
+        }
+        drop(pools);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Starts health checks for shards that have none (at start-up and after a reload).
+    fn start_health_checks(&self) {
+        for shard in self.topology.sync(&self.config.load()) {
+            // A shard without replicas has nothing to fail over to or read from.
+            if shard.servers.len() > 1 {
+                tokio::spawn(topology::health::watch(self.me.clone(), shard));
+            }
+        }
+    }
+
+    /// The config with each shard's primary where failover put it (what the proxy's own
+    /// work on primaries, such as two-phase recovery, connects to).
+    fn live_config(&self) -> Arc<Config> {
+        let config = self.config();
+        let moved: Vec<_> = self
+            .topology
+            .all()
+            .into_iter()
+            .filter(|s| s.primary() != 0)
+            .collect();
+        if moved.is_empty() {
+            return config;
+        }
+        let mut c = (*config).clone();
+        for s in moved {
+            let url = s.primary_server().url.clone();
+            if let Some(db) = c.databases.get_mut(&s.database) {
+                if let Some((_, sc)) = db.shards.0.iter_mut().find(|(n, _)| *n == s.shard) {
+                    if let Some(i) = sc.replicas.iter().position(|r| r.url == url) {
+                        std::mem::swap(&mut sc.primary, &mut sc.replicas[i]);
+                    }
+                }
+            }
+        }
+        Arc::new(c)
+    }
+
+    /// Whether reads of `database` may go to replicas (it has some, and the split is on).
+    fn reads_on_replicas(&self, database: &str) -> bool {
+        self.config.load().databases.get(database).is_some_and(|d| {
+            d.read_write_split.enabled && d.shards.iter().any(|(_, s)| !s.replicas.is_empty())
+        })
+    }
+
+    /// TLS settings towards servers.
+    fn server_tls(&self) -> pool::ServerTls {
+        self.tls.load().servers.clone()
     }
 
     /// The pool of a database's home shard (its first) for a user, under the live config.
@@ -551,7 +722,11 @@ impl Proxy {
         {
             let mut pools = self.pools.lock();
             pools.retain(|key, pool| {
-                matches!(pool_spec(&config, key, &tls), Ok((t, s)) if t == *pool.target() && s == *pool.settings())
+                let url = match &key.replica {
+                    Some(u) => Some(u.clone()),
+                    None => self.primary_url(&config, &key.database, &key.shard),
+                };
+                matches!(pool_spec(&config, key, url.as_deref(), &tls), Ok((t, s)) if t == *pool.target() && s == *pool.settings())
             });
         }
         self.users.store(Arc::new(users));
@@ -563,6 +738,7 @@ impl Proxy {
         self.table_columns.lock().clear();
         self.functions.lock().clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.start_health_checks();
         tracing::info!(generation = self.generation(), "configuration reloaded");
     }
 
@@ -577,16 +753,19 @@ impl Proxy {
     }
 }
 
-/// Where a pool connects and how it behaves, under `config`.
+/// Where a pool connects and how it behaves, under `config`: to `url` (default: the
+/// shard's configured primary).
 fn pool_spec(
     config: &Config,
     key: &PoolKey,
+    url: Option<&str>,
     tls: &pool::ServerTls,
 ) -> Result<(ServerTarget, PoolSettings), ProxyError> {
     let PoolKey {
         database,
         user,
         shard,
+        replica,
     } = key;
     let db = config.databases.get(database).ok_or_else(|| {
         ProxyError::fatal("3D000", format!("database \"{database}\" does not exist"))
@@ -602,8 +781,8 @@ fn pool_spec(
         .iter()
         .find(|u| &u.name == user)
         .ok_or_else(|| ProxyError::fatal("28000", format!("role \"{user}\" does not exist")))?;
-    let addr =
-        ServerAddress::parse(&shard_cfg.primary.url).map_err(|e| ProxyError::fatal("08006", e))?;
+    let addr = ServerAddress::parse(url.unwrap_or(&shard_cfg.primary.url))
+        .map_err(|e| ProxyError::fatal("08006", e))?;
     let target = ServerTarget {
         shard: shard.clone(),
         host: addr.host,
@@ -616,6 +795,7 @@ fn pool_spec(
             .password
             .or_else(|| user_cfg.server_password().map(str::to_owned)),
         tls: tls.clone(),
+        replica: replica.is_some(),
     };
     let p = &config.pool;
     let settings = PoolSettings {

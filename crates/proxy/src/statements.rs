@@ -29,6 +29,8 @@ pub struct Statement {
     described: std::sync::OnceLock<Vec<u32>>,
     /// How the router sees the statement, kept so that a Bind does not analyse it again.
     pub route: arc_swap::ArcSwapOption<StatementRoute>,
+    /// Whether it is a read a replica may answer (see `session::replicas`), once asked.
+    pub read_class: std::sync::OnceLock<u8>,
 }
 
 /// A prepared statement's analysis for one config generation.
@@ -128,6 +130,7 @@ impl StatementRegistry {
             begin: crate::session::lone_begin(query),
             valid: std::sync::atomic::AtomicBool::new(false),
             described: std::sync::OnceLock::new(),
+            read_class: std::sync::OnceLock::new(),
             route: arc_swap::ArcSwapOption::empty(),
         });
         bucket.push(Arc::downgrade(&s));

@@ -67,9 +67,20 @@ pub struct Stats {
     fanouts: Mutex<HashMap<String, u64>>,
     /// database → reads whose rows the merge engine combined.
     merges: Mutex<HashMap<String, u64>>,
+    /// Primaries replaced (failover, switchover, a promotion adopted).
+    failovers: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
+    pub fn note_failover(&self) {
+        self.failovers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Lists a client until its entry is given back to [`Stats::remove_client`].
     pub fn add_client(
         &self,

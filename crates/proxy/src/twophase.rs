@@ -419,6 +419,7 @@ async fn connect(
                 .clone()
                 .or_else(|| u.server_password().map(str::to_owned)),
             tls: tls.clone(),
+            replica: false,
         };
         let opened = pool::Startup::default();
         if let Ok(c) = ServerConn::connect(&target, Duration::from_secs(5), &opened).await {

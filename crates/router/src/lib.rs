@@ -15,6 +15,7 @@ pub mod hints;
 pub mod lexer;
 pub mod merge_plan;
 pub mod plan;
+pub mod readonly;
 pub mod rewrite;
 pub mod session;
 pub mod sharding;

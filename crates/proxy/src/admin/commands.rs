@@ -26,12 +26,42 @@ fn after_words(sql: &str, n: usize) -> &str {
     rest.trim_end().trim_end_matches(';')
 }
 
+/// `db.shard` (or a shard name only one database has), as written (`raw`: its case).
+fn db_shard(proxy: &Proxy, _lower: &str, raw: &str) -> Result<(String, String), ProxyError> {
+    let raw = raw.split_whitespace().next().unwrap_or("");
+    let config = proxy.config.load();
+    if let Some((db, shard)) = raw.split_once('.') {
+        return Ok((
+            db.trim_matches('"').to_owned(),
+            shard.trim_matches('"').to_owned(),
+        ));
+    }
+    let shard = raw.trim_matches('"');
+    let dbs: Vec<&String> = config
+        .databases
+        .iter()
+        .filter(|(_, d)| d.shards.iter().any(|(n, _)| n == shard))
+        .map(|(n, _)| n)
+        .collect();
+    match dbs.as_slice() {
+        [one] => Ok(((*one).clone(), shard.to_owned())),
+        [] => Err(ProxyError::error(
+            "42704",
+            format!("no database has a shard \"{shard}\""),
+        )),
+        _ => Err(ProxyError::error(
+            "42601",
+            format!("several databases have a shard \"{shard}\": name it as database.shard"),
+        )),
+    }
+}
+
 fn unknown(sql: &str) -> ProxyError {
     ProxyError::error(
         "42601",
         format!("unknown admin command: {}", sql.trim()),
     )
-    .with_hint("Commands: SHOW SHARDS | POOLS | SERVERS | CLIENTS | STATS | CONFIG | TRANSACTIONS | VERSION | ROUTE [ON db] <sql>; RELOAD; PAUSE [db]; RESUME [db]; BAN db.shard; UNBAN db.shard.")
+    .with_hint("Commands: SHOW SHARDS | POOLS | SERVERS | CLIENTS | STATS | CONFIG | TRANSACTIONS | VERSION | ROUTE [ON db] <sql>; RELOAD; PAUSE [db]; RESUME [db]; BAN db.shard; UNBAN db.shard [host:port]; FAILOVER db.shard [TO host:port]; SWITCHOVER db.shard [TO host:port].")
 }
 
 /// The columns a command answers with (empty: none), without running it.
@@ -52,7 +82,7 @@ pub fn columns(sql: &str) -> Vec<Column> {
     }
 }
 
-const SHARDS: [Column; 9] = [
+const SHARDS: [Column; 13] = [
     Column::text("database"),
     Column::text("shard"),
     Column::text("role"),
@@ -62,6 +92,10 @@ const SHARDS: [Column; 9] = [
     Column::text("home"),
     Column::text("tables"),
     Column::text("banned"),
+    Column::text("state"),
+    Column::int("lag_bytes"),
+    Column::int("lag_ms"),
+    Column::text("last_error"),
 ];
 
 const POOLS: [Column; 11] = [
@@ -177,6 +211,36 @@ pub async fn run(proxy: &Arc<Proxy>, sql: &str) -> Result<Answer, ProxyError> {
                 .map_err(|e| ProxyError::error("55000", e))?;
             answer(&[], Vec::new(), "RESUME")
         }
+        ["unban", _, _] => {
+            // A fenced server re-admitted.
+            let (db, shard) = db_shard(proxy, &w[1..2].join(""), after_words(sql, 1))?;
+            let server = after_words(sql, 2);
+            crate::topology::failover::readmit(proxy, &db, &shard, server)
+                .map_err(|e| ProxyError::error("55000", e))?;
+            answer(&[], Vec::new(), "UNBAN")
+        }
+        ["failover", _]
+        | ["failover", _, "to", _]
+        | ["switchover", _]
+        | ["switchover", _, "to", _] => {
+            let (db, shard) = db_shard(proxy, w[1], after_words(sql, 1))?;
+            let to = (w.len() == 4).then(|| after_words(sql, 3));
+            let r = if w[0] == "failover" {
+                crate::topology::failover::failover(proxy, &db, &shard, to).await
+            } else {
+                crate::topology::failover::switchover(proxy, &db, &shard, to).await
+            };
+            let done = r.map_err(|e| ProxyError::error("55000", e))?;
+            answer(
+                &[Column::text("result")],
+                vec![vec![Some(done)]],
+                if w[0] == "failover" {
+                    "FAILOVER"
+                } else {
+                    "SWITCHOVER"
+                },
+            )
+        }
         ["ban", _] | ["unban", _] => {
             let target = after_words(sql, 1);
             let Some((db, shard)) = target.split_once('.') else {
@@ -190,15 +254,6 @@ pub async fn run(proxy: &Arc<Proxy>, sql: &str) -> Result<Answer, ProxyError> {
                 .set_banned(db.trim_matches('"'), shard.trim_matches('"'), ban)
                 .map_err(|e| ProxyError::error("55000", e))?;
             answer(&[], Vec::new(), if ban { "BAN" } else { "UNBAN" })
-        }
-        ["failover", ..] | ["switchover", ..] => {
-            return Err(ProxyError::error(
-                "0A000",
-                format!(
-                    "{} needs replicas and failover, which this version does not have yet",
-                    w[0].to_ascii_uppercase()
-                ),
-            ))
         }
         _ => return Err(unknown(sql)),
     })
@@ -256,24 +311,42 @@ fn shards(proxy: &Proxy) -> Vec<Vec<Option<String>>> {
                 .filter(|m| m.shards().contains(&shard))
                 .flat_map(|m| m.tables.iter().map(|t| t.table.clone()))
                 .collect();
-            let servers = std::iter::once(("primary", &sc.primary))
-                .chain(sc.replicas.iter().map(|r| ("replica", r)));
-            for (role, url) in servers {
-                let a = sgconfig::ServerAddress::parse(&url.url).ok();
+            // Roles and states as the proxy sees them now (failover may have moved the
+            // primary); before the first check, as configured.
+            let live = proxy.topology.shard(db, shard);
+            for (j, server) in sc.servers().enumerate() {
+                let a = sgconfig::ServerAddress::parse(&server.url).ok();
+                let found = live.as_ref().and_then(|l| {
+                    l.servers
+                        .iter()
+                        .position(|x| x.url == server.url)
+                        .map(|k| (l, k))
+                });
+                let view = found.map(|(l, k)| l.servers[k].view());
+                let primary = match found {
+                    Some((l, k)) => l.primary() == k,
+                    None => j == 0,
+                };
                 rows.push(vec![
                     s(db.as_str()),
                     s(shard),
-                    s(role),
+                    s(if primary { "primary" } else { "replica" }),
                     a.as_ref().map(|a| a.host.clone()),
                     a.as_ref().and_then(|a| n(a.port)),
                     a.as_ref().map(|a| a.database.clone()),
                     s(if i == 0 { "yes" } else { "no" }),
                     s(tables.join(", ")),
-                    s(if role == "primary" && proxy.is_banned(db, shard) {
+                    s(if primary && proxy.is_banned(db, shard) {
                         "yes"
                     } else {
                         "no"
                     }),
+                    s(view.as_ref().map_or("up", |v| v.state.name())),
+                    view.as_ref()
+                        .and_then(|v| v.lag_bytes)
+                        .map(|b| b.to_string()),
+                    view.as_ref().and_then(|v| v.lag_ms).map(|b| b.to_string()),
+                    view.as_ref().and_then(|v| v.last_error.clone()),
                 ]);
             }
         }

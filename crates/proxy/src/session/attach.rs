@@ -136,7 +136,10 @@ impl Session {
                 return self.ensure_server().await;
             }
             if *t != self.home_shard() {
-                let pool = self.shard_pool(t)?;
+                let pool = match self.replica_for(t) {
+                    Some(p) => p,
+                    None => self.shard_pool(t)?,
+                };
                 self.wait_if_paused().await;
                 let conn = checkout(&pool, &self.client).await?;
                 self.attach(conn);
@@ -206,8 +209,19 @@ impl Session {
                     .proxy
                     .home_pool(&self.client.database, &self.client.user)?;
             }
-            if let Some(conn) = try_checkout(&self.client.pool, &self.client) {
-                self.attach(conn);
+            if self.read_intent {
+                let home = self.home_shard();
+                if let Some(pool) = self.replica_for(&home) {
+                    self.entry.set_state(crate::stats::ClientState::Waiting);
+                    let conn = checkout(&pool, &self.client).await;
+                    self.entry.set_state(crate::stats::ClientState::Idle);
+                    self.attach(conn?);
+                }
+            }
+            if self.server.is_none() {
+                if let Some(conn) = try_checkout(&self.client.pool, &self.client) {
+                    self.attach(conn);
+                }
             }
         }
         // Settings are brought in line only between transactions: inside one, the server

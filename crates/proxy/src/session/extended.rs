@@ -94,6 +94,9 @@ impl Session {
                 Ok(Routing::AtBind | Routing::Fanout(_)) => None,
                 Err(e) => return self.extended_error(e),
             };
+            if let Err(e) = self.note_statement(p.query) {
+                return self.extended_error(e);
+            }
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
@@ -325,6 +328,12 @@ impl Session {
                     return self.extended_error(e);
                 }
             }
+            let parse = self.unnamed_parse.as_ref().map(|p| p.0.clone());
+            if let Some(pv) = parse.as_ref().and_then(|f| ParseView::new(f).ok()) {
+                if let Err(e) = self.note_statement(pv.query) {
+                    return self.extended_error(e);
+                }
+            }
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
@@ -365,6 +374,9 @@ impl Session {
             if let Err(e) = self.settle().await {
                 return self.extended_error(e);
             }
+        }
+        if let Err(e) = self.note_prepared(&stmt) {
+            return self.extended_error(e);
         }
         match self.ensure_server_for(&stmt, &params).await {
             Ok(None) => {}

@@ -37,6 +37,7 @@ mod held;
 mod merge;
 mod multi;
 mod pins;
+mod replicas;
 mod routing;
 mod scatter;
 mod server;
@@ -304,6 +305,12 @@ struct Session {
     timeouts: Option<Box<timeouts::Timeouts>>,
     /// This client in the proxy's list (for SHOW CLIENTS and the metrics).
     entry: Arc<crate::stats::ClientEntry>,
+    /// The statement about to start a transaction is a read a replica may answer.
+    read_intent: bool,
+    /// The client ran something on a primary that its later reads must see.
+    wrote: bool,
+    /// When that last ended, in ms since the proxy's epoch (+1; 0: never).
+    last_write: u64,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -347,6 +354,9 @@ pub(crate) fn start(
         pinned: false,
         loaded: false,
         timeouts: None,
+        read_intent: false,
+        wrote: false,
+        last_write: 0,
     };
     drive(session, count)
 }
@@ -658,6 +668,7 @@ impl Session {
                 }
             }
         }
+        self.read_intent = false;
         match t {
             tag::QUERY => self.on_query(frame).await,
             tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE if self.passes_through() => {
@@ -732,6 +743,7 @@ impl Session {
                 Ok(())
             }
             tag::FUNCTION_CALL => {
+                self.note_write();
                 if let Err(e) = self.ensure_server_on(None).await {
                     return self.simple_error(e);
                 }
@@ -776,6 +788,9 @@ impl Session {
         let sql = messages::query_text(&frame).map_err(malformed)?;
         self.note_encoding_change(sql);
         self.note_pin_words(sql);
+        if let Err(e) = self.note_statement(sql) {
+            return self.simple_error(e);
+        }
         let commands = session_commands(sql);
         if let Some(cmds) = &commands {
             if cmds.iter().any(is_proxy_setting) {

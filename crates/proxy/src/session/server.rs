@@ -119,6 +119,11 @@ impl Session {
                 }
                 self.tx_status = status;
                 if status == b'I' {
+                    if self.wrote {
+                        // The client's write has ended: its reads must see it from now on.
+                        self.wrote = false;
+                        self.last_write = self.proxy.epoch.elapsed().as_millis() as u64 + 1;
+                    }
                     if self.error_since_ready {
                         self.roll_back_settings();
                     } else {
