@@ -487,7 +487,9 @@ impl<'de> Deserialize<'de> for ServerSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReadWriteSplit {
-    /// Reads go to replicas (when the shard has fit ones).
+    /// Reads go to replicas (when the shard has fit ones). Off by default: a replica may
+    /// not have replayed what another connection just committed, which one PostgreSQL
+    /// would show; turning it on accepts that (docs/failover.md).
     pub enabled: bool,
     pub strategy: ReadStrategy,
     /// A replica whose replay position is further than this behind the primary's WAL
@@ -503,7 +505,7 @@ pub struct ReadWriteSplit {
 impl Default for ReadWriteSplit {
     fn default() -> Self {
         ReadWriteSplit {
-            enabled: true,
+            enabled: false,
             strategy: ReadStrategy::RoundRobin,
             max_lag_bytes: 16 * 1024 * 1024,
             max_lag_seconds: 10.0,

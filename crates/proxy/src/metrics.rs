@@ -4,7 +4,7 @@
 //!
 //! Names follow Prometheus's conventions: the `shardgate_` prefix, `_total` for counters,
 //! seconds for times. Per-pool figures are summed over users, so series are per database,
-//! shard and role (every server is a primary until replicas exist).
+//! shard and role (primary: the write pools, wherever failover put them; replica: reads).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -88,16 +88,30 @@ fn gauge(
     Ok(())
 }
 
+fn gauge_f(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for ProxyCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(proxy) = self.0.upgrade() else {
             return Ok(());
         };
-        let mut shards: BTreeMap<(String, String), Shard> = BTreeMap::new();
+        let mut shards: BTreeMap<(String, String, &'static str), Shard> = BTreeMap::new();
         for (k, p) in proxy.pools_by_key() {
             let c = p.counters();
             let st = p.stats();
-            let s = shards.entry((k.database, k.shard)).or_default();
+            let role = if k.replica.is_some() { "replica" } else { "primary" };
+            let s = shards.entry((k.database, k.shard, role)).or_default();
             s.queries += c.queries.load(Relaxed);
             s.xacts += c.xacts.load(Relaxed);
             s.query_us += c.query_us.load(Relaxed);
@@ -113,17 +127,17 @@ impl Collector for ProxyCollector {
             s.connects += st.connects;
             s.timeouts += st.timeouts;
         }
-        let labels = |db: &str, shard: &str| -> Labels {
+        let labels = |db: &str, shard: &str, role: &str| -> Labels {
             vec![
                 ("database", db.to_owned()),
                 ("shard", shard.to_owned()),
-                ("role", "primary".to_owned()),
+                ("role", role.to_owned()),
             ]
         };
         let per_shard = |f: &dyn Fn(&Shard) -> u64| -> Vec<(Labels, u64)> {
             shards
                 .iter()
-                .map(|((db, sh), s)| (labels(db, sh), f(s)))
+                .map(|((db, sh, role), s)| (labels(db, sh, role), f(s)))
                 .collect()
         };
         let secs = |us: u64| us as f64 / 1e6;
@@ -145,7 +159,7 @@ impl Collector for ProxyCollector {
             "Time from a transaction's first request to its end, summed.",
             &shards
                 .iter()
-                .map(|((db, sh), s)| (labels(db, sh), secs(s.xact_us)))
+                .map(|((db, sh, role), s)| (labels(db, sh, role), secs(s.xact_us)))
                 .collect::<Vec<_>>(),
         )?;
         {
@@ -155,8 +169,8 @@ impl Collector for ProxyCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            for ((db, sh), s) in &shards {
-                let l = labels(db, sh);
+            for ((db, sh, role), s) in &shards {
+                let l = labels(db, sh, role);
                 let mut buckets: Vec<(f64, u64)> = pool::counters::LATENCY_BUCKETS
                     .iter()
                     .copied()
@@ -178,9 +192,9 @@ impl Collector for ProxyCollector {
             "Open server connections by state (active: checked out; idle: in the pool).",
             &shards
                 .iter()
-                .flat_map(|((db, sh), s)| {
+                .flat_map(|((db, sh, role), s)| {
                     [("active", s.active), ("idle", s.idle)].map(|(state, v)| {
-                        let mut l = labels(db, sh);
+                        let mut l = labels(db, sh, role);
                         l.push(("state", state.to_owned()));
                         (l, v as i64)
                     })
@@ -193,7 +207,7 @@ impl Collector for ProxyCollector {
             "Clients waiting for a server connection now.",
             &shards
                 .iter()
-                .map(|((db, sh), s)| (labels(db, sh), s.waiting as i64))
+                .map(|((db, sh, role), s)| (labels(db, sh, role), s.waiting as i64))
                 .collect::<Vec<_>>(),
         )?;
         counter_f(
@@ -202,7 +216,7 @@ impl Collector for ProxyCollector {
             "Time clients waited for a server connection, summed.",
             &shards
                 .iter()
-                .map(|((db, sh), s)| (labels(db, sh), secs(s.wait_us)))
+                .map(|((db, sh, role), s)| (labels(db, sh, role), secs(s.wait_us)))
                 .collect::<Vec<_>>(),
         )?;
         counter(
@@ -222,6 +236,60 @@ impl Collector for ProxyCollector {
             "shardgate_server_connects",
             "Server connections opened.",
             &per_shard(&|s| s.connects),
+        )?;
+        counter(
+            &mut e,
+            "shardgate_failovers",
+            "Shard primaries replaced (failover, switchover, or a promotion made elsewhere and adopted).",
+            &[(Vec::new(), proxy.stats.failovers())],
+        )?;
+        let servers: Vec<(Labels, crate::topology::ServerView)> = proxy
+            .topology
+            .all()
+            .iter()
+            .flat_map(|sh| {
+                let p = sh.primary();
+                sh.servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, sv)| {
+                        let l = vec![
+                            ("database", sh.database.clone()),
+                            ("shard", sh.shard.clone()),
+                            ("server", sv.name()),
+                            ("role", if i == p { "primary" } else { "replica" }.to_owned()),
+                        ];
+                        (l, sv.view())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        gauge(
+            &mut e,
+            "shardgate_server_up",
+            "Whether a server answers its health checks and is in use (0: down or fenced).",
+            &servers
+                .iter()
+                .map(|(l, v)| (l.clone(), i64::from(v.state == crate::topology::State::Up)))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut e,
+            "shardgate_replica_lag_bytes",
+            "How far a replica's replayed WAL is behind the primary's.",
+            &servers
+                .iter()
+                .filter_map(|(l, v)| Some((l.clone(), v.lag_bytes? as i64)))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge_f(
+            &mut e,
+            "shardgate_replica_lag_seconds",
+            "Since when the primary has had WAL a replica has not replayed.",
+            &servers
+                .iter()
+                .filter_map(|(l, v)| Some((l.clone(), v.lag_ms? as f64 / 1000.0)))
+                .collect::<Vec<_>>(),
         )?;
         // Clients by state.
         let mut by_state: BTreeMap<&'static str, i64> =

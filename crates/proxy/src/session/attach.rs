@@ -46,6 +46,16 @@ impl Session {
         target: Option<String>,
     ) -> Result<(), ProxyError> {
         self.note_reload();
+        if !self.read_intent
+            && self.tx_status == b'I'
+            && self.held_begin.is_none()
+            && !self.unsynced
+            && self.server.as_ref().is_some_and(|s| s.is_replica())
+        {
+            // Pipelined after a read still answering on a replica: that read ends first,
+            // and this statement takes the primary.
+            Box::pin(self.settle()).await?;
+        }
         // Outside a transaction (and between batches) the session's shard is home, even
         // while a server of another shard is still attached (answering, or parked there by
         // session pooling).

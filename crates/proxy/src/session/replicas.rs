@@ -48,6 +48,7 @@ impl Session {
                 self.wrote = true;
                 if self.tx_status == b'I'
                     && self.held_begin.is_none()
+                    && self.unsynced
                     && self.server.as_ref().is_some_and(|s| s.is_replica())
                 {
                     return Err(ProxyError::error(

@@ -415,7 +415,12 @@ impl Session {
                 legs.conns.push(conn);
                 continue;
             }
-            let conn = match self.shard_pool(shard) {
+            // A read outside a transaction reads each shard's fit replica, if it has one.
+            let pool = match self.replica_for(shard) {
+                Some(p) => Ok(p),
+                None => self.shard_pool(shard),
+            };
+            let conn = match pool {
                 Ok(pool) => attach::checkout(&pool, &self.client).await,
                 Err(e) => Err(e),
             };

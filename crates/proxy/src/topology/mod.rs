@@ -232,7 +232,8 @@ impl Shard {
             .map(|(_, l)| *l)
     }
 
-    /// A replica for a read, or `None` (read on the primary): up, a replica by its last
+    /// A replica for a read, or `None` (read on the primary): up (fewer than
+    /// `failures_before_down` failed checks in a row), a replica by its last successful
     /// check, within the lag bounds, weighted, and (with `after`, the end of the client's
     /// last write) known to have replayed past that write. `active` tells how many
     /// connections of the client's pools are in use on a server (least_connections).
@@ -258,7 +259,6 @@ impl Shard {
             .filter_map(|(i, s)| {
                 let v = s.view.lock();
                 let ok = v.state == State::Up
-                    && v.failures == 0
                     && v.role == Role::Replica
                     && (self.split.max_lag_bytes == 0
                         || v.lag_bytes.is_some_and(|b| b <= self.split.max_lag_bytes))
