@@ -88,9 +88,10 @@ fn init_logging(log: &sgconfig::LogConfig) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` logs as its config says; the drill prints only its progress and report.
     if !matches!(
         (&cli.command, &cli.config),
-        (Some(Command::Run { .. }), _) | (None, Some(_))
+        (Some(Command::Run { .. } | Command::Drill { .. }), _) | (None, Some(_))
     ) {
         init_logging(&sgconfig::LogConfig::default());
     }
