@@ -32,6 +32,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long reading the acknowledged writes back may keep failing before giving up on
 /// the proxy.
 const READ_BACK_PATIENCE: Duration = Duration::from_secs(10);
+/// The stopped server must refuse connections this long after its stop command returned.
+const STOPPED_WITHIN: Duration = Duration::from_secs(5);
 /// Connecting (to the proxy or a server) takes at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -383,7 +385,16 @@ async fn failover(args: &FailoverArgs, target: Target) -> Result<Report, String>
         match run_stop_command(&stop_command).await {
             Ok(()) => {
                 report.stop_took(t0.elapsed());
-                say("primary stopped; the workload goes on");
+                if still_answers(&target, &victim).await {
+                    report.abort(&format!(
+                        "the stop_command returned but {} still answers {} s later: it did not \
+                         stop the server",
+                        victim.addr(),
+                        STOPPED_WITHIN.as_secs()
+                    ));
+                } else {
+                    say("primary stopped; the workload goes on");
+                }
             }
             Err(e) => report.abort(&format!("the stop_command failed: {e}")),
         }
@@ -489,6 +500,32 @@ async fn run_stop_command(command: &str) -> Result<(), String> {
     .trim()
     .to_owned();
     Err(format!("{}: {text}", out.status))
+}
+
+/// Whether `server` still accepts connections (or answers them with an error, as a server
+/// that is shutting down does) `STOPPED_WITHIN` after its stop command returned.
+async fn still_answers(target: &Target, server: &Server) -> bool {
+    let Ok(mut config) = target.direct(server) else {
+        return false;
+    };
+    config.connect_timeout(Duration::from_secs(1));
+    let deadline = Instant::now() + STOPPED_WITHIN;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            config.connect(tokio_postgres::NoTls),
+        )
+        .await;
+        let answers = match attempt {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.code().is_some(),
+            Err(_) => false,
+        };
+        if !answers || Instant::now() > deadline {
+            return answers;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Where the acknowledged writes were read back from, and what was found.

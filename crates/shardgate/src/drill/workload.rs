@@ -254,12 +254,18 @@ pub fn kind(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The server's message (with its SQLSTATE) or the client library's.
+/// The server's message (with its SQLSTATE) or the client library's with its causes.
 pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// Errors by kind, and one message of each kind (the first seen).
