@@ -42,6 +42,8 @@ pub struct Report {
     errors_after_stop: u64,
     tx_during: u64,
     tx_during_committed: u64,
+    /// Write transactions the stopped server acknowledged after T0 (before it died).
+    acked_by_stopped_after_t0: u64,
     /// Milliseconds from T0 (negative before it) and what happened.
     timeline: Vec<(i64, String)>,
     read_back_from: Option<String>,
@@ -100,6 +102,7 @@ impl Report {
             errors_after_stop: 0,
             tx_during: 0,
             tx_during_committed: 0,
+            acked_by_stopped_after_t0: 0,
             timeline: Vec::new(),
             read_back_from: None,
             read_back_error: None,
@@ -145,16 +148,38 @@ impl Report {
             return;
         };
         self.errors_after_stop = r.errors.iter().filter(|e| e.at >= t0).count() as u64;
-        // Writes are back with the first acknowledgement of a write sent after the stop
-        // command returned, that is once the primary was gone (a write acknowledged just
-        // after T0 may have been committed by the old primary).
-        if let Some(down) = self.stop_took.map(|d| t0 + d) {
-            self.writes_back = r
-                .txs
-                .iter()
-                .filter(|t| t.begun >= down)
-                .filter_map(|t| t.committed)
-                .min();
+        // Writes are back with the first acknowledgement after T0 from another server than
+        // the stopped one (the last to acknowledge a write before T0): one just after T0
+        // may still come from the dying primary. Without the servers' names, with the first
+        // acknowledgement after the stop command returned.
+        let stopped = r
+            .txs
+            .iter()
+            .filter(|t| t.committed.is_some_and(|c| c < t0))
+            .max_by_key(|t| t.committed)
+            .and_then(|t| t.server.clone());
+        let after_t0 = r
+            .txs
+            .iter()
+            .filter(|t| t.committed.is_some_and(|c| c >= t0));
+        match &stopped {
+            Some(old) => {
+                self.writes_back = after_t0
+                    .clone()
+                    .filter(|t| t.server.as_ref().is_some_and(|s| s != old))
+                    .filter_map(|t| t.committed)
+                    .min();
+                self.acked_by_stopped_after_t0 =
+                    after_t0.filter(|t| t.server.as_ref() == Some(old)).count() as u64;
+            }
+            None => {
+                if let Some(down) = self.stop_took.map(|d| t0 + d) {
+                    self.writes_back = after_t0
+                        .filter_map(|t| t.committed)
+                        .filter(|&c| c >= down)
+                        .min();
+                }
+            }
         }
         let until = self.writes_back;
         for t in r
@@ -313,6 +338,7 @@ impl Report {
             "errors_after_stop": self.errors_after_stop,
             "tx_during_failover": self.tx_during,
             "tx_during_failover_committed": self.tx_during_committed,
+            "tx_committed_by_stopped_server_after_stop": self.acked_by_stopped_after_t0,
             "timeline": timeline,
             "notes": self.notes,
             "exit_code": self.exit_code(),
@@ -373,6 +399,13 @@ impl Report {
             "  begun during the failover: {} transactions, {} committed",
             self.tx_during, self.tx_during_committed
         );
+        if self.acked_by_stopped_after_t0 > 0 {
+            let _ = writeln!(
+                t,
+                "  committed by the stopped primary after the stop began: {} transactions",
+                self.acked_by_stopped_after_t0
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(t, "  client errors    none");
         } else {
@@ -461,8 +494,12 @@ mod tests {
     }
 
     /// A drill whose primary was stopped at `t0` (the stop took 100 ms) with these
-    /// transactions: (begun, committed) in ms from `t0`.
-    fn drill(t0: Instant, txs: &[(i64, Option<u64>)], acked: &[(i32, i64)]) -> (Report, Results) {
+    /// transactions: (begun, committed) in ms from `t0`, and the server that committed.
+    fn drill(
+        t0: Instant,
+        txs: &[(i64, Option<i64>, &str)],
+        acked: &[(i32, i64)],
+    ) -> (Report, Results) {
         let (target, victim) = target();
         let mut report = Report::new(
             &target,
@@ -485,10 +522,11 @@ mod tests {
             acked: acked.to_vec(),
             txs: txs
                 .iter()
-                .map(|&(begun, committed)| Tx {
+                .map(|&(begun, committed, server)| Tx {
                     begun: at(begun),
-                    committed: committed.map(|c| at(c as i64)),
+                    committed: committed.map(at),
                     explicit: false,
+                    server: committed.map(|_| server.into()),
                 })
                 .collect(),
             reads_ok: 0,
@@ -509,17 +547,18 @@ mod tests {
     fn acknowledged_writes_missing_are_lost() {
         let t0 = Instant::now() + Duration::from_secs(5);
         let txs = [
-            (-1000, Some(0)),   // before the stop
-            (10, Some(20)),     // acknowledged by the dying primary: not "back"
-            (50, None),         // failed during the failover
-            (200, Some(1500)),  // the first write back
-            (300, Some(1600)),  // begun before writes were back
-            (2000, Some(2100)), // after
+            (-1000, Some(-1), "old"),  // before the stop
+            (10, Some(20), "old"),     // acknowledged by the dying primary: not "back"
+            (50, None, ""),            // failed during the failover
+            (-5, Some(1500), "new"),   // begun before the stop, the first write back
+            (300, Some(1600), "new"),  // begun before writes were back
+            (2000, Some(2100), "new"), // after
         ];
         let acked = [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1)];
         let (mut report, results) = drill(t0, &txs, &acked);
         assert_eq!(report.writes_back_ms(), Some(1500));
-        assert_eq!((report.tx_during, report.tx_during_committed), (4, 3));
+        assert_eq!(report.acked_by_stopped_after_t0, 1);
+        assert_eq!((report.tx_during, report.tx_during_committed), (3, 2));
         report.add_read_back(
             &results,
             read_back(&[(0, 1), (1, 1), (1, 2), (2, 1), (3, 1)]),
@@ -540,8 +579,8 @@ mod tests {
     #[test]
     fn passes_when_nothing_is_lost_and_writes_came_back() {
         let t0 = Instant::now() + Duration::from_secs(5);
-        let (mut report, results) =
-            drill(t0, &[(-10, Some(0)), (500, Some(900))], &[(0, 1), (0, 2)]);
+        let txs = [(-10, Some(-5), "old"), (500, Some(900), "new")];
+        let (mut report, results) = drill(t0, &txs, &[(0, 1), (0, 2)]);
         report.add_read_back(&results, read_back(&[(0, 1), (0, 2)]));
         assert_eq!(report.exit_code(), 0, "{}", report.to_text());
         assert!(report.to_text().contains("passed"));
@@ -550,13 +589,15 @@ mod tests {
     #[test]
     fn fails_when_writes_never_came_back_or_nothing_was_read_back() {
         let t0 = Instant::now() + Duration::from_secs(5);
-        let (mut report, results) = drill(t0, &[(-10, Some(0)), (500, None)], &[(0, 1)]);
+        let txs = [(-10, Some(-5), "old"), (500, None, "")];
+        let (mut report, results) = drill(t0, &txs, &[(0, 1)]);
         report.add_read_back(&results, read_back(&[(0, 1)]));
         assert_eq!(report.lost, Some(0));
         assert_eq!(report.exit_code(), 1);
         assert!(report.exit_reason().contains("writes did not come back"));
 
-        let (mut report, results) = drill(t0, &[(-10, Some(0)), (500, Some(600))], &[(0, 1)]);
+        let txs = [(-10, Some(-5), "old"), (500, Some(600), "new")];
+        let (mut report, results) = drill(t0, &txs, &[(0, 1)]);
         report.add_read_back(
             &results,
             ReadBack {
@@ -566,5 +607,35 @@ mod tests {
         );
         assert_eq!(report.exit_code(), 1);
         assert!(report.exit_reason().contains("could not be read back"));
+    }
+
+    #[test]
+    fn without_server_names_writes_are_back_after_the_stop_returned() {
+        let t0 = Instant::now() + Duration::from_secs(5);
+        let (target, victim) = target();
+        let mut report = Report::new(
+            &target,
+            &victim,
+            "true",
+            Duration::from_secs(12),
+            Duration::from_secs(3),
+            Vec::new(),
+        );
+        report.stopped_at(t0);
+        report.stop_took(Duration::from_millis(100));
+        let tx = |committed: u64| Tx {
+            begun: t0,
+            committed: Some(t0 + Duration::from_millis(committed)),
+            explicit: false,
+            server: None,
+        };
+        let results = Results {
+            acked: vec![(0, 1), (0, 2)],
+            txs: vec![tx(50), tx(700)],
+            reads_ok: 0,
+            errors: Vec::new(),
+        };
+        report.add_workload(&results, None);
+        assert_eq!(report.writes_back_ms(), Some(700));
     }
 }

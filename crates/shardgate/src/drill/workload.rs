@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::{connect, Target, TABLE};
 
@@ -24,13 +24,16 @@ const BACKOFF: Duration = Duration::from_millis(50);
 const TX_EVERY: u64 = 3;
 
 /// A write transaction: an autocommit INSERT or BEGIN, two INSERTs, COMMIT.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Tx {
     /// When it was sent (the INSERT, or the BEGIN).
     pub begun: Instant,
     /// When it was acknowledged, if it was.
     pub committed: Option<Instant>,
     pub explicit: bool,
+    /// Which server process committed it: its `pg_postmaster_start_time()`, told by the
+    /// INSERT (distinct for every server, and again after a restart).
+    pub server: Option<Arc<str>>,
 }
 
 /// An error a client saw.
@@ -74,7 +77,7 @@ impl Shared {
         });
     }
 
-    fn tx(&self, begun: Instant, acked: &[(i32, i64)], explicit: bool) {
+    fn tx(&self, begun: Instant, acked: &[(i32, i64)], explicit: bool, server: Option<Arc<str>>) {
         let mut r = self.results.lock().unwrap();
         let committed = (!acked.is_empty()).then(Instant::now);
         r.acked.extend_from_slice(acked);
@@ -82,6 +85,7 @@ impl Shared {
             begun,
             committed,
             explicit,
+            server,
         });
         self.acknowledged
             .fetch_add(acked.len() as u64, Ordering::Relaxed);
@@ -162,7 +166,12 @@ impl Conn {
 /// rows in BEGIN ... COMMIT. A sequence number is never reused, whatever became of it.
 async fn writer(id: i32, shared: Arc<Shared>) {
     let hint = shared.target.hint(false);
-    let insert = |seq: i64| format!("{hint}INSERT INTO {TABLE} (writer, seq) VALUES ({id}, {seq})");
+    let insert = |seq: i64| {
+        format!(
+            "{hint}INSERT INTO {TABLE} (writer, seq) VALUES ({id}, {seq}) \
+             RETURNING pg_postmaster_start_time()::text"
+        )
+    };
     let mut conn = Conn { client: None };
     let mut seq = 0i64;
     let mut n = 0u64;
@@ -180,23 +189,24 @@ async fn writer(id: i32, shared: Arc<Shared>) {
         seq += rows.len() as i64;
         let begun = Instant::now();
         let work = async {
-            if explicit {
-                client.batch_execute("BEGIN").await?;
-                for &s in &rows {
-                    client.batch_execute(&insert(s)).await?;
-                }
-                client.batch_execute("COMMIT").await
-            } else {
-                client.batch_execute(&insert(rows[0])).await
+            if !explicit {
+                return server_of(client.simple_query(&insert(rows[0])).await?);
             }
+            client.batch_execute("BEGIN").await?;
+            let mut server = None;
+            for &s in &rows {
+                server = server_of(client.simple_query(&insert(s)).await?)?;
+            }
+            client.batch_execute("COMMIT").await?;
+            Ok(server)
         };
         match tokio::time::timeout(OP_TIMEOUT, work).await {
-            Ok(Ok(())) => {
+            Ok(Ok(server)) => {
                 let acked: Vec<(i32, i64)> = rows.iter().map(|&s| (id, s)).collect();
-                shared.tx(begun, &acked, explicit);
+                shared.tx(begun, &acked, explicit, server);
             }
             Ok(Err(e)) => {
-                shared.tx(begun, &[], explicit);
+                shared.tx(begun, &[], explicit, None);
                 shared.error(kind(&e), describe(&e), true);
                 if explicit && !client.is_closed() {
                     // Leave the failed transaction (harmless when none is open).
@@ -207,13 +217,21 @@ async fn writer(id: i32, shared: Arc<Shared>) {
                 tokio::time::sleep(BACKOFF).await;
             }
             Err(_) => {
-                shared.tx(begun, &[], explicit);
+                shared.tx(begun, &[], explicit, None);
                 shared.error("timeout".into(), timeout_message(), true);
                 conn.client = None;
             }
         }
         tokio::time::sleep(PACE).await;
     }
+}
+
+/// The first column of the first row: the server's start time the INSERT returned.
+fn server_of(messages: Vec<SimpleQueryMessage>) -> Result<Option<Arc<str>>, tokio_postgres::Error> {
+    Ok(messages.into_iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(Arc::<str>::from),
+        _ => None,
+    }))
 }
 
 /// Counts one writer's rows, over and over (a read: it may go to a replica).
