@@ -289,6 +289,11 @@ impl Cluster {
         &self.bins
     }
 
+    /// The OS user the server runs as when it is not the current one (we are root).
+    pub fn os_user(&self) -> Option<&str> {
+        self.run_as.as_ref().map(|u| u.name.as_str())
+    }
+
     /// `postgres://user[:password]@127.0.0.1:port/database`, percent-encoded.
     pub fn url(&self, database: &str) -> String {
         let password = self

@@ -9,6 +9,7 @@ mod binaries;
 mod cluster;
 mod error;
 mod os;
+mod shell;
 
 pub use binaries::{PgBinaries, BINDIR_ENV};
 pub use cluster::{AuthMethod, Cluster, ClusterOptions};

@@ -171,6 +171,49 @@ fn stop_kill_and_restart() {
     assert_eq!(cluster.psql("postgres", "select 3").unwrap(), "3");
 }
 
+/// Runs a shell command the way `shardgate drill failover` runs a `stop_command`.
+fn sh(command: &str) {
+    let out = Command::new("sh").args(["-c", command]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn stop_and_start_commands_work_from_a_shell() {
+    // Test clusters commit without waiting for the WAL flush; this one waits, so that its
+    // commits survive the abrupt stop.
+    let mut cluster = Cluster::start(ClusterOptions {
+        settings: vec![("synchronous_commit".into(), "on".into())],
+        ..Default::default()
+    })
+    .expect("start cluster");
+    cluster
+        .psql(
+            "postgres",
+            "create table t (i int); insert into t values (1)",
+        )
+        .unwrap();
+    let pid = cluster.postmaster_pid().expect("postmaster pid");
+    let stop = cluster.stop_command();
+    assert!(stop.contains("-m immediate"), "{stop}");
+    sh(&stop);
+    assert!(!cluster.is_running());
+    assert!(cluster.psql("postgres", "select 1").is_err());
+    // Abrupt: the next start had to recover from the crash.
+    sh(&cluster.start_command());
+    assert_ne!(cluster.postmaster_pid(), Some(pid));
+    assert_eq!(cluster.psql("postgres", "select i from t").unwrap(), "1");
+    let log = std::fs::read_to_string(cluster.log_file()).unwrap();
+    assert!(
+        log.contains("was not properly shut down"),
+        "no crash recovery in the log:\n{log}"
+    );
+    cluster.stop().unwrap();
+}
+
 #[test]
 fn keep_leaves_directory_behind() {
     let base = std::env::temp_dir().join(format!("shardgate-keep-test-{}", std::process::id()));

@@ -1,5 +1,6 @@
 //! The `shardgate` command: run the proxy, check a config, or start a local sandbox.
 
+mod drill;
 mod sandbox;
 
 /// mimalloc: per-thread free lists make the many small, short-lived allocations of message
@@ -49,6 +50,11 @@ enum Command {
     },
     /// Start local PostgreSQL shards and the proxy in front of them.
     Sandbox(sandbox::SandboxArgs),
+    /// Drills against a running proxy and its shards.
+    Drill {
+        #[command(subcommand)]
+        drill: drill::DrillCommand,
+    },
     /// Print where a statement would run, without running it.
     Route {
         #[arg(long)]
@@ -82,9 +88,10 @@ fn init_logging(log: &sgconfig::LogConfig) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` logs as its config says; the drill prints only its progress and report.
     if !matches!(
         (&cli.command, &cli.config),
-        (Some(Command::Run { .. }), _) | (None, Some(_))
+        (Some(Command::Run { .. } | Command::Drill { .. }), _) | (None, Some(_))
     ) {
         init_logging(&sgconfig::LogConfig::default());
     }
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => check(config),
         (Some(Command::Sandbox(args)), _) => sandbox::run(args),
+        (Some(Command::Drill { drill }), _) => drill::run(drill),
         (
             Some(Command::Route {
                 config,
@@ -103,7 +111,7 @@ fn main() -> ExitCode {
         ) => route(config, database, params, sql),
         (None, None) => {
             eprintln!(
-                "shardgate: give a command (run, check, sandbox) or --config FILE; see --help"
+                "shardgate: give a command (run, check, sandbox, drill, route) or --config FILE; see --help"
             );
             ExitCode::from(2)
         }

@@ -2,8 +2,9 @@
 //! a small demo schema, and the proxy in front, all stopped by Ctrl-C.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use cluster::{AuthMethod, Cluster, ClusterOptions};
 
@@ -18,12 +19,25 @@ pub struct SandboxArgs {
     /// Port the proxy listens on (127.0.0.1).
     #[arg(long, default_value_t = 6432)]
     port: u16,
-    /// Directory for the clusters and the config (default: a temporary one, removed on exit).
+    /// Synchronous replicas: a commit on a primary returns once one of its replicas has
+    /// flushed it (`synchronous_standby_names = 'ANY 1 (*)'`, `synchronous_commit = on`).
+    #[arg(long)]
+    sync: bool,
+    /// Directory for the clusters, the config (DIR/shardgate.yaml, each server with a
+    /// `stop_command`) and its shard map (DIR/customers.yaml), all kept after exit (default:
+    /// a temporary one, removed on exit).
     #[arg(long)]
     dir: Option<PathBuf>,
 }
 
 const PASSWORD: &str = "sandbox";
+/// The sandbox's admin user (same password), for the admin console and the failover drill.
+const ADMIN: &str = "ops";
+/// The names of the config and shard map with `--dir`.
+const CONFIG_FILE: &str = "shardgate.yaml";
+const MAP_FILE: &str = "customers.yaml";
+/// How long a primary made synchronous may take to see a synchronous standby.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same tables on every shard; customers and their orders are sharded by customer id
 /// (so a customer's orders live with the customer), countries is a reference table.
 const DEMO_SCHEMA: &str = "
@@ -117,6 +131,11 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.shards == 0 {
         return Err("--shards must be at least 1".into());
     }
+    if args.sync && args.replicas == 0 {
+        return Err(
+            "--sync needs at least one replica per shard (every commit would wait for one)".into(),
+        );
+    }
     // The proxy's address is taken first and kept until the proxy serves on it: a port in
     // use is reported before any PostgreSQL starts, and nothing can take it in between.
     let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
@@ -149,26 +168,28 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 ..opts.clone()
             })?);
         }
+        if args.sync {
+            eprintln!("making shard s{i}'s replicas synchronous ...");
+            make_synchronous(&primary)?;
+        }
         clusters.push((primary, replicas));
     }
     let config_dir = base.clone().unwrap_or_else(std::env::temp_dir);
-    let tag = std::process::id();
-    let map_path = config_dir.join(format!("shardgate-sandbox-{tag}-customers.yaml"));
+    let (config_path, map_path) = match &base {
+        Some(dir) => (dir.join(CONFIG_FILE), dir.join(MAP_FILE)),
+        None => {
+            let tag = std::process::id();
+            (
+                config_dir.join(format!("shardgate-sandbox-{tag}.yaml")),
+                config_dir.join(format!("shardgate-sandbox-{tag}-customers.yaml")),
+            )
+        }
+    };
     std::fs::write(&map_path, demo_map(args.shards))?;
-    let mut yaml = format!(
-        "listen: {listen}\npool: {{ mode: transaction, size: 10 }}\nusers:\n  - {{ name: app, password: {PASSWORD} }}\ndatabases:\n  app:\n    shard_maps: [\"{}\"]\n    reference_tables: [countries]\n    shards:\n",
-        map_path.display()
-    );
-    for (i, (p, rs)) in clusters.iter().enumerate() {
-        let replicas: Vec<String> = rs.iter().map(|r| format!("\"{}\"", r.url("app"))).collect();
-        yaml.push_str(&format!(
-            "      s{i}: {{ primary: \"{}\", replicas: [{}] }}\n",
-            p.url("app"),
-            replicas.join(", ")
-        ));
-    }
-    let config_path = config_dir.join(format!("shardgate-sandbox-{tag}.yaml"));
-    std::fs::write(&config_path, &yaml)?;
+    std::fs::write(
+        &config_path,
+        config_yaml(listen, file_name(&map_path), &clusters),
+    )?;
     let config = sgconfig::load_file(&config_path).map_err(|e| e.to_string())?;
     if base.is_none() {
         let _ = std::fs::remove_file(&config_path);
@@ -192,6 +213,7 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .unwrap_or(0);
     }
 
+    let kept_config = base.as_ref().map(|_| config_path.display().to_string());
     let rt = crate::runtime(config.worker_threads())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let result = rt.block_on(async move {
@@ -207,8 +229,18 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "shardgate sandbox is ready: {} shard(s), {} replica(s) each.",
                 args.shards, args.replicas
             );
+            if args.sync {
+                println!("Replicas are synchronous: a commit returns once a replica has flushed it.");
+            }
             println!("Connect with:");
             println!("  psql postgres://app:{PASSWORD}@{addr}/app");
+            println!("Admin console:");
+            println!("  psql postgres://{ADMIN}:{PASSWORD}@{addr}/shardgate   -- SHOW SHARDS; SHOW POOLS; ...");
+            if let Some(path) = &kept_config {
+                println!("Config: {path}");
+                println!("Failover drill (stops a primary; the proxy promotes its replica):");
+                println!("  shardgate drill failover --config {path} --shard s0");
+            }
             println!("Try (customers and orders are sharded by customer id, countries is on every shard):");
             println!("  SELECT name FROM customers WHERE id = 42;                      -- customer 42");
             println!("  SELECT count(*), sum(amount) FROM orders WHERE customer_id = 7;  -- 10 | 69.90");
@@ -228,5 +260,107 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes the replicas of `primary` synchronous (any one of them confirms each commit's
+/// flush) and waits until one is. Done after `pg_basebackup` copied the primary, so that no
+/// replica inherits the setting: promoted with no standby of its own, it would wait forever
+/// on every commit. `ALTER SYSTEM` overrides the cluster's own `synchronous_commit = off`.
+fn make_synchronous(primary: &Cluster) -> Result<(), Box<dyn std::error::Error>> {
+    // One statement per call: ALTER SYSTEM cannot run in a transaction.
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'",
+        "ALTER SYSTEM SET synchronous_commit = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        primary.psql("postgres", sql)?;
+    }
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let state = primary.psql(
+            "postgres",
+            "SELECT current_setting('synchronous_commit'), count(*) FROM pg_stat_replication \
+             WHERE sync_state IN ('sync', 'quorum')",
+        )?;
+        if matches!(state.split_once('|'), Some(("on", n)) if n != "0") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the primary on port {} has no synchronous replica after {} s \
+                 (synchronous_commit, synchronous replicas: {state})",
+                primary.port(),
+                SYNC_TIMEOUT.as_secs()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sandbox's config: users `app` and the admin `ops`, database `app` with the demo map,
+/// and each shard's servers with a `stop_command` (an abrupt stop, for the failover drill)
+/// and, in a comment, how to start the server again.
+fn config_yaml(listen: SocketAddr, map: &str, clusters: &[(Cluster, Vec<Cluster>)]) -> String {
+    let mut yaml = format!(
+        "listen: {listen}\n\
+         pool: {{ mode: transaction, size: 10 }}\n\
+         users:\n  - {{ name: app, password: {PASSWORD} }}\n  - {{ name: {ADMIN}, password: {PASSWORD} }}\n\
+         admin_users: [{ADMIN}]\n\
+         databases:\n  app:\n    shard_maps: [{}]\n    reference_tables: [countries]\n    shards:\n",
+        yaml_string(map)
+    );
+    for (i, (primary, replicas)) in clusters.iter().enumerate() {
+        yaml.push_str(&format!("      s{i}:\n"));
+        yaml.push_str(&format!(
+            "        # start again: {}\n        primary: {}\n",
+            primary.start_command(),
+            server_yaml(primary)
+        ));
+        if replicas.is_empty() {
+            yaml.push_str("        replicas: []\n");
+            continue;
+        }
+        yaml.push_str("        replicas:\n");
+        for r in replicas {
+            yaml.push_str(&format!(
+                "          # start again: {}\n          - {}\n",
+                r.start_command(),
+                server_yaml(r)
+            ));
+        }
+    }
+    yaml
+}
+
+/// `{ url: "...", stop_command: "..." }` for one server.
+fn server_yaml(c: &Cluster) -> String {
+    format!(
+        "{{ url: {}, stop_command: {} }}",
+        yaml_string(&c.url("app")),
+        yaml_string(&c.stop_command())
+    )
+}
+
+/// A double-quoted YAML string.
+fn yaml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_strings_are_quoted() {
+        assert_eq!(yaml_string("plain"), "\"plain\"");
+        assert_eq!(yaml_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 }
