@@ -299,8 +299,8 @@ fn make_synchronous(primary: &Cluster) -> Result<(), Box<dyn std::error::Error>>
     }
 }
 
-/// The sandbox's config: users `app` and the admin `ops`, database `app` with the demo map,
-/// and each shard's servers with a `stop_command` (an abrupt stop, for the failover drill)
+/// The sandbox's config: users `app` and the admin `ops`, database `app` with the demo map
+/// and reads on replicas, and each shard's servers with a `stop_command` (an abrupt stop, for the failover drill)
 /// and, in a comment, how to start the server again.
 fn config_yaml(listen: SocketAddr, map: &str, clusters: &[(Cluster, Vec<Cluster>)]) -> String {
     let mut yaml = format!(
@@ -308,7 +308,7 @@ fn config_yaml(listen: SocketAddr, map: &str, clusters: &[(Cluster, Vec<Cluster>
          pool: {{ mode: transaction, size: 10 }}\n\
          users:\n  - {{ name: app, password: {PASSWORD} }}\n  - {{ name: {ADMIN}, password: {PASSWORD} }}\n\
          admin_users: [{ADMIN}]\n\
-         databases:\n  app:\n    shard_maps: [{}]\n    reference_tables: [countries]\n    shards:\n",
+         databases:\n  app:\n    shard_maps: [{}]\n    reference_tables: [countries]\n    read_write_split: {{ enabled: true }}\n    shards:\n",
         yaml_string(map)
     );
     for (i, (primary, replicas)) in clusters.iter().enumerate() {
