@@ -378,6 +378,46 @@ async fn a_dead_primary_is_replaced_and_stays_fenced_until_readmitted() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(shards_view(&admin).await[&old].1, "fenced");
     assert_eq!(shards_view(&admin).await[&new].0, "primary");
+    // The other replica was pointed at the new primary: it replays what is written now.
+    let other = s.replicas.iter().find(|r| r.port() != new_port).unwrap();
+    c.simple_query("INSERT INTO t VALUES (3000)").await.unwrap();
+    let o = e2e::connect(&direct(other)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = o
+            .simple_query("SELECT count(*) FROM t WHERE id = 3000")
+            .await
+            .unwrap();
+        if e2e::simple_rows(&m)[0][0].as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other replica does not follow the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rebuilt as a replica of the new primary (same address) and re-admitted, it serves
+    // reads again.
+    let old_port = s.primary.port();
+    s.primary.stop().unwrap();
+    let new_primary = s.replicas.iter().find(|r| r.port() == new_port).unwrap();
+    let _rebuilt = new_primary
+        .start_replica(ClusterOptions {
+            port: Some(old_port),
+            ..new_primary.replica_options()
+        })
+        .expect("rebuild the old primary as a replica");
+    e2e::connect(&admin)
+        .await
+        .simple_query(&format!("UNBAN app.s0 {old}"))
+        .await
+        .unwrap();
+    until_answered_by(&e2e::connect(&conninfo).await, &[old_port]).await;
+    assert_eq!(
+        shards_view(&admin).await[&old],
+        ("replica".to_owned(), "up".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -486,25 +526,38 @@ databases:
         .await
         .unwrap();
     for i in 1..=100 {
-        c.simple_query(&format!("INSERT INTO t VALUES ({i}) ON CONFLICT DO NOTHING"))
-            .await
-            .unwrap();
+        c.simple_query(&format!(
+            "INSERT INTO t VALUES ({i}) ON CONFLICT DO NOTHING"
+        ))
+        .await
+        .unwrap();
     }
     let replicas = [s0.replicas[0].port(), s1.replicas[0].port()];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let m = c
-            .simple_query("SELECT inet_server_port() AS port, count(*) FROM t GROUP BY 1 ORDER BY 1")
+            .simple_query(
+                "SELECT inet_server_port() AS port, count(*) FROM t GROUP BY 1 ORDER BY 1",
+            )
             .await
             .unwrap();
         let rows = e2e::simple_rows(&m);
-        let total: i64 = rows.iter().map(|r| r[1].as_deref().unwrap().parse::<i64>().unwrap()).sum();
+        let total: i64 = rows
+            .iter()
+            .map(|r| r[1].as_deref().unwrap().parse::<i64>().unwrap())
+            .sum();
         assert_eq!(total, 100, "{rows:?}");
-        let ports: Vec<u16> = rows.iter().map(|r| r[0].as_deref().unwrap().parse().unwrap()).collect();
+        let ports: Vec<u16> = rows
+            .iter()
+            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+            .collect();
         if ports.iter().all(|p| replicas.contains(p)) && ports.len() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "merged reads never reached both replicas: {rows:?}");
+        assert!(
+            Instant::now() < deadline,
+            "merged reads never reached both replicas: {rows:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A write pipelined right behind a read on a replica runs on the primary.

@@ -110,7 +110,11 @@ impl Collector for ProxyCollector {
         for (k, p) in proxy.pools_by_key() {
             let c = p.counters();
             let st = p.stats();
-            let role = if k.replica.is_some() { "replica" } else { "primary" };
+            let role = if k.replica.is_some() {
+                "replica"
+            } else {
+                "primary"
+            };
             let s = shards.entry((k.database, k.shard, role)).or_default();
             s.queries += c.queries.load(Relaxed);
             s.xacts += c.xacts.load(Relaxed);
@@ -257,7 +261,10 @@ impl Collector for ProxyCollector {
                             ("database", sh.database.clone()),
                             ("shard", sh.shard.clone()),
                             ("server", sv.name()),
-                            ("role", if i == p { "primary" } else { "replica" }.to_owned()),
+                            (
+                                "role",
+                                if i == p { "primary" } else { "replica" }.to_owned(),
+                            ),
                         ];
                         (l, sv.view())
                     })

@@ -167,12 +167,22 @@ pub(crate) async fn watch(proxy: Weak<Proxy>, shard: Arc<Shard>) {
             .into_iter()
             .map(|a| a.unwrap_or_else(|| Err("check did not finish".into())))
             .collect();
+        let primary_answered = answers[shard.primary()].is_ok();
         judge(&p, &shard, started, &answers).await;
         drop(p);
         let wake = shard.wake.notified();
-        tokio::select! {
-            _ = tokio::time::sleep(every.saturating_sub(started.elapsed())) => {}
-            _ = wake => {}
+        let pause = tokio::time::sleep(every.saturating_sub(started.elapsed()));
+        if primary_answered {
+            // A pool that could not connect has the primary checked at once (its writes
+            // are held from the first failed check)...
+            tokio::select! {
+                _ = pause => {}
+                _ = wake => {}
+            }
+        } else {
+            // ...but failed checks count one interval apart, so that a primary is down
+            // only after `failures_before_down` intervals, however busy its clients.
+            pause.await;
         }
     }
 }
