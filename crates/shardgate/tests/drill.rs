@@ -7,7 +7,6 @@
 //! the sandbox started.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,33 +37,18 @@ impl Sandbox {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
         let mut sandbox = Sandbox {
             child,
             dir: dir.to_owned(),
         };
-        let deadline = Instant::now() + Duration::from_secs(240);
-        let mut printed = String::new();
-        while !printed.contains("Press Ctrl-C") {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    printed.push_str(&line);
-                    printed.push('\n');
-                }
-                Err(_) => {
-                    let log =
-                        std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-                    sandbox.interrupt();
-                    panic!("the sandbox did not become ready:\n{printed}\n{log}");
-                }
+        let printed = match common::read_until(stdout, "Press Ctrl-C", Duration::from_secs(240)) {
+            Ok(p) => p,
+            Err(printed) => {
+                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                sandbox.interrupt();
+                panic!("the sandbox did not become ready:\n{printed}\n{log}");
             }
-        }
+        };
         let config = dir.join("shardgate.yaml");
         assert!(
             printed.contains(&format!("Config: {}", config.display())),

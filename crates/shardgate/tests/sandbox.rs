@@ -1,7 +1,8 @@
 //! `shardgate sandbox` as a newcomer runs it: shards with streaming replicas come up, psql
 //! connects, and the README's demo queries give the documented results. Ctrl-C stops it all.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,27 +32,13 @@ fn the_sandbox_serves_the_readme_demo() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    let printed = match common::read_until(stdout, "Press Ctrl-C", Duration::from_secs(180)) {
+        Ok(p) => p,
+        Err(printed) => {
+            let _ = child.kill();
+            panic!("the sandbox did not become ready:\n{printed}");
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut printed = String::new();
-    while !printed.contains("Press Ctrl-C") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                printed.push_str(&line);
-                printed.push('\n');
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the sandbox did not become ready:\n{printed}");
-            }
-        }
-    }
+    };
     assert!(
         printed.contains("2 shard(s), 1 replica(s) each"),
         "{printed}"

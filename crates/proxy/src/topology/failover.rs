@@ -166,13 +166,14 @@ async fn promote_locked(
     ))
 }
 
-/// `FAILOVER db.shard [TO host:port]`: promotes a replica now, whatever the primary's state.
-pub async fn failover(
-    proxy: &Arc<Proxy>,
+/// The shard a command names, and the server it promotes: the one named, or the most
+/// advanced replica that is up.
+fn shard_and_target(
+    proxy: &Proxy,
     database: &str,
     shard: &str,
     to: Option<&str>,
-) -> Result<String, String> {
+) -> Result<(Arc<Shard>, usize), String> {
     let s = proxy
         .topology
         .shard(database, shard)
@@ -183,6 +184,17 @@ pub async fn failover(
             .ok_or_else(|| format!("shard {shard} has no server {name}"))?,
         None => best_from_view(&s).ok_or("no replica of the shard is up to take over")?,
     };
+    Ok((s, to))
+}
+
+/// `FAILOVER db.shard [TO host:port]`: promotes a replica now, whatever the primary's state.
+pub async fn failover(
+    proxy: &Arc<Proxy>,
+    database: &str,
+    shard: &str,
+    to: Option<&str>,
+) -> Result<String, String> {
+    let (s, to) = shard_and_target(proxy, database, shard, to)?;
     if s.servers[to].view().state == State::Fenced {
         return Err(format!("{} is fenced", s.servers[to].name()));
     }
@@ -202,19 +214,10 @@ pub async fn switchover(
     shard: &str,
     to: Option<&str>,
 ) -> Result<String, String> {
-    let s = proxy
-        .topology
-        .shard(database, shard)
-        .ok_or_else(|| format!("database \"{database}\" has no shard \"{shard}\""))?;
+    let (s, to) = shard_and_target(proxy, database, shard, to)?;
     let _one = s.changing.lock().await;
     let started = Instant::now();
     let old = s.primary();
-    let to = match to {
-        Some(name) => s
-            .find(name)
-            .ok_or_else(|| format!("shard {shard} has no server {name}"))?,
-        None => best_from_view(&s).ok_or("no replica of the shard is up to take over")?,
-    };
     if to == old {
         return Err(format!("{} is the primary already", s.servers[to].name()));
     }
