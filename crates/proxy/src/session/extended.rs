@@ -461,14 +461,12 @@ impl Session {
         Ok(())
     }
 
-    /// Queues the answer to an extended-protocol message sent to the server: after a Bind
-    /// or Execute, until the client's Sync, the server is in the batch's implicit
-    /// transaction.
+    /// Queues the answer to an extended-protocol message sent to the server: from any of
+    /// them until the client's Sync, the server is in the batch (its implicit transaction,
+    /// which even a lone Parse opens) and waits for that Sync before it is idle again, so
+    /// the connection stays with the session.
     pub(super) fn expect_extended(&mut self, e: Expect) {
-        // Parse, Describe and Close run nothing; a Bind or Execute starts the batch's work.
-        if matches!(e, Expect::Bind | Expect::Execute { .. }) {
-            self.unsynced = true;
-        }
+        self.unsynced = true;
         self.pending.push_back(e);
     }
 

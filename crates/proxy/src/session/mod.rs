@@ -780,6 +780,15 @@ impl Session {
     }
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
+        if self.unsynced && self.server.is_some() {
+            // A Query inside an extended batch: the batch's answers come first; after an
+            // error in it the server ignores the Query (it waits for Sync), and so does the
+            // session.
+            Box::pin(self.settle()).await.map_err(End::Fatal)?;
+            if self.skip_until_sync {
+                return Ok(());
+            }
+        }
         match self.sql_prepared(&frame)? {
             SqlPrepared::No => {}
             SqlPrepared::Answered => return Ok(()),

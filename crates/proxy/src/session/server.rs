@@ -203,6 +203,15 @@ impl Session {
             Some(Expect::Query { commands }) => *commands = None,
             Some(Expect::Sync) | Some(Expect::HeldBegin) | Some(Expect::AbortSync) | None => {}
             Some(_) => {
+                if !self
+                    .pending
+                    .iter()
+                    .any(|e| matches!(e, Expect::Sync | Expect::AbortSync))
+                {
+                    // The server now ignores everything up to the client's Sync, which has
+                    // not come yet: so does the session, as PostgreSQL would.
+                    self.skip_until_sync = true;
+                }
                 while let Some(e) = self.pending.front() {
                     if matches!(e, Expect::Sync | Expect::AbortSync) {
                         break;
