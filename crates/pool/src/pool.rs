@@ -46,6 +46,9 @@ pub enum PoolError {
     /// An administrator took the server out of use (BAN).
     #[error("server {target} is banned by an administrator (UNBAN to use it again)")]
     Banned { target: String },
+    /// The server is being replaced: the checkout waits (never returned by `get_for`).
+    #[error("server {target} is being replaced")]
+    Held { target: String },
     /// The server was replaced (failover) and nothing took its place.
     #[error("server {target} was taken out of use by a failover")]
     Retired { target: String },
@@ -173,6 +176,8 @@ impl Pool {
                         return Err(PoolError::Connect(e));
                     }
                 }
+                // A hold began while this checkout took its permit: wait for its end.
+                Err(PoolError::Held { .. }) => continue,
                 r => return r,
             }
         }
@@ -285,6 +290,13 @@ impl Pool {
                 }
             }
         };
+        if self.is_held() {
+            // Checked after the permit is taken: whoever holds the pool and then waits for
+            // checked-out connections to come back sees this one, or this one sees the hold.
+            return Err(PoolError::Held {
+                target: format!("{:?}", inner.target),
+            });
+        }
         inner.checkouts.fetch_add(1, Ordering::Relaxed);
         let key = startup.key();
         if let Some(conn) = self.pop_idle(key) {
@@ -318,13 +330,16 @@ impl Pool {
 
     /// Checks out an idle connection opened with `startup` if one is free right now.
     pub fn try_get_for(&self, startup: &Startup) -> Option<PooledConn> {
-        if self.is_banned() || self.is_held() {
+        if self.is_banned() {
             return None;
         }
         if self.inner.retired.load(Ordering::Acquire) {
             return self.successor()?.try_get_for(startup);
         }
         let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        if self.is_held() {
+            return None;
+        }
         let conn = self.pop_idle(startup.key())?;
         self.inner.checkouts.fetch_add(1, Ordering::Relaxed);
         Some(PooledConn {

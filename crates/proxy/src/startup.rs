@@ -372,7 +372,7 @@ pub fn pool_error(e: PoolError, fatal: bool) -> ProxyError {
             hint: error.hint,
         },
         PoolError::Connect(other) => ProxyError::error("08006", other.to_string()),
-        PoolError::Banned { .. } | PoolError::Retired { .. } => {
+        PoolError::Banned { .. } | PoolError::Retired { .. } | PoolError::Held { .. } => {
             ProxyError::error("08006", e.to_string())
         }
     };

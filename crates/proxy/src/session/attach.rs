@@ -330,6 +330,7 @@ impl Session {
 
     pub(super) fn drop_server(&mut self) {
         self.unsynced = false;
+        self.needs_sync = false;
         crate::cancel::point(&self.client.cancel_slot, None);
         self.server = None;
         self.server_shard = None;
@@ -354,6 +355,15 @@ impl Session {
             if !server.read_buf.is_empty() {
                 return;
             }
+        }
+        if self.needs_sync {
+            // The server waits for a Sync after the batch's Parse/Describe/Close (its
+            // implicit transaction is open): the proxy sends its own first, and the
+            // connection goes back once it is answered.
+            self.needs_sync = false;
+            messages::empty_message(&mut self.swbuf, tag::SYNC);
+            self.pending.push_back(Expect::OwnSync);
+            return;
         }
         // Only Flush messages can be left unsent with nothing pending.
         self.swbuf.clear();

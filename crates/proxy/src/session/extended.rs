@@ -461,12 +461,16 @@ impl Session {
         Ok(())
     }
 
-    /// Queues the answer to an extended-protocol message sent to the server: from any of
-    /// them until the client's Sync, the server is in the batch (its implicit transaction,
-    /// which even a lone Parse opens) and waits for that Sync before it is idle again, so
-    /// the connection stays with the session.
+    /// Queues the answer to an extended-protocol message sent to the server: after a Bind
+    /// or Execute, until the client's Sync, the server is in the batch's implicit
+    /// transaction and stays with the session. After any of them the server waits for a
+    /// Sync before it is idle: a batch that ran nothing gets the proxy's own before the
+    /// connection goes back (see `maybe_release`).
     pub(super) fn expect_extended(&mut self, e: Expect) {
-        self.unsynced = true;
+        if matches!(e, Expect::Bind | Expect::Execute { .. }) {
+            self.unsynced = true;
+        }
+        self.needs_sync = true;
         self.pending.push_back(e);
     }
 

@@ -93,6 +93,9 @@ enum Expect {
     AbortTx,
     /// The Sync after such a Parse outside a batch: its ReadyForQuery is swallowed.
     AbortSync,
+    /// A Sync the proxy sent to end a batch that ran nothing (Parse, Describe, Close) before
+    /// the connection goes back to the pool: its ReadyForQuery is swallowed.
+    OwnSync,
     /// A message the proxy answers itself when its turn comes.
     Synthetic(u8),
     /// A whole message the proxy answers with when its turn comes.
@@ -311,6 +314,9 @@ struct Session {
     wrote: bool,
     /// When that last ended, in ms since the proxy's epoch (+1; 0: never).
     last_write: u64,
+    /// Extended-protocol messages went to the attached server since the last Sync (any of
+    /// them; `unsynced` is for those that run something): the server waits for a Sync.
+    needs_sync: bool,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -357,6 +363,7 @@ pub(crate) fn start(
         read_intent: false,
         wrote: false,
         last_write: 0,
+        needs_sync: false,
     };
     drive(session, count)
 }
@@ -702,6 +709,7 @@ impl Session {
                 }
                 self.skip_until_sync = false;
                 self.unsynced = false;
+                self.needs_sync = false;
                 let between = self.tx_status == b'I' && self.held_begin.is_none();
                 if let Some(server) = self.server.as_mut() {
                     if between {
@@ -780,7 +788,7 @@ impl Session {
     }
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), End> {
-        if self.unsynced && self.server.is_some() {
+        if self.needs_sync && self.server.is_some() {
             // A Query inside an extended batch: the batch's answers come first; after an
             // error in it the server ignores the Query (it waits for Sync), and so does the
             // session.

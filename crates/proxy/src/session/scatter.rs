@@ -577,6 +577,10 @@ impl Session {
             }
         }
         self.maybe_release();
+        if self.server.is_some() && !self.pending.is_empty() {
+            // The proxy's own Sync before the connection goes back: answered, it goes.
+            return Box::pin(self.settle()).await;
+        }
         Ok(())
     }
 

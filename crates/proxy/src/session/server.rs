@@ -99,7 +99,7 @@ impl Session {
                     messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
                 match self.pending.pop_front() {
                     Some(Expect::Sync) | Some(Expect::Query { .. }) => self.note_ready(status),
-                    Some(Expect::AbortSync) => {
+                    Some(Expect::AbortSync) | Some(Expect::OwnSync) => {
                         self.tx_status = status;
                         self.emit_synthetic_head();
                         return Ok(());
@@ -201,7 +201,11 @@ impl Session {
     pub(super) fn on_error(&mut self) {
         match self.pending.front_mut() {
             Some(Expect::Query { commands }) => *commands = None,
-            Some(Expect::Sync) | Some(Expect::HeldBegin) | Some(Expect::AbortSync) | None => {}
+            Some(Expect::Sync)
+            | Some(Expect::HeldBegin)
+            | Some(Expect::AbortSync)
+            | Some(Expect::OwnSync)
+            | None => {}
             Some(_) => {
                 if !self
                     .pending
@@ -213,7 +217,7 @@ impl Session {
                     self.skip_until_sync = true;
                 }
                 while let Some(e) = self.pending.front() {
-                    if matches!(e, Expect::Sync | Expect::AbortSync) {
+                    if matches!(e, Expect::Sync | Expect::AbortSync | Expect::OwnSync) {
                         break;
                     }
                     if let Some(Expect::Parse {
@@ -370,7 +374,7 @@ impl Session {
         let Some(mut conn) = self.server.take() else {
             return;
         };
-        if self.unsynced {
+        if self.unsynced || self.needs_sync {
             // Inside a batch the client never synced: closing rolls its work back.
             return;
         }

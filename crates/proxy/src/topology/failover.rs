@@ -244,8 +244,29 @@ pub async fn switchover(
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        let checkouts: u64 = proxy
+            .write_pools_of(&s.database, &s.shard)
+            .iter()
+            .map(|p| p.stats().checkouts)
+            .sum();
+        tracing::debug!(
+            checkouts,
+            "switchover: no transaction running on the primary"
+        );
         let mut primary = health::connect(proxy, &s, old, check).await?;
-        let last = lsn(&mut primary, "pg_current_wal_lsn()").await?;
+        // Commits made with synchronous_commit off may still sit in WAL buffers: one
+        // synchronous commit flushes everything before it, and its position is the target.
+        let flushed = primary
+            .run_simple("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = flushed {
+            return Err(format!(
+                "the primary could not flush its WAL: {}",
+                e.message
+            ));
+        }
+        let last = lsn(&mut primary, "pg_current_wal_flush_lsn()").await?;
         let mut replica = health::connect(proxy, &s, to, check).await?;
         loop {
             if lsn(&mut replica, "pg_last_wal_replay_lsn()").await? >= last {
@@ -269,6 +290,23 @@ pub async fn switchover(
             return Err(format!("switchover abandoned, the primary stays: {e}"));
         }
     };
+    let checkouts: u64 = proxy
+        .write_pools_of(&s.database, &s.shard)
+        .iter()
+        .map(|p| p.stats().checkouts)
+        .sum();
+    let active: usize = proxy
+        .write_pools_of(&s.database, &s.shard)
+        .iter()
+        .map(|p| p.stats().active)
+        .sum();
+    let pools = proxy.write_pools_of(&s.database, &s.shard).len();
+    tracing::debug!(
+        checkouts,
+        active,
+        pools,
+        "switchover: the replica has replayed the primary's WAL"
+    );
     match promote_locked(proxy, &s, to, Why::Manual).await {
         Ok(_) => Ok(format!(
             "switched {}.{} over from {} to {} at WAL {last} in {} ms; {} is fenced",
