@@ -456,6 +456,14 @@ pub struct PooledConn {
 impl PooledConn {
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
+            if conn.request_in_flight() {
+                // Never hand out a connection whose last request is unanswered: closed.
+                tracing::warn!(
+                    pid = conn.backend_pid,
+                    "connection released with a request in flight; closed"
+                );
+                return;
+            }
             if conn.created.elapsed() > self.pool.settings.server_lifetime
                 || self.pool.retired.load(Ordering::Acquire)
             {

@@ -344,6 +344,11 @@ impl ServerConn {
         true
     }
 
+    /// A request went to the server and its ReadyForQuery has not come back yet.
+    pub fn request_in_flight(&self) -> bool {
+        self.request_at.is_some()
+    }
+
     /// The server said ReadyForQuery with `status`: the request in flight is answered, and
     /// with `I` a transaction ended. Returns how long the request took.
     #[inline]
