@@ -368,6 +368,24 @@ async fn a_dead_primary_is_replaced_and_stays_fenced_until_readmitted() {
         .unwrap();
     assert_eq!(e2e::simple_rows(&m)[0][0].as_deref(), Some("0"));
     assert_eq!(shards_view(&admin).await[&old].1, "fenced");
+    // A proxy started afresh from the same config, which still names the old primary
+    // first, writes nothing there either: writes wait for its first checks, which find the
+    // newer timeline.
+    let (fresh, _) = proxy_for(&s, "auto-restarted", "");
+    e2e::connect(&fresh)
+        .await
+        .simple_query("INSERT INTO t VALUES (2500)")
+        .await
+        .expect("a write through a fresh proxy");
+    let m = old_conn
+        .simple_query("SELECT count(*) FROM t WHERE id = 2500")
+        .await
+        .unwrap();
+    assert_eq!(
+        e2e::simple_rows(&m)[0][0].as_deref(),
+        Some("0"),
+        "a fresh proxy wrote to the stale old primary"
+    );
     // Re-admitted as it is (still a primary of an older timeline), it is fenced again:
     // never two primaries.
     e2e::connect(&admin)

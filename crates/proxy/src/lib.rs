@@ -636,6 +636,12 @@ impl Proxy {
         for shard in self.topology.sync(&self.config.load()) {
             // A shard without replicas has nothing to fail over to or read from.
             if shard.servers.len() > 1 {
+                // Writes wait for the first round of checks: after a failover the config
+                // may still name the old primary, which must not take a write before the
+                // checks have found the real one.
+                shard.set_holding(Some(
+                    std::time::Instant::now() + topology::failure_grace(&shard.failover),
+                ));
                 tokio::spawn(topology::health::watch(self.me.clone(), shard));
             }
         }

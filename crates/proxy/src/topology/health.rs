@@ -279,6 +279,8 @@ async fn judge(
         if winner != p {
             tracing::warn!(database = %shard.database, shard = %shard.shard, from = %shard.servers[p].name(), to = %shard.servers[winner].name(), "a replica was promoted outside the proxy: writes go to it");
             failover::adopt(proxy, shard, winner);
+        } else if shard.holding().is_some() {
+            failover::release_writes(proxy, shard);
         }
         drop(guard);
         return;
