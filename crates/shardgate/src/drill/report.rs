@@ -495,11 +495,8 @@ mod tests {
 
     /// A drill whose primary was stopped at `t0` (the stop took 100 ms) with these
     /// transactions: (begun, committed) in ms from `t0`, and the server that committed.
-    fn drill(
-        t0: Instant,
-        txs: &[(i64, Option<i64>, &str)],
-        acked: &[(i32, i64)],
-    ) -> (Report, Results) {
+    /// A report of a 12 s drill whose stop (at `t0`) took 100 ms.
+    fn stopped_report(t0: Instant) -> Report {
         let (target, victim) = target();
         let mut report = Report::new(
             &target,
@@ -511,6 +508,15 @@ mod tests {
         );
         report.stopped_at(t0);
         report.stop_took(Duration::from_millis(100));
+        report
+    }
+
+    fn drill(
+        t0: Instant,
+        txs: &[(i64, Option<i64>, &str)],
+        acked: &[(i32, i64)],
+    ) -> (Report, Results) {
+        let mut report = stopped_report(t0);
         let at = |ms: i64| {
             if ms >= 0 {
                 t0 + Duration::from_millis(ms as u64)
@@ -612,17 +618,7 @@ mod tests {
     #[test]
     fn without_server_names_writes_are_back_after_the_stop_returned() {
         let t0 = Instant::now() + Duration::from_secs(5);
-        let (target, victim) = target();
-        let mut report = Report::new(
-            &target,
-            &victim,
-            "true",
-            Duration::from_secs(12),
-            Duration::from_secs(3),
-            Vec::new(),
-        );
-        report.stopped_at(t0);
-        report.stop_took(Duration::from_millis(100));
+        let mut report = stopped_report(t0);
         let tx = |committed: u64| Tx {
             begun: t0,
             committed: Some(t0 + Duration::from_millis(committed)),
