@@ -113,6 +113,7 @@ impl Session {
         self.client.mode == PoolMode::Transaction
             && (self.tx_status == b'I' || self.held_begin.is_some())
             && !self.unsynced
+            && !self.needs_sync
             && self.pending.is_empty()
             && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
     }
