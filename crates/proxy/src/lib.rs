@@ -639,9 +639,13 @@ impl Proxy {
                 // Writes wait for the first round of checks: after a failover the config
                 // may still name the old primary, which must not take a write before the
                 // checks have found the real one.
-                shard.set_holding(Some(
-                    std::time::Instant::now() + topology::failure_grace(&shard.failover),
-                ));
+                let grace = topology::failure_grace(&shard.failover);
+                shard.set_holding(Some(std::time::Instant::now() + grace));
+                // Pools a reload kept report to this shard's checker now, and wait too.
+                for p in self.write_pools_of(&shard.database, &shard.shard) {
+                    p.set_watch(shard.wake.clone(), grace);
+                    p.hold(grace);
+                }
                 tokio::spawn(topology::health::watch(self.me.clone(), shard));
             }
         }
