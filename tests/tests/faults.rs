@@ -256,6 +256,35 @@ async fn clients_vanishing_at_every_phase_leave_nothing_behind() {
     assert_eq!(s.rows(), 2, "nothing half-done was committed");
 }
 
+impl Setup {
+    /// Terminates a backend (other than `except`) running a statement that contains
+    /// `marker`, waiting until one runs; its pid.
+    async fn terminate_running(&self, marker: &str, except: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for d in &self.shards {
+                let pid = e2e::psql_direct(
+                    d,
+                    &format!(
+                        "SELECT pid FROM (SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%{marker}%' AND state = 'active' AND pid <> pg_backend_pid() AND pid <> {except} OFFSET 0) running WHERE pg_terminate_backend(pid)"
+                    ),
+                )
+                .trim()
+                .to_owned();
+                if !pid.is_empty() {
+                    return pid;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no statement with {marker} started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Inside a transaction a killed backend is the client's error: its transaction is gone.
 #[tokio::test]
 async fn a_backend_killed_mid_query_fails_only_its_client() {
     let s = Setup::new(
@@ -266,28 +295,88 @@ async fn a_backend_killed_mid_query_fails_only_its_client() {
     let other = s.client().await;
     let slow = tokio::spawn(async move {
         victim
-            .simple_query("SELECT pg_sleep(10), id FROM t WHERE id = 2")
+            .simple_query("BEGIN; SELECT pg_sleep(10), id FROM t WHERE id = 2")
             .await
     });
-    // Find the backend running it and kill it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let killed = s.shards.iter().any(|d| {
-            e2e::psql_direct(
-                d,
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()",
-            )
-            .trim()
-                != "0"
-        });
-        if killed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slow query never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.terminate_running("pg_sleep(10)", "0").await;
     let r = slow.await.unwrap();
     let e = r.expect_err("the killed backend's query fails");
+    assert!(
+        ["57P01", "08006"].contains(&e2e::sqlstate(&e).as_str()),
+        "{e:?}"
+    );
+    other
+        .simple_query("SELECT count(*) FROM t")
+        .await
+        .expect("the other client is untouched");
+    s.nothing_leaked(3).await;
+}
+
+/// Outside a transaction, a statement whose backend ended before answering (FATAL 57P01,
+/// the server's own word that it stopped before the statement completed) runs again on a
+/// fresh connection: the client gets its answer. Once: the retry's own termination reaches
+/// the client. A write retried so is committed exactly once.
+#[tokio::test]
+async fn a_statement_whose_connection_died_before_answering_is_retried_once() {
+    let s = Setup::new(
+        "fault_retry",
+        "{ mode: transaction, size: 3, checkout_timeout_ms: 5000 }",
+    );
+    let client = std::sync::Arc::new(s.client().await);
+    let other = s.client().await;
+
+    // A read, its backend terminated once: answered from another backend.
+    let c = client.clone();
+    let read = tokio::spawn(async move {
+        c.simple_query("SELECT pg_sleep(0.5), pg_backend_pid()::text, v FROM t WHERE id = 2")
+            .await
+    });
+    let killed = s.terminate_running("pg_sleep(0.5)", "0").await;
+    let rows = e2e::simple_rows(&read.await.unwrap().expect("retried on a fresh connection"));
+    assert_eq!(rows.len(), 1);
+    assert_ne!(
+        rows[0][1].as_deref(),
+        Some(killed.as_str()),
+        "ran on another backend"
+    );
+    assert_eq!(rows[0][2].as_deref(), Some("x"));
+
+    // Extended protocol, the same.
+    let c = client.clone();
+    let read = tokio::spawn(async move {
+        c.query_one(
+            "SELECT pg_sleep(0.6)::text, v FROM t WHERE id = $1",
+            &[&2i64],
+        )
+        .await
+    });
+    s.terminate_running("pg_sleep(0.6)", "0").await;
+    let row = read.await.unwrap().expect("retried on a fresh connection");
+    assert_eq!(row.get::<_, String>(1), "x");
+
+    // A write, terminated once: committed once.
+    let c = client.clone();
+    let write = tokio::spawn(async move {
+        c.simple_query("UPDATE t SET v = v || pg_sleep(0.7)::text || 'w' WHERE id = 2")
+            .await
+    });
+    s.terminate_running("pg_sleep(0.7)", "0").await;
+    write.await.unwrap().expect("the update was retried");
+    assert_eq!(
+        e2e::psql_direct(&s.shards[0], "SELECT v FROM t WHERE id = 2").trim(),
+        "xw"
+    );
+
+    // Terminated twice: the second reaches the client.
+    let c = client.clone();
+    let twice = tokio::spawn(async move {
+        c.simple_query("SELECT pg_sleep(0.8), id FROM t WHERE id = 2")
+            .await
+    });
+    let first = s.terminate_running("pg_sleep(0.8)", "0").await;
+    let second = s.terminate_running("pg_sleep(0.8)", &first).await;
+    assert_ne!(first, second);
+    let e = twice.await.unwrap().expect_err("retried once only");
     assert!(
         ["57P01", "08006"].contains(&e2e::sqlstate(&e).as_str()),
         "{e:?}"

@@ -133,6 +133,11 @@ pub struct ServerConn {
     request_at: Option<Instant>,
     /// The request's first message, kept for the slow-statement log when it is on.
     pub request_text: Option<bytes::Bytes>,
+    /// The client messages of the request in flight, kept until the server's first answer
+    /// while the request may still be retried on another connection (empty otherwise).
+    pub replay: Vec<wire::Frame>,
+    /// Messages are being kept in `replay`.
+    pub replay_on: bool,
     /// When the transaction in progress began.
     xact_at: Option<Instant>,
 }
@@ -202,6 +207,8 @@ impl ServerConn {
             counters: None,
             request_at: None,
             request_text: None,
+            replay: Vec::new(),
+            replay_on: false,
             xact_at: None,
         };
         let mut params: Vec<(&str, &str)> =

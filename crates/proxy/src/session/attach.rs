@@ -273,6 +273,12 @@ impl Session {
             }),
         );
         self.server = Some(conn);
+        if let Some(server) = self.server.as_deref_mut() {
+            if server.replay_on {
+                server.replay_on = false;
+                server.replay.clear();
+            }
+        }
         self.session_settled = false;
         self.entry.set_state(crate::stats::ClientState::Active);
     }

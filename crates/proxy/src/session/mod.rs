@@ -38,6 +38,7 @@ mod merge;
 mod multi;
 mod pins;
 mod replicas;
+mod retry;
 mod routing;
 mod scatter;
 mod server;
@@ -479,6 +480,13 @@ impl Session {
                     Ok(None) => break,
                     Err(e) => return End::ServerGone(e.to_string()),
                 };
+                if server.replay_on {
+                    match self.kept_answer(&frame).await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(end) => return end,
+                    }
+                }
                 if let Err(end) = self.on_server(frame) {
                     return end;
                 }
@@ -503,7 +511,11 @@ impl Session {
                         return end;
                     }
                 }
-                Err(end) => return end,
+                Err(end) => {
+                    if let Err(end) = self.lost_before_answer(end).await {
+                        return end;
+                    }
+                }
             }
             if self.terminated && self.wbuf.is_empty() {
                 return End::ClientGone;
@@ -519,13 +531,21 @@ impl Session {
     async fn io(&mut self) -> Result<bool, End> {
         let client_lost = |_| End::ClientGone;
         let server_lost = |e: std::io::Error| End::ServerGone(e.to_string());
+        // Held while a request that may be retried has had only descriptions back.
+        let hold = retry::holding(self.server.as_ref());
         // Write eagerly: usually the socket takes it all and no wait is needed.
+        let mut held = BytesMut::new();
+        if hold {
+            std::mem::swap(&mut held, &mut self.wbuf);
+        }
         if !self.wbuf.is_empty() || self.client.conn.stream.wants_write() {
-            self.client
-                .conn
-                .stream
-                .try_write_from(&mut self.wbuf)
-                .map_err(client_lost)?;
+            let r = self.client.conn.stream.try_write_from(&mut self.wbuf);
+            if hold {
+                std::mem::swap(&mut held, &mut self.wbuf);
+            }
+            r.map_err(client_lost)?;
+        } else if hold {
+            std::mem::swap(&mut held, &mut self.wbuf);
         }
         if let Some(server) = self.server.as_deref_mut() {
             if !self.swbuf.is_empty() || server.stream.wants_write() {
@@ -567,10 +587,11 @@ impl Session {
                     return Poll::Ready(Ok(true));
                 }
             }
-            if !wbuf.is_empty() || client.wants_write() {
+            if (!wbuf.is_empty() && !hold) || client.wants_write() {
                 if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                    let out = if hold { &mut held } else { &mut *wbuf };
                     return Poll::Ready(
-                        r.and_then(|()| client.try_write_from(wbuf))
+                        r.and_then(|()| client.try_write_from(out))
                             .map_err(client_lost)
                             .map(|()| false),
                     );
@@ -617,7 +638,7 @@ impl Session {
         .await
     }
 
-    async fn on_client(&mut self, frame: Frame) -> Result<(), End> {
+    async fn on_message(&mut self, frame: Frame) -> Result<(), End> {
         let t = frame.tag();
         if t == tag::TERMINATE {
             self.terminated = true;

@@ -63,7 +63,7 @@ impl Session {
         Ok(())
     }
 
-    fn classify(&self, sql: &[u8]) -> u8 {
+    pub(super) fn classify(&self, sql: &[u8]) -> u8 {
         let text = String::from_utf8_lossy(sql);
         let config = self.proxy.config.load();
         let Some(db) = config.databases.get(&self.client.database) else {
