@@ -15,6 +15,43 @@ fn collect_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Transparent huge pages off for this process. mimalloc asks for them on its arenas
+/// (`MADV_HUGEPAGE`); a proxy of many small, mostly idle sessions gains nothing from 2 MiB
+/// pages, and its resident memory grew in 2 MiB steps with them (1,000 idle clients: 2.3 KB
+/// each with them, 1.7 KB without, in the same run).
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process's memory map.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Raises the open-files limit to the hard limit (as most servers do; the soft limit is
+/// often 1,024): each client and each server connection is a descriptor. The limit in force.
+fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -87,6 +124,7 @@ fn init_logging(log: &sgconfig::LogConfig) {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     // `run` logs as its config says; the drill prints only its progress and report.
     if !matches!(
@@ -307,6 +345,15 @@ pub async fn serve(
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "shardgate listening");
+    let files = raise_open_files_limit();
+    let wanted = u64::from(config.limits.max_client_connections) + 256;
+    if files < wanted {
+        tracing::warn!(
+            limit = files,
+            max_client_connections = config.limits.max_client_connections,
+            "the open-files limit is below limits.max_client_connections plus room for server connections: new clients wait unanswered in the listen queue while it is reached; raise it (ulimit -n, LimitNOFILE=) or lower max_client_connections"
+        );
+    }
     let grace = Duration::from_secs(config.shutdown_grace_s);
     let proxy = proxy::Proxy::new(config);
     proxy.on_memory_freed(collect_freed_memory);

@@ -98,22 +98,19 @@ impl Session {
     }
 
     /// A server answer to a kept request: `true` when it says the connection is going away
-    /// before the statement ran, and the request was retried.
-    pub(super) async fn kept_answer(&mut self, frame: &Frame) -> Result<bool, End> {
+    /// before the statement ran (the request is then to be retried: [`Self::retry`]).
+    pub(super) fn going_away(&mut self, frame: &Frame) -> bool {
         let server = self.server.as_deref_mut().expect("attached");
         if describes(frame.tag()) {
-            return Ok(false);
+            return false;
         }
         let going_away = frame.tag() == tag::ERROR_RESPONSE
             && messages::ErrorFields::parse(frame.body())
                 .is_ok_and(|e| e.severity == "FATAL" && GOING_AWAY.contains(&e.code.as_str()));
         if !going_away {
             stop_keeping(server);
-            return Ok(false);
         }
-        self.retry("the server ended the connection before running it")
-            .await?;
-        Ok(true)
+        going_away
     }
 
     /// The connection failed (`end`) while a kept request had no answer but descriptions:
@@ -165,7 +162,7 @@ impl Session {
 
     /// Drops the dead connection and runs the kept messages again as if they came now; the
     /// fresh connection keeps nothing, so a request is retried once.
-    async fn retry(&mut self, why: &str) -> Result<(), End> {
+    pub(super) async fn retry(&mut self, why: &str) -> Result<(), End> {
         let mut conn = self.server.take().expect("attached");
         let kept = std::mem::take(&mut conn.replay);
         conn.replay_on = false;

@@ -242,6 +242,15 @@ impl Session {
     /// Before a read with function calls routes over several shards: whether the catalog
     /// has aggregates of those names, asked of the home shard once per name.
     pub(super) async fn learn_functions(&mut self, sql: &[u8]) {
+        if let Some(names) = self.functions_to_learn(sql) {
+            // Boxed: rare, and its state would otherwise sit in every idle session.
+            Box::pin(self.learn_aggregates(names)).await;
+        }
+    }
+
+    /// The function names of a read that may route over several shards that the proxy
+    /// does not know yet.
+    fn functions_to_learn(&self, sql: &[u8]) -> Option<Vec<String>> {
         let head = sql.trim_ascii_start();
         let read = head
             .get(..6)
@@ -250,17 +259,17 @@ impl Session {
                 .get(..4)
                 .is_some_and(|h| h.eq_ignore_ascii_case(b"with"));
         if !read || !sql.contains(&b'(') || !self.routes() {
-            return;
+            return None;
         }
-        let Some(analysis) = self.analysis_of(sql) else {
-            return;
-        };
+        let analysis = self.analysis_of(sql)?;
         let names = self
             .proxy
             .unknown_functions(&self.client.database, &analysis.functions);
-        if names.is_empty() {
-            return;
-        }
+        (!names.is_empty()).then_some(names)
+    }
+
+    /// Asks the home shard which of `names` are aggregates.
+    async fn learn_aggregates(&mut self, names: Vec<String>) {
         let Ok(mut conn) = attach::checkout(&self.client.pool, &self.client).await else {
             return;
         };
@@ -289,6 +298,15 @@ impl Session {
     /// Before an `INSERT INTO t VALUES ...` without a column list into a sharded table is
     /// routed: the table's column order, read from the home shard's catalog once.
     pub(super) async fn learn_insert_columns(&mut self, sql: &[u8]) {
+        if let Some(table) = self.insert_table_to_learn(sql) {
+            // Boxed: rare, and its state would otherwise sit in every idle session.
+            Box::pin(self.learn_table_columns(table)).await;
+        }
+    }
+
+    /// The table of an `INSERT` without a column list whose columns the proxy does not know
+    /// yet.
+    fn insert_table_to_learn(&self, sql: &[u8]) -> Option<String> {
         let head = sql.trim_ascii_start();
         let insert = head
             .get(..6)
@@ -296,21 +314,19 @@ impl Session {
             || ((head.starts_with(b"/*") || head.starts_with(b"--"))
                 && first_word(sql).eq_ignore_ascii_case("insert"));
         if !insert || router::lexer::insert_names_columns(sql) || !self.routes() {
-            return;
+            return None;
         }
-        let Some(table) = self
+        let table = self
             .analysis_of(sql)
-            .and_then(|a| a.insert_without_columns.clone())
-        else {
-            return;
-        };
-        if self
-            .proxy
+            .and_then(|a| a.insert_without_columns.clone())?;
+        self.proxy
             .table_columns_of(&self.client.database, &table)
-            .is_some()
-        {
-            return;
-        }
+            .is_none()
+            .then_some(table)
+    }
+
+    /// Reads `table`'s column order from the home shard's catalog.
+    async fn learn_table_columns(&mut self, table: String) {
         let Ok(mut conn) = attach::checkout(&self.client.pool, &self.client).await else {
             return;
         };
