@@ -107,6 +107,8 @@ class RunResult:
     tps: float | None = None
     failed_tx: int | None = None
     detail: str = ""
+    # The proxy's CPU time (user + system, from /proc) per transaction, in microseconds.
+    cpu_us_per_tx: float | None = None
 
     def cell(self) -> str:
         if self.status == "ok" and self.tps is not None:
@@ -460,6 +462,15 @@ databases:
 
 TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 FAILED_RE = re.compile(r"^number of failed transactions: (\d+)", re.M)
+PROCESSED_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are the 14th and 15th fields; the split starts at the 3rd.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def parse_pgbench(returncode: int, stdout: str, stderr: str) -> RunResult:
@@ -489,12 +500,17 @@ def run_pgbench(target: Target, w: Workload, duration: int) -> RunResult:
         return RunResult("FAIL", detail=f"{target.name} unusable")
     cmd = ["pgbench", "-n", "-T", str(duration), *w.pgbench_args(), "-h", "127.0.0.1",
            "-p", str(target.port), "-U", PG_USER, DBNAME]
+    cpu_before = cpu_seconds(target.proc.pid) if target.proc else None
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 90,
                            env=clean_env(), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return RunResult("FAIL", detail=f"pgbench did not finish within {duration + 90} s")
     result = parse_pgbench(p.returncode, p.stdout, p.stderr)
+    processed = PROCESSED_RE.search(p.stdout)
+    if cpu_before is not None and processed and int(processed.group(1)) > 0:
+        used = cpu_seconds(target.proc.pid) - cpu_before
+        result.cpu_us_per_tx = used * 1e6 / int(processed.group(1))
     if not target.check_alive():
         result = RunResult("FAIL", detail=f"{target.name} {target.broken} during the run")
     return result
@@ -708,11 +724,16 @@ def table_rows(matrix: list[Workload], targets: list[str],
              (("shardgate", "direct", "sg/direct"), ("shardgate", "pgbouncer", "sg/pgbouncer"),
               ("pgbouncer", "direct", "pgb/direct")) if a in targets and b in targets]
     headers += [p[2] for p in pairs]
+    proxies = [t for t in ("pgbouncer", "shardgate") if t in targets]
+    headers += [f"{t} CPU µs/tx" for t in proxies]
     rows = []
     for w in matrix:
         row = [w.label, str(w.clients)]
         row += [results[(w, t)].cell() for t in targets]
         row += [ratio(results.get((w, a)), results.get((w, b))) for a, b, _ in pairs]
+        for t in proxies:
+            cpu = results[(w, t)].cpu_us_per_tx
+            row.append("-" if cpu is None or results[(w, t)].status != "ok" else f"{cpu:.1f}")
         rows.append(row)
     return headers, rows
 

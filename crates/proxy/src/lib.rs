@@ -76,6 +76,9 @@ pub struct Proxy {
     shutting_down: std::sync::atomic::AtomicBool,
     /// `log.slow_query_ms` of the live config (0: off).
     slow_query: AtomicU64,
+    /// Some database of the live config reads on replicas (most do not: the per-statement
+    /// check then costs one load).
+    replica_reads: std::sync::atomic::AtomicBool,
     /// Servers an administrator took out of use: (database, shard).
     banned: Mutex<std::collections::HashSet<(String, String)>>,
     /// Each database's text order, as merges must reproduce it (asked of a shard once).
@@ -141,6 +144,7 @@ impl Proxy {
     pub fn new(config: Config) -> Arc<Proxy> {
         let users = auth::UserTable::from_config(&config);
         let slow_query = config.log.slow_query_ms;
+        let replica_reads = any_replica_reads(&config);
         let tls = Tls::build(&config).unwrap_or_else(|e| {
             tracing::error!("TLS is off: {e}");
             Tls::default()
@@ -169,6 +173,7 @@ impl Proxy {
             resumed: tokio::sync::Notify::new(),
             shutting_down: Default::default(),
             slow_query: AtomicU64::new(slow_query),
+            replica_reads: std::sync::atomic::AtomicBool::new(replica_reads),
             banned: Mutex::new(Default::default()),
             collations: Mutex::new(HashMap::new()),
             table_columns: Mutex::new(HashMap::new()),
@@ -680,9 +685,13 @@ impl Proxy {
 
     /// Whether reads of `database` may go to replicas (it has some, and the split is on).
     fn reads_on_replicas(&self, database: &str) -> bool {
-        self.config.load().databases.get(database).is_some_and(|d| {
-            d.read_write_split.enabled && d.shards.iter().any(|(_, s)| !s.replicas.is_empty())
-        })
+        self.replica_reads.load(Ordering::Relaxed)
+            && self
+                .config
+                .load()
+                .databases
+                .get(database)
+                .is_some_and(reads_on_replicas)
     }
 
     /// TLS settings towards servers.
@@ -742,6 +751,8 @@ impl Proxy {
         self.users.store(Arc::new(users));
         self.slow_query
             .store(config.log.slow_query_ms, Ordering::Relaxed);
+        self.replica_reads
+            .store(any_replica_reads(&config), Ordering::Relaxed);
         self.config.store(Arc::new(config));
         // Analyses depend on the maps' key columns.
         self.route_cache.clear();
@@ -828,4 +839,13 @@ impl Drop for ClientCount {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Whether a database sends reads to replicas: the split is on and some shard has one.
+fn reads_on_replicas(d: &sgconfig::DatabaseConfig) -> bool {
+    d.read_write_split.enabled && d.shards.iter().any(|(_, s)| !s.replicas.is_empty())
+}
+
+fn any_replica_reads(config: &Config) -> bool {
+    config.databases.values().any(reads_on_replicas)
 }

@@ -239,6 +239,68 @@ pub fn contains_any_word(text: &[u8], words: &[&[u8]]) -> bool {
     })
 }
 
+/// A fixed set of up to 64 words (lower-case ASCII) to look for in statement texts, ASCII
+/// case ignored, as substrings: [`contains_any_word`] with its first-byte table built once, at
+/// compile time, for the checks made on every statement.
+pub struct WordSet {
+    /// Per byte, the words that start with it (either case), as bits.
+    starts: [u64; 256],
+    words: &'static [&'static [u8]],
+}
+
+impl WordSet {
+    pub const fn new(words: &'static [&'static [u8]]) -> WordSet {
+        assert!(words.len() <= 64, "at most 64 words");
+        let mut starts = [0u64; 256];
+        let mut i = 0;
+        while i < words.len() {
+            assert!(!words[i].is_empty(), "no empty word");
+            let b = words[i][0];
+            starts[b.to_ascii_lowercase() as usize] |= 1 << i;
+            starts[b.to_ascii_uppercase() as usize] |= 1 << i;
+            i += 1;
+        }
+        WordSet { starts, words }
+    }
+
+    /// The words that occur in `text`: bit `i` for `words[i]`.
+    pub fn find(&self, text: &[u8]) -> u64 {
+        let mut found = 0u64;
+        for (i, &b) in text.iter().enumerate() {
+            let mut candidates = self.starts[b as usize] & !found;
+            while candidates != 0 {
+                let w = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                if text[i..]
+                    .get(..self.words[w].len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(self.words[w]))
+                {
+                    found |= 1 << w;
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether any of the words occurs in `text`.
+    pub fn any(&self, text: &[u8]) -> bool {
+        text.iter().enumerate().any(|(i, &b)| {
+            let mut candidates = self.starts[b as usize];
+            while candidates != 0 {
+                let w = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                if text[i..]
+                    .get(..self.words[w].len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(self.words[w]))
+                {
+                    return true;
+                }
+            }
+            false
+        })
+    }
+}
+
 /// The statements of a (possibly multi-statement) query string, trimmed, empty ones dropped.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -319,6 +381,30 @@ mod tests {
         assert!(!contains_any_word(b"select 1", &[b"set", b"listen"]));
         assert!(!contains_any_word(b"lis", &[b"listen"]));
         assert!(!contains_any_word(b"", &[b"set"]));
+    }
+
+    #[test]
+    fn word_sets_find_what_contains_any_word_finds() {
+        static WORDS: WordSet = WordSet::new(&[b"set", b"listen", b"load", b"lo"]);
+        for text in [
+            &b"SELECT 1"[..],
+            b"LiStEn ch",
+            b"select offset",
+            b"",
+            b"l",
+            b"LOAD 'x'",
+            b"reset all; UNLISTEN *",
+        ] {
+            let found = WORDS.find(text);
+            for (i, w) in WORDS.words.iter().enumerate() {
+                assert_eq!(
+                    found & (1 << i) != 0,
+                    contains_any_word(text, &[w]),
+                    "{w:?} in {text:?}"
+                );
+            }
+            assert_eq!(WORDS.any(text), found != 0, "{text:?}");
+        }
     }
 
     #[test]

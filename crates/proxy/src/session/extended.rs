@@ -78,7 +78,7 @@ impl Session {
                 // While BEGIN is held, the Parse waits for its Bind, which sends the BEGIN
                 // first (a BEGIN after it would drop the unnamed statement).
                 Ok(Routing::To(_)) if self.held_begin.is_some() => {
-                    self.unnamed_parse = Some(Box::new((frame.clone(), true)));
+                    self.keep_unnamed_parse(&frame, true);
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                     return Ok(());
                 }
@@ -87,7 +87,7 @@ impl Session {
                     if self.server.is_none() || !self.unsynced =>
                 {
                     // The shard is known at Bind; the Parse goes with it.
-                    self.unnamed_parse = Some(Box::new((frame.clone(), true)));
+                    self.keep_unnamed_parse(&frame, true);
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                     return Ok(());
                 }
@@ -100,7 +100,7 @@ impl Session {
             if let Err(e) = self.ensure_server_on(target).await {
                 return self.extended_error(e);
             }
-            self.unnamed_parse = Some(Box::new((frame.clone(), false)));
+            self.keep_unnamed_parse(&frame, false);
             self.forward(&frame);
             self.expect_extended(Expect::Parse {
                 visible: true,
@@ -141,6 +141,15 @@ impl Session {
             self.parse_on_server(&stmt, Some(name));
         }
         Ok(())
+    }
+
+    /// Keeps the client's last unnamed Parse (reusing its box: one per Parse would be an
+    /// allocation per statement of drivers that parse every statement unnamed).
+    fn keep_unnamed_parse(&mut self, frame: &Frame, waits_for_bind: bool) {
+        match self.unnamed_parse.as_deref_mut() {
+            Some(kept) => *kept = (frame.clone(), waits_for_bind),
+            None => self.unnamed_parse = Some(Box::new((frame.clone(), waits_for_bind))),
+        }
     }
 
     pub(super) fn names(&mut self) -> &mut Names {

@@ -399,18 +399,16 @@ fn drive(
 /// A quick look for words that may start a statement changing session state, so ordinary
 /// statements skip the statement splitter.
 fn may_change_session(sql: &[u8]) -> bool {
-    router::lexer::contains_any_word(
-        sql,
-        &[
-            b"set",
-            b"listen",
-            b"discard",
-            b"deallocate",
-            b"savepoint",
-            b"release",
-            b"rollback",
-        ],
-    )
+    static WORDS: router::lexer::WordSet = router::lexer::WordSet::new(&[
+        b"set",
+        b"listen",
+        b"discard",
+        b"deallocate",
+        b"savepoint",
+        b"release",
+        b"rollback",
+    ]);
+    WORDS.any(sql)
 }
 
 fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {

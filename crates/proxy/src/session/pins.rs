@@ -25,17 +25,25 @@ const PROBE: &str = "SELECT (pg_catalog.pg_my_temp_schema() <> 0 AND ( \
     OR EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) \
     OR EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())";
 
-/// Words of statements that may create such state.
-const MAKES: &[&[u8]] = &[b"temp", b"hold", b"prepare", b"listen", b"advisory"];
-/// Words of statements that may remove it, looked for while pinned.
-const ENDS: &[&[u8]] = &[
+/// Words of statements that may create such state (bits 0-4 of [`WORDS`]), that may remove
+/// it (bits 5-10, looked for while pinned), and LOAD (bit 11).
+static WORDS: router::lexer::WordSet = router::lexer::WordSet::new(&[
+    b"temp",
+    b"hold",
+    b"prepare",
+    b"listen",
+    b"advisory",
     b"drop",
     b"discard",
     b"close",
     b"deallocate",
     b"unlock",
     b"unlisten",
-];
+    b"load",
+]);
+const MAKES: u64 = 0b1_1111;
+const ENDS: u64 = 0b111_1110_0000;
+const LOAD: u64 = 1 << 11;
 
 impl Session {
     /// Whether pinning is on for this client (transaction pooling, `pool.pinning`).
@@ -49,16 +57,11 @@ impl Session {
         if self.pin_check || self.client.mode != PoolMode::Transaction {
             return;
         }
-        if router::lexer::contains_any_word(sql, MAKES)
-            || (self.pinned && router::lexer::contains_any_word(sql, ENDS))
-        {
+        let found = WORDS.find(sql);
+        if found & MAKES != 0 || (self.pinned && found & ENDS != 0) {
             self.pin_check = self.pins();
         }
-        if !self.loaded
-            && router::lexer::contains_any_word(sql, &[b"load"])
-            && first_word(sql) == "load"
-            && self.pins()
-        {
+        if !self.loaded && found & LOAD != 0 && first_word(sql) == "load" && self.pins() {
             // A library LOADed into the server session cannot be unloaded: the client keeps
             // its connection for good.
             self.loaded = true;
