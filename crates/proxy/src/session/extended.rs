@@ -19,7 +19,7 @@ impl Session {
         let expect = match frame.tag() {
             tag::PARSE => {
                 let p = ParseView::new(&frame).map_err(malformed)?;
-                self.note_encoding_change(p.query);
+                self.note_encoding_change(p.query, Words::of(p.query));
                 Expect::Parse {
                     visible: true,
                     statement: None,
@@ -37,8 +37,9 @@ impl Session {
 
     pub(super) async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
         let p = ParseView::new(&frame).map_err(malformed)?;
-        self.note_encoding_change(p.query);
-        self.note_pin_words(p.query);
+        let words = Words::of(p.query);
+        self.note_encoding_change(p.query, words);
+        self.note_pin_words(p.query, words);
         // A read calling functions learns which are aggregates before it routes (a
         // Describe or the Bind may route it).
         if p.query.contains(&b'(') {
@@ -46,7 +47,8 @@ impl Session {
         }
         // So does an INSERT without a column list (its table's column order).
         self.learn_insert_columns(p.query).await;
-        if matches!(tracked(p.query), Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
+        let command = tracked_with(p.query, words);
+        if matches!(command, Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
         {
             return self.extended_error(
                 ProxyError::error(
@@ -70,7 +72,6 @@ impl Session {
                 self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                 return Ok(());
             }
-            let command = tracked(p.query);
             if command.is_some() || self.names.is_some() {
                 self.names().unnamed_command = command;
             }

@@ -44,12 +44,14 @@ mod scatter;
 mod server;
 mod subqueries;
 mod timeouts;
+mod words;
 
 use attach::sync_conn;
 pub(crate) use held::lone_begin;
 use held::{NO_DATA, NO_PARAMETERS};
 use routing::{is_utf8_name, refuse};
 use scatter::first_word;
+use words::Words;
 
 /// Stop reading from one side while this much waits to be written to the other.
 const HIGH_WATER: usize = 1 << 20;
@@ -396,23 +398,10 @@ fn drive(
     }
 }
 
-/// A quick look for words that may start a statement changing session state, so ordinary
-/// statements skip the statement splitter.
-fn may_change_session(sql: &[u8]) -> bool {
-    static WORDS: router::lexer::WordSet = router::lexer::WordSet::new(&[
-        b"set",
-        b"listen",
-        b"discard",
-        b"deallocate",
-        b"savepoint",
-        b"release",
-        b"rollback",
-    ]);
-    WORDS.any(sql)
-}
-
-fn session_commands(sql: &[u8]) -> Option<VecDeque<SessionCommand>> {
-    if !may_change_session(sql) {
+/// The session commands of a query's statements, when some word of `words` (the query's)
+/// says one may change session state.
+fn session_commands(sql: &[u8], words: Words) -> Option<VecDeque<SessionCommand>> {
+    if !words.may_change_session() {
         return None;
     }
     let text = String::from_utf8_lossy(sql);
@@ -454,7 +443,12 @@ fn setting_value(sql: &str) -> String {
 }
 
 fn tracked(sql: &[u8]) -> Option<SessionCommand> {
-    if !may_change_session(sql) {
+    tracked_with(sql, Words::of(sql))
+}
+
+/// [`tracked`], the statement's words found already.
+fn tracked_with(sql: &[u8], words: Words) -> Option<SessionCommand> {
+    if !words.may_change_session() {
         return None;
     }
     Some(router::classify(&String::from_utf8_lossy(sql))).filter(|c| *c != SessionCommand::Other)
@@ -468,18 +462,19 @@ impl Session {
     async fn pump(&mut self) -> End {
         loop {
             // Client messages, while the server side is not backed up.
-            while self.swbuf.len() < HIGH_WATER && !self.terminated {
-                let frame = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
+            if self.swbuf.len() < HIGH_WATER && !self.terminated {
+                let first = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                    Ok(f) => f,
                     Err(e) => return End::Fatal(ProxyError::fatal("08P01", e.to_string())),
                 };
-                // Boxed: a message's handling may wait (for a connection, a catalog answer),
-                // and its state, ~1 KiB, would otherwise sit in every idle session's task.
-                // One short-lived allocation per client message costs far less than the
-                // system calls that carried it.
-                if let Err(end) = Box::pin(self.on_client(frame)).await {
-                    return end;
+                if let Some(first) = first {
+                    // Boxed: a message's handling may wait (for a connection, a catalog
+                    // answer), and its state, ~1 KiB, would otherwise sit in every idle
+                    // session's task. One short-lived allocation per batch of messages read
+                    // costs far less than the system call that carried them.
+                    if let Err(end) = Box::pin(self.on_client_messages(first)).await {
+                        return end;
+                    }
                 }
             }
             // Server messages, while the client side is not backed up.
@@ -534,6 +529,20 @@ impl Session {
                 return End::ClientGone;
             }
         }
+    }
+
+    /// Handles `first` and the client's further complete messages, while the server side
+    /// is not backed up.
+    async fn on_client_messages(&mut self, first: Frame) -> Result<(), End> {
+        self.on_client(first).await?;
+        while self.swbuf.len() < HIGH_WATER && !self.terminated {
+            match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                Ok(Some(frame)) => self.on_client(frame).await?,
+                Ok(None) => break,
+                Err(e) => return Err(End::Fatal(ProxyError::fatal("08P01", e.to_string()))),
+            }
+        }
+        Ok(())
     }
 
     /// Writes what can be written, then waits until a socket is ready and reads or writes.
@@ -840,12 +849,13 @@ impl Session {
             SqlPrepared::Run(query) => return Box::pin(self.on_query(query)).await,
         }
         let sql = messages::query_text(&frame).map_err(malformed)?;
-        self.note_encoding_change(sql);
-        self.note_pin_words(sql);
+        let words = Words::of(sql);
+        self.note_encoding_change(sql, words);
+        self.note_pin_words(sql, words);
         if let Err(e) = self.note_statement(sql) {
             return self.simple_error(e);
         }
-        let commands = session_commands(sql);
+        let commands = session_commands(sql, words);
         if let Some(cmds) = &commands {
             if cmds.iter().any(is_proxy_setting) {
                 return self.proxy_setting(cmds);
@@ -973,10 +983,9 @@ mod tests {
 
     #[test]
     fn ordinary_statements_skip_the_splitter() {
-        assert!(!super::may_change_session(
-            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"
-        ));
-        assert!(super::session_commands(b"SELECT 1; SET work_mem = '1MB'").is_some());
-        assert!(super::session_commands(b"UPDATE t SET a = 1").is_none());
+        let commands = |sql: &[u8]| super::session_commands(sql, super::Words::of(sql));
+        assert!(commands(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_none());
+        assert!(commands(b"SELECT 1; SET work_mem = '1MB'").is_some());
+        assert!(commands(b"UPDATE t SET a = 1").is_none());
     }
 }

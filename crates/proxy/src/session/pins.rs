@@ -25,26 +25,6 @@ const PROBE: &str = "SELECT (pg_catalog.pg_my_temp_schema() <> 0 AND ( \
     OR EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) \
     OR EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())";
 
-/// Words of statements that may create such state (bits 0-4 of [`WORDS`]), that may remove
-/// it (bits 5-10, looked for while pinned), and LOAD (bit 11).
-static WORDS: router::lexer::WordSet = router::lexer::WordSet::new(&[
-    b"temp",
-    b"hold",
-    b"prepare",
-    b"listen",
-    b"advisory",
-    b"drop",
-    b"discard",
-    b"close",
-    b"deallocate",
-    b"unlock",
-    b"unlisten",
-    b"load",
-]);
-const MAKES: u64 = 0b1_1111;
-const ENDS: u64 = 0b111_1110_0000;
-const LOAD: u64 = 1 << 11;
-
 impl Session {
     /// Whether pinning is on for this client (transaction pooling, `pool.pinning`).
     pub(super) fn pins(&self) -> bool {
@@ -53,15 +33,14 @@ impl Session {
 
     /// A statement's text on its way to the server: whether the server must be asked at the
     /// end of its transaction.
-    pub(super) fn note_pin_words(&mut self, sql: &[u8]) {
+    pub(super) fn note_pin_words(&mut self, sql: &[u8], words: Words) {
         if self.pin_check || self.client.mode != PoolMode::Transaction {
             return;
         }
-        let found = WORDS.find(sql);
-        if found & MAKES != 0 || (self.pinned && found & ENDS != 0) {
+        if words.may_pin() || (self.pinned && words.may_unpin()) {
             self.pin_check = self.pins();
         }
-        if !self.loaded && found & LOAD != 0 && first_word(sql) == "load" && self.pins() {
+        if !self.loaded && words.load() && first_word(sql) == "load" && self.pins() {
             // A library LOADed into the server session cannot be unloaded: the client keeps
             // its connection for good.
             self.loaded = true;

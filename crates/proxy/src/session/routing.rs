@@ -361,8 +361,8 @@ impl Session {
     /// A statement that may change the client's encoding in a way the settings do not track
     /// (`SET LOCAL client_encoding`, `set_config(...)`, `SET NAMES`): from then on the
     /// session's text is not taken for UTF-8.
-    pub(super) fn note_encoding_change(&mut self, sql: &[u8]) {
-        if self.encoding_doubt || !may_change_session(sql) {
+    pub(super) fn note_encoding_change(&mut self, sql: &[u8], words: Words) {
+        if self.encoding_doubt || !words.may_change_session() {
             return;
         }
         let has = |needle: &[u8]| {
@@ -372,7 +372,7 @@ impl Session {
         if has(b"names")
             || (has(b"client_encoding")
                 && !matches!(
-                    tracked(sql),
+                    tracked_with(sql, words),
                     Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
                 ))
         {
