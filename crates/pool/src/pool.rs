@@ -464,12 +464,13 @@ impl PooledConn {
                 );
                 return;
             }
-            if conn.created.elapsed() > self.pool.settings.server_lifetime
+            let now = Instant::now();
+            if now.saturating_duration_since(conn.created) > self.pool.settings.server_lifetime
                 || self.pool.retired.load(Ordering::Acquire)
             {
                 return;
             }
-            conn.last_used = Instant::now();
+            conn.last_used = now;
             self.pool.idle.lock().push(conn);
         }
     }

@@ -361,9 +361,12 @@ impl ServerConn {
     #[inline]
     pub fn note_ready(&mut self, status: u8) -> Option<Duration> {
         let at = self.request_at.take()?;
-        let took = at.elapsed();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(at);
         let xact = if status == b'I' {
-            self.xact_at.take().map(|x| x.elapsed())
+            self.xact_at
+                .take()
+                .map(|x| now.saturating_duration_since(x))
         } else {
             None
         };

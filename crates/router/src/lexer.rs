@@ -245,6 +245,9 @@ pub fn contains_any_word(text: &[u8], words: &[&[u8]]) -> bool {
 pub struct WordSet {
     /// Per byte, the words that start with it (either case), as bits.
     starts: [u64; 256],
+    /// Per byte, the words whose second byte it is (either case), as bits: a byte starts a
+    /// comparison only when the next one fits too.
+    seconds: [u64; 256],
     words: &'static [&'static [u8]],
 }
 
@@ -252,22 +255,31 @@ impl WordSet {
     pub const fn new(words: &'static [&'static [u8]]) -> WordSet {
         assert!(words.len() <= 64, "at most 64 words");
         let mut starts = [0u64; 256];
+        let mut seconds = [0u64; 256];
         let mut i = 0;
         while i < words.len() {
-            assert!(!words[i].is_empty(), "no empty word");
+            assert!(words[i].len() >= 2, "words of two bytes or more");
             let b = words[i][0];
             starts[b.to_ascii_lowercase() as usize] |= 1 << i;
             starts[b.to_ascii_uppercase() as usize] |= 1 << i;
+            let b = words[i][1];
+            seconds[b.to_ascii_lowercase() as usize] |= 1 << i;
+            seconds[b.to_ascii_uppercase() as usize] |= 1 << i;
             i += 1;
         }
-        WordSet { starts, words }
+        WordSet {
+            starts,
+            seconds,
+            words,
+        }
     }
 
     /// The words that occur in `text`: bit `i` for `words[i]`.
     pub fn find(&self, text: &[u8]) -> u64 {
         let mut found = 0u64;
-        for (i, &b) in text.iter().enumerate() {
-            let mut candidates = self.starts[b as usize] & !found;
+        for (i, pair) in text.windows(2).enumerate() {
+            let mut candidates =
+                self.starts[pair[0] as usize] & self.seconds[pair[1] as usize] & !found;
             while candidates != 0 {
                 let w = candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
@@ -284,8 +296,8 @@ impl WordSet {
 
     /// Whether any of the words occurs in `text`.
     pub fn any(&self, text: &[u8]) -> bool {
-        text.iter().enumerate().any(|(i, &b)| {
-            let mut candidates = self.starts[b as usize];
+        text.windows(2).enumerate().any(|(i, pair)| {
+            let mut candidates = self.starts[pair[0] as usize] & self.seconds[pair[1] as usize];
             while candidates != 0 {
                 let w = candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
@@ -385,7 +397,7 @@ mod tests {
 
     #[test]
     fn word_sets_find_what_contains_any_word_finds() {
-        static WORDS: WordSet = WordSet::new(&[b"set", b"listen", b"load", b"lo"]);
+        static WORDS: WordSet = WordSet::new(&[b"set", b"listen", b"load", b"lo", b"oa"]);
         for text in [
             &b"SELECT 1"[..],
             b"LiStEn ch",
@@ -394,6 +406,9 @@ mod tests {
             b"l",
             b"LOAD 'x'",
             b"reset all; UNLISTEN *",
+            b"lo",
+            b"xLOAd",
+            b"oaload",
         ] {
             let found = WORDS.find(text);
             for (i, w) in WORDS.words.iter().enumerate() {

@@ -240,20 +240,6 @@ impl Session {
                 .is_some_and(|h| h.eq_ignore_ascii_case(b"insert"))
                 && !router::lexer::insert_names_columns(q)
         };
-        let insert = if b.statement.is_empty() {
-            self.unnamed_parse
-                .as_ref()
-                .and_then(|p| ParseView::new(&p.0).ok().map(|pv| pv.query))
-                .filter(|q| is_insert(q))
-                .map(Bytes::copy_from_slice)
-        } else {
-            self.statement(b.statement)
-                .filter(|s| is_insert(&s.query))
-                .map(|s| s.query.clone())
-        };
-        if let Some(q) = insert {
-            self.learn_insert_columns(&q).await;
-        }
         // A read calling functions learns which are aggregates before it routes.
         let is_read = |q: &[u8]| {
             let h = q.trim_ascii_start();
@@ -261,17 +247,35 @@ impl Session {
                 .is_some_and(|h| h.eq_ignore_ascii_case(b"select"))
                 || h.get(..4).is_some_and(|h| h.eq_ignore_ascii_case(b"with"))
         };
-        let read = if b.statement.is_empty() {
-            self.unnamed_parse
+        // The statement's text looked at once: (INSERT to learn, read to learn); only a
+        // database that routes learns either.
+        let (insert, read) = if !self.routes() {
+            (None, None)
+        } else if b.statement.is_empty() {
+            match self
+                .unnamed_parse
                 .as_ref()
                 .and_then(|p| ParseView::new(&p.0).ok().map(|pv| pv.query))
-                .filter(|q| is_read(q) && q.contains(&b'('))
-                .map(Bytes::copy_from_slice)
+            {
+                Some(q) => (
+                    is_insert(q).then(|| Bytes::copy_from_slice(q)),
+                    (is_read(q) && q.contains(&b'(')).then(|| Bytes::copy_from_slice(q)),
+                ),
+                None => (None, None),
+            }
         } else {
-            self.statement(b.statement)
-                .filter(|s| is_read(&s.query) && s.query.contains(&b'('))
-                .map(|s| s.query.clone())
+            match self.statement(b.statement) {
+                Some(s) => (
+                    is_insert(&s.query).then(|| s.query.clone()),
+                    (is_read(&s.query) && s.query.contains(&b'(')).then(|| s.query.clone()),
+                ),
+                None => (None, None),
+            }
         };
+        if let Some(q) = insert {
+            self.learn_insert_columns(&q).await;
+        }
+        // The read learns which of its functions are aggregates before it routes.
         if let Some(q) = read {
             self.learn_functions(&q).await;
         }
