@@ -284,6 +284,22 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// A client's statement failed because its backend was terminated: with the server's
+    /// word or the proxy's, the other client carries on, and nothing leaked.
+    async fn failed_alone(&self, e: tokio_postgres::Error, other: &tokio_postgres::Client) {
+        assert!(
+            ["57P01", "08006"].contains(&e2e::sqlstate(&e).as_str()),
+            "{e:?}"
+        );
+        other
+            .simple_query("SELECT count(*) FROM t")
+            .await
+            .expect("the other client is untouched");
+        self.nothing_leaked(3).await;
+    }
+}
+
 /// Inside a transaction a killed backend is the client's error: its transaction is gone.
 #[tokio::test]
 async fn a_backend_killed_mid_query_fails_only_its_client() {
@@ -299,17 +315,11 @@ async fn a_backend_killed_mid_query_fails_only_its_client() {
             .await
     });
     s.terminate_running("pg_sleep(10)", "0").await;
-    let r = slow.await.unwrap();
-    let e = r.expect_err("the killed backend's query fails");
-    assert!(
-        ["57P01", "08006"].contains(&e2e::sqlstate(&e).as_str()),
-        "{e:?}"
-    );
-    other
-        .simple_query("SELECT count(*) FROM t")
+    let e = slow
         .await
-        .expect("the other client is untouched");
-    s.nothing_leaked(3).await;
+        .unwrap()
+        .expect_err("the killed backend's query fails");
+    s.failed_alone(e, &other).await;
 }
 
 /// Outside a transaction, a statement whose backend ended before answering (FATAL 57P01,
@@ -377,15 +387,7 @@ async fn a_statement_whose_connection_died_before_answering_is_retried_once() {
     let second = s.terminate_running("pg_sleep(0.8)", &first).await;
     assert_ne!(first, second);
     let e = twice.await.unwrap().expect_err("retried once only");
-    assert!(
-        ["57P01", "08006"].contains(&e2e::sqlstate(&e).as_str()),
-        "{e:?}"
-    );
-    other
-        .simple_query("SELECT count(*) FROM t")
-        .await
-        .expect("the other client is untouched");
-    s.nothing_leaked(3).await;
+    s.failed_alone(e, &other).await;
 }
 
 #[tokio::test]

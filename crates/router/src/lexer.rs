@@ -276,40 +276,33 @@ impl WordSet {
 
     /// The words that occur in `text`: bit `i` for `words[i]`.
     pub fn find(&self, text: &[u8]) -> u64 {
-        let mut found = 0u64;
-        for (i, pair) in text.windows(2).enumerate() {
-            let mut candidates =
-                self.starts[pair[0] as usize] & self.seconds[pair[1] as usize] & !found;
-            while candidates != 0 {
-                let w = candidates.trailing_zeros() as usize;
-                candidates &= candidates - 1;
-                if text[i..]
-                    .get(..self.words[w].len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(self.words[w]))
-                {
-                    found |= 1 << w;
-                }
-            }
-        }
-        found
+        (0..text.len()).fold(0, |found, i| found | self.at(text, i, !found))
     }
 
     /// Whether any of the words occurs in `text`.
     pub fn any(&self, text: &[u8]) -> bool {
-        text.windows(2).enumerate().any(|(i, pair)| {
-            let mut candidates = self.starts[pair[0] as usize] & self.seconds[pair[1] as usize];
-            while candidates != 0 {
-                let w = candidates.trailing_zeros() as usize;
-                candidates &= candidates - 1;
-                if text[i..]
-                    .get(..self.words[w].len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(self.words[w]))
-                {
-                    return true;
-                }
+        (0..text.len()).any(|i| self.at(text, i, u64::MAX) != 0)
+    }
+
+    /// The words among `wanted` that occur in `text` at `i`.
+    #[inline]
+    fn at(&self, text: &[u8], i: usize, wanted: u64) -> u64 {
+        let (Some(&a), Some(&b)) = (text.get(i), text.get(i + 1)) else {
+            return 0;
+        };
+        let mut candidates = self.starts[a as usize] & self.seconds[b as usize] & wanted;
+        let mut found = 0;
+        while candidates != 0 {
+            let w = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            if text[i..]
+                .get(..self.words[w].len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(self.words[w]))
+            {
+                found |= 1 << w;
             }
-            false
-        })
+        }
+        found
     }
 }
 
