@@ -558,6 +558,23 @@ class PgClient:
     def send(self, kind: bytes, payload: bytes) -> None:
         self.sock.sendall(kind + struct.pack("!i", len(payload) + 4) + payload)
 
+    def query_extended(self, sql: str, param: str) -> None:
+        """Runs `sql` with one text parameter as a driver does without prepared statements:
+        unnamed Parse, Bind, Describe, Execute, Sync in one write; reads to ReadyForQuery."""
+        def msg(kind: bytes, payload: bytes) -> bytes:
+            return kind + struct.pack("!i", len(payload) + 4) + payload
+        value = param.encode()
+        self.sock.sendall(
+            msg(b"P", b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+            + msg(b"B", b"\0\0" + struct.pack("!hhi", 0, 1, len(value)) + value + struct.pack("!h", 0))
+            + msg(b"D", b"P\0") + msg(b"E", b"\0" + struct.pack("!i", 0)) + msg(b"S", b""))
+        while True:
+            kind, body = self.read_message()
+            if kind == b"E":
+                raise ProtocolError(self.error_text(body))
+            if kind == b"Z":
+                return
+
     @staticmethod
     def error_text(body: bytes) -> str:
         fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
@@ -660,7 +677,7 @@ def count_open(clients: list[PgClient]) -> int:
     return len(clients) - closed
 
 
-def measure_idle(target: Target, n: int, settle: float = 2.0, workers: int = 4,
+def measure_idle(target: Target, n: int, settle: float = 2.0, workers: int = 4, query: bool = False,
                  limit: float = 300) -> IdleResult:
     result = IdleResult(target.name, n)
     if not target.check_alive():
@@ -681,6 +698,8 @@ def measure_idle(target: Target, n: int, settle: float = 2.0, workers: int = 4,
         try:
             c = PgClient("127.0.0.1", target.port, timeout=15)
             c.login(PG_USER, PASSWORD, DBNAME)
+            if query:
+                c.query_extended("SELECT abalance FROM pgbench_accounts WHERE aid = $1", "1")
             with lock:
                 clients.append(c)
         except (OSError, ProtocolError) as e:
@@ -799,6 +818,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--login-threads", type=int, default=4,
                    help="threads logging the idle clients in (default 4; 1: one after another)")
     p.add_argument("--skip-idle", action="store_true", help="skip the idle-client memory test")
+    p.add_argument("--idle-query", action="store_true",
+                   help="each idle client first runs one extended-protocol query (unnamed statement)")
     p.add_argument("--only", help="comma list of targets to run: direct,pgbouncer,shardgate")
     p.add_argument("--warmup", type=int, default=2, help="seconds of unreported warm-up per target (0: none)")
     a = p.parse_args(argv)
@@ -904,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("pgbouncer", "shardgate"):
                 if name in live:
                     log(f"idle clients: {args.idle_clients} logins to {name} ...")
-                    r = measure_idle(live[name], args.idle_clients, workers=args.login_threads)
+                    r = measure_idle(live[name], args.idle_clients, workers=args.login_threads,
+                                     query=args.idle_query)
                     idle.append(r)
                     per = r.bytes_per_client
                     log(f"idle {name}: {r.opened} open, "

@@ -585,9 +585,20 @@ impl Session {
             // Between transactions: hold no buffers while idle.
             if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
                 self.client.conn.rbuf = BytesMut::new();
+                // A kept unnamed Parse is a slice of that buffer and would keep all of it
+                // (4 KiB and more per idle client of a driver that parses unnamed): copied.
+                if let Some(p) = self.unnamed_parse.as_deref_mut() {
+                    p.0 = Frame::from_raw(Bytes::copy_from_slice(p.0.raw()));
+                }
             }
             if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
                 self.wbuf = BytesMut::new();
+            }
+            if self.swbuf.is_empty() && self.swbuf.capacity() > 0 {
+                self.swbuf = BytesMut::new();
+            }
+            if self.pending.is_empty() && self.pending.capacity() > 0 {
+                self.pending = VecDeque::new();
             }
         }
         let terminated = self.terminated;
