@@ -1,0 +1,218 @@
+//! The session's loop: client and server messages pumped through the session's handlers,
+//! and the one wait on both sockets (and the armed timeout) between them.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn pump(&mut self) -> End {
+        loop {
+            // Client messages, while the server side is not backed up.
+            if self.swbuf.len() < HIGH_WATER && !self.terminated {
+                let first = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                    Ok(f) => f,
+                    Err(e) => return End::Fatal(ProxyError::fatal("08P01", e.to_string())),
+                };
+                if let Some(first) = first {
+                    // Boxed: a message's handling may wait (for a connection, a catalog
+                    // answer), and its state, ~1 KiB, would otherwise sit in every idle
+                    // session's task. One short-lived allocation per batch of messages read
+                    // costs far less than the system call that carried them.
+                    if let Err(end) = Box::pin(self.on_client_messages(first)).await {
+                        return end;
+                    }
+                }
+            }
+            // Server messages, while the client side is not backed up.
+            while self.wbuf.len() < HIGH_WATER {
+                let Some(server) = self.server.as_deref_mut() else {
+                    break;
+                };
+                let frame = match server.decoder.decode(&mut server.read_buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return End::ServerGone(e.to_string()),
+                };
+                if server.replay_on && self.going_away(&frame) {
+                    // Boxed, as every rare path of the loop.
+                    let why = "the server ended the connection before running it";
+                    if let Err(end) = Box::pin(self.retry(why)).await {
+                        return end;
+                    }
+                    continue;
+                }
+                if let Err(end) = self.on_server(frame) {
+                    return end;
+                }
+            }
+            if self.pin_check && self.releasable() {
+                if let Err(end) = self.check_pins().await {
+                    return end;
+                }
+            }
+            self.maybe_release();
+            if self.proxy.shutting_down() && self.at_rest() {
+                return End::Fatal(ProxyError::fatal(
+                    "57P01",
+                    "terminating connection because shardgate is shutting down",
+                ));
+            }
+            self.arm_timeout();
+            match self.io().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(end) = Box::pin(self.timeout_fired()).await {
+                        return end;
+                    }
+                }
+                Err(end) => {
+                    if let Err(end) = Box::pin(self.lost_before_answer(end)).await {
+                        return end;
+                    }
+                }
+            }
+            if self.terminated && self.wbuf.is_empty() {
+                return End::ClientGone;
+            }
+        }
+    }
+
+    /// Handles `first` and the client's further complete messages, while the server side
+    /// is not backed up.
+    async fn on_client_messages(&mut self, first: Frame) -> Result<(), End> {
+        self.on_client(first).await?;
+        while self.swbuf.len() < HIGH_WATER && !self.terminated {
+            match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                Ok(Some(frame)) => self.on_client(frame).await?,
+                Ok(None) => break,
+                Err(e) => return Err(End::Fatal(ProxyError::fatal("08P01", e.to_string()))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what can be written, then waits until a socket is ready and reads or writes.
+    ///
+    /// Written as one `poll_fn` over the sockets' readiness rather than a `select!` of
+    /// readiness futures: nothing is built per wait, and an idle session stores no futures.
+    /// `Ok(true)`: the armed timeout fired instead.
+    async fn io(&mut self) -> Result<bool, End> {
+        let client_lost = |_| End::ClientGone;
+        let server_lost = |e: std::io::Error| End::ServerGone(e.to_string());
+        // Held while a request that may be retried has had only descriptions back.
+        let hold = retry::holding(self.server.as_ref());
+        // Write eagerly: usually the socket takes it all and no wait is needed.
+        let mut held = BytesMut::new();
+        if hold {
+            std::mem::swap(&mut held, &mut self.wbuf);
+        }
+        if !self.wbuf.is_empty() || self.client.conn.stream.wants_write() {
+            let r = self.client.conn.stream.try_write_from(&mut self.wbuf);
+            if hold {
+                std::mem::swap(&mut held, &mut self.wbuf);
+            }
+            r.map_err(client_lost)?;
+        } else if hold {
+            std::mem::swap(&mut held, &mut self.wbuf);
+        }
+        if let Some(server) = self.server.as_deref_mut() {
+            if !self.swbuf.is_empty() || server.stream.wants_write() {
+                server
+                    .stream
+                    .try_write_from(&mut self.swbuf)
+                    .map_err(server_lost)?;
+            }
+        }
+        if self.server.is_none() {
+            if self.wbuf.is_empty() && !self.client.conn.stream.wants_write() {
+                // Active until the last answer is out: a shutdown waits for it.
+                self.entry.set_state(crate::stats::ClientState::Idle);
+            }
+            // Between transactions: hold no buffers while idle.
+            if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
+                self.client.conn.rbuf = BytesMut::new();
+                // A kept unnamed Parse is a slice of that buffer and would keep all of it
+                // (4 KiB and more per idle client of a driver that parses unnamed): copied.
+                if let Some(p) = self.unnamed_parse.as_deref_mut() {
+                    p.0 = Frame::from_raw(Bytes::copy_from_slice(p.0.raw()));
+                }
+            }
+            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                self.wbuf = BytesMut::new();
+            }
+            if self.swbuf.is_empty() && self.swbuf.capacity() > 0 {
+                self.swbuf = BytesMut::new();
+            }
+            if self.pending.is_empty() && self.pending.capacity() > 0 {
+                self.pending = VecDeque::new();
+            }
+        }
+        let terminated = self.terminated;
+        let read_client = !terminated && self.swbuf.len() < HIGH_WATER;
+        let read_server = !terminated && self.wbuf.len() < HIGH_WATER;
+        let client = &mut self.client.conn.stream;
+        let rbuf = &mut self.client.conn.rbuf;
+        let wbuf = &mut self.wbuf;
+        let swbuf = &mut self.swbuf;
+        let mut server = self.server.as_deref_mut();
+        if terminated && wbuf.is_empty() && !client.wants_write() {
+            return Ok(false);
+        }
+        let mut timer = self.timeouts.as_deref_mut().map(|t| t.timer.as_mut());
+        std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if let Some(timer) = timer.as_mut() {
+                if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                    return Poll::Ready(Ok(true));
+                }
+            }
+            if (!wbuf.is_empty() && !hold) || client.wants_write() {
+                if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                    let out = if hold { &mut held } else { &mut *wbuf };
+                    return Poll::Ready(
+                        r.and_then(|()| client.try_write_from(out))
+                            .map_err(client_lost)
+                            .map(|()| false),
+                    );
+                }
+            }
+            if terminated {
+                return Poll::Pending;
+            }
+            if let Some(server) = server.as_deref_mut() {
+                if !swbuf.is_empty() || server.stream.wants_write() {
+                    if let Poll::Ready(r) = server.stream.poll_write_ready(cx) {
+                        return Poll::Ready(
+                            r.and_then(|()| server.stream.try_write_from(swbuf))
+                                .map_err(server_lost)
+                                .map(|()| false),
+                        );
+                    }
+                }
+                if read_server {
+                    if let Poll::Ready(r) = server.stream.poll_read_ready(cx) {
+                        return Poll::Ready(
+                            r.and_then(|()| {
+                                server
+                                    .stream
+                                    .try_read_into(&mut server.read_buf, SERVER_READ_CHUNK)
+                            })
+                            .map_err(server_lost)
+                            .map(|()| false),
+                        );
+                    }
+                }
+            }
+            if read_client {
+                if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                    return Poll::Ready(
+                        r.and_then(|()| client.try_read_into(rbuf, CLIENT_READ_CHUNK))
+                            .map_err(client_lost)
+                            .map(|()| false),
+                    );
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
