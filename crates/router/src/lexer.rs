@@ -276,26 +276,38 @@ impl WordSet {
 
     /// The words that occur in `text`: bit `i` for `words[i]`.
     pub fn find(&self, text: &[u8]) -> u64 {
-        (0..text.len()).fold(0, |found, i| found | self.at(text, i, !found))
+        let mut found = 0;
+        let seconds = text.get(1..).unwrap_or_default();
+        for (i, (&a, &b)) in text.iter().zip(seconds).enumerate() {
+            // Most positions end at the first lookup, nearly all at the second.
+            let starts = self.starts[a as usize];
+            if starts != 0 {
+                let candidates = starts & self.seconds[b as usize] & !found;
+                if candidates != 0 {
+                    found |= self.compare(&text[i..], candidates);
+                }
+            }
+        }
+        found
     }
 
     /// Whether any of the words occurs in `text`.
     pub fn any(&self, text: &[u8]) -> bool {
-        (0..text.len()).any(|i| self.at(text, i, u64::MAX) != 0)
+        let seconds = text.get(1..).unwrap_or_default();
+        text.iter().zip(seconds).enumerate().any(|(i, (&a, &b))| {
+            let candidates = self.starts[a as usize] & self.seconds[b as usize];
+            candidates != 0 && self.compare(&text[i..], candidates) != 0
+        })
     }
 
-    /// The words among `wanted` that occur in `text` at `i`.
+    /// The words among `candidates` that `text` starts with.
     #[inline]
-    fn at(&self, text: &[u8], i: usize, wanted: u64) -> u64 {
-        let (Some(&a), Some(&b)) = (text.get(i), text.get(i + 1)) else {
-            return 0;
-        };
-        let mut candidates = self.starts[a as usize] & self.seconds[b as usize] & wanted;
+    fn compare(&self, text: &[u8], mut candidates: u64) -> u64 {
         let mut found = 0;
         while candidates != 0 {
             let w = candidates.trailing_zeros() as usize;
             candidates &= candidates - 1;
-            if text[i..]
+            if text
                 .get(..self.words[w].len())
                 .is_some_and(|s| s.eq_ignore_ascii_case(self.words[w]))
             {

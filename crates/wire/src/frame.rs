@@ -68,6 +68,74 @@ impl Frame {
     }
 }
 
+/// One whole message, owned ([`Frame`]) or borrowed from a read buffer ([`Msg`]): what the
+/// readers of backend messages take.
+pub trait Message {
+    /// The whole message as it arrived.
+    fn message_bytes(&self) -> &[u8];
+
+    /// The message type byte.
+    #[inline]
+    fn message_tag(&self) -> u8 {
+        self.message_bytes()[0]
+    }
+
+    /// The body after the length field.
+    #[inline]
+    fn message_body(&self) -> &[u8] {
+        &self.message_bytes()[5..]
+    }
+}
+
+impl Message for Frame {
+    #[inline]
+    fn message_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+/// A whole message borrowed where it arrived: a server's answers are read and copied on to
+/// the client from the read buffer, without being split off it.
+#[derive(Clone, Copy)]
+pub struct Msg<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> Msg<'a> {
+    /// The message type byte.
+    #[inline]
+    pub fn tag(&self) -> u8 {
+        self.raw[0]
+    }
+
+    /// The body after the length field.
+    #[inline]
+    pub fn body(&self) -> &'a [u8] {
+        &self.raw[5..]
+    }
+
+    /// The whole message as it arrived.
+    #[inline]
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+}
+
+impl Message for Msg<'_> {
+    #[inline]
+    fn message_bytes(&self) -> &[u8] {
+        self.raw
+    }
+}
+
+impl Frame {
+    /// The message, borrowed.
+    #[inline]
+    pub fn msg(&self) -> Msg<'_> {
+        Msg { raw: &self.raw }
+    }
+}
+
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -97,10 +165,25 @@ impl FrameDecoder {
         self.max_len
     }
 
-    /// Returns the next whole frame, `None` when more bytes are needed. When a frame header
-    /// has been seen but its body has not fully arrived, reserves room for the rest, so the
-    /// caller's next read fills it; the reservation happens only after the length is checked.
-    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    /// The length of the next whole message at the start of `buf` (read it with
+    /// [`FrameDecoder::msg`], then advance past it), `None` when more bytes are needed;
+    /// checked as [`FrameDecoder::decode`] checks it.
+    #[inline]
+    pub fn next_len(&self, buf: &mut BytesMut) -> Result<Option<usize>, FrameError> {
+        let len = self.peek_len(buf);
+        if let Ok(None) = len {
+            if buf.len() >= 5 {
+                // A message begun: room for the rest, so that the next read fills it.
+                let total = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
+                buf.reserve(total - buf.len());
+            }
+        }
+        len
+    }
+
+    /// [`FrameDecoder::next_len`] of a slice: reserves nothing.
+    #[inline]
+    pub fn peek_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         if buf.len() < 5 {
             return Ok(None);
         }
@@ -119,10 +202,22 @@ impl FrameDecoder {
         }
         let total = len + 1;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
             return Ok(None);
         }
-        Ok(Some(Frame {
+        Ok(Some(total))
+    }
+
+    /// The message of `len` bytes (from [`FrameDecoder::next_len`]) at the start of `buf`.
+    #[inline]
+    pub fn msg(buf: &[u8], len: usize) -> Msg<'_> {
+        Msg { raw: &buf[..len] }
+    }
+
+    /// Returns the next whole frame, `None` when more bytes are needed. When a frame header
+    /// has been seen but its body has not fully arrived, reserves room for the rest, so the
+    /// caller's next read fills it; the reservation happens only after the length is checked.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        Ok(self.next_len(buf)?.map(|total| Frame {
             raw: buf.split_to(total).freeze(),
         }))
     }
@@ -208,9 +303,15 @@ impl<'a> BodyReader<'a> {
     }
 }
 
+/// The terminator of a string: SIMD-searched (a statement's text is looked through on
+/// every Parse and Query), an empty string seen at once.
 #[inline]
 fn memchr0(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == 0)
+    match buf.first() {
+        // An empty name (the unnamed statement or portal): the commonest string of all.
+        Some(0) => Some(0),
+        _ => memchr::memchr(0, buf),
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +340,28 @@ mod tests {
         assert_eq!(f.tag(), b'S');
         assert!(f.body().is_empty());
         assert_eq!(d.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn messages_are_read_in_place_as_frames_are_cut() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&msg(b'C', b"SELECT 1\0"));
+        buf.extend_from_slice(&msg(b'Z', b"I"));
+        let d = FrameDecoder::new(1 << 20);
+        let len = d.peek_len(&buf).unwrap().unwrap();
+        let m = FrameDecoder::msg(&buf, len);
+        assert_eq!((m.tag(), m.body()), (b'C', &b"SELECT 1\0"[..]));
+        assert_eq!(crate::messages::command_tag(&m).unwrap(), b"SELECT 1");
+        let next = &buf[len..];
+        let z = FrameDecoder::msg(next, d.peek_len(next).unwrap().unwrap());
+        assert_eq!(crate::messages::ready_status(&z).unwrap(), b'I');
+        assert_eq!(d.peek_len(&next[z.raw().len()..]).unwrap(), None);
+        // A message begun: `next_len` makes room for its rest, `peek_len` only says so.
+        let whole = msg(b'D', &[7u8; 3000]);
+        let mut part = BytesMut::from(&whole[..10]);
+        assert_eq!(d.peek_len(&part).unwrap(), None);
+        assert_eq!(d.next_len(&mut part).unwrap(), None);
+        assert!(part.capacity() >= whole.len());
     }
 
     #[test]

@@ -11,4 +11,4 @@ pub mod frame;
 pub mod messages;
 pub mod startup;
 
-pub use frame::{Frame, FrameDecoder, FrameError};
+pub use frame::{Frame, FrameDecoder, FrameError, Message, Msg};

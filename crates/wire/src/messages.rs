@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::frame::{BodyReader, Frame, Malformed};
+use crate::frame::{BodyReader, Frame, Malformed, Message};
 
 /// Frontend message tags.
 pub mod tag {
@@ -230,8 +230,8 @@ impl ErrorFields {
 }
 
 /// The transaction status of a ReadyForQuery: `I`, `T` or `E`.
-pub fn ready_status(frame: &Frame) -> Result<u8, Malformed> {
-    let b = frame.body();
+pub fn ready_status<M: Message + ?Sized>(frame: &M) -> Result<u8, Malformed> {
+    let b = frame.message_body();
     if b.len() == 1 && matches!(b[0], b'I' | b'T' | b'E') {
         Ok(b[0])
     } else {
@@ -240,14 +240,14 @@ pub fn ready_status(frame: &Frame) -> Result<u8, Malformed> {
 }
 
 /// The command tag of a CommandComplete.
-pub fn command_tag(frame: &Frame) -> Result<&[u8], Malformed> {
-    let mut r = BodyReader::new(frame.body());
+pub fn command_tag<M: Message + ?Sized>(frame: &M) -> Result<&[u8], Malformed> {
+    let mut r = BodyReader::new(frame.message_body());
     r.cstr()
 }
 
 /// Name and value of a ParameterStatus.
-pub fn parameter_status(frame: &Frame) -> Result<(&str, &str), Malformed> {
-    let mut r = BodyReader::new(frame.body());
+pub fn parameter_status<M: Message + ?Sized>(frame: &M) -> Result<(&str, &str), Malformed> {
+    let mut r = BodyReader::new(frame.message_body());
     let name = utf8(r.cstr()?)?;
     let value = utf8(r.cstr()?)?;
     Ok((name, value))
