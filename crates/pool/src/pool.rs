@@ -365,7 +365,10 @@ impl Pool {
             // Every connection is probed (one non-blocking read): a server restarted or
             // killed even a moment ago has closed it, and a client must never get the
             // FATAL its backend left behind.
-            if conn.is_stale() || conn.created.elapsed() > inner.settings.server_lifetime {
+            // Its age is as of its last use (no clock read per checkout): one that grew old
+            // idle goes with the pool's upkeep.
+            let age = conn.last_used.saturating_duration_since(conn.created);
+            if conn.is_stale() || age > inner.settings.server_lifetime {
                 continue; // dropped: closed
             }
             return Some(conn);
@@ -455,7 +458,7 @@ pub struct PooledConn {
 
 impl PooledConn {
     pub fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
+        if let Some(conn) = self.conn.take() {
             if conn.request_in_flight() {
                 // Never hand out a connection whose last request is unanswered: closed.
                 tracing::warn!(
@@ -464,13 +467,13 @@ impl PooledConn {
                 );
                 return;
             }
-            let now = Instant::now();
-            if now.saturating_duration_since(conn.created) > self.pool.settings.server_lifetime
+            // Last used when its last answer came (read then, not again here).
+            if conn.last_used.saturating_duration_since(conn.created)
+                > self.pool.settings.server_lifetime
                 || self.pool.retired.load(Ordering::Acquire)
             {
                 return;
             }
-            conn.last_used = now;
             self.pool.idle.lock().push(conn);
         }
     }

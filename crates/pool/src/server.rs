@@ -124,6 +124,7 @@ pub struct ServerConn {
     /// Set when a rolled-back transaction may have undone settings: the next user resets all.
     pub settings_unknown: bool,
     pub created: Instant,
+    /// When its last answer came (or it was opened).
     pub last_used: Instant,
     /// [`Startup::key`] of the parameters it was opened with.
     pub opened_with: u64,
@@ -362,6 +363,7 @@ impl ServerConn {
     pub fn note_ready(&mut self, status: u8) -> Option<Duration> {
         let at = self.request_at.take()?;
         let now = Instant::now();
+        self.last_used = now;
         let took = now.saturating_duration_since(at);
         let xact = if status == b'I' {
             self.xact_at
