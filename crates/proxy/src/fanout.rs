@@ -156,7 +156,7 @@ pub(crate) async fn run(
                 }
                 let tags: Vec<&[u8]> = present
                     .iter()
-                    .map(|f| messages::command_tag(f).unwrap_or_default())
+                    .map(|f| messages::command_tag(*f).unwrap_or_default())
                     .collect();
                 match summed_tag(&tags).filter(|_| merge.sum) {
                     Some(t) => messages::command_complete(out, &t),

@@ -79,6 +79,9 @@ pub struct Proxy {
     /// Some database of the live config reads on replicas (most do not: the per-statement
     /// check then costs one load).
     replica_reads: std::sync::atomic::AtomicBool,
+    /// Some database of the live config routes over shards (with none, the per-statement
+    /// check costs one load).
+    any_routes: std::sync::atomic::AtomicBool,
     /// Servers an administrator took out of use: (database, shard).
     banned: Mutex<std::collections::HashSet<(String, String)>>,
     /// Each database's text order, as merges must reproduce it (asked of a shard once).
@@ -145,6 +148,7 @@ impl Proxy {
         let users = auth::UserTable::from_config(&config);
         let slow_query = config.log.slow_query_ms;
         let replica_reads = any_replica_reads(&config);
+        let routes = any_routes(&config);
         let tls = Tls::build(&config).unwrap_or_else(|e| {
             tracing::error!("TLS is off: {e}");
             Tls::default()
@@ -174,6 +178,7 @@ impl Proxy {
             shutting_down: Default::default(),
             slow_query: AtomicU64::new(slow_query),
             replica_reads: std::sync::atomic::AtomicBool::new(replica_reads),
+            any_routes: std::sync::atomic::AtomicBool::new(routes),
             banned: Mutex::new(Default::default()),
             collations: Mutex::new(HashMap::new()),
             table_columns: Mutex::new(HashMap::new()),
@@ -753,6 +758,8 @@ impl Proxy {
             .store(config.log.slow_query_ms, Ordering::Relaxed);
         self.replica_reads
             .store(any_replica_reads(&config), Ordering::Relaxed);
+        self.any_routes
+            .store(any_routes(&config), Ordering::Relaxed);
         self.config.store(Arc::new(config));
         // Analyses depend on the maps' key columns.
         self.route_cache.clear();
@@ -844,6 +851,10 @@ impl Drop for ClientCount {
 /// Whether a database sends reads to replicas: the split is on and some shard has one.
 fn reads_on_replicas(d: &sgconfig::DatabaseConfig) -> bool {
     d.read_write_split.enabled && d.shards.iter().any(|(_, s)| !s.replicas.is_empty())
+}
+
+fn any_routes(config: &Config) -> bool {
+    config.databases.values().any(session::database_routes)
 }
 
 fn any_replica_reads(config: &Config) -> bool {

@@ -234,15 +234,33 @@ impl Session {
                 }
             }
         }
-        // Settings are brought in line only between transactions: inside one, the server
-        // ran every statement the client sent and carries what they made.
-        let in_transaction = (self.tx_status != b'I' && self.held_begin.is_none()) || self.unsynced;
-        if self.server.is_some()
-            && (!self.pending.is_empty() || in_transaction || self.settings_in_line())
-        {
+        if self.ready_as_is() {
             return Ok(());
         }
         Box::pin(self.ensure_server_slow()).await
+    }
+
+    /// A server is attached and takes the next message as it is: [`Self::ensure_server`]
+    /// has nothing to do.
+    #[inline]
+    pub(super) fn ready_as_is(&mut self) -> bool {
+        // Settings are brought in line only between transactions: inside one, the server
+        // ran every statement the client sent and carries what they made.
+        let in_transaction = (self.tx_status != b'I' && self.held_begin.is_none()) || self.unsynced;
+        self.server.is_some()
+            && (!self.pending.is_empty() || in_transaction || self.settings_in_line())
+    }
+
+    /// [`Self::ensure_server_on`] `target` has nothing to do (the home shard's server,
+    /// attached and in line, no replica to leave): decided without entering it, the
+    /// commonest case of every extended-protocol message.
+    #[inline]
+    pub(super) fn attached_as_is(&mut self, target: &Option<String>) -> bool {
+        self.note_reload();
+        target.is_none()
+            && self.server_shard.is_none()
+            && self.server.as_ref().is_some_and(|s| !s.is_replica())
+            && self.ready_as_is()
     }
 
     pub(super) async fn ensure_server_slow(&mut self) -> Result<(), ProxyError> {
@@ -262,7 +280,7 @@ impl Session {
         // A connection other than the one the client's unnamed statement was parsed on (or
         // one a statement for several shards used since): it is parsed again before use.
         if let Some(p) = self.unnamed_parse.as_mut() {
-            p.1 = true;
+            p.waits_for_bind = true;
         }
         crate::cancel::point(
             &self.client.cancel_slot,
@@ -375,7 +393,7 @@ impl Session {
         self.swbuf.clear();
         // The unnamed statement stays with this connection: the next one gets it anew.
         if let Some(p) = self.unnamed_parse.as_mut() {
-            p.1 = true;
+            p.waits_for_bind = true;
         }
         crate::cancel::point(&self.client.cancel_slot, None);
         self.server_shard = None;

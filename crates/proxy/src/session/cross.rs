@@ -188,7 +188,7 @@ impl Session {
                 Err(e) => return Err(ProxyError::error("08006", e.to_string())),
             }
             if let Some(p) = self.unnamed_parse.as_mut() {
-                p.1 = true;
+                p.waits_for_bind = true;
             }
         }
         let conn = self.server.as_mut().expect("attached");

@@ -37,17 +37,31 @@ impl Session {
 
     pub(super) async fn on_parse(&mut self, frame: Frame) -> Result<(), End> {
         let p = ParseView::new(&frame).map_err(malformed)?;
-        let words = Words::of(p.query);
-        self.note_encoding_change(p.query, words);
-        self.note_pin_words(p.query, words);
-        // A read calling functions learns which are aggregates before it routes (a
-        // Describe or the Bind may route it).
-        if p.query.contains(&b'(') {
-            self.learn_functions(p.query).await;
-        }
-        // So does an INSERT without a column list (its table's column order).
-        self.learn_insert_columns(p.query).await;
-        let command = tracked_with(p.query, words);
+        // The same unnamed Parse as the last, whose text had nothing to look at: nothing
+        // to look at again (drivers send one statement's Parse over and over).
+        let again = p.name.is_empty()
+            && self
+                .unnamed_parse
+                .as_deref()
+                .is_some_and(|k| k.plain && k.frame.raw() == frame.raw());
+        let (command, plain) = if again {
+            (None, true)
+        } else {
+            let words = Words::of(p.query);
+            self.note_encoding_change(p.query, words);
+            self.note_pin_words(p.query, words);
+            // A read calling functions learns which are aggregates before it routes (a
+            // Describe or the Bind may route it).
+            let calls = memchr::memchr(b'(', p.query).is_some();
+            if calls {
+                self.learn_functions(p.query).await;
+            }
+            // So does an INSERT without a column list (its table's column order).
+            self.learn_insert_columns(p.query).await;
+            let command = tracked_with(p.query, words);
+            let plain = words.is_none() && !calls && command.is_none() && !maybe_insert(p.query);
+            (command, plain)
+        };
         if matches!(command, Some(SessionCommand::Set { ref name, .. } | SessionCommand::Reset { ref name }) if name.starts_with("shardgate."))
         {
             return self.extended_error(
@@ -79,7 +93,7 @@ impl Session {
                 // While BEGIN is held, the Parse waits for its Bind, which sends the BEGIN
                 // first (a BEGIN after it would drop the unnamed statement).
                 Ok(Routing::To(_)) if self.held_begin.is_some() => {
-                    self.keep_unnamed_parse(&frame, true);
+                    self.keep_unnamed_parse(&frame, true, plain);
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                     return Ok(());
                 }
@@ -88,7 +102,7 @@ impl Session {
                     if self.server.is_none() || !self.unsynced =>
                 {
                     // The shard is known at Bind; the Parse goes with it.
-                    self.keep_unnamed_parse(&frame, true);
+                    self.keep_unnamed_parse(&frame, true, plain);
                     self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
                     return Ok(());
                 }
@@ -98,10 +112,12 @@ impl Session {
             if let Err(e) = self.note_statement(p.query) {
                 return self.extended_error(e);
             }
-            if let Err(e) = self.ensure_server_on(target).await {
-                return self.extended_error(e);
+            if !self.attached_as_is(&target) {
+                if let Err(e) = self.ensure_server_on(target).await {
+                    return self.extended_error(e);
+                }
             }
-            self.keep_unnamed_parse(&frame, false);
+            self.keep_unnamed_parse(&frame, false, plain);
             self.forward(&frame);
             self.expect_extended(Expect::Parse {
                 visible: true,
@@ -132,8 +148,10 @@ impl Session {
             self.push_synthetic(Expect::Synthetic(tag::PARSE_COMPLETE));
             return Ok(());
         }
-        if let Err(e) = self.ensure_server_on(target).await {
-            return self.extended_error(e);
+        if !self.attached_as_is(&target) {
+            if let Err(e) = self.ensure_server_on(target).await {
+                return self.extended_error(e);
+            }
         }
         let server = self.server.as_mut().expect("ensured");
         if server.prepared.touch(stmt.id) {
@@ -145,11 +163,30 @@ impl Session {
     }
 
     /// Keeps the client's last unnamed Parse (reusing its box: one per Parse would be an
-    /// allocation per statement of drivers that parse every statement unnamed).
-    fn keep_unnamed_parse(&mut self, frame: &Frame, waits_for_bind: bool) {
+    /// allocation per statement of drivers that parse every statement unnamed). The same
+    /// message again (a driver running one statement over and over) keeps the bytes kept.
+    fn keep_unnamed_parse(&mut self, frame: &Frame, waits_for_bind: bool, plain: bool) {
         match self.unnamed_parse.as_deref_mut() {
-            Some(kept) => *kept = (frame.clone(), waits_for_bind),
-            None => self.unnamed_parse = Some(Box::new((frame.clone(), waits_for_bind))),
+            Some(kept) if kept.frame.raw() == frame.raw() => {
+                kept.waits_for_bind = waits_for_bind;
+                kept.plain = plain;
+            }
+            Some(kept) => {
+                *kept = KeptParse {
+                    frame: frame.clone(),
+                    waits_for_bind,
+                    own_bytes: false,
+                    plain,
+                }
+            }
+            None => {
+                self.unnamed_parse = Some(Box::new(KeptParse {
+                    frame: frame.clone(),
+                    waits_for_bind,
+                    own_bytes: false,
+                    plain,
+                }))
+            }
         }
     }
 
@@ -255,7 +292,7 @@ impl Session {
             match self
                 .unnamed_parse
                 .as_ref()
-                .and_then(|p| ParseView::new(&p.0).ok().map(|pv| pv.query))
+                .and_then(|p| ParseView::new(&p.frame).ok().map(|pv| pv.query))
             {
                 Some(q) => (
                     is_insert(q).then(|| Bytes::copy_from_slice(q)),
@@ -285,7 +322,7 @@ impl Session {
         if self.cross().is_some() {
             let text = if b.statement.is_empty() {
                 self.unnamed_parse.as_ref().and_then(|p| {
-                    ParseView::new(&p.0)
+                    ParseView::new(&p.frame)
                         .ok()
                         .map(|pv| Bytes::copy_from_slice(pv.query))
                 })
@@ -308,7 +345,7 @@ impl Session {
                 .unnamed_parse
                 .as_ref()
                 .filter(|_| routes)
-                .map(|p| p.0.clone())
+                .map(|p| p.frame.clone())
             {
                 Some(parse) => {
                     let pv = ParseView::new(&parse).map_err(malformed)?;
@@ -342,14 +379,22 @@ impl Session {
                     return self.extended_error(e);
                 }
             }
-            let parse = self.unnamed_parse.as_ref().map(|p| p.0.clone());
+            let parse = self
+                .unnamed_parse
+                .as_ref()
+                .filter(|_| self.proxy.reads_on_replicas(&self.client.database))
+                .map(|p| p.frame.clone());
             if let Some(pv) = parse.as_ref().and_then(|f| ParseView::new(f).ok()) {
                 if let Err(e) = self.note_statement(pv.query) {
                     return self.extended_error(e);
                 }
+            } else {
+                self.read_intent = false;
             }
-            if let Err(e) = self.ensure_server_on(target).await {
-                return self.extended_error(e);
+            if !self.attached_as_is(&target) {
+                if let Err(e) = self.ensure_server_on(target).await {
+                    return self.extended_error(e);
+                }
             }
             self.begin_if_held();
             self.send_deferred_parse();
@@ -422,8 +467,10 @@ impl Session {
             return self.extended_error(Self::unknown_statement(b""));
         }
         if d.kind == b'P' || d.name.is_empty() {
-            if let Err(e) = self.ensure_server_on(None).await {
-                return self.extended_error(e);
+            if !self.attached_as_is(&None) {
+                if let Err(e) = self.ensure_server_on(None).await {
+                    return self.extended_error(e);
+                }
             }
             self.send_deferred_parse();
             self.forward(&frame);
@@ -569,4 +616,14 @@ impl Session {
         self.push_synthetic(Expect::SyntheticReady);
         Ok(())
     }
+}
+
+/// Whether a statement may be an INSERT (which learns its table's columns before it routes).
+fn maybe_insert(sql: &[u8]) -> bool {
+    let head = sql.trim_ascii_start();
+    head.starts_with(b"/*")
+        || head.starts_with(b"--")
+        || head
+            .get(..6)
+            .is_none_or(|h| h.eq_ignore_ascii_case(b"insert"))
 }

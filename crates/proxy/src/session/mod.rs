@@ -22,7 +22,7 @@ use router::lexer::split_statements;
 use router::SessionCommand;
 use sgconfig::PoolMode;
 use wire::messages::{self, tag, BindView, ParseView, ProxyError, TargetView};
-use wire::Frame;
+use wire::{Frame, FrameDecoder, Msg};
 
 use crate::cancel::CancelTarget;
 use crate::fanout;
@@ -34,6 +34,7 @@ mod attach;
 mod cross;
 mod extended;
 mod held;
+mod lent;
 mod merge;
 mod multi;
 mod pins;
@@ -50,6 +51,7 @@ mod words;
 use attach::sync_conn;
 pub(crate) use held::lone_begin;
 use held::{NO_DATA, NO_PARAMETERS};
+pub(crate) use routing::database_routes;
 use routing::{is_utf8_name, refuse};
 use scatter::first_word;
 use words::Words;
@@ -108,6 +110,18 @@ enum Expect {
     SyntheticReady,
     /// A CommandComplete with this tag, for a statement the proxy ran itself.
     SyntheticDone(&'static str),
+}
+
+/// The client's last unnamed Parse, kept to be sent again where its Bind runs.
+struct KeptParse {
+    frame: Frame,
+    /// It still waits for its Bind to pick the shard (or the connection).
+    waits_for_bind: bool,
+    /// Its bytes are a copy of their own, not a slice of the client's read buffer.
+    own_bytes: bool,
+    /// Its text has none of the words looked for on the way to the server (see `words`):
+    /// the same Parse again (a driver running one statement over and over) needs no look.
+    plain: bool,
 }
 
 /// A client's prepared statements and the portals whose statement changes session state.
@@ -275,8 +289,8 @@ struct Session {
     error_since_ready: bool,
     /// What the client has named; allocated on first use, so most idle sessions have none.
     names: Option<Box<Names>>,
-    /// The last unnamed Parse, and whether it still waits for its Bind to pick the shard.
-    unnamed_parse: Option<Box<(Frame, bool)>>,
+    /// The last unnamed Parse.
+    unnamed_parse: Option<Box<KeptParse>>,
     /// Pools of shards other than home this session has used, for one config generation.
     shard_pools: Option<Box<ShardPools>>,
     /// `SET shardgate.shard` / `SET shardgate.key`.
@@ -466,8 +480,12 @@ impl Session {
             self.terminated = true;
             return Ok(());
         }
-        if let Err(e) = messages::check_frontend(&frame) {
-            return Err(malformed(e));
+        // A Parse or Bind is checked whole where it is read (its handler reads all of it),
+        // except on its way through unread.
+        if !matches!(t, tag::PARSE | tag::BIND) || self.passes_through() {
+            if let Err(e) = messages::check_frontend(&frame) {
+                return Err(malformed(e));
+            }
         }
         if self.skip_until_sync && t != tag::SYNC {
             return Ok(());
@@ -534,8 +552,10 @@ impl Session {
                 {
                     return Ok(());
                 }
-                if let Err(e) = self.ensure_server().await {
-                    return self.extended_error(e);
+                if !self.ready_as_is() {
+                    if let Err(e) = self.ensure_server().await {
+                        return self.extended_error(e);
+                    }
                 }
                 let command = match self.names.as_deref() {
                     Some(n) if !n.portal_commands.is_empty() => {
@@ -598,8 +618,10 @@ impl Session {
             }
             tag::FUNCTION_CALL => {
                 self.note_write();
-                if let Err(e) = self.ensure_server_on(None).await {
-                    return self.simple_error(e);
+                if !self.attached_as_is(&None) {
+                    if let Err(e) = self.ensure_server_on(None).await {
+                        return self.simple_error(e);
+                    }
                 }
                 self.begin_if_held();
                 self.forward(&frame);
@@ -720,8 +742,10 @@ impl Session {
             }
             Err(e) => return self.simple_error(e),
         };
-        if let Err(e) = self.ensure_server_on(target).await {
-            return self.simple_error(e);
+        if !self.attached_as_is(&target) {
+            if let Err(e) = self.ensure_server_on(target).await {
+                return self.simple_error(e);
+            }
         }
         self.begin_if_held();
         self.forward(&frame);

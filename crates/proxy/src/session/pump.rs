@@ -2,6 +2,7 @@
 //! and the one wait on both sockets (and the armed timeout) between them.
 
 use super::*;
+use bytes::Buf;
 
 impl Session {
     pub(super) async fn pump(&mut self) -> End {
@@ -13,6 +14,13 @@ impl Session {
                     Err(e) => return End::Fatal(ProxyError::fatal("08P01", e.to_string())),
                 };
                 if let Some(first) = first {
+                    // A request: its answers and what goes to the server need buffers.
+                    if self.swbuf.capacity() == 0
+                        || self.wbuf.capacity() == 0
+                        || self.pending.capacity() == 0
+                    {
+                        lent::lend([&mut self.swbuf, &mut self.wbuf], &mut self.pending);
+                    }
                     // Boxed: a message's handling may wait (for a connection, a catalog
                     // answer), and its state, ~1 KiB, would otherwise sit in every idle
                     // session's task. One short-lived allocation per batch of messages read
@@ -23,26 +31,8 @@ impl Session {
                 }
             }
             // Server messages, while the client side is not backed up.
-            while self.wbuf.len() < HIGH_WATER {
-                let Some(server) = self.server.as_deref_mut() else {
-                    break;
-                };
-                let frame = match server.decoder.decode(&mut server.read_buf) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => return End::ServerGone(e.to_string()),
-                };
-                if server.replay_on && self.going_away(&frame) {
-                    // Boxed, as every rare path of the loop.
-                    let why = "the server ended the connection before running it";
-                    if let Err(end) = Box::pin(self.retry(why)).await {
-                        return end;
-                    }
-                    continue;
-                }
-                if let Err(end) = self.on_server(frame) {
-                    return end;
-                }
+            if let Err(end) = self.on_server_messages().await {
+                return end;
             }
             if self.pin_check && self.releasable() {
                 if let Err(end) = self.check_pins().await {
@@ -76,18 +66,77 @@ impl Session {
         }
     }
 
+    /// Handles the attached server's complete messages, while the client side is not backed
+    /// up. They are read where they arrived (the buffer is out of the connection meanwhile:
+    /// handling a message never reads from it), then passed over at once.
+    async fn on_server_messages(&mut self) -> Result<(), End> {
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        if server.read_buf.is_empty() {
+            return Ok(());
+        }
+        let decoder = server.decoder;
+        let mut buf = std::mem::take(&mut server.read_buf);
+        let mut done = 0;
+        let mut outcome = Ok(());
+        let mut going_away = false;
+        while self.wbuf.len() < HIGH_WATER {
+            let len = match decoder.peek_len(&buf[done..]) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(End::ServerGone(e.to_string()));
+                    break;
+                }
+            };
+            let msg = FrameDecoder::msg(&buf[done..], len);
+            done += len;
+            let keeping = self.server.as_deref().is_some_and(|s| s.replay_on);
+            if keeping && self.going_away(&msg) {
+                going_away = true;
+                break;
+            }
+            if let Err(end) = self.on_server(msg) {
+                outcome = Err(end);
+                break;
+            }
+        }
+        buf.advance(done);
+        if let Some(server) = self.server.as_deref_mut() {
+            debug_assert!(server.read_buf.is_empty());
+            server.read_buf = buf;
+            // A message begun: room for its rest.
+            let _ = decoder.next_len(&mut server.read_buf);
+        }
+        outcome?;
+        if going_away {
+            // Boxed, as every rare path of the loop.
+            let why = "the server ended the connection before running it";
+            Box::pin(self.retry(why)).await?;
+        }
+        Ok(())
+    }
+
     /// Handles `first` and the client's further complete messages, while the server side
     /// is not backed up.
     async fn on_client_messages(&mut self, first: Frame) -> Result<(), End> {
-        self.on_client(first).await?;
-        while self.swbuf.len() < HIGH_WATER && !self.terminated {
-            match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
-                Ok(Some(frame)) => self.on_client(frame).await?,
-                Ok(None) => break,
-                Err(e) => return Err(End::Fatal(ProxyError::fatal("08P01", e.to_string()))),
+        let mut frame = first;
+        loop {
+            let begins = self.keep_for_retry(&frame);
+            self.on_message(frame).await?;
+            if let Some(first) = begins {
+                self.start_keeping(first);
             }
+            if self.swbuf.len() >= HIGH_WATER || self.terminated {
+                return Ok(());
+            }
+            frame = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::Fatal(ProxyError::fatal("08P01", e.to_string()))),
+            };
         }
-        Ok(())
     }
 
     /// Writes what can be written, then waits until a socket is ready and reads or writes.
@@ -127,23 +176,25 @@ impl Session {
                 // Active until the last answer is out: a shutdown waits for it.
                 self.entry.set_state(crate::stats::ClientState::Idle);
             }
-            // Between transactions: hold no buffers while idle.
-            if self.client.conn.rbuf.is_empty() && self.client.conn.rbuf.capacity() > 0 {
-                self.client.conn.rbuf = BytesMut::new();
+            // Between transactions: hold no buffers while idle (they go back to be lent).
+            let rbuf = &mut self.client.conn.rbuf;
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
                 // A kept unnamed Parse is a slice of that buffer and would keep all of it
                 // (4 KiB and more per idle client of a driver that parses unnamed): copied.
                 if let Some(p) = self.unnamed_parse.as_deref_mut() {
-                    p.0 = Frame::from_raw(Bytes::copy_from_slice(p.0.raw()));
+                    if !p.own_bytes {
+                        p.frame = Frame::from_raw(Bytes::copy_from_slice(p.frame.raw()));
+                        p.own_bytes = true;
+                    }
                 }
             }
-            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-                self.wbuf = BytesMut::new();
-            }
-            if self.swbuf.is_empty() && self.swbuf.capacity() > 0 {
-                self.swbuf = BytesMut::new();
-            }
-            if self.pending.is_empty() && self.pending.capacity() > 0 {
-                self.pending = VecDeque::new();
+            let idle = |b: &BytesMut| b.is_empty() && b.capacity() > 0;
+            if idle(rbuf)
+                || idle(&self.wbuf)
+                || idle(&self.swbuf)
+                || (self.pending.is_empty() && self.pending.capacity() > 0)
+            {
+                lent::give_back([rbuf, &mut self.wbuf, &mut self.swbuf], &mut self.pending);
             }
         }
         let terminated = self.terminated;
@@ -204,6 +255,9 @@ impl Session {
             }
             if read_client {
                 if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                    if rbuf.capacity() == 0 {
+                        *rbuf = lent::buffer();
+                    }
                     return Poll::Ready(
                         r.and_then(|()| client.try_read_into(rbuf, CLIENT_READ_CHUNK))
                             .map_err(client_lost)

@@ -48,16 +48,12 @@ fn describes(t: u8) -> bool {
 }
 
 impl Session {
-    /// Handles a client message, keeping it for a retry when it starts (or continues) a
-    /// request that may be retried.
-    pub(super) async fn on_client(&mut self, frame: Frame) -> Result<(), End> {
+    /// Before a client message is handled: keeps it when it continues a kept request, and
+    /// returns it when it may begin one (to be kept by [`Self::start_keeping`] once handled,
+    /// if it attached a server).
+    pub(super) fn keep_for_retry(&mut self, frame: &Frame) -> Option<Frame> {
         match self.server.as_deref().map(|s| s.replay_on) {
-            None if replayable(frame.tag()) && self.may_keep() => {
-                let kept = frame.clone();
-                self.on_message(frame).await?;
-                self.start_keeping(kept);
-                Ok(())
-            }
+            None if replayable(frame.tag()) && self.may_keep() => Some(frame.clone()),
             Some(true) => {
                 let server = self.server.as_deref_mut().expect("attached");
                 if replayable(frame.tag()) {
@@ -65,9 +61,9 @@ impl Session {
                 } else {
                     stop_keeping(server);
                 }
-                self.on_message(frame).await
+                None
             }
-            _ => self.on_message(frame).await,
+            _ => None,
         }
     }
 
@@ -86,7 +82,7 @@ impl Session {
 
     /// After the request's first message: it attached a server, and nothing waits to go to
     /// the client (what comes now is held while the request is kept).
-    fn start_keeping(&mut self, first: Frame) {
+    pub(super) fn start_keeping(&mut self, first: Frame) {
         if !self.wbuf.is_empty() || self.pending.is_empty() || self.tx_status != b'I' {
             return;
         }
@@ -99,7 +95,7 @@ impl Session {
 
     /// A server answer to a kept request: `true` when it says the connection is going away
     /// before the statement ran (the request is then to be retried: [`Self::retry`]).
-    pub(super) fn going_away(&mut self, frame: &Frame) -> bool {
+    pub(super) fn going_away(&mut self, frame: &Msg<'_>) -> bool {
         let server = self.server.as_deref_mut().expect("attached");
         if describes(frame.tag()) {
             return false;
@@ -155,7 +151,7 @@ impl Session {
             None => self
                 .unnamed_parse
                 .as_deref()
-                .and_then(|(f, _)| ParseView::new(f).ok().map(|p| p.query.to_vec()))
+                .and_then(|p| ParseView::new(&p.frame).ok().map(|p| p.query.to_vec()))
                 .is_some_and(|sql| self.classify(&sql) != replicas::WRITE),
         }
     }

@@ -72,6 +72,13 @@ impl Session {
     /// Whether this client's database routes statements at all (several shards and maps or
     /// reference tables); the others send everything home and pay nothing for routing.
     pub(super) fn routes(&self) -> bool {
+        if !self
+            .proxy
+            .any_routes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
         let config = self.proxy.config.load();
         config
             .databases
@@ -97,6 +104,13 @@ impl Session {
         sql: &[u8],
         bound: &[Option<String>],
     ) -> Result<Routing, ProxyError> {
+        if !self
+            .proxy
+            .any_routes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(Routing::To(None));
+        }
         let config = self.proxy.config.load();
         let Some(db) = config.databases.get(&self.client.database) else {
             return Ok(Routing::To(None));
@@ -405,6 +419,13 @@ impl Session {
         stmt: &Statement,
         bound: &[Option<String>],
     ) -> Result<Routing, ProxyError> {
+        if !self
+            .proxy
+            .any_routes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(Routing::To(None));
+        }
         let config = self.proxy.config.load();
         let Some(db) = config.databases.get(&self.client.database) else {
             return Ok(Routing::To(None));
@@ -761,6 +782,6 @@ pub(super) fn refuse(reason: String, hint: &str) -> ProxyError {
 
 /// A database routes statements when it has several shards and shard maps or reference
 /// tables; the others send everything to their one (home) shard.
-fn database_routes(db: &sgconfig::DatabaseConfig) -> bool {
+pub(crate) fn database_routes(db: &sgconfig::DatabaseConfig) -> bool {
     db.shards.len() >= 2 && (!db.maps.is_empty() || !db.reference_tables.is_empty())
 }

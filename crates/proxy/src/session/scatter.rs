@@ -559,7 +559,7 @@ impl Session {
                 .read_frame()
                 .await
                 .map_err(|e| server_gone(e.to_string()))?;
-            if let Err(end) = self.on_server(frame) {
+            if let Err(end) = self.on_server(frame.msg()) {
                 return Err(match end {
                     End::Fatal(e) => e,
                     End::ServerGone(why) => server_gone(why),
@@ -586,9 +586,9 @@ impl Session {
 
     /// Sends the unnamed Parse that waited for its Bind, its answer already given.
     pub(super) fn send_deferred_parse(&mut self) {
-        if let Some(p) = self.unnamed_parse.as_mut().filter(|p| p.1) {
-            p.1 = false;
-            let raw = p.0.raw().clone();
+        if let Some(p) = self.unnamed_parse.as_mut().filter(|p| p.waits_for_bind) {
+            p.waits_for_bind = false;
+            let raw = p.frame.raw().clone();
             self.swbuf.extend_from_slice(&raw);
             self.expect_extended(Expect::Parse {
                 visible: false,

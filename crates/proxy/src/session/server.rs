@@ -8,7 +8,7 @@ impl Session {
         End::ServerGone(format!("protocol out of step: unexpected {what}"))
     }
 
-    pub(super) fn on_server(&mut self, frame: Frame) -> Result<(), End> {
+    pub(super) fn on_server(&mut self, frame: Msg<'_>) -> Result<(), End> {
         match frame.tag() {
             tag::PARSE_COMPLETE => match self.pending.pop_front() {
                 Some(Expect::Parse {
@@ -238,7 +238,7 @@ impl Session {
         }
     }
 
-    pub(super) fn on_command_complete(&mut self, frame: &Frame) -> Result<(), End> {
+    pub(super) fn on_command_complete(&mut self, frame: &Msg<'_>) -> Result<(), End> {
         let command_tag = if frame.tag() == tag::COMMAND_COMPLETE {
             messages::command_tag(frame).map_err(|e| End::ServerGone(e.to_string()))?
         } else {

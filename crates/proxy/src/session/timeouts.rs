@@ -113,7 +113,7 @@ impl Session {
 
     /// An ErrorResponse from the server: when the query timeout cancelled the statement, the
     /// client reads that, not "canceling statement due to user request".
-    pub(super) fn timeout_error(&mut self, frame: &Frame) -> bool {
+    pub(super) fn timeout_error(&mut self, frame: &Msg<'_>) -> bool {
         let Some(t) = self.timeouts.as_mut().filter(|t| t.cancelled) else {
             return false;
         };

@@ -42,6 +42,11 @@ impl Words {
         Words(SET.find(sql))
     }
 
+    /// None of the words.
+    pub(super) fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
     /// A word that may start a statement changing session state.
     pub(super) fn may_change_session(self) -> bool {
         self.0 & SESSION != 0
