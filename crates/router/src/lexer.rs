@@ -240,14 +240,16 @@ pub fn contains_any_word(text: &[u8], words: &[&[u8]]) -> bool {
 }
 
 /// A fixed set of up to 64 words (lower-case ASCII) to look for in statement texts, ASCII
-/// case ignored, as substrings: [`contains_any_word`] with its first-byte table built once, at
-/// compile time, for the checks made on every statement.
+/// case ignored, as substrings: [`contains_any_word`] with tables of their first three bytes
+/// built once, at compile time, for the checks made on every statement.
 pub struct WordSet {
     /// Per byte, the words that start with it (either case), as bits.
     starts: [u64; 256],
     /// Per byte, the words whose second byte it is (either case), as bits: a byte starts a
-    /// comparison only when the next one fits too.
+    /// comparison only when the next ones fit too.
     seconds: [u64; 256],
+    /// Per byte, the words whose third byte it is (every byte, for a word of two).
+    thirds: [u64; 256],
     words: &'static [&'static [u8]],
 }
 
@@ -256,48 +258,73 @@ impl WordSet {
         assert!(words.len() <= 64, "at most 64 words");
         let mut starts = [0u64; 256];
         let mut seconds = [0u64; 256];
+        let mut thirds = [0u64; 256];
         let mut i = 0;
         while i < words.len() {
-            assert!(words[i].len() >= 2, "words of two bytes or more");
-            let b = words[i][0];
-            starts[b.to_ascii_lowercase() as usize] |= 1 << i;
-            starts[b.to_ascii_uppercase() as usize] |= 1 << i;
-            let b = words[i][1];
-            seconds[b.to_ascii_lowercase() as usize] |= 1 << i;
-            seconds[b.to_ascii_uppercase() as usize] |= 1 << i;
+            let w = words[i];
+            assert!(w.len() >= 2, "words of two bytes or more");
+            starts[w[0].to_ascii_lowercase() as usize] |= 1 << i;
+            starts[w[0].to_ascii_uppercase() as usize] |= 1 << i;
+            seconds[w[1].to_ascii_lowercase() as usize] |= 1 << i;
+            seconds[w[1].to_ascii_uppercase() as usize] |= 1 << i;
+            if w.len() >= 3 {
+                thirds[w[2].to_ascii_lowercase() as usize] |= 1 << i;
+                thirds[w[2].to_ascii_uppercase() as usize] |= 1 << i;
+            } else {
+                let mut b = 0;
+                while b < 256 {
+                    thirds[b] |= 1 << i;
+                    b += 1;
+                }
+            }
             i += 1;
         }
         WordSet {
             starts,
             seconds,
+            thirds,
             words,
         }
+    }
+
+    /// The words among those of `text` at `i` whose first three bytes fit (the tables).
+    #[inline]
+    fn candidates(&self, text: &[u8], i: usize) -> u64 {
+        let starts = self.starts[text[i] as usize];
+        if starts == 0 {
+            // Most positions end here.
+            return 0;
+        }
+        // Past the end: byte 0, the third byte of words of two only.
+        let third = text.get(i + 2).copied().unwrap_or(0);
+        starts & self.seconds[text[i + 1] as usize] & self.thirds[third as usize]
     }
 
     /// The words that occur in `text`: bit `i` for `words[i]`.
     pub fn find(&self, text: &[u8]) -> u64 {
         let mut found = 0;
-        let seconds = text.get(1..).unwrap_or_default();
-        for (i, (&a, &b)) in text.iter().zip(seconds).enumerate() {
-            // Most positions end at the first lookup, nearly all at the second.
-            let starts = self.starts[a as usize];
-            if starts != 0 {
-                let candidates = starts & self.seconds[b as usize] & !found;
-                if candidates != 0 {
-                    found |= self.compare(&text[i..], candidates);
-                }
+        let mut i = 0;
+        while i + 1 < text.len() {
+            let candidates = self.candidates(text, i) & !found;
+            if candidates != 0 {
+                found |= self.compare(&text[i..], candidates);
             }
+            i += 1;
         }
         found
     }
 
     /// Whether any of the words occurs in `text`.
     pub fn any(&self, text: &[u8]) -> bool {
-        let seconds = text.get(1..).unwrap_or_default();
-        text.iter().zip(seconds).enumerate().any(|(i, (&a, &b))| {
-            let candidates = self.starts[a as usize] & self.seconds[b as usize];
-            candidates != 0 && self.compare(&text[i..], candidates) != 0
-        })
+        let mut i = 0;
+        while i + 1 < text.len() {
+            let candidates = self.candidates(text, i);
+            if candidates != 0 && self.compare(&text[i..], candidates) != 0 {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 
     /// The words among `candidates` that `text` starts with.
@@ -414,6 +441,12 @@ mod tests {
             b"lo",
             b"xLOAd",
             b"oaload",
+            b"se",
+            b"xset",
+            b"sel",
+            b"xlo",
+            b"l\0",
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1; set",
         ] {
             let found = WORDS.find(text);
             for (i, w) in WORDS.words.iter().enumerate() {
