@@ -294,7 +294,7 @@ impl Session {
             }
             self.begin_if_held();
             if let Err(e) = self.settle().await {
-                return Err(End::Fatal(e));
+                return Err(End::fatal(e));
             }
             if self.tx_status != b'T' {
                 return Ok(Err(Self::aborted()));
@@ -399,7 +399,7 @@ impl Session {
     /// Runs a SAVEPOINT, RELEASE or ROLLBACK TO on every parked participant.
     async fn on_parked(&mut self, sql: &[u8]) -> Result<Result<(), ProxyError>, End> {
         if let Err(e) = self.settle().await {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         let text = String::from_utf8_lossy(sql).into_owned();
         let parked = &mut self.cross_mut().expect("checked").parked;
@@ -508,7 +508,7 @@ impl Session {
         implicit: bool,
     ) -> Result<(), End> {
         if let Err(e) = self.settle().await {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         let cross = self
             .take_cross()
@@ -608,7 +608,7 @@ impl Session {
         }
         // Every answer of the batch first: an error in it means no commit.
         if let Err(e) = self.settle().await {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         let commit = !self.error_since_ready;
         if !commit {

@@ -569,7 +569,7 @@ impl Session {
     pub(super) fn extended_error(&mut self, e: ProxyError) -> Result<(), End> {
         self.proxy.stats.error(&self.client.database, &e.code);
         if e.fatal {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         if self.held_begin.is_some() {
             self.tx_status = b'E';
@@ -605,7 +605,7 @@ impl Session {
     pub(super) fn simple_error(&mut self, e: ProxyError) -> Result<(), End> {
         self.proxy.stats.error(&self.client.database, &e.code);
         if e.fatal {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         if self.held_begin.is_some() {
             self.tx_status = b'E';

@@ -24,7 +24,7 @@ impl Session {
         }
         if self.server.is_some() {
             if let Err(e) = self.settle().await {
-                return Err(End::Fatal(e));
+                return Err(End::fatal(e));
             }
         }
         Ok(self.server.is_none() && self.tx_status == b'I')

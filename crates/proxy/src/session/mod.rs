@@ -268,8 +268,16 @@ impl PendingFanout {
 /// Why a session ends.
 enum End {
     ClientGone,
-    Fatal(ProxyError),
+    /// Boxed: an `End` travels back through every layer of a message's handling as the
+    /// error of its `Result`, and a small one keeps those results small.
+    Fatal(Box<ProxyError>),
     ServerGone(String),
+}
+
+impl End {
+    fn fatal(e: ProxyError) -> End {
+        End::Fatal(Box::new(e))
+    }
 }
 
 struct Session {
@@ -470,7 +478,7 @@ fn tracked_with(sql: &[u8], words: Words) -> Option<SessionCommand> {
 }
 
 fn malformed(e: wire::frame::Malformed) -> End {
-    End::Fatal(ProxyError::fatal("08P01", e.to_string()))
+    End::fatal(ProxyError::fatal("08P01", e.to_string()))
 }
 
 impl Session {
@@ -628,7 +636,7 @@ impl Session {
                 self.pending.push_back(Expect::Query { commands: None });
                 Ok(())
             }
-            _ => Err(End::Fatal(ProxyError::fatal(
+            _ => Err(End::fatal(ProxyError::fatal(
                 "08P01",
                 format!("invalid frontend message type {}", t),
             ))),
@@ -660,7 +668,7 @@ impl Session {
             // A Query inside an extended batch: the batch's answers come first; after an
             // error in it the server ignores the Query (it waits for Sync), and so does the
             // session.
-            Box::pin(self.settle()).await.map_err(End::Fatal)?;
+            Box::pin(self.settle()).await.map_err(End::fatal)?;
             if self.skip_until_sync {
                 return Ok(());
             }

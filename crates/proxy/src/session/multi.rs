@@ -63,7 +63,7 @@ impl Session {
             return None;
         }
         if let Err(e) = self.settle().await {
-            return Some(Err(End::Fatal(e)));
+            return Some(Err(End::fatal(e)));
         }
         Some(Box::pin(self.run_multi(plan)).await)
     }

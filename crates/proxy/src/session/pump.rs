@@ -11,7 +11,7 @@ impl Session {
             if self.swbuf.len() < HIGH_WATER && !self.terminated {
                 let first = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
                     Ok(f) => f,
-                    Err(e) => return End::Fatal(ProxyError::fatal("08P01", e.to_string())),
+                    Err(e) => return End::fatal(ProxyError::fatal("08P01", e.to_string())),
                 };
                 if let Some(first) = first {
                     // A request: its answers and what goes to the server need buffers.
@@ -41,7 +41,7 @@ impl Session {
             }
             self.maybe_release();
             if self.proxy.shutting_down() && self.at_rest() {
-                return End::Fatal(ProxyError::fatal(
+                return End::fatal(ProxyError::fatal(
                     "57P01",
                     "terminating connection because shardgate is shutting down",
                 ));
@@ -134,7 +134,7 @@ impl Session {
             frame = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(End::Fatal(ProxyError::fatal("08P01", e.to_string()))),
+                Err(e) => return Err(End::fatal(ProxyError::fatal("08P01", e.to_string()))),
             };
         }
     }

@@ -190,7 +190,7 @@ impl Session {
             return Ok(());
         };
         if let Err(e) = self.settle().await {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         if self.error_since_ready {
             // An earlier statement of this batch failed: PostgreSQL skips the rest of it.
@@ -380,7 +380,7 @@ impl Session {
         shards: &[String],
     ) -> Result<Result<Legs, ProxyError>, End> {
         if let Err(e) = self.settle().await {
-            return Err(End::Fatal(e));
+            return Err(End::fatal(e));
         }
         if self.tx_status != b'I' && self.may_fan_out_in_tx() {
             return self.take_tx_legs(shards).await;
@@ -561,7 +561,7 @@ impl Session {
                 .map_err(|e| server_gone(e.to_string()))?;
             if let Err(end) = self.on_server(frame.msg()) {
                 return Err(match end {
-                    End::Fatal(e) => e,
+                    End::Fatal(e) => *e,
                     End::ServerGone(why) => server_gone(why),
                     End::ClientGone => ProxyError::fatal("08006", "client gone"),
                 });

@@ -93,11 +93,11 @@ impl Session {
             return Ok(());
         };
         match t.phase {
-            Phase::Idle => Err(End::Fatal(ProxyError::fatal(
+            Phase::Idle => Err(End::fatal(ProxyError::fatal(
                 "57P05",
                 "terminating connection due to idle-session timeout",
             ))),
-            Phase::IdleInTransaction => Err(End::Fatal(ProxyError::fatal(
+            Phase::IdleInTransaction => Err(End::fatal(ProxyError::fatal(
                 "25P03",
                 "terminating connection due to idle-in-transaction timeout",
             ))),
