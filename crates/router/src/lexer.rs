@@ -239,9 +239,18 @@ pub fn contains_any_word(text: &[u8], words: &[&[u8]]) -> bool {
     })
 }
 
-/// A fixed set of up to 64 words (lower-case ASCII) to look for in statement texts, ASCII
-/// case ignored, as substrings: [`contains_any_word`] with tables of their first three bytes
-/// built once, at compile time, for the checks made on every statement.
+/// A fixed set of up to 64 words (lower-case ASCII letters) to look for in statement texts,
+/// ASCII case ignored, as substrings, for the checks made on every statement.
+///
+/// [`WordSet::find`] folds the text to lower case and runs a packed multi-substring search
+/// over it (`aho-corasick`'s Teddy: SIMD, a few instructions per 16 bytes; several times
+/// fewer instructions than a byte-by-byte look, which cost ~20 per byte of every statement).
+/// That search reports occurrences that do not overlap: a word is found wherever it occurs,
+/// except where it begins inside an earlier occurrence of another word. A word inside a longer
+/// one (`listen` in `unlisten`) is found with it; otherwise an occurrence begins inside an
+/// earlier one only where letters run on with no separator between them, inside a single
+/// identifier (`resetemp`), never where a keyword of SQL begins. Where SIMD is not available,
+/// tables of the words' first three bytes (built at compile time) make the look byte by byte.
 pub struct WordSet {
     /// Per byte, the words that start with it (either case), as bits.
     starts: [u64; 256],
@@ -251,7 +260,22 @@ pub struct WordSet {
     /// Per byte, the words whose third byte it is (every byte, for a word of two).
     thirds: [u64; 256],
     words: &'static [&'static [u8]],
+    /// The packed search, built at first use (`None`: not available here).
+    packed: std::sync::OnceLock<Option<Packed>>,
 }
+
+/// [`WordSet`]'s packed search.
+struct Packed {
+    searcher: aho_corasick::packed::Searcher,
+    /// Per word, the words it contains (itself included): found with it.
+    implies: Vec<u64>,
+    /// Text is folded in pieces of this many bytes, each overlapping the last by the length
+    /// of the longest word less one, so that no word is cut.
+    overlap: usize,
+}
+
+/// Bytes of text folded at a time for the packed search (on the stack).
+const FOLDED: usize = 512;
 
 impl WordSet {
     pub const fn new(words: &'static [&'static [u8]]) -> WordSet {
@@ -284,7 +308,37 @@ impl WordSet {
             seconds,
             thirds,
             words,
+            packed: std::sync::OnceLock::new(),
         }
+    }
+
+    fn packed(&self) -> Option<&Packed> {
+        self.packed
+            .get_or_init(|| {
+                let searcher = aho_corasick::packed::Config::new()
+                    .match_kind(aho_corasick::packed::MatchKind::LeftmostFirst)
+                    .builder()
+                    .extend(self.words)
+                    .build()?;
+                let implies = self
+                    .words
+                    .iter()
+                    .map(|outer| {
+                        self.words
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, inner)| outer.windows(inner.len()).any(|w| w == **inner))
+                            .fold(0u64, |bits, (i, _)| bits | 1 << i)
+                    })
+                    .collect();
+                let longest = self.words.iter().map(|w| w.len()).max().unwrap_or(1);
+                Some(Packed {
+                    searcher,
+                    implies,
+                    overlap: longest - 1,
+                })
+            })
+            .as_ref()
     }
 
     /// The words among those of `text` at `i` whose first three bytes fit (the tables).
@@ -300,8 +354,33 @@ impl WordSet {
         starts & self.seconds[text[i + 1] as usize] & self.thirds[third as usize]
     }
 
-    /// The words that occur in `text`: bit `i` for `words[i]`.
+    /// The words that occur in `text`: bit `i` for `words[i]` (see [`WordSet`] for the
+    /// occurrences that are not looked for).
     pub fn find(&self, text: &[u8]) -> u64 {
+        let Some(packed) = self.packed() else {
+            return self.find_bytewise(text);
+        };
+        let mut folded = [0u8; FOLDED];
+        let mut found = 0;
+        let mut start = 0;
+        loop {
+            let end = text.len().min(start + FOLDED);
+            let piece = &mut folded[..end - start];
+            for (f, b) in piece.iter_mut().zip(&text[start..end]) {
+                *f = b.to_ascii_lowercase();
+            }
+            for m in packed.searcher.find_iter(&*piece) {
+                found |= packed.implies[m.pattern().as_usize()];
+            }
+            if end == text.len() {
+                return found;
+            }
+            start = end - packed.overlap;
+        }
+    }
+
+    /// [`WordSet::find`] byte by byte, with the tables: every occurrence.
+    pub fn find_bytewise(&self, text: &[u8]) -> u64 {
         let mut found = 0;
         let mut i = 0;
         while i + 1 < text.len() {
@@ -457,6 +536,94 @@ mod tests {
                 );
             }
             assert_eq!(WORDS.any(text), found != 0, "{text:?}");
+        }
+    }
+
+    /// The packed search finds what the byte-by-byte look finds wherever a word begins a
+    /// token or follows no earlier word in the same run of letters, and never more.
+    #[test]
+    fn packed_word_search_agrees_with_the_bytewise_one() {
+        static WORDS: WordSet = WordSet::new(&[
+            b"set",
+            b"listen",
+            b"discard",
+            b"deallocate",
+            b"savepoint",
+            b"release",
+            b"rollback",
+            b"temp",
+            b"hold",
+            b"prepare",
+            b"advisory",
+            b"drop",
+            b"close",
+            b"unlock",
+            b"unlisten",
+            b"load",
+        ]);
+        assert!(
+            WORDS.packed().is_some(),
+            "the packed search is available here"
+        );
+        let long = "SELECT abalance FROM pgbench_accounts WHERE aid = 1 ".repeat(40) + "; RESET x";
+        for text in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "RESET work_mem",
+            "reset all; UNLISTEN *",
+            "SELECT pg_advisory_unlock_all(), set_config('a', 'b', false)",
+            "CREATE TEMPORARY TABLE t (a int); DISCARD TEMP",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1; CLOSE c",
+            "PREPARE TRANSACTION 'x'; ROLLBACK PREPARED 'x'",
+            "SAVEPOINT a; RELEASE a; ROLLBACK TO a; DEALLOCATE ALL; DROP TABLE t; LOAD 'x'",
+            "select offset from t",
+            &long,
+        ] {
+            assert_eq!(
+                WORDS.find(text.as_bytes()),
+                WORDS.find_bytewise(text.as_bytes()),
+                "{text}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Random statements of words, other letters and separators: every word that
+        /// begins a token is found, and nothing is found that is not there.
+        #[test]
+        fn packed_word_search_finds_every_token_word(
+            parts in proptest::collection::vec(
+                (0usize..24, proptest::sample::select(vec![" ", "_", "(", ";", ", ", "1", ""])),
+                0..40,
+            )
+        ) {
+            const LIST: &[&[u8]] = &[
+                b"set", b"listen", b"discard", b"deallocate", b"savepoint", b"release",
+                b"rollback", b"temp", b"hold", b"prepare", b"advisory", b"drop", b"close",
+                b"unlock", b"unlisten", b"load",
+            ];
+            static WORDS: WordSet = WordSet::new(LIST);
+            const OTHER: &[&str] = &["SeLeCt", "x", "re", "un", "abc", "ORARY", "all", "lo"];
+            let mut text = String::new();
+            let mut starts = Vec::new();
+            for (i, sep) in &parts {
+                if text.is_empty() || !text.ends_with(|c: char| c.is_ascii_alphabetic()) {
+                    starts.push((text.len(), *i));
+                }
+                match LIST.get(*i) {
+                    Some(w) if i % 2 == 0 => text.push_str(&std::str::from_utf8(w).unwrap().to_uppercase()),
+                    Some(w) => text.push_str(std::str::from_utf8(w).unwrap()),
+                    None => text.push_str(OTHER[i % OTHER.len()]),
+                }
+                text.push_str(sep);
+            }
+            let found = WORDS.find(text.as_bytes());
+            let all = WORDS.find_bytewise(text.as_bytes());
+            proptest::prop_assert_eq!(found & !all, 0, "{}", text);
+            for (at, i) in starts {
+                if i < LIST.len() {
+                    proptest::prop_assert!(found & (1 << i) != 0, "{:?} at {} in {}", LIST[i], at, text);
+                }
+            }
         }
     }
 
