@@ -367,8 +367,8 @@ impl Pool {
             // FATAL its backend left behind.
             // Its age is as of its last use (no clock read per checkout): one that grew old
             // idle goes with the pool's upkeep.
-            let age = conn.last_used.saturating_duration_since(conn.created);
-            if conn.is_stale() || age > inner.settings.server_lifetime {
+            let old = conn.retire_at.is_some_and(|r| conn.last_used > r);
+            if conn.is_stale() || old {
                 continue; // dropped: closed
             }
             return Some(conn);
@@ -379,9 +379,7 @@ impl Pool {
         let inner = &self.inner;
         let mut conn =
             ServerConn::connect(&inner.target, inner.settings.connect_timeout, startup).await?;
-        conn.count_in(inner.counters.clone());
-        conn.prepared = crate::PreparedSet::with_limit(inner.settings.max_prepared);
-        inner.connects.fetch_add(1, Ordering::Relaxed);
+        inner.adopt(&mut conn);
         if startup.params.is_empty() {
             let mut sp = inner.server_params.lock();
             if sp.is_none() {
@@ -468,8 +466,7 @@ impl PooledConn {
                 return;
             }
             // Last used when its last answer came (read then, not again here).
-            if conn.last_used.saturating_duration_since(conn.created)
-                > self.pool.settings.server_lifetime
+            if conn.retire_at.is_some_and(|r| conn.last_used > r)
                 || self.pool.retired.load(Ordering::Acquire)
             {
                 return;
@@ -500,6 +497,17 @@ impl std::ops::DerefMut for PooledConn {
         self.conn
             .as_mut()
             .expect("connection present until released")
+    }
+}
+
+impl Inner {
+    /// A connection just opened for this pool: counted, given its lifetime and its
+    /// prepared-statement limit.
+    fn adopt(&self, conn: &mut ServerConn) {
+        conn.count_in(self.counters.clone());
+        conn.retire_at = conn.created.checked_add(self.settings.server_lifetime);
+        conn.prepared = crate::PreparedSet::with_limit(self.settings.max_prepared);
+        self.connects.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -538,9 +546,7 @@ async fn maintain(pool: Weak<Inner>) {
             };
             match ServerConn::connect(&inner.target, s.connect_timeout, &Startup::default()).await {
                 Ok(mut conn) => {
-                    conn.count_in(inner.counters.clone());
-                    conn.prepared = crate::PreparedSet::with_limit(s.max_prepared);
-                    inner.connects.fetch_add(1, Ordering::Relaxed);
+                    inner.adopt(&mut conn);
                     inner.idle.lock().push(Box::new(conn));
                     drop(permit);
                 }

@@ -126,6 +126,9 @@ pub struct ServerConn {
     pub created: Instant,
     /// When its last answer came (or it was opened).
     pub last_used: Instant,
+    /// Past this, a connection whose last answer came later is too old to reuse (the
+    /// pool's `server_lifetime` after `created`, set by the pool; `None`: no limit).
+    pub retire_at: Option<Instant>,
     /// [`Startup::key`] of the parameters it was opened with.
     pub opened_with: u64,
     /// The pool's counters, once the connection is in a pool.
@@ -135,8 +138,9 @@ pub struct ServerConn {
     /// The request's first message, kept for the slow-statement log when it is on.
     pub request_text: Option<bytes::Bytes>,
     /// The client messages of the request in flight, kept until the server's first answer
-    /// while the request may still be retried on another connection (empty otherwise).
-    pub replay: Vec<wire::Frame>,
+    /// while the request may still be retried on another connection (empty otherwise):
+    /// whole messages back to back, as they came (its capacity goes with the connection).
+    pub replay: bytes::BytesMut,
     /// Messages are being kept in `replay`.
     pub replay_on: bool,
     /// When the transaction in progress began.
@@ -204,11 +208,12 @@ impl ServerConn {
             settings_unknown: false,
             created: Instant::now(),
             last_used: Instant::now(),
+            retire_at: None,
             opened_with: startup.key(),
             counters: None,
             request_at: None,
             request_text: None,
-            replay: Vec::new(),
+            replay: bytes::BytesMut::new(),
             replay_on: false,
             xact_at: None,
         };

@@ -82,6 +82,9 @@ pub struct Proxy {
     /// Some database of the live config routes over shards (with none, the per-statement
     /// check costs one load).
     any_routes: std::sync::atomic::AtomicBool,
+    /// Some session timeout is configured (with none, a session's wait arms no timer and
+    /// costs one load).
+    any_timeouts: std::sync::atomic::AtomicBool,
     /// Servers an administrator took out of use: (database, shard).
     banned: Mutex<std::collections::HashSet<(String, String)>>,
     /// Each database's text order, as merges must reproduce it (asked of a shard once).
@@ -149,6 +152,7 @@ impl Proxy {
         let slow_query = config.log.slow_query_ms;
         let replica_reads = any_replica_reads(&config);
         let routes = any_routes(&config);
+        let timeouts = any_timeouts(&config);
         let tls = Tls::build(&config).unwrap_or_else(|e| {
             tracing::error!("TLS is off: {e}");
             Tls::default()
@@ -179,6 +183,7 @@ impl Proxy {
             slow_query: AtomicU64::new(slow_query),
             replica_reads: std::sync::atomic::AtomicBool::new(replica_reads),
             any_routes: std::sync::atomic::AtomicBool::new(routes),
+            any_timeouts: std::sync::atomic::AtomicBool::new(timeouts),
             banned: Mutex::new(Default::default()),
             collations: Mutex::new(HashMap::new()),
             table_columns: Mutex::new(HashMap::new()),
@@ -760,6 +765,8 @@ impl Proxy {
             .store(any_replica_reads(&config), Ordering::Relaxed);
         self.any_routes
             .store(any_routes(&config), Ordering::Relaxed);
+        self.any_timeouts
+            .store(any_timeouts(&config), Ordering::Relaxed);
         self.config.store(Arc::new(config));
         // Analyses depend on the maps' key columns.
         self.route_cache.clear();
@@ -855,6 +862,11 @@ fn reads_on_replicas(d: &sgconfig::DatabaseConfig) -> bool {
 
 fn any_routes(config: &Config) -> bool {
     config.databases.values().any(session::database_routes)
+}
+
+fn any_timeouts(config: &Config) -> bool {
+    let l = &config.limits;
+    l.client_idle_timeout_ms > 0 || l.idle_transaction_timeout_ms > 0 || l.query_timeout_ms > 0
 }
 
 fn any_replica_reads(config: &Config) -> bool {

@@ -66,8 +66,8 @@ pub struct ParseView<'a> {
 }
 
 impl<'a> ParseView<'a> {
-    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
-        let mut r = BodyReader::new(frame.body());
+    pub fn new<M: Message + ?Sized>(frame: &'a M) -> Result<Self, Malformed> {
+        let mut r = BodyReader::new(frame.message_body());
         let name = r.cstr()?;
         let query = r.cstr()?;
         let param_types = r.remaining();
@@ -94,8 +94,8 @@ pub struct BindView<'a> {
 }
 
 impl<'a> BindView<'a> {
-    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
-        let mut r = BodyReader::new(frame.body());
+    pub fn new<M: Message + ?Sized>(frame: &'a M) -> Result<Self, Malformed> {
+        let mut r = BodyReader::new(frame.message_body());
         let portal = r.cstr()?;
         let statement = r.cstr()?;
         let rest = r.remaining();
@@ -140,8 +140,8 @@ pub struct TargetView<'a> {
 }
 
 impl<'a> TargetView<'a> {
-    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
-        let mut r = BodyReader::new(frame.body());
+    pub fn new<M: Message + ?Sized>(frame: &'a M) -> Result<Self, Malformed> {
+        let mut r = BodyReader::new(frame.message_body());
         let kind = r.u8()?;
         if kind != b'S' && kind != b'P' {
             return Err(Malformed("target must be 'S' or 'P'"));
@@ -153,8 +153,8 @@ impl<'a> TargetView<'a> {
 }
 
 /// `Execute`: portal and row limit.
-pub fn execute_view(frame: &Frame) -> Result<(&[u8], i32), Malformed> {
-    let mut r = BodyReader::new(frame.body());
+pub fn execute_view<M: Message + ?Sized>(frame: &M) -> Result<(&[u8], i32), Malformed> {
+    let mut r = BodyReader::new(frame.message_body());
     let portal = r.cstr()?;
     let max_rows = r.i32()?;
     r.finish()?;
@@ -162,8 +162,8 @@ pub fn execute_view(frame: &Frame) -> Result<(&[u8], i32), Malformed> {
 }
 
 /// `Query`: the SQL text without its terminator.
-pub fn query_text(frame: &Frame) -> Result<&[u8], Malformed> {
-    let mut r = BodyReader::new(frame.body());
+pub fn query_text<M: Message + ?Sized>(frame: &M) -> Result<&[u8], Malformed> {
+    let mut r = BodyReader::new(frame.message_body());
     let q = r.cstr()?;
     r.finish()?;
     Ok(q)
@@ -171,22 +171,22 @@ pub fn query_text(frame: &Frame) -> Result<&[u8], Malformed> {
 
 /// Checks the layout of a message the proxy forwards without reading, so that garbage is
 /// refused at the proxy. Returns the error for a message type the frontend may not send.
-pub fn check_frontend(frame: &Frame) -> Result<(), Malformed> {
-    match frame.tag() {
+pub fn check_frontend<M: Message + ?Sized>(frame: &M) -> Result<(), Malformed> {
+    match frame.message_tag() {
         tag::QUERY => query_text(frame).map(|_| ()),
         tag::PARSE => ParseView::new(frame).map(|_| ()),
         tag::BIND => BindView::new(frame).map(|_| ()),
         tag::DESCRIBE | tag::CLOSE => TargetView::new(frame).map(|_| ()),
         tag::EXECUTE => execute_view(frame).map(|_| ()),
         tag::SYNC | tag::FLUSH | tag::TERMINATE | tag::COPY_DONE => {
-            if frame.body().is_empty() {
+            if frame.message_body().is_empty() {
                 Ok(())
             } else {
                 Err(Malformed("unexpected message body"))
             }
         }
         tag::COPY_DATA => Ok(()),
-        tag::COPY_FAIL => BodyReader::new(frame.body()).cstr().map(|_| ()),
+        tag::COPY_FAIL => BodyReader::new(frame.message_body()).cstr().map(|_| ()),
         tag::FUNCTION_CALL => Ok(()),
         _ => Err(Malformed("invalid frontend message type")),
     }

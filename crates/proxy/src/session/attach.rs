@@ -321,18 +321,8 @@ impl Session {
             // it holds is what the client made it, and the proxy sends nothing on it.
             return true;
         }
-        let key = (self.client.id, self.client.settings.generation);
-        if server.settings_unknown {
-            return false;
-        }
-        let in_line = server.applied_for == Some(key)
-            || self
-                .client
-                .settings
-                .sync_sql(&server.applied, false)
-                .is_none();
+        let in_line = conn_in_line(server, &self.client);
         if in_line {
-            server.applied_for = Some(key);
             self.session_settled = self.client.mode == PoolMode::Session;
         }
         in_line
@@ -468,6 +458,21 @@ pub(super) async fn sync_conn(
     server.applied_for = Some(key);
     server.settings_unknown = tx_status != b'I';
     Ok(())
+}
+
+/// True when `server` already carries `client`'s settings; records that when it finds the
+/// two equal.
+pub(super) fn conn_in_line(server: &mut pool::ServerConn, client: &Client) -> bool {
+    if server.settings_unknown {
+        return false;
+    }
+    let key = (client.id, client.settings.generation);
+    let in_line = server.applied_for == Some(key)
+        || client.settings.sync_sql(&server.applied, false).is_none();
+    if in_line {
+        server.applied_for = Some(key);
+    }
+    in_line
 }
 
 /// An idle connection of `pool` for `client`, if one is free now (see [`checkout`]).

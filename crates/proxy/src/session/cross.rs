@@ -583,7 +583,7 @@ impl Session {
             Ok(tag) => self.push_synthetic(Expect::SyntheticDone(tag)),
             Err(e) => {
                 self.proxy.stats.error(&self.client.database, &e.code);
-                self.push_synthetic(Expect::SyntheticError(e));
+                self.push_synthetic(Expect::SyntheticError(Box::new(e)));
             }
         }
         if chain && ended_ok {

@@ -541,7 +541,28 @@ impl Session {
         self.emit_synthetic_head();
     }
 
+    #[inline(always)]
     pub(super) fn emit_synthetic_head(&mut self) {
+        // Usually the head is a server's answer still to come: nothing to write.
+        if matches!(
+            self.pending.front(),
+            None | Some(
+                Expect::Query { .. }
+                    | Expect::Parse { .. }
+                    | Expect::Bind
+                    | Expect::Describe { .. }
+                    | Expect::Execute { .. }
+                    | Expect::Sync
+            )
+        ) {
+            return;
+        }
+        self.emit_synthetic();
+    }
+
+    /// The answers of the proxy's own at the head of the queue, written.
+    #[inline(never)]
+    fn emit_synthetic(&mut self) {
         loop {
             match self.pending.front() {
                 Some(Expect::Synthetic(t)) => {
@@ -578,7 +599,7 @@ impl Session {
             // the statement, as on PostgreSQL: nothing of it may commit.
             self.abort_server_transaction(false);
         }
-        self.push_synthetic(Expect::SyntheticError(e));
+        self.push_synthetic(Expect::SyntheticError(Box::new(e)));
         self.skip_until_sync = true;
         Ok(())
     }
@@ -612,7 +633,7 @@ impl Session {
         } else if self.server.is_some() && self.tx_status == b'T' {
             self.abort_server_transaction(true);
         }
-        self.push_synthetic(Expect::SyntheticError(e));
+        self.push_synthetic(Expect::SyntheticError(Box::new(e)));
         self.push_synthetic(Expect::SyntheticReady);
         Ok(())
     }

@@ -38,6 +38,7 @@ mod lent;
 mod merge;
 mod multi;
 mod pins;
+mod plain;
 mod pump;
 mod replicas;
 mod retry;
@@ -82,8 +83,9 @@ enum Expect {
     Describe {
         statement: Option<Arc<Statement>>,
     },
+    /// `command`: boxed, as every entry is as large as the largest kind.
     Execute {
-        command: Option<SessionCommand>,
+        command: Option<Box<SessionCommand>>,
     },
     Close,
     /// A Close of a statement the proxy evicted from the server: its answer is swallowed.
@@ -106,7 +108,8 @@ enum Expect {
     Synthetic(u8),
     /// A whole message the proxy answers with when its turn comes.
     SyntheticFrame(&'static [u8]),
-    SyntheticError(ProxyError),
+    /// Boxed: every entry of the queue is as large as its largest kind.
+    SyntheticError(Box<ProxyError>),
     SyntheticReady,
     /// A CommandComplete with this tag, for a statement the proxy ran itself.
     SyntheticDone(&'static str),
@@ -568,7 +571,7 @@ impl Session {
                 let command = match self.names.as_deref() {
                     Some(n) if !n.portal_commands.is_empty() => {
                         let (portal, _) = messages::execute_view(&frame).map_err(malformed)?;
-                        n.portal_commands.get(portal).cloned()
+                        n.portal_commands.get(portal).cloned().map(Box::new)
                     }
                     _ => None,
                 };
@@ -789,6 +792,14 @@ mod tests {
         let size = task_size(super::drive);
         let session = std::mem::size_of::<super::Session>();
         assert!(size <= session + 336, "the session's task is {size} bytes");
+    }
+
+    /// Every message in flight has an entry in the queue of expected answers, and each
+    /// entry is as large as the largest kind: the rare large ones are boxed.
+    #[test]
+    fn an_expected_answer_stays_small() {
+        let size = std::mem::size_of::<super::Expect>();
+        assert!(size <= 40, "Expect is {size} bytes");
     }
 
     #[test]

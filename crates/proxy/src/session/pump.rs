@@ -9,11 +9,7 @@ impl Session {
         loop {
             // Client messages, while the server side is not backed up.
             if self.swbuf.len() < HIGH_WATER && !self.terminated {
-                let first = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
-                    Ok(f) => f,
-                    Err(e) => return End::fatal(ProxyError::fatal("08P01", e.to_string())),
-                };
-                if let Some(first) = first {
+                if !self.client.conn.rbuf.is_empty() {
                     // A request: its answers and what goes to the server need buffers.
                     if self.swbuf.capacity() == 0
                         || self.wbuf.capacity() == 0
@@ -21,6 +17,14 @@ impl Session {
                     {
                         lent::lend([&mut self.swbuf, &mut self.wbuf], &mut self.pending);
                     }
+                    // The commonest messages in the commonest state: handled in place.
+                    self.plain_client_messages();
+                }
+                let first = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
+                    Ok(f) => f,
+                    Err(e) => return End::fatal(ProxyError::fatal("08P01", e.to_string())),
+                };
+                if let Some(first) = first {
                     // Boxed: a message's handling may wait (for a connection, a catalog
                     // answer), and its state, ~1 KiB, would otherwise sit in every idle
                     // session's task. One short-lived allocation per batch of messages read
@@ -77,11 +81,14 @@ impl Session {
             return Ok(());
         }
         let decoder = server.decoder;
+        let mut keeping = server.replay_on;
         let mut buf = std::mem::take(&mut server.read_buf);
         let mut done = 0;
+        // The start of a run of answers that go to the client as they are, not yet copied.
+        let mut run = 0;
         let mut outcome = Ok(());
         let mut going_away = false;
-        while self.wbuf.len() < HIGH_WATER {
+        while self.wbuf.len() + (done - run) < HIGH_WATER {
             let len = match decoder.peek_len(&buf[done..]) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
@@ -91,16 +98,29 @@ impl Session {
                 }
             };
             let msg = FrameDecoder::msg(&buf[done..], len);
-            done += len;
-            let keeping = self.server.as_deref().is_some_and(|s| s.replay_on);
-            if keeping && self.going_away(&msg) {
-                going_away = true;
-                break;
+            if keeping {
+                if self.going_away(&msg) {
+                    done += len;
+                    going_away = true;
+                    break;
+                }
+                keeping = self.server.as_deref().is_some_and(|s| s.replay_on);
             }
+            if passes_on(msg.tag()) {
+                // Rows and the like: copied on with their neighbours in one piece.
+                done += len;
+                continue;
+            }
+            self.wbuf.extend_from_slice(&buf[run..done]);
+            done += len;
+            run = done;
             if let Err(end) = self.on_server(msg) {
                 outcome = Err(end);
                 break;
             }
+        }
+        if run < done && !going_away {
+            self.wbuf.extend_from_slice(&buf[run..done]);
         }
         buf.advance(done);
         if let Some(server) = self.server.as_deref_mut() {
@@ -269,4 +289,14 @@ impl Session {
         })
         .await
     }
+}
+
+/// Server answers that go to the client as they are and tell the session nothing (see
+/// `on_server`, whose last arm they take).
+#[inline]
+fn passes_on(t: u8) -> bool {
+    matches!(
+        t,
+        tag::DATA_ROW | tag::NOTICE_RESPONSE | tag::NOTIFICATION | tag::COPY_DATA | tag::COPY_DONE
+    )
 }

@@ -57,7 +57,7 @@ impl Session {
             Some(true) => {
                 let server = self.server.as_deref_mut().expect("attached");
                 if replayable(frame.tag()) {
-                    server.replay.push(frame.clone());
+                    server.replay.extend_from_slice(frame.raw());
                 } else {
                     stop_keeping(server);
                 }
@@ -68,7 +68,7 @@ impl Session {
     }
 
     /// At rest, where a request that now begins may be retried.
-    fn may_keep(&self) -> bool {
+    pub(super) fn may_keep(&self) -> bool {
         self.client.mode == PoolMode::Transaction
             && self.tx_status == b'I'
             && self.held_begin.is_none()
@@ -88,18 +88,25 @@ impl Session {
         }
         if let Some(server) = self.server.as_deref_mut() {
             server.replay.clear();
-            server.replay.push(first);
+            server.replay.extend_from_slice(first.raw());
             server.replay_on = true;
         }
     }
 
     /// A server answer to a kept request: `true` when it says the connection is going away
     /// before the statement ran (the request is then to be retried: [`Self::retry`]).
+    #[inline]
     pub(super) fn going_away(&mut self, frame: &Msg<'_>) -> bool {
-        let server = self.server.as_deref_mut().expect("attached");
         if describes(frame.tag()) {
             return false;
         }
+        self.answered(frame)
+    }
+
+    /// [`Self::going_away`] of an answer that says something happened.
+    #[inline(never)]
+    fn answered(&mut self, frame: &Msg<'_>) -> bool {
+        let server = self.server.as_deref_mut().expect("attached");
         let going_away = frame.tag() == tag::ERROR_RESPONSE
             && messages::ErrorFields::parse(frame.body())
                 .is_ok_and(|e| e.severity == "FATAL" && GOING_AWAY.contains(&e.code.as_str()));
@@ -119,7 +126,9 @@ impl Session {
         if !matches!(end, End::ServerGone(_)) || !server.replay_on || !server.read_buf.is_empty() {
             return Err(end);
         }
-        let reads = server.replay.iter().all(|f| self.only_reads(f));
+        let reads = kept_frames(&server.replay, self.client.conn.decoder)
+            .into_iter()
+            .all(|f| self.only_reads(&f));
         if !reads {
             return Err(end);
         }
@@ -160,7 +169,7 @@ impl Session {
     /// fresh connection keeps nothing, so a request is retried once.
     pub(super) async fn retry(&mut self, why: &str) -> Result<(), End> {
         let mut conn = self.server.take().expect("attached");
-        let kept = std::mem::take(&mut conn.replay);
+        let kept = kept_frames(&conn.replay, self.client.conn.decoder);
         conn.replay_on = false;
         tracing::warn!(
             client = self.client.id,
@@ -183,6 +192,16 @@ impl Session {
 /// Whether what waits for the client is held back (the attached server's request is kept).
 pub(super) fn holding(server: Option<&PooledConn>) -> bool {
     server.is_some_and(|s| s.replay_on)
+}
+
+/// The messages of a kept request (whole, as they were kept).
+fn kept_frames(kept: &BytesMut, decoder: FrameDecoder) -> Vec<Frame> {
+    let mut rest = kept.clone();
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(&mut rest) {
+        frames.push(frame);
+    }
+    frames
 }
 
 fn stop_keeping(server: &mut pool::ServerConn) {

@@ -247,7 +247,7 @@ impl Session {
         let command = match self.pending.front_mut() {
             Some(Expect::Query { commands }) => commands.as_mut().and_then(|c| c.pop_front()),
             Some(Expect::Execute { .. }) => match self.pending.pop_front() {
-                Some(Expect::Execute { command }) => command,
+                Some(Expect::Execute { command }) => command.map(|c| *c),
                 _ => None,
             },
             _ => None,

@@ -50,6 +50,14 @@ impl Session {
 
     /// Before each wait: the deadline of the timeout that applies now, if any.
     pub(super) fn arm_timeout(&mut self) {
+        if self.timeouts.is_none()
+            && !self
+                .proxy
+                .any_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let (idle, in_tx, query) = self.limits();
         if idle == 0 && in_tx == 0 && query == 0 {
             self.timeouts = None;

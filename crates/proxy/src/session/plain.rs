@@ -1,0 +1,191 @@
+//! The plain path: client messages of a session in its commonest state handled by plain
+//! functions, where they lie in the read buffer.
+//!
+//! The commonest state is transaction pooling on a database that does not route, with
+//! nothing held back (a BEGIN, a statement for several shards), pinned, spanning shards or
+//! named by the client. There, a Query whose text has none of the words that change session
+//! state, a repeated unnamed Parse, and Bind, Describe, Execute and Sync of the unnamed
+//! statement and portals go to the server exactly as they came, and what the session must
+//! know of them is one entry each in `pending`. The plain path does that for every such
+//! message at the front of the read buffer in one pass, without cutting them into frames or
+//! entering the async handlers, and copies each run of them on in one piece. The first
+//! message it does not take as it is (any other, a malformed one, one whose handling may
+//! wait or refuse) stays in the buffer for the full handlers (`on_message`), which do the
+//! same for these messages in every state: the two agree by construction, and the
+//! differential, protocol and fault tests run over both.
+
+use super::*;
+use bytes::Buf;
+
+impl Session {
+    /// Whether the session is in the state the plain path handles.
+    fn plain_state(&self) -> bool {
+        self.client.mode == PoolMode::Transaction
+            && !self.terminated
+            && !self.skip_until_sync
+            && !self.pinned
+            && !self.pin_check
+            && !self.copy_in_extended
+            && self.held_begin.is_none()
+            && self.pending_fanout.is_none()
+            && self.names.is_none()
+            && self.shard_pools.is_none()
+            && self.session_hints.is_none()
+            && self.server_shard.is_none()
+            && self.client.generation == self.proxy.generation()
+            && !self.routes()
+            && !self.proxy.maybe_paused()
+            && !self.proxy.reads_on_replicas(&self.client.database)
+    }
+
+    /// A server for the plain path: the attached one when it takes the next message as it
+    /// is, else (between transactions) an idle connection of the home pool that is free now
+    /// and already carries the client's settings. A request that begins here is kept for a
+    /// retry as [`Self::keep_for_retry`] would keep it.
+    fn plain_server(&mut self) -> bool {
+        if let Some(server) = self.server.as_ref() {
+            return !server.is_replica() && self.ready_as_is();
+        }
+        let Some(mut conn) = attach::try_checkout(&self.client.pool, &self.client) else {
+            return false;
+        };
+        if !attach::conn_in_line(&mut conn, &self.client) {
+            conn.release();
+            return false;
+        }
+        let keep = self.may_keep() && self.wbuf.is_empty();
+        self.attach(conn);
+        if keep {
+            let server = self.server.as_deref_mut().expect("attached");
+            server.replay.clear();
+            server.replay_on = true;
+        }
+        true
+    }
+
+    /// Handles the client's complete messages at the front of its read buffer while the
+    /// session is in the plain state and each is one the plain path takes as it is.
+    pub(super) fn plain_client_messages(&mut self) {
+        if !self.plain_state() {
+            return;
+        }
+        let decoder = self.client.conn.decoder;
+        // Out of the connection meanwhile: handling a message never reads from it.
+        let mut buf = std::mem::take(&mut self.client.conn.rbuf);
+        // The first message is looked at before a server is taken for it.
+        let first = match decoder.peek_len(&buf) {
+            Ok(Some(len)) => self
+                .plain_message(&FrameDecoder::msg(&buf, len))
+                .map(|t| (len, t)),
+            _ => None,
+        };
+        let Some((first_len, first)) = first.filter(|_| self.plain_server()) else {
+            self.client.conn.rbuf = buf;
+            return;
+        };
+        self.read_intent = false;
+        let (mut len, mut t) = (first_len, first);
+        let mut done = 0;
+        // The start of the handled messages not yet copied on to the server.
+        let mut unsent = 0;
+        loop {
+            match t {
+                tag::PARSE => {
+                    if let Some(kept) = self.unnamed_parse.as_deref_mut() {
+                        kept.waits_for_bind = false;
+                    }
+                    self.expect_extended(Expect::Parse {
+                        visible: true,
+                        statement: None,
+                        client_name: None,
+                    });
+                }
+                tag::BIND | tag::DESCRIBE => {
+                    if self
+                        .unnamed_parse
+                        .as_deref()
+                        .is_some_and(|p| p.waits_for_bind)
+                    {
+                        // The unnamed Parse that waited for its Bind goes first.
+                        self.swbuf.extend_from_slice(&buf[unsent..done]);
+                        unsent = done;
+                        self.send_deferred_parse();
+                    }
+                    self.expect_extended(if t == tag::BIND {
+                        Expect::Bind
+                    } else {
+                        Expect::Describe { statement: None }
+                    });
+                }
+                tag::EXECUTE => self.expect_extended(Expect::Execute { command: None }),
+                tag::SYNC => {
+                    self.unsynced = false;
+                    self.needs_sync = false;
+                    if self.tx_status == b'I' {
+                        // The batch's portals end with it: its statements may be closed
+                        // from the next batch on.
+                        if let Some(server) = self.server.as_deref_mut() {
+                            server.prepared.batch_done();
+                        }
+                    }
+                    self.pending.push_back(Expect::Sync);
+                }
+                _ => self.pending.push_back(Expect::Query { commands: None }),
+            }
+            done += len;
+            if self.swbuf.len() + (done - unsent) >= HIGH_WATER {
+                break;
+            }
+            match decoder.peek_len(&buf[done..]) {
+                Ok(Some(l)) => match self.plain_message(&FrameDecoder::msg(&buf[done..], l)) {
+                    Some(next) => (len, t) = (l, next),
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        self.swbuf.extend_from_slice(&buf[unsent..done]);
+        let server = self.server.as_deref_mut().expect("attached");
+        if server.note_request() && self.proxy.slow_query_ms() > 0 {
+            server.request_text = Some(Bytes::copy_from_slice(&buf[..first_len]));
+        }
+        if server.replay_on {
+            server.replay.extend_from_slice(&buf[..done]);
+        }
+        buf.advance(done);
+        self.client.conn.rbuf = buf;
+    }
+
+    /// Whether the plain path takes `msg` as it is (its tag when it does); `None` leaves it,
+    /// and what follows, to the full handlers.
+    fn plain_message(&self, msg: &Msg<'_>) -> Option<u8> {
+        let t = msg.tag();
+        let taken = match t {
+            // The same unnamed Parse as the last, whose text had nothing to look at.
+            tag::PARSE => self
+                .unnamed_parse
+                .as_deref()
+                .is_some_and(|k| k.plain && k.frame.raw()[..] == *msg.raw()),
+            // Of the unnamed statement, which exists.
+            tag::BIND => BindView::new(msg)
+                .is_ok_and(|b| b.statement.is_empty() && self.unnamed_parse.is_some()),
+            tag::DESCRIBE => TargetView::new(msg).is_ok_and(|d| {
+                d.kind == b'P' || (d.name.is_empty() && self.unnamed_parse.is_some())
+            }),
+            tag::EXECUTE => messages::execute_view(msg).is_ok(),
+            // With no server, the full handlers answer it themselves.
+            tag::SYNC => self.server.is_some() && msg.body().is_empty(),
+            // Outside an extended batch, none of the words of statements that change
+            // session state or pin a connection.
+            tag::QUERY => {
+                !self.needs_sync
+                    && messages::query_text(msg).is_ok_and(|sql| {
+                        let words = Words::of(sql);
+                        !words.may_change_session() && !words.may_pin() && !words.load()
+                    })
+            }
+            _ => false,
+        };
+        taken.then_some(t)
+    }
+}
