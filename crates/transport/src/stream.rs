@@ -296,14 +296,13 @@ fn try_write_plain(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
     while !buf.is_empty() {
         match tcp.try_write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                let _ = buf.split_to(n);
-            }
+            // All of it: emptied where it starts, so that its whole room stays.
+            Ok(n) if n == buf.len() => buf.clear(),
+            Ok(n) => bytes::Buf::advance(buf, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
     }
-    buf.clear();
     Ok(())
 }
 

@@ -152,7 +152,7 @@ impl Session {
         if server.replay_on {
             server.replay.extend_from_slice(&buf[..done]);
         }
-        buf.advance(done);
+        consume(&mut buf, done);
         self.client.conn.rbuf = buf;
     }
 
@@ -187,5 +187,16 @@ impl Session {
             _ => false,
         };
         taken.then_some(t)
+    }
+}
+
+/// Drops the first `n` bytes of `buf`; all of them: emptied where it starts, so that its
+/// whole room stays (advanced past, a buffer's room shrinks until it is reclaimed).
+#[inline]
+pub(super) fn consume(buf: &mut BytesMut, n: usize) {
+    if n == buf.len() {
+        buf.clear();
+    } else {
+        buf.advance(n);
     }
 }

@@ -2,7 +2,6 @@
 //! and the one wait on both sockets (and the armed timeout) between them.
 
 use super::*;
-use bytes::Buf;
 
 impl Session {
     pub(super) async fn pump(&mut self) -> End {
@@ -35,8 +34,16 @@ impl Session {
                 }
             }
             // Server messages, while the client side is not backed up.
-            if let Err(end) = self.on_server_messages().await {
-                return end;
+            match self.on_server_messages() {
+                Ok(false) => {}
+                Ok(true) => {
+                    // Boxed, as every rare path of the loop.
+                    let why = "the server ended the connection before running it";
+                    if let Err(end) = Box::pin(self.retry(why)).await {
+                        return end;
+                    }
+                }
+                Err(end) => return end,
             }
             if self.pin_check && self.releasable() {
                 if let Err(end) = self.check_pins().await {
@@ -72,13 +79,14 @@ impl Session {
 
     /// Handles the attached server's complete messages, while the client side is not backed
     /// up. They are read where they arrived (the buffer is out of the connection meanwhile:
-    /// handling a message never reads from it), then passed over at once.
-    async fn on_server_messages(&mut self) -> Result<(), End> {
+    /// handling a message never reads from it), then passed over at once. `Ok(true)`: the
+    /// server is going away before it ran the kept request, which is to be retried.
+    fn on_server_messages(&mut self) -> Result<bool, End> {
         let Some(server) = self.server.as_deref_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         if server.read_buf.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let decoder = server.decoder;
         let mut keeping = server.replay_on;
@@ -111,7 +119,9 @@ impl Session {
                 done += len;
                 continue;
             }
-            self.wbuf.extend_from_slice(&buf[run..done]);
+            if run < done {
+                self.wbuf.extend_from_slice(&buf[run..done]);
+            }
             done += len;
             run = done;
             if let Err(end) = self.on_server(msg) {
@@ -122,20 +132,14 @@ impl Session {
         if run < done && !going_away {
             self.wbuf.extend_from_slice(&buf[run..done]);
         }
-        buf.advance(done);
+        plain::consume(&mut buf, done);
         if let Some(server) = self.server.as_deref_mut() {
             debug_assert!(server.read_buf.is_empty());
             server.read_buf = buf;
             // A message begun: room for its rest.
             let _ = decoder.next_len(&mut server.read_buf);
         }
-        outcome?;
-        if going_away {
-            // Boxed, as every rare path of the loop.
-            let why = "the server ended the connection before running it";
-            Box::pin(self.retry(why)).await?;
-        }
-        Ok(())
+        outcome.map(|()| going_away)
     }
 
     /// Handles `first` and the client's further complete messages, while the server side

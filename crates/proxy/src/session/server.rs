@@ -4,6 +4,8 @@
 use super::*;
 
 impl Session {
+    #[cold]
+    #[inline(never)]
     pub(super) fn desync(what: &str) -> End {
         End::ServerGone(format!("protocol out of step: unexpected {what}"))
     }
@@ -66,34 +68,7 @@ impl Session {
                 }
                 self.wbuf.extend_from_slice(frame.raw());
             }
-            tag::ERROR_RESPONSE if matches!(self.pending.front(), Some(Expect::AbortTx)) => {
-                self.pending.pop_front();
-                self.error_since_ready = true;
-            }
-            tag::ERROR_RESPONSE => {
-                if let Some(code) = crate::stats::error_code(frame.body()) {
-                    self.proxy.stats.error(&self.client.database, code);
-                }
-                self.copy_in_extended = false;
-                self.error_since_ready = true;
-                self.on_error();
-                if self.cross().is_some()
-                    && crate::stats::error_code(frame.body()) == Some("55P03")
-                    && wire::messages::ErrorFields::parse(frame.body())
-                        .is_ok_and(|e| e.message.contains("lock timeout"))
-                {
-                    // A lock wait of a transaction over several shards ran out: the bound
-                    // that breaks deadlocks no one PostgreSQL can see.
-                    ProxyError::error(
-                        "40P01",
-                        "deadlock detected: a transaction over several shards waited for a lock longer than two_phase.deadlock_timeout_ms",
-                    )
-                    .with_hint("Retry the transaction; take locks in the same order everywhere to avoid it.")
-                    .encode(&mut self.wbuf);
-                } else if !self.timeout_error(&frame) {
-                    self.wbuf.extend_from_slice(frame.raw());
-                }
-            }
+            tag::ERROR_RESPONSE => self.on_server_error(&frame),
             tag::READY_FOR_QUERY => {
                 let status =
                     messages::ready_status(&frame).map_err(|e| End::ServerGone(e.to_string()))?;
@@ -138,19 +113,57 @@ impl Session {
                 self.error_since_ready = false;
                 self.wbuf.extend_from_slice(frame.raw());
             }
-            tag::PARAMETER_STATUS => {
-                // Unless the connection went its own way (a RESET to its own startup value,
-                // which the client's differs from), what it reports is the client's too.
-                let trusted = self.server.as_ref().is_some_and(|s| !s.settings_unknown);
-                if let (true, Ok((name, value))) = (trusted, messages::parameter_status(&frame)) {
-                    self.client.settings.observe(name, value);
-                }
-                self.wbuf.extend_from_slice(frame.raw());
-            }
+            tag::PARAMETER_STATUS => self.on_parameter_status(&frame),
             _ => self.wbuf.extend_from_slice(frame.raw()),
         }
         self.emit_synthetic_head();
         Ok(())
+    }
+
+    /// An ErrorResponse (off the hot path of [`Self::on_server`]).
+    #[cold]
+    #[inline(never)]
+    fn on_server_error(&mut self, frame: &Msg<'_>) {
+        if matches!(self.pending.front(), Some(Expect::AbortTx)) {
+            self.pending.pop_front();
+            self.error_since_ready = true;
+            return;
+        }
+        if let Some(code) = crate::stats::error_code(frame.body()) {
+            self.proxy.stats.error(&self.client.database, code);
+        }
+        self.copy_in_extended = false;
+        self.error_since_ready = true;
+        self.on_error();
+        if self.cross().is_some()
+            && crate::stats::error_code(frame.body()) == Some("55P03")
+            && wire::messages::ErrorFields::parse(frame.body())
+                .is_ok_and(|e| e.message.contains("lock timeout"))
+        {
+            // A lock wait of a transaction over several shards ran out: the bound
+            // that breaks deadlocks no one PostgreSQL can see.
+            ProxyError::error(
+                "40P01",
+                "deadlock detected: a transaction over several shards waited for a lock longer than two_phase.deadlock_timeout_ms",
+            )
+            .with_hint("Retry the transaction; take locks in the same order everywhere to avoid it.")
+            .encode(&mut self.wbuf);
+        } else if !self.timeout_error(frame) {
+            self.wbuf.extend_from_slice(frame.raw());
+        }
+    }
+
+    /// A ParameterStatus (off the hot path of [`Self::on_server`]).
+    #[cold]
+    #[inline(never)]
+    fn on_parameter_status(&mut self, frame: &Msg<'_>) {
+        // Unless the connection went its own way (a RESET to its own startup value,
+        // which the client's differs from), what it reports is the client's too.
+        let trusted = self.server.as_ref().is_some_and(|s| !s.settings_unknown);
+        if let (true, Ok((name, value))) = (trusted, messages::parameter_status(frame)) {
+            self.client.settings.observe(name, value);
+        }
+        self.wbuf.extend_from_slice(frame.raw());
     }
 
     /// COPY FROM STDIN started by an Execute: the server ignores every Sync until the client
