@@ -392,3 +392,66 @@ async fn the_unnamed_statement_does_not_leak_between_clients() {
     let text = String::from_utf8_lossy(&reply);
     assert!(text.contains("mine"), "{text:?}");
 }
+
+/// One write mixing what the session's plain path takes (statements without session words,
+/// unnamed Parse, Bind, Execute, Sync) with what only its full handlers do (a SET, a named
+/// statement, a Flush) and two transactions back to back: every answer in its place, and
+/// the session's settings as PostgreSQL's afterwards, on whichever pooled connection.
+#[tokio::test]
+async fn a_batch_mixing_plain_and_full_handling_answers_in_order() {
+    use e2e::raw::*;
+    let db = TestDb::new(
+        "plainmix",
+        ProxyOptions {
+            pool_size: 2,
+            ..ProxyOptions::default()
+        },
+    );
+    let mut r = Raw::login(db.proxy_addr).await;
+    r.send(&[
+        parse("", "SELECT 1 AS a"),
+        bind("", "", &[]),
+        execute(""),
+        parse("", "SET application_name = 'mixed'"),
+        bind("", "", &[]),
+        execute(""),
+        parse("", "SELECT current_setting('application_name')"),
+        bind("", "", &[]),
+        describe(b'P', ""),
+        execute(""),
+        parse("named", "SELECT $1::int + 1"),
+        bind("", "named", &["41"]),
+        execute(""),
+        flush(),
+        parse("", "SELECT 'second ' || $1"),
+        bind("", "", &["batch"]),
+        execute(""),
+        sync(),
+        query("SELECT 'simple'"),
+        parse("", "SELECT 'second ' || $1"),
+        bind("", "", &["again"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let ms = r.until_ready(3).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    assert_eq!(
+        rows(&ms),
+        ["1", "mixed", "42", "second batch", "simple", "second again"],
+        "{ms:?}"
+    );
+    let tags: String = ms.iter().map(|m| m.0).collect();
+    // S: the ParameterStatus PostgreSQL reports for the SET, before its ReadyForQuery.
+    assert_eq!(tags, "12DC12C12TDC12DC12DCSZTDCZ12DCZ", "{ms:?}");
+    // The SET of the batch stays with the client, not with a pooled connection.
+    let mut other = Raw::login(db.proxy_addr).await;
+    let busy = other.round(&[query("BEGIN"), query("SELECT 1")]).await;
+    assert!(errors(&busy).is_empty(), "{busy:?}");
+    for _ in 0..3 {
+        let ms = r
+            .round(&[query("SELECT current_setting('application_name')")])
+            .await;
+        assert_eq!(rows(&ms), ["mixed"], "{ms:?}");
+    }
+}

@@ -165,7 +165,7 @@ impl Session {
     /// Keeps the client's last unnamed Parse (reusing its box: one per Parse would be an
     /// allocation per statement of drivers that parse every statement unnamed). The same
     /// message again (a driver running one statement over and over) keeps the bytes kept.
-    fn keep_unnamed_parse(&mut self, frame: &Frame, waits_for_bind: bool, plain: bool) {
+    pub(super) fn keep_unnamed_parse(&mut self, frame: &Frame, waits_for_bind: bool, plain: bool) {
         match self.unnamed_parse.as_deref_mut() {
             Some(kept) if kept.frame.raw() == frame.raw() => {
                 kept.waits_for_bind = waits_for_bind;
@@ -640,7 +640,7 @@ impl Session {
 }
 
 /// Whether a statement may be an INSERT (which learns its table's columns before it routes).
-fn maybe_insert(sql: &[u8]) -> bool {
+pub(super) fn maybe_insert(sql: &[u8]) -> bool {
     let head = sql.trim_ascii_start();
     head.starts_with(b"/*")
         || head.starts_with(b"--")

@@ -3,9 +3,9 @@
 //!
 //! The commonest state is transaction pooling on a database that does not route, with
 //! nothing held back (a BEGIN, a statement for several shards), pinned, spanning shards or
-//! named by the client. There, a Query whose text has none of the words that change session
-//! state, a repeated unnamed Parse, and Bind, Describe, Execute and Sync of the unnamed
-//! statement and portals go to the server exactly as they came, and what the session must
+//! named by the client. There, a Query or an unnamed Parse whose text has none of the words
+//! that change session state or pin a connection, and Bind, Describe, Execute and Sync of
+//! the unnamed statement and portals go to the server exactly as they came, and what the session must
 //! know of them is one entry each in `pending`. The plain path does that for every such
 //! message at the front of the read buffer in one pass, without cutting them into frames or
 //! entering the async handlers, and copies each run of them on in one piece. The first
@@ -90,9 +90,24 @@ impl Session {
         let mut unsent = 0;
         loop {
             match t {
-                tag::PARSE => {
-                    if let Some(kept) = self.unnamed_parse.as_deref_mut() {
-                        kept.waits_for_bind = false;
+                Take::RepeatedParse | Take::NewParse { .. } => {
+                    let raw = &buf[done..done + len];
+                    match self.unnamed_parse.as_deref_mut() {
+                        Some(kept) if kept.frame.raw()[..] == *raw => {
+                            kept.waits_for_bind = false;
+                            if let Take::NewParse { plain } = t {
+                                kept.plain = plain;
+                            }
+                        }
+                        _ => {
+                            let plain = matches!(t, Take::NewParse { plain: true });
+                            // A copy of its own: the read buffer goes back when idle.
+                            let frame = Frame::from_raw(Bytes::copy_from_slice(raw));
+                            self.keep_unnamed_parse(&frame, false, plain);
+                            if let Some(kept) = self.unnamed_parse.as_deref_mut() {
+                                kept.own_bytes = true;
+                            }
+                        }
                     }
                     self.expect_extended(Expect::Parse {
                         visible: true,
@@ -100,7 +115,7 @@ impl Session {
                         client_name: None,
                     });
                 }
-                tag::BIND | tag::DESCRIBE => {
+                Take::Bind | Take::Describe => {
                     if self
                         .unnamed_parse
                         .as_deref()
@@ -111,14 +126,14 @@ impl Session {
                         unsent = done;
                         self.send_deferred_parse();
                     }
-                    self.expect_extended(if t == tag::BIND {
+                    self.expect_extended(if let Take::Bind = t {
                         Expect::Bind
                     } else {
                         Expect::Describe { statement: None }
                     });
                 }
-                tag::EXECUTE => self.expect_extended(Expect::Execute { command: None }),
-                tag::SYNC => {
+                Take::Execute => self.expect_extended(Expect::Execute { command: None }),
+                Take::Sync => {
                     self.unsynced = false;
                     self.needs_sync = false;
                     if self.tx_status == b'I' {
@@ -130,7 +145,7 @@ impl Session {
                     }
                     self.pending.push_back(Expect::Sync);
                 }
-                _ => self.pending.push_back(Expect::Query { commands: None }),
+                Take::Query => self.pending.push_back(Expect::Query { commands: None }),
             }
             done += len;
             if self.swbuf.len() + (done - unsent) >= HIGH_WATER {
@@ -156,38 +171,75 @@ impl Session {
         self.client.conn.rbuf = buf;
     }
 
-    /// Whether the plain path takes `msg` as it is (its tag when it does); `None` leaves it,
-    /// and what follows, to the full handlers.
-    fn plain_message(&self, msg: &Msg<'_>) -> Option<u8> {
-        let t = msg.tag();
-        let taken = match t {
+    /// Whether the plain path takes `msg` as it is, and as what; `None` leaves it, and what
+    /// follows, to the full handlers.
+    fn plain_message(&self, msg: &Msg<'_>) -> Option<Take> {
+        let taken = match msg.tag() {
             // The same unnamed Parse as the last, whose text had nothing to look at.
-            tag::PARSE => self
-                .unnamed_parse
-                .as_deref()
-                .is_some_and(|k| k.plain && k.frame.raw()[..] == *msg.raw()),
+            tag::PARSE
+                if self
+                    .unnamed_parse
+                    .as_deref()
+                    .is_some_and(|k| k.plain && k.frame.raw()[..] == *msg.raw()) =>
+            {
+                Take::RepeatedParse
+            }
+            // Another unnamed Parse: none of the words of statements that change session
+            // state or pin a connection (a database that does not route learns nothing of
+            // a statement's functions or columns).
+            tag::PARSE => {
+                let p = ParseView::new(msg).ok().filter(|p| p.name.is_empty())?;
+                let words = Words::of(p.query);
+                if words.may_change_session() || words.may_pin() || words.load() {
+                    return None;
+                }
+                let calls = memchr::memchr(b'(', p.query).is_some();
+                Take::NewParse {
+                    plain: words.is_none() && !calls && !extended::maybe_insert(p.query),
+                }
+            }
             // Of the unnamed statement, which exists.
             tag::BIND => BindView::new(msg)
-                .is_ok_and(|b| b.statement.is_empty() && self.unnamed_parse.is_some()),
-            tag::DESCRIBE => TargetView::new(msg).is_ok_and(|d| {
-                d.kind == b'P' || (d.name.is_empty() && self.unnamed_parse.is_some())
-            }),
-            tag::EXECUTE => messages::execute_view(msg).is_ok(),
+                .is_ok_and(|b| b.statement.is_empty() && self.unnamed_parse.is_some())
+                .then_some(Take::Bind)?,
+            tag::DESCRIBE => TargetView::new(msg)
+                .is_ok_and(|d| {
+                    d.kind == b'P' || (d.name.is_empty() && self.unnamed_parse.is_some())
+                })
+                .then_some(Take::Describe)?,
+            tag::EXECUTE => messages::execute_view(msg)
+                .is_ok()
+                .then_some(Take::Execute)?,
             // With no server, the full handlers answer it themselves.
-            tag::SYNC => self.server.is_some() && msg.body().is_empty(),
+            tag::SYNC => (self.server.is_some() && msg.body().is_empty()).then_some(Take::Sync)?,
             // Outside an extended batch, none of the words of statements that change
             // session state or pin a connection.
-            tag::QUERY => {
-                !self.needs_sync
-                    && messages::query_text(msg).is_ok_and(|sql| {
-                        let words = Words::of(sql);
-                        !words.may_change_session() && !words.may_pin() && !words.load()
-                    })
-            }
-            _ => false,
+            tag::QUERY => (!self.needs_sync
+                && messages::query_text(msg).is_ok_and(|sql| {
+                    let words = Words::of(sql);
+                    !words.may_change_session() && !words.may_pin() && !words.load()
+                }))
+            .then_some(Take::Query)?,
+            _ => return None,
         };
-        taken.then_some(t)
+        Some(taken)
     }
+}
+
+/// What the plain path takes a message as.
+#[derive(Clone, Copy)]
+enum Take {
+    /// The same unnamed Parse as the last.
+    RepeatedParse,
+    /// Another unnamed Parse; `plain`: its text has none of the words looked for.
+    NewParse {
+        plain: bool,
+    },
+    Bind,
+    Describe,
+    Execute,
+    Sync,
+    Query,
 }
 
 /// Drops the first `n` bytes of `buf`; all of them: emptied where it starts, so that its
