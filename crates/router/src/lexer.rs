@@ -539,28 +539,31 @@ mod tests {
         }
     }
 
+    /// The words the proxy's session looks for (`proxy::session::words`), as a test set.
+    const SESSION_WORDS: &[&[u8]] = &[
+        b"set",
+        b"listen",
+        b"discard",
+        b"deallocate",
+        b"savepoint",
+        b"release",
+        b"rollback",
+        b"temp",
+        b"hold",
+        b"prepare",
+        b"advisory",
+        b"drop",
+        b"close",
+        b"unlock",
+        b"unlisten",
+        b"load",
+    ];
+
     /// The packed search finds what the byte-by-byte look finds wherever a word begins a
     /// token or follows no earlier word in the same run of letters, and never more.
     #[test]
     fn packed_word_search_agrees_with_the_bytewise_one() {
-        static WORDS: WordSet = WordSet::new(&[
-            b"set",
-            b"listen",
-            b"discard",
-            b"deallocate",
-            b"savepoint",
-            b"release",
-            b"rollback",
-            b"temp",
-            b"hold",
-            b"prepare",
-            b"advisory",
-            b"drop",
-            b"close",
-            b"unlock",
-            b"unlisten",
-            b"load",
-        ]);
+        static WORDS: WordSet = WordSet::new(SESSION_WORDS);
         assert!(
             WORDS.packed().is_some(),
             "the packed search is available here"
@@ -596,11 +599,7 @@ mod tests {
                 0..40,
             )
         ) {
-            const LIST: &[&[u8]] = &[
-                b"set", b"listen", b"discard", b"deallocate", b"savepoint", b"release",
-                b"rollback", b"temp", b"hold", b"prepare", b"advisory", b"drop", b"close",
-                b"unlock", b"unlisten", b"load",
-            ];
+            const LIST: &[&[u8]] = SESSION_WORDS;
             static WORDS: WordSet = WordSet::new(LIST);
             const OTHER: &[&str] = &["SeLeCt", "x", "re", "un", "abc", "ORARY", "all", "lo"];
             let mut text = String::new();
