@@ -231,17 +231,34 @@ fn busy_backends(db: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_messages_leak_no_server_connection_and_harm_no_other_client() {
-    let shards = [
-        e2e::create_database("fuzz_s0"),
-        e2e::create_database("fuzz_s1"),
-    ];
+    fuzz_beside_a_good_client("fuzz", 2).await;
+}
+
+/// The same on a database of one shard, which does not route: there the sessions' commonest
+/// messages take the plain path (`session/plain.rs`), broken ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_messages_on_the_plain_path_leak_nothing_and_harm_no_other_client() {
+    fuzz_beside_a_good_client("fuzzp", 1).await;
+}
+
+/// Fuzzing clients, six at a time, beside a well-behaved one, on a database of `shards`
+/// shards; afterwards no server connection is left busy and the whole pool can be held.
+async fn fuzz_beside_a_good_client(name: &str, shards: usize) {
+    let shards: Vec<String> = (0..shards)
+        .map(|i| e2e::create_database(&format!("{name}_s{i}")))
+        .collect();
     for db in &shards {
         e2e::psql_direct(db, "CREATE TABLE t (id bigint PRIMARY KEY, v text)");
     }
+    let assign = if shards.len() == 2 {
+        "{ s0: [0], s1: [1] }"
+    } else {
+        "{ s0: [0, 1] }"
+    };
     let (addr, _dir) = e2e::sharded_proxy(
-        "protocol-fuzz",
+        &format!("protocol-{name}"),
         &shards,
-        "name: t\ntype: hash\nkey_type: bigint\npartitions: 2\nassign: { s0: [0], s1: [1] }\ntables: [{ table: t, column: id }]\n",
+        &format!("name: t\ntype: hash\nkey_type: bigint\npartitions: 2\nassign: {assign}\ntables: [{{ table: t, column: id }}]\n"),
         "",
         "{ mode: transaction, size: 6, checkout_timeout_ms: 5000 }",
     );
