@@ -5,14 +5,14 @@
 //! nothing held back (a BEGIN, a statement for several shards), pinned, spanning shards or
 //! named by the client. There, a Query or an unnamed Parse whose text has none of the words
 //! that change session state or pin a connection, and Bind, Describe, Execute and Sync of
-//! the unnamed statement and portals go to the server exactly as they came, and what the session must
-//! know of them is one entry each in `pending`. The plain path does that for every such
-//! message at the front of the read buffer in one pass, without cutting them into frames or
-//! entering the async handlers, and copies each run of them on in one piece. The first
-//! message it does not take as it is (any other, a malformed one, one whose handling may
-//! wait or refuse) stays in the buffer for the full handlers (`on_message`), which do the
-//! same for these messages in every state: the two agree by construction, and the
-//! differential, protocol and fault tests run over both.
+//! the unnamed statement and portals go to the server exactly as they came, and what the
+//! session must know of them is one entry each in `pending`. The plain path does that for
+//! every such message at the front of the read buffer in one pass, without cutting them
+//! into frames or entering the async handlers, and copies each run of them on in one piece.
+//! The first message it does not take as it is (any other, a malformed one, one whose
+//! handling may wait or refuse) stays in the buffer for the full handlers (`on_message`),
+//! which do the same for these messages in every state: the two agree by construction, and
+//! the differential, protocol and fault tests run over both.
 
 use super::*;
 use bytes::Buf;
