@@ -26,7 +26,9 @@ if it is missing.
 pgbench, the servers and the proxies share the machine's cores, so the numbers
 compare the targets with one another under the same conditions; they are not
 absolute capacity figures. Targets are run back to back for each cell so that
-drift affects all of them alike.
+drift affects all of them alike. On a small shared machine one run of a cell moves
+by ±5%; `--rounds N` runs each cell N times per target, alternating which target
+goes first, and reports the medians (and each round's shardgate/PgBouncer ratio).
 
 How to run
 ----------
@@ -34,6 +36,7 @@ How to run
     python3 integration/bench.py                # full matrix, 15 s per run
     python3 integration/bench.py --duration 3 --clients-list 1,16 --idle-clients 200
     python3 integration/bench.py --only direct,shardgate --markdown /tmp/bench.md
+    python3 integration/bench.py --only pgbouncer,shardgate --clients-list 16,64 --rounds 5 --skip-idle
 
 Requires Python 3.11 (standard library only), PostgreSQL 15 binaries in
 /usr/lib/postgresql/15/bin, and pgbench/psql on PATH.
@@ -58,6 +61,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -736,8 +740,21 @@ def ratio(a: RunResult | None, b: RunResult | None) -> str:
     return f"{a.tps / b.tps:.2f}"
 
 
+def median_result(runs: list[RunResult]) -> RunResult:
+    """One cell from its rounds: a failed round fails it, else the medians of tps and CPU."""
+    for r in runs:
+        if r.status != "ok":
+            return r
+    cpus = [r.cpu_us_per_tx for r in runs if r.cpu_us_per_tx is not None]
+    return RunResult("ok", tps=statistics.median(r.tps for r in runs),
+                     failed_tx=sum(r.failed_tx or 0 for r in runs),
+                     cpu_us_per_tx=statistics.median(cpus) if cpus else None)
+
+
 def table_rows(matrix: list[Workload], targets: list[str],
-               results: dict[tuple[Workload, str], RunResult]) -> tuple[list[str], list[list[str]]]:
+               results: dict[tuple[Workload, str], RunResult],
+               rounds: dict[tuple[Workload, str], list[RunResult]] | None = None,
+               ) -> tuple[list[str], list[list[str]]]:
     headers = ["workload", "clients", *targets]
     pairs = [(a, b, name) for a, b, name in
              (("shardgate", "direct", "sg/direct"), ("shardgate", "pgbouncer", "sg/pgbouncer"),
@@ -745,6 +762,9 @@ def table_rows(matrix: list[Workload], targets: list[str],
     headers += [p[2] for p in pairs]
     proxies = [t for t in ("pgbouncer", "shardgate") if t in targets]
     headers += [f"{t} CPU µs/tx" for t in proxies]
+    per_round = rounds is not None and "shardgate" in targets and "pgbouncer" in targets
+    if per_round:
+        headers.append("sg/pgbouncer by round")
     rows = []
     for w in matrix:
         row = [w.label, str(w.clients)]
@@ -753,6 +773,9 @@ def table_rows(matrix: list[Workload], targets: list[str],
         for t in proxies:
             cpu = results[(w, t)].cpu_us_per_tx
             row.append("-" if cpu is None or results[(w, t)].status != "ok" else f"{cpu:.1f}")
+        if per_round:
+            row.append(" ".join(ratio(a, b) for a, b in
+                                zip(rounds[(w, "shardgate")], rounds[(w, "pgbouncer")])))
         rows.append(row)
     return headers, rows
 
@@ -821,6 +844,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-query", action="store_true",
                    help="each idle client first runs one extended-protocol query (unnamed statement)")
     p.add_argument("--only", help="comma list of targets to run: direct,pgbouncer,shardgate")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs of each cell per target, alternating which goes first; medians reported (default 1)")
     p.add_argument("--warmup", type=int, default=2, help="seconds of unreported warm-up per target (0: none)")
     a = p.parse_args(argv)
     a.clients = [int(c) for c in a.clients_list.split(",") if c.strip()]
@@ -828,8 +853,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(a.targets) - set(TARGETS)
     if unknown:
         p.error(f"unknown targets in --only: {', '.join(sorted(unknown))}")
-    if not a.clients or min(a.clients) < 1 or a.duration < 1:
-        p.error("--clients-list and --duration must be positive")
+    if not a.clients or min(a.clients) < 1 or a.duration < 1 or a.rounds < 1:
+        p.error("--clients-list, --duration and --rounds must be positive")
     return a
 
 
@@ -910,15 +935,21 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"warm-up {t.name} ({args.warmup} s)")
                     run_pgbench(t, warm, args.warmup)
         results: dict[tuple[Workload, str], RunResult] = {}
-        total = len(matrix) * len(targets)
+        rounds: dict[tuple[Workload, str], list[RunResult]] = {}
+        total = len(matrix) * len(targets) * args.rounds
         step = 0
         for w in matrix:
+            for k in range(args.rounds):
+                # Each round runs the targets back to back, in turn first and last.
+                for name in (targets if k % 2 == 0 else targets[::-1]):
+                    step += 1
+                    r = run_pgbench(live[name], w, args.duration)
+                    rounds.setdefault((w, name), []).append(r)
+                    log(f"[{step:>2}/{total}] {w.label:<22} c={w.clients:<3} {name:<9} {r.cell():>8}"
+                        + (f"  ({r.detail})" if r.status == "FAIL" else "")
+                        + (f"  {r.cpu_us_per_tx:.1f} µs/tx" if r.cpu_us_per_tx else ""))
             for name in targets:
-                step += 1
-                r = run_pgbench(live[name], w, args.duration)
-                results[(w, name)] = r
-                log(f"[{step:>2}/{total}] {w.label:<22} c={w.clients:<3} {name:<9} {r.cell():>8}"
-                    + (f"  ({r.detail})" if r.status == "FAIL" else ""))
+                results[(w, name)] = median_result(rounds[(w, name)])
 
         idle: list[IdleResult] = []
         if not args.skip_idle and args.idle_clients > 0:
@@ -933,13 +964,15 @@ def main(argv: list[str] | None = None) -> int:
                         + ("FAIL" if per is None else f"{per:.0f} bytes/client")
                         + (f" ({r.error})" if r.error else ""))
 
-        headers, rows = table_rows(matrix, targets, results)
+        headers, rows = table_rows(matrix, targets, results, rounds if args.rounds > 1 else None)
         ih, irows = idle_rows(idle)
         notes += failure_notes(matrix, targets, results, idle)
         notes += [t.broken_note() for t in live.values() if t.broken]
         failed = failed or any(r.status == "FAIL" for r in results.values()) or any(
             r.bytes_per_client is None or r.error for r in idle)
-        header = (f"duration {args.duration} s, scale {args.scale}, pool size {args.pool_size}, "
+        header = (f"duration {args.duration} s"
+                  + (f" × {args.rounds} rounds (medians)" if args.rounds > 1 else "")
+                  + f", scale {args.scale}, pool size {args.pool_size}, "
                   f"{os.cpu_count()} CPUs; " + "; ".join(versions))
 
         print()

@@ -16,6 +16,17 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// [`LATENCY_BUCKETS`] in nanoseconds.
+const LATENCY_BOUNDS_NS: [u64; LATENCY_BUCKETS.len()] = {
+    let mut ns = [0u64; LATENCY_BUCKETS.len()];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (LATENCY_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    ns
+};
+
 /// One open server connection, as the admin console shows it.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -47,22 +58,19 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Counts one answered request that took `took`; `xact`: it ended a transaction that
-    /// took `xact`.
-    pub fn request(&self, took: Duration, xact: Option<Duration>) {
-        let us = took.as_micros() as u64;
+    /// Counts one answered request that took `took_ns` nanoseconds; `xact_ns`: it ended a
+    /// transaction that took that long.
+    pub fn request(&self, took_ns: u64, xact_ns: Option<u64>) {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        self.query_us.fetch_add(us, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
+        self.query_us.fetch_add(took_ns / 1000, Ordering::Relaxed);
+        let bucket = LATENCY_BOUNDS_NS
             .iter()
-            .position(|b| secs <= *b)
+            .position(|b| took_ns <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        if let Some(x) = xact {
+        if let Some(x) = xact_ns {
             self.xacts.fetch_add(1, Ordering::Relaxed);
-            self.xact_us
-                .fetch_add(x.as_micros() as u64, Ordering::Relaxed);
+            self.xact_us.fetch_add(x / 1000, Ordering::Relaxed);
         }
     }
 

@@ -12,6 +12,7 @@ pub mod server;
 
 mod pool;
 
+pub mod clock;
 pub mod counters;
 pub use counters::{Counters, ServerInfo};
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};

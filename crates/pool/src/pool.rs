@@ -86,6 +86,8 @@ struct Inner {
     banned: std::sync::atomic::AtomicBool,
     /// Checkouts wait until this time (the server is being replaced).
     held_until: Mutex<Option<Instant>>,
+    /// `held_until` is set: read first, so that a checkout takes no lock for it.
+    held: std::sync::atomic::AtomicBool,
     /// Wakes checkouts waiting on a hold or a failure report.
     changed: tokio::sync::Notify,
     /// Replaced: connections going back are closed, and checkouts go to the successor
@@ -124,6 +126,7 @@ impl Pool {
             counters: Arc::default(),
             banned: Default::default(),
             held_until: Mutex::new(None),
+            held: Default::default(),
             changed: tokio::sync::Notify::new(),
             retired: Default::default(),
             successor: Mutex::new(None),
@@ -214,18 +217,24 @@ impl Pool {
         if h.is_none_or(|t| t <= now) {
             *h = Some(now + timeout);
         }
+        self.inner.held.store(true, Ordering::Release);
     }
 
     pub fn unhold(&self) {
-        *self.inner.held_until.lock() = None;
+        let mut h = self.inner.held_until.lock();
+        *h = None;
+        self.inner.held.store(false, Ordering::Release);
+        drop(h);
         self.inner.changed.notify_waiters();
     }
 
     pub fn is_held(&self) -> bool {
-        self.inner
-            .held_until
-            .lock()
-            .is_some_and(|t| t > Instant::now())
+        self.inner.held.load(Ordering::Acquire)
+            && self
+                .inner
+                .held_until
+                .lock()
+                .is_some_and(|t| t > Instant::now())
     }
 
     /// The server is out of use for good: idle connections close, connections coming back

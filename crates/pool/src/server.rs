@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 use transport::Stream;
 use wire::messages::{self, tag, ErrorFields};
 use wire::{Frame, FrameDecoder};
+
+use crate::clock::Tick;
 
 /// Session settings: parameter → statement that applies it, shared copy-on-write.
 pub type SettingsMap = std::sync::Arc<BTreeMap<String, String>>;
@@ -123,18 +125,18 @@ pub struct ServerConn {
     pub applied_for: Option<(u64, u64)>,
     /// Set when a rolled-back transaction may have undone settings: the next user resets all.
     pub settings_unknown: bool,
-    pub created: Instant,
+    pub created: Tick,
     /// When its last answer came (or it was opened).
-    pub last_used: Instant,
+    pub last_used: Tick,
     /// Past this, a connection whose last answer came later is too old to reuse (the
     /// pool's `server_lifetime` after `created`, set by the pool; `None`: no limit).
-    pub retire_at: Option<Instant>,
+    pub retire_at: Option<Tick>,
     /// [`Startup::key`] of the parameters it was opened with.
     pub opened_with: u64,
     /// The pool's counters, once the connection is in a pool.
     counters: Option<std::sync::Arc<crate::Counters>>,
     /// When the request in flight began (its first message was sent).
-    request_at: Option<Instant>,
+    request_at: Option<Tick>,
     /// The request's first message, kept for the slow-statement log when it is on.
     pub request_text: Option<bytes::Bytes>,
     /// The client messages of the request in flight, kept until the server's first answer
@@ -144,7 +146,7 @@ pub struct ServerConn {
     /// Messages are being kept in `replay`.
     pub replay_on: bool,
     /// When the transaction in progress began.
-    xact_at: Option<Instant>,
+    xact_at: Option<Tick>,
 }
 
 impl Drop for ServerConn {
@@ -206,8 +208,8 @@ impl ServerConn {
             applied: SettingsMap::default(),
             applied_for: None,
             settings_unknown: false,
-            created: Instant::now(),
-            last_used: Instant::now(),
+            created: Tick::now(),
+            last_used: Tick::now(),
             retire_at: None,
             opened_with: startup.key(),
             counters: None,
@@ -349,7 +351,7 @@ impl ServerConn {
         if self.request_at.is_some() {
             return false;
         }
-        let now = Instant::now();
+        let now = Tick::now();
         self.request_at = Some(now);
         if self.xact_at.is_none() {
             self.xact_at = Some(now);
@@ -367,20 +369,18 @@ impl ServerConn {
     #[inline]
     pub fn note_ready(&mut self, status: u8) -> Option<Duration> {
         let at = self.request_at.take()?;
-        let now = Instant::now();
+        let now = Tick::now();
         self.last_used = now;
-        let took = now.saturating_duration_since(at);
+        let took = now.nanos_since(at);
         let xact = if status == b'I' {
-            self.xact_at
-                .take()
-                .map(|x| now.saturating_duration_since(x))
+            self.xact_at.take().map(|x| now.nanos_since(x))
         } else {
             None
         };
         if let Some(c) = &self.counters {
             c.request(took, xact);
         }
-        Some(took)
+        Some(Duration::from_nanos(took))
     }
 
     /// Writes all of `data` (outside the session's pump).

@@ -114,7 +114,7 @@ impl Session {
                 }
                 keeping = self.server.as_deref().is_some_and(|s| s.replay_on);
             }
-            if passes_on(msg.tag()) {
+            if passes_on(msg.tag()) || self.passes_expected(msg.tag()) {
                 // Rows and the like: copied on with their neighbours in one piece.
                 done += len;
                 continue;

@@ -10,6 +10,49 @@ impl Session {
         End::ServerGone(format!("protocol out of step: unexpected {what}"))
     }
 
+    /// Whether an answer with tag `t` goes to the client as it is, with nothing more to do
+    /// than what [`Self::on_server`] would do for it: its expected entry, if it has one,
+    /// is taken off the queue here, and nothing of the proxy's own is due after it. The
+    /// commonest answers of an extended-protocol batch so join the rows around them in one
+    /// copy; any other answer, and these in any other case, take `on_server`.
+    #[inline(always)]
+    pub(super) fn passes_expected(&mut self, t: u8) -> bool {
+        let pop = match (t, self.pending.front()) {
+            (
+                tag::PARSE_COMPLETE,
+                Some(Expect::Parse {
+                    visible: true,
+                    statement: None,
+                    ..
+                }),
+            ) => true,
+            (tag::BIND_COMPLETE, Some(Expect::Bind)) => true,
+            (tag::ROW_DESCRIPTION | tag::NO_DATA, Some(Expect::Describe { .. })) => true,
+            (tag::ROW_DESCRIPTION, Some(Expect::Query { .. } | Expect::Execute { .. })) => {
+                return true
+            }
+            _ => return false,
+        };
+        // What comes next is a server's answer too (see `emit_synthetic_head`).
+        if pop
+            && matches!(
+                self.pending.get(1),
+                None | Some(
+                    Expect::Query { .. }
+                        | Expect::Parse { .. }
+                        | Expect::Bind
+                        | Expect::Describe { .. }
+                        | Expect::Execute { .. }
+                        | Expect::Sync
+                )
+            )
+        {
+            self.pending.pop_front();
+            return true;
+        }
+        false
+    }
+
     pub(super) fn on_server(&mut self, frame: Msg<'_>) -> Result<(), End> {
         match frame.tag() {
             tag::PARSE_COMPLETE => match self.pending.pop_front() {
