@@ -455,3 +455,115 @@ async fn a_batch_mixing_plain_and_full_handling_answers_in_order() {
         assert_eq!(rows(&ms), ["mixed"], "{ms:?}");
     }
 }
+
+/// Clients whose requests wait for the only connection (sent by the session that gives it
+/// back, when the connection carries the waiter's settings): each request runs exactly once
+/// and answers its own client, one with settings of its own sees them, one that leaves while
+/// it waits harms no other, and the connection comes back.
+#[tokio::test]
+async fn requests_waiting_for_the_connection_each_run_once_in_their_own_session() {
+    use e2e::raw::*;
+    let db = TestDb::new(
+        "handoff",
+        ProxyOptions {
+            pool_size: 1,
+            ..ProxyOptions::default()
+        },
+    );
+    let setup = db.connect().await;
+    setup
+        .batch_execute(
+            "CREATE TABLE handoff_log (client int, via text); GRANT ALL ON handoff_log TO PUBLIC",
+        )
+        .await
+        .unwrap();
+    let mut own = Raw::login(db.proxy_addr).await;
+    let ms = own.round(&[query("SET application_name = 'own'")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let mut holder = Raw::login(db.proxy_addr).await;
+    let ms = holder.round(&[query("BEGIN"), query("SELECT 1")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let mut r = Raw::login(db.proxy_addr).await;
+        r.send(&[query(&format!(
+            "INSERT INTO handoff_log VALUES ({i}, 'simple') RETURNING client"
+        ))])
+        .await;
+        waiters.push((i, r));
+    }
+    for i in 3..6 {
+        let mut r = Raw::login(db.proxy_addr).await;
+        r.send(&[
+            parse(
+                "",
+                "INSERT INTO handoff_log VALUES ($1::int, 'extended') RETURNING client",
+            ),
+            bind("", "", &[&i.to_string()]),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+        ])
+        .await;
+        waiters.push((i, r));
+    }
+    let mut leaver = Raw::login(db.proxy_addr).await;
+    leaver
+        .send(&[query("INSERT INTO handoff_log VALUES (99, 'gone')")])
+        .await;
+    own.send(&[query("SELECT current_setting('application_name')")])
+        .await;
+    // Every one of them waits in the pool's line before the connection comes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db.proxy.pool_stats().iter().map(|s| s.waiting).sum::<u64>() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            db.proxy.pool_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(leaver);
+    let ms = holder.round(&[query("COMMIT")]).await;
+    assert!(errors(&ms).is_empty(), "{ms:?}");
+    for (i, w) in &mut waiters {
+        let ms = w.until_ready(1).await;
+        assert!(errors(&ms).is_empty(), "client {i}: {ms:?}");
+        assert_eq!(rows(&ms), [i.to_string()], "client {i}: {ms:?}");
+    }
+    let ms = own.until_ready(1).await;
+    assert_eq!(rows(&ms), ["own"], "{ms:?}");
+    let once: Vec<(i32, i64)> = setup
+        .query(
+            "SELECT client, count(*) FROM handoff_log WHERE via <> 'gone' GROUP BY client ORDER BY client",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(once, (0..6).map(|i| (i, 1)).collect::<Vec<_>>());
+    // The connection is back: nothing checked out, and the next client is served at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db
+        .proxy
+        .pool_stats()
+        .iter()
+        .any(|s| s.active > 0 || s.waiting > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            db.proxy.pool_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut next = Raw::login(db.proxy_addr).await;
+    let ms = next
+        .round(&[query(
+            "SELECT count(*) FROM handoff_log WHERE via = 'simple'",
+        )])
+        .await;
+    assert_eq!(rows(&ms), ["3"], "{ms:?}");
+}

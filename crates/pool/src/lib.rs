@@ -10,11 +10,13 @@
 pub mod prepared;
 pub mod server;
 
+mod gate;
 mod pool;
 
 pub mod clock;
 pub mod counters;
 pub use counters::{Counters, ServerInfo};
+pub use gate::Handoff;
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};
 pub use prepared::PreparedSet;
 pub use server::{ConnectError, ServerConn, ServerTarget, ServerTls, SettingsMap, Startup};

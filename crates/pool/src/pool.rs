@@ -1,8 +1,9 @@
 //! A pool of server connections for one (database, user, shard).
 //!
-//! The ceiling is a fair semaphore: a permit is held while a connection is checked out, and a
-//! new connection is opened only when a permit is held and no idle one is left, so open
-//! connections never exceed `size`. Waiters are served in arrival order and give up after
+//! The ceiling is a gate of `size` permits (`gate.rs`): a permit is held while a connection is
+//! checked out, and a new connection is opened only when a permit is held and no idle one is
+//! left, so open connections never exceed `size`. Waiters are served in arrival order, a
+//! connection coming back goes straight to the first of them, and they give up after
 //! `checkout_timeout`. Idle connections are reused newest first (warm caches) and trimmed by a
 //! maintenance task.
 //!
@@ -15,7 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::gate::{Gate, Grant, Handoff, Waiter};
 
 use crate::server::{ConnectError, ServerConn, ServerTarget, Startup};
 
@@ -71,7 +73,7 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 struct Inner {
     target: ServerTarget,
     settings: PoolSettings,
-    permits: Arc<Semaphore>,
+    gate: Gate,
     // Boxed: connections move in and out of `PooledConn` as a pointer.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<ServerConn>>>,
@@ -114,7 +116,7 @@ impl Pool {
     /// Makes a pool and starts its maintenance task (which ends when the pool is dropped).
     pub fn new(target: ServerTarget, settings: PoolSettings) -> Pool {
         let inner = Arc::new(Inner {
-            permits: Arc::new(Semaphore::new(settings.size as usize)),
+            gate: Gate::new(settings.size as usize),
             target,
             settings,
             idle: Mutex::new(Vec::new()),
@@ -158,13 +160,23 @@ impl Pool {
     /// Checks a connection opened with `startup` out, waiting up to the checkout timeout. An
     /// idle connection opened with other parameters is closed to make room for a new one.
     pub async fn get_for(&self, startup: &Startup) -> Result<PooledConn, PoolError> {
+        self.get_handing(startup, None).await
+    }
+
+    /// [`Pool::get_for`]; when the checkout waits in line, `handoff` is run on the connection
+    /// it is given by whoever gives it (see `gate.rs`).
+    pub async fn get_handing(
+        &self,
+        startup: &Startup,
+        handoff: Option<Arc<dyn Handoff>>,
+    ) -> Result<PooledConn, PoolError> {
         let mut reported = false;
         loop {
             self.wait_while_held().await;
             if let Some(next) = self.successor() {
-                return Box::pin(next.get_for(startup)).await;
+                return Box::pin(next.get_handing(startup, handoff)).await;
             }
-            match self.get_here(startup).await {
+            match self.get_here(startup, handoff.clone()).await {
                 Err(PoolError::Connect(e)) if !reported => {
                     // Tell the health checker, and give it the time of one check to hold
                     // or replace the server: then this checkout waits for the new one.
@@ -229,12 +241,7 @@ impl Pool {
     }
 
     pub fn is_held(&self) -> bool {
-        self.inner.held.load(Ordering::Acquire)
-            && self
-                .inner
-                .held_until
-                .lock()
-                .is_some_and(|t| t > Instant::now())
+        self.inner.is_held()
     }
 
     /// The server is out of use for good: idle connections close, connections coming back
@@ -261,7 +268,11 @@ impl Pool {
         *self.inner.watch.lock() = Some((notify, grace));
     }
 
-    async fn get_here(&self, startup: &Startup) -> Result<PooledConn, PoolError> {
+    async fn get_here(
+        &self,
+        startup: &Startup,
+        handoff: Option<Arc<dyn Handoff>>,
+    ) -> Result<PooledConn, PoolError> {
         let inner = &self.inner;
         if inner.retired.load(Ordering::Acquire) {
             return Err(PoolError::Retired {
@@ -274,21 +285,29 @@ impl Pool {
             });
         }
         let start = Instant::now();
-        let permit = match inner.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+        let key = startup.key();
+        let mut given = None;
+        let permit = match inner.gate.take_or_wait(key, handoff) {
+            None => Permit::new(inner),
+            Some(waiter) => {
                 inner.waiting.fetch_add(1, Ordering::Relaxed);
-                let waiter = inner.counters.wait_started();
-                let r = tokio::time::timeout(
-                    inner.settings.checkout_timeout,
-                    inner.permits.clone().acquire_owned(),
-                )
-                .await;
-                inner.counters.wait_ended(waiter);
+                let id = inner.counters.wait_started();
+                let mut wait = Wait {
+                    inner,
+                    waiter: Some(waiter),
+                };
+                let w = wait.waiter.clone().expect("waiting");
+                let _ = tokio::time::timeout(inner.settings.checkout_timeout, w.granted()).await;
+                let grant = wait.leave();
+                inner.counters.wait_ended(id);
                 inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                match r {
-                    Ok(Ok(p)) => p,
-                    _ => {
+                match grant {
+                    Some(Grant::Conn(conn)) => {
+                        given = Some(conn);
+                        Permit::new(inner)
+                    }
+                    Some(Grant::Permit) => Permit::new(inner),
+                    None => {
                         inner.timeouts.fetch_add(1, Ordering::Relaxed);
                         return Err(PoolError::CheckoutTimeout {
                             target: format!("{:?}", inner.target),
@@ -299,6 +318,11 @@ impl Pool {
                 }
             }
         };
+        if let Some(conn) = given {
+            // Given by a connection coming back: checked out already.
+            inner.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Ok(permit.with(conn));
+        }
         if self.is_held() {
             // Checked after the permit is taken: whoever holds the pool and then waits for
             // checked-out connections to come back sees this one, or this one sees the hold.
@@ -307,29 +331,20 @@ impl Pool {
             });
         }
         inner.checkouts.fetch_add(1, Ordering::Relaxed);
-        let key = startup.key();
         if let Some(conn) = self.pop_idle(key) {
-            return Ok(PooledConn {
-                conn: Some(conn),
-                pool: self.inner.clone(),
-                _permit: permit,
-            });
+            return Ok(permit.with(conn));
         }
         {
             // Open connections stay within the size: an idle one of other parameters goes.
+            let checked_out = inner.settings.size as usize - inner.gate.available();
             let mut idle = inner.idle.lock();
-            let checked_out = inner.settings.size as usize - inner.permits.available_permits();
             if !idle.is_empty() && idle.len() + checked_out > inner.settings.size as usize {
                 idle.remove(0);
             }
         }
         // Boxed: connecting is rare, and its state would otherwise sit in every waiting session.
         let conn = Box::pin(self.connect(startup)).await?;
-        Ok(PooledConn {
-            conn: Some(Box::new(conn)),
-            pool: self.inner.clone(),
-            _permit: permit,
-        })
+        Ok(permit.with(Box::new(conn)))
     }
 
     /// Checks out an idle connection if one is free right now, without waiting.
@@ -345,17 +360,16 @@ impl Pool {
         if self.inner.retired.load(Ordering::Acquire) {
             return self.successor()?.try_get_for(startup);
         }
-        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        if !self.inner.gate.try_take() {
+            return None;
+        }
+        let permit = Permit::new(&self.inner);
         if self.is_held() {
             return None;
         }
         let conn = self.pop_idle(startup.key())?;
         self.inner.checkouts.fetch_add(1, Ordering::Relaxed);
-        Some(PooledConn {
-            conn: Some(conn),
-            pool: self.inner.clone(),
-            _permit: permit,
-        })
+        Some(permit.with(conn))
     }
 
     /// The most recently used idle connection opened with `key` that is still good.
@@ -437,7 +451,7 @@ impl Pool {
 
     pub fn stats(&self) -> PoolStats {
         let idle = self.inner.idle.lock().len();
-        let available = self.inner.permits.available_permits();
+        let available = self.inner.gate.available();
         PoolStats {
             idle,
             active: self.inner.settings.size as usize - available,
@@ -454,13 +468,84 @@ impl Pool {
     }
 }
 
+/// A permit of the pool's gate, held while a connection is checked out (or opened for a
+/// checkout): given back when dropped.
+struct Permit<'a> {
+    inner: &'a Arc<Inner>,
+    armed: bool,
+}
+
+impl<'a> Permit<'a> {
+    fn new(inner: &'a Arc<Inner>) -> Permit<'a> {
+        Permit { inner, armed: true }
+    }
+
+    /// The checked-out `conn`, which holds the permit from now on.
+    fn with(mut self, conn: Box<ServerConn>) -> PooledConn {
+        self.armed = false;
+        PooledConn {
+            conn: Some(conn),
+            pool: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.return_permit();
+        }
+    }
+}
+
+/// A checkout waiting in line; leaving, it gives back whatever it was given and not taken.
+struct Wait<'a> {
+    inner: &'a Arc<Inner>,
+    waiter: Option<Arc<Waiter>>,
+}
+
+impl Wait<'_> {
+    /// Ends the wait: what was given, if anything.
+    fn leave(&mut self) -> Option<Grant> {
+        let w = self.waiter.take()?;
+        self.inner.gate.remove(&w);
+        w.leave()
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        // The checkout was dropped while it waited (its client went, the proxy stops).
+        match self.leave() {
+            Some(Grant::Conn(conn)) if !conn.request_in_flight() => self.inner.give_back(conn),
+            Some(Grant::Conn(conn)) => {
+                // Its handoff's request went out on it: closed.
+                drop(conn);
+                self.inner.return_permit();
+            }
+            Some(Grant::Permit) => self.inner.return_permit(),
+            None => {}
+        }
+    }
+}
+
 /// A checked-out connection. Return it with [`PooledConn::release`] only when it is clean
 /// (idle, outside a transaction, nothing in flight); dropping it closes the connection.
 pub struct PooledConn {
     /// Boxed so that a session holding an `Option<PooledConn>` stays small while idle.
+    /// While it is here, this holds a permit of the pool's gate.
     conn: Option<Box<ServerConn>>,
     pool: Arc<Inner>,
-    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Closed; its permit goes to the next checkout.
+            drop(conn);
+            self.pool.return_permit();
+        }
+    }
 }
 
 impl PooledConn {
@@ -472,15 +557,19 @@ impl PooledConn {
                     pid = conn.backend_pid,
                     "connection released with a request in flight; closed"
                 );
+                drop(conn);
+                self.pool.return_permit();
                 return;
             }
             // Last used when its last answer came (read then, not again here).
             if conn.retire_at.is_some_and(|r| conn.last_used > r)
                 || self.pool.retired.load(Ordering::Acquire)
             {
+                drop(conn);
+                self.pool.return_permit();
                 return;
             }
-            self.pool.idle.lock().push(conn);
+            self.pool.give_back(conn);
         }
     }
 }
@@ -510,6 +599,53 @@ impl std::ops::DerefMut for PooledConn {
 }
 
 impl Inner {
+    fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+            && self.held_until.lock().is_some_and(|t| t > Instant::now())
+    }
+
+    /// A permit given back: to the first in line, or free.
+    fn return_permit(&self) {
+        while let Some(w) = self.gate.next_or(|| {}) {
+            if w.grant(Grant::Permit).is_none() {
+                return;
+            }
+        }
+    }
+
+    /// A clean connection coming back (its permit with it): to the first in line, run there
+    /// and then by the waiter's handoff if it left one; with nobody waiting, idle.
+    fn give_back(&self, conn: Box<ServerConn>) {
+        if self.is_held() {
+            // No new request starts on a server being replaced: the first in line gets
+            // the permit, and its checkout waits for the hold's end.
+            self.idle.lock().push(conn);
+            self.return_permit();
+            return;
+        }
+        let mut conn = Some(conn);
+        loop {
+            let idle = || self.idle.lock().push(conn.take().expect("coming back"));
+            let Some(w) = self.gate.next_or(idle) else {
+                return;
+            };
+            let c = conn.take().expect("coming back");
+            if w.key != c.opened_with {
+                // It wants a connection opened otherwise: it gets the permit and opens one.
+                self.idle.lock().push(c);
+                if w.grant(Grant::Permit).is_some() {
+                    self.return_permit();
+                }
+                return;
+            }
+            match w.grant_conn(c) {
+                None => return,
+                // That waiter is gone: the next one.
+                Some(back) => conn = Some(back),
+            }
+        }
+    }
+
     /// A connection just opened for this pool: counted, given its lifetime and its
     /// prepared-statement limit.
     fn adopt(&self, conn: &mut ServerConn) {
@@ -545,19 +681,19 @@ async fn maintain(pool: Weak<Inner>) {
         }
         // Open connections up to min_idle, each under a permit so the ceiling holds.
         loop {
-            let open =
-                inner.idle.lock().len() + (s.size as usize - inner.permits.available_permits());
+            let open = inner.idle.lock().len() + (s.size as usize - inner.gate.available());
             if inner.idle.lock().len() >= s.min_idle as usize || open >= s.size as usize {
                 break;
             }
-            let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+            if !inner.gate.try_take() {
                 break;
-            };
+            }
+            let permit = Permit::new(&inner);
             match ServerConn::connect(&inner.target, s.connect_timeout, &Startup::default()).await {
                 Ok(mut conn) => {
                     inner.adopt(&mut conn);
-                    inner.idle.lock().push(Box::new(conn));
-                    drop(permit);
+                    // To the first in line, if any, else idle.
+                    permit.with(Box::new(conn)).release();
                 }
                 Err(e) => {
                     tracing::warn!(target = ?inner.target, error = %e, "could not open idle connection");

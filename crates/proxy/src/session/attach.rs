@@ -264,6 +264,19 @@ impl Session {
     }
 
     pub(super) async fn ensure_server_slow(&mut self) -> Result<(), ProxyError> {
+        if self.server.is_none() && std::mem::take(&mut self.waited_out) {
+            // The plain path waited the checkout timeout out already.
+            let pool = &self.client.pool;
+            let waited = pool.settings().checkout_timeout;
+            return Err(pool_error(
+                pool::PoolError::CheckoutTimeout {
+                    target: format!("{:?}", pool.target()),
+                    waited_ms: waited.as_millis() as u64,
+                    size: pool.settings().size,
+                },
+                false,
+            ));
+        }
         if self.server.is_none() {
             self.entry.set_state(crate::stats::ClientState::Waiting);
             let conn = checkout(&self.client.pool, &self.client).await;
@@ -494,7 +507,7 @@ pub(super) async fn checkout(pool: &pool::Pool, client: &Client) -> Result<Poole
     Ok(fresh_for(c, client))
 }
 
-fn fresh_for(mut conn: PooledConn, client: &Client) -> PooledConn {
+pub(super) fn fresh_for(mut conn: PooledConn, client: &Client) -> PooledConn {
     if conn.opened_with != 0 && !conn.settings_unknown {
         conn.applied = client.settings.startup().clone();
         conn.applied_for = None;

@@ -33,6 +33,7 @@ use crate::Proxy;
 mod attach;
 mod cross;
 mod extended;
+mod handoff;
 mod held;
 mod lent;
 mod merge;
@@ -346,6 +347,8 @@ struct Session {
     /// Extended-protocol messages went to the attached server since the last Sync (any of
     /// them; `unsynced` is for those that run something): the server waits for a Sync.
     needs_sync: bool,
+    /// The plain path waited the checkout timeout out: the full handlers report it at once.
+    waited_out: bool,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -393,6 +396,7 @@ pub(crate) fn start(
         wrote: false,
         last_write: 0,
         needs_sync: false,
+        waited_out: false,
     };
     drive(session, count)
 }

@@ -40,19 +40,29 @@ impl Session {
 
     /// A server for the plain path: the attached one when it takes the next message as it
     /// is, else (between transactions) an idle connection of the home pool that is free now
-    /// and already carries the client's settings. A request that begins here is kept for a
-    /// retry as [`Self::keep_for_retry`] would keep it.
-    fn plain_server(&mut self) -> bool {
+    /// and already carries the client's settings.
+    fn plain_server(&mut self) -> Server {
         if let Some(server) = self.server.as_ref() {
-            return !server.is_replica() && self.ready_as_is();
+            return if !server.is_replica() && self.ready_as_is() {
+                Server::Ready
+            } else {
+                Server::NotPlain
+            };
         }
         let Some(mut conn) = attach::try_checkout(&self.client.pool, &self.client) else {
-            return false;
+            return Server::NoneFree;
         };
         if !attach::conn_in_line(&mut conn, &self.client) {
             conn.release();
-            return false;
+            return Server::NotPlain;
         }
+        self.attach_plain(conn);
+        Server::Ready
+    }
+
+    /// Attaches `conn` for a request that begins now, kept for a retry as
+    /// [`Self::keep_for_retry`] would keep it.
+    fn attach_plain(&mut self, conn: PooledConn) {
         let keep = self.may_keep() && self.wbuf.is_empty();
         self.attach(conn);
         if keep {
@@ -60,14 +70,15 @@ impl Session {
             server.replay.clear();
             server.replay_on = true;
         }
-        true
     }
 
     /// Handles the client's complete messages at the front of its read buffer while the
-    /// session is in the plain state and each is one the plain path takes as it is.
-    pub(super) fn plain_client_messages(&mut self) {
-        if !self.plain_state() {
-            return;
+    /// session is in the plain state and each is one the plain path takes as it is. `sent`:
+    /// so many of their bytes went to the attached server already (a handoff's), and the
+    /// state was found plain before they did.
+    pub(super) fn plain_client_messages(&mut self, sent: usize) -> Plain {
+        if sent == 0 && !self.plain_state() {
+            return Plain::Declined;
         }
         let decoder = self.client.conn.decoder;
         // Out of the connection meanwhile: handling a message never reads from it.
@@ -75,13 +86,23 @@ impl Session {
         // The first message is looked at before a server is taken for it.
         let first = match decoder.peek_len(&buf) {
             Ok(Some(len)) => self
-                .plain_message(&FrameDecoder::msg(&buf, len))
+                .plain_message(&FrameDecoder::msg(&buf, len), self.server.is_some())
                 .map(|t| (len, t)),
             _ => None,
         };
-        let Some((first_len, first)) = first.filter(|_| self.plain_server()) else {
+        let server = match first {
+            // A handoff's connection, attached and in line: its messages are taken again.
+            Some(_) if sent > 0 => Server::Ready,
+            Some(_) => self.plain_server(),
+            None => Server::NotPlain,
+        };
+        let (Some((first_len, first)), Server::Ready) = (first, server) else {
             self.client.conn.rbuf = buf;
-            return;
+            debug_assert!(sent == 0, "a handoff's messages are taken again");
+            return match server {
+                Server::NoneFree => Plain::NoConnection,
+                _ => Plain::Declined,
+            };
         };
         self.read_intent = false;
         let (mut len, mut t) = (first_len, first);
@@ -122,7 +143,8 @@ impl Session {
                         .is_some_and(|p| p.waits_for_bind)
                     {
                         // The unnamed Parse that waited for its Bind goes first.
-                        self.swbuf.extend_from_slice(&buf[unsent..done]);
+                        self.swbuf
+                            .extend_from_slice(&buf[unsent.max(sent)..done.max(sent)]);
                         unsent = done;
                         self.send_deferred_parse();
                     }
@@ -152,16 +174,21 @@ impl Session {
                 break;
             }
             match decoder.peek_len(&buf[done..]) {
-                Ok(Some(l)) => match self.plain_message(&FrameDecoder::msg(&buf[done..], l)) {
-                    Some(next) => (len, t) = (l, next),
-                    None => break,
-                },
+                Ok(Some(l)) => {
+                    match self.plain_message(&FrameDecoder::msg(&buf[done..], l), true) {
+                        Some(next) => (len, t) = (l, next),
+                        None => break,
+                    }
+                }
                 _ => break,
             }
         }
-        self.swbuf.extend_from_slice(&buf[unsent..done]);
+        debug_assert!(done >= sent, "a handoff's messages are all taken");
+        self.swbuf
+            .extend_from_slice(&buf[unsent.max(sent)..done.max(sent)]);
         let server = self.server.as_deref_mut().expect("attached");
-        if server.note_request() && self.proxy.slow_query_ms() > 0 {
+        // A handoff's request began when it went out.
+        if (server.note_request() || sent > 0) && self.proxy.slow_query_ms() > 0 {
             server.request_text = Some(Bytes::copy_from_slice(&buf[..first_len]));
         }
         if server.replay_on {
@@ -169,11 +196,66 @@ impl Session {
         }
         consume(&mut buf, done);
         self.client.conn.rbuf = buf;
+        Plain::Done
+    }
+
+    /// How many bytes at the front of the read buffer the plain path would take as they are,
+    /// with a connection just checked out for them (0: none, or not without a deferred
+    /// Parse going first, which a handoff cannot send).
+    fn plain_run(&self) -> usize {
+        let decoder = self.client.conn.decoder;
+        let buf = &self.client.conn.rbuf;
+        let mut done = 0;
+        let mut parsed = false;
+        while done < HIGH_WATER {
+            let Ok(Some(len)) = decoder.peek_len(&buf[done..]) else {
+                break;
+            };
+            match self.plain_message(&FrameDecoder::msg(&buf[done..], len), true) {
+                Some(Take::RepeatedParse | Take::NewParse { .. }) => parsed = true,
+                // A connection just attached lacks the kept unnamed statement: the plain
+                // path would send it again first.
+                Some(Take::Bind | Take::Describe) if !parsed => break,
+                Some(_) => {}
+                None => break,
+            }
+            done += len;
+        }
+        done
+    }
+
+    /// Waits in the pool's line with the messages the plain path takes left as a handoff
+    /// (see `handoff.rs`), then handles them. Failing to get a connection, leaves them to
+    /// the full handlers, which report the failure (without waiting a second time).
+    pub(super) async fn plain_wait(&mut self) {
+        let n = self.plain_run();
+        let handoff = (n > 0 && self.swbuf.is_empty()).then(|| {
+            let bytes = Bytes::copy_from_slice(&self.client.conn.rbuf[..n]);
+            Arc::new(handoff::PlainHandoff::new(&self.client, bytes))
+        });
+        self.entry.set_state(crate::stats::ClientState::Waiting);
+        let pool = self.client.pool.clone();
+        let r = pool
+            .get_handing(
+                &self.client.settings.opened,
+                handoff.clone().map(|h| h as Arc<dyn pool::Handoff>),
+            )
+            .await;
+        self.entry.set_state(crate::stats::ClientState::Idle);
+        match r {
+            Ok(conn) => {
+                self.attach_plain(attach::fresh_for(conn, &self.client));
+                let sent = handoff.map_or(0, |h| h.written());
+                self.plain_client_messages(sent);
+            }
+            Err(pool::PoolError::CheckoutTimeout { .. }) => self.waited_out = true,
+            Err(_) => {}
+        }
     }
 
     /// Whether the plain path takes `msg` as it is, and as what; `None` leaves it, and what
-    /// follows, to the full handlers.
-    fn plain_message(&self, msg: &Msg<'_>) -> Option<Take> {
+    /// follows, to the full handlers. `attached`: a server is (or will be) attached.
+    fn plain_message(&self, msg: &Msg<'_>, attached: bool) -> Option<Take> {
         let taken = match msg.tag() {
             // The same unnamed Parse as the last, whose text had nothing to look at.
             tag::PARSE
@@ -211,7 +293,7 @@ impl Session {
                 .is_ok()
                 .then_some(Take::Execute)?,
             // With no server, the full handlers answer it themselves.
-            tag::SYNC => (self.server.is_some() && msg.body().is_empty()).then_some(Take::Sync)?,
+            tag::SYNC => (attached && msg.body().is_empty()).then_some(Take::Sync)?,
             // Outside an extended batch, none of the words of statements that change
             // session state or pin a connection.
             tag::QUERY => (!self.needs_sync
@@ -224,6 +306,26 @@ impl Session {
         };
         Some(taken)
     }
+}
+
+/// What [`Session::plain_client_messages`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Plain {
+    /// Handled the messages at the front of the read buffer (the rest, if any, is not
+    /// plain).
+    Done,
+    /// Left them to the full handlers.
+    Declined,
+    /// They are plain, but the pool has no connection free now.
+    NoConnection,
+}
+
+/// What the plain path found for a server.
+#[derive(Clone, Copy)]
+enum Server {
+    Ready,
+    NotPlain,
+    NoneFree,
 }
 
 /// What the plain path takes a message as.

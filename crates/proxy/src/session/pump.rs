@@ -17,7 +17,10 @@ impl Session {
                         lent::lend([&mut self.swbuf, &mut self.wbuf], &mut self.pending);
                     }
                     // The commonest messages in the commonest state: handled in place.
-                    self.plain_client_messages();
+                    if self.plain_client_messages(0) == plain::Plain::NoConnection {
+                        // Boxed, as every path of the loop that waits.
+                        Box::pin(self.plain_wait()).await;
+                    }
                 }
                 let first = match self.client.conn.decoder.decode(&mut self.client.conn.rbuf) {
                     Ok(f) => f,
@@ -32,6 +35,7 @@ impl Session {
                         return end;
                     }
                 }
+                self.waited_out = false;
             }
             // Server messages, while the client side is not backed up.
             match self.on_server_messages() {
