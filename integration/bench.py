@@ -28,7 +28,8 @@ compare the targets with one another under the same conditions; they are not
 absolute capacity figures. Targets are run back to back for each cell so that
 drift affects all of them alike. On a small shared machine one run of a cell moves
 by ±5%; `--rounds N` runs each cell N times per target, alternating which target
-goes first, and reports the medians (and each round's shardgate/PgBouncer ratio).
+goes first, and reports the medians: of tps and CPU per target, and of the
+rounds' ratios (each round's ratio is printed too).
 
 How to run
 ----------
@@ -740,6 +741,14 @@ def ratio(a: RunResult | None, b: RunResult | None) -> str:
     return f"{a.tps / b.tps:.2f}"
 
 
+def paired_ratio(a: list[RunResult] | None, b: list[RunResult] | None) -> str:
+    ratios = [x.tps / y.tps for x, y in zip(a or [], b or [])
+              if x.status == "ok" and y.status == "ok" and x.tps and y.tps]
+    if not a or not b or len(ratios) < len(a):
+        return "-"
+    return f"{statistics.median(ratios):.2f}"
+
+
 def median_result(runs: list[RunResult]) -> RunResult:
     """One cell from its rounds: a failed round fails it, else the medians of tps and CPU."""
     for r in runs:
@@ -769,7 +778,11 @@ def table_rows(matrix: list[Workload], targets: list[str],
     for w in matrix:
         row = [w.label, str(w.clients)]
         row += [results[(w, t)].cell() for t in targets]
-        row += [ratio(results.get((w, a)), results.get((w, b))) for a, b, _ in pairs]
+        if rounds is None:
+            row += [ratio(results.get((w, a)), results.get((w, b))) for a, b, _ in pairs]
+        else:
+            # Over rounds: the median of each round's ratio (the two runs side by side).
+            row += [paired_ratio(rounds.get((w, a)), rounds.get((w, b))) for a, b, _ in pairs]
         for t in proxies:
             cpu = results[(w, t)].cpu_us_per_tx
             row.append("-" if cpu is None or results[(w, t)].status != "ok" else f"{cpu:.1f}")
@@ -965,6 +978,9 @@ def main(argv: list[str] | None = None) -> int:
                         + (f" ({r.error})" if r.error else ""))
 
         headers, rows = table_rows(matrix, targets, results, rounds if args.rounds > 1 else None)
+        if args.rounds > 1:
+            notes.append("tps and CPU are the medians of the rounds; a ratio is the median of "
+                         "the rounds' ratios (each of two runs side by side)")
         ih, irows = idle_rows(idle)
         notes += failure_notes(matrix, targets, results, idle)
         notes += [t.broken_note() for t in live.values() if t.broken]
