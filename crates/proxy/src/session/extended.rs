@@ -544,17 +544,7 @@ impl Session {
     #[inline(always)]
     pub(super) fn emit_synthetic_head(&mut self) {
         // Usually the head is a server's answer still to come: nothing to write.
-        if matches!(
-            self.pending.front(),
-            None | Some(
-                Expect::Query { .. }
-                    | Expect::Parse { .. }
-                    | Expect::Bind
-                    | Expect::Describe { .. }
-                    | Expect::Execute { .. }
-                    | Expect::Sync
-            )
-        ) {
+        if nothing_of_our_own(self.pending.front()) {
             return;
         }
         self.emit_synthetic();
@@ -647,4 +637,21 @@ pub(super) fn maybe_insert(sql: &[u8]) -> bool {
         || head
             .get(..6)
             .is_none_or(|h| h.eq_ignore_ascii_case(b"insert"))
+}
+
+/// Whether the expected answer `e` (none: nothing expected) is the plain answer of a server
+/// to a client's message, rather than one the proxy writes or swallows itself.
+#[inline(always)]
+pub(super) fn nothing_of_our_own(e: Option<&Expect>) -> bool {
+    matches!(
+        e,
+        None | Some(
+            Expect::Query { .. }
+                | Expect::Parse { .. }
+                | Expect::Bind
+                | Expect::Describe { .. }
+                | Expect::Execute { .. }
+                | Expect::Sync
+        )
+    )
 }

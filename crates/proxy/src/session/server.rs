@@ -34,19 +34,7 @@ impl Session {
             _ => return false,
         };
         // What comes next is a server's answer too (see `emit_synthetic_head`).
-        if pop
-            && matches!(
-                self.pending.get(1),
-                None | Some(
-                    Expect::Query { .. }
-                        | Expect::Parse { .. }
-                        | Expect::Bind
-                        | Expect::Describe { .. }
-                        | Expect::Execute { .. }
-                        | Expect::Sync
-                )
-            )
-        {
+        if pop && extended::nothing_of_our_own(self.pending.get(1)) {
             self.pending.pop_front();
             return true;
         }
