@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::gate::{Gate, Grant, Handoff, Waiter};
-
 use crate::server::{ConnectError, ServerConn, ServerTarget, Startup};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,18 +289,10 @@ impl Pool {
         let permit = match inner.gate.take_or_wait(key, handoff) {
             None => Permit::new(inner),
             Some(waiter) => {
-                inner.waiting.fetch_add(1, Ordering::Relaxed);
-                let id = inner.counters.wait_started();
-                let mut wait = Wait {
-                    inner,
-                    waiter: Some(waiter),
-                };
-                let w = wait.waiter.clone().expect("waiting");
-                let _ = tokio::time::timeout(inner.settings.checkout_timeout, w.granted()).await;
-                let grant = wait.leave();
-                inner.counters.wait_ended(id);
-                inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                match grant {
+                let mut wait = Wait::new(inner, waiter.clone());
+                let _ =
+                    tokio::time::timeout(inner.settings.checkout_timeout, waiter.granted()).await;
+                match wait.leave() {
                     Some(Grant::Conn(conn)) => {
                         given = Some(conn);
                         Permit::new(inner)
@@ -498,17 +489,32 @@ impl Drop for Permit<'_> {
     }
 }
 
-/// A checkout waiting in line; leaving, it gives back whatever it was given and not taken.
+/// A checkout waiting in line, counted while it waits; leaving (also when dropped), it gives
+/// back whatever it was given and not taken.
 struct Wait<'a> {
     inner: &'a Arc<Inner>,
     waiter: Option<Arc<Waiter>>,
+    /// Its entry among the pool's counters' waiters.
+    id: u64,
 }
 
-impl Wait<'_> {
+impl<'a> Wait<'a> {
+    fn new(inner: &'a Arc<Inner>, waiter: Arc<Waiter>) -> Wait<'a> {
+        inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let id = inner.counters.wait_started();
+        Wait {
+            inner,
+            waiter: Some(waiter),
+            id,
+        }
+    }
+
     /// Ends the wait: what was given, if anything.
     fn leave(&mut self) -> Option<Grant> {
         let w = self.waiter.take()?;
         self.inner.gate.remove(&w);
+        self.inner.counters.wait_ended(self.id);
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
         w.leave()
     }
 }
