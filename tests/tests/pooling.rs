@@ -175,9 +175,20 @@ async fn checkout_timeout_gives_a_clear_error() {
         message.contains("waiting for a server connection"),
         "{message}"
     );
+    // It waited out the timeout once (a statement the plain path takes waits in the pool's
+    // line; its handlers then report the timeout without waiting again).
+    let timeouts = || {
+        db.proxy
+            .pool_stats()
+            .iter()
+            .map(|s| s.timeouts)
+            .sum::<u64>()
+    };
+    assert_eq!(timeouts(), 1);
     // Extended protocol too; the session stays usable.
     let e = waiter.query("SELECT $1::int", &[&1i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "53300", "{e}");
+    assert_eq!(timeouts(), 2);
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
         waiter

@@ -267,6 +267,15 @@ impl Pool {
         *self.inner.watch.lock() = Some((notify, grace));
     }
 
+    /// The error of a checkout that waited `waited` for a connection and got none.
+    pub fn timeout_error(&self, waited: Duration) -> PoolError {
+        PoolError::CheckoutTimeout {
+            target: format!("{:?}", self.inner.target),
+            waited_ms: waited.as_millis() as u64,
+            size: self.inner.settings.size,
+        }
+    }
+
     async fn get_here(
         &self,
         startup: &Startup,
@@ -300,11 +309,7 @@ impl Pool {
                     Some(Grant::Permit) => Permit::new(inner),
                     None => {
                         inner.timeouts.fetch_add(1, Ordering::Relaxed);
-                        return Err(PoolError::CheckoutTimeout {
-                            target: format!("{:?}", inner.target),
-                            waited_ms: start.elapsed().as_millis() as u64,
-                            size: inner.settings.size,
-                        });
+                        return Err(self.timeout_error(start.elapsed()));
                     }
                 }
             }

@@ -267,15 +267,8 @@ impl Session {
         if self.server.is_none() && std::mem::take(&mut self.waited_out) {
             // The plain path waited the checkout timeout out already.
             let pool = &self.client.pool;
-            let waited = pool.settings().checkout_timeout;
-            return Err(pool_error(
-                pool::PoolError::CheckoutTimeout {
-                    target: format!("{:?}", pool.target()),
-                    waited_ms: waited.as_millis() as u64,
-                    size: pool.settings().size,
-                },
-                false,
-            ));
+            let e = pool.timeout_error(pool.settings().checkout_timeout);
+            return Err(pool_error(e, false));
         }
         if self.server.is_none() {
             self.entry.set_state(crate::stats::ClientState::Waiting);
