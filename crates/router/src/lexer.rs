@@ -264,6 +264,28 @@ pub struct WordSet {
     packed: std::sync::OnceLock<Option<Packed>>,
 }
 
+/// `src` in ASCII lower case into `dst` (as long), eight bytes at a time: a byte that is an
+/// upper-case letter gets its 0x20 bit, found by two additions per word that carry into each
+/// byte's high bit (bytes with the high bit set are left as they are, as by
+/// `to_ascii_lowercase`).
+#[inline]
+fn fold(dst: &mut [u8], src: &[u8]) {
+    const ONES: u64 = u64::MAX / 255;
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let v = u64::from_le_bytes(s.try_into().expect("eight bytes"));
+        let low7 = v & (0x7f * ONES);
+        let from_a = low7 + (0x80 - b'A' as u64) * ONES;
+        let past_z = low7 + (0x80 - b'Z' as u64 - 1) * ONES;
+        let upper = from_a & !past_z & !v & (0x80 * ONES);
+        d.copy_from_slice(&(v | upper >> 2).to_le_bytes());
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = s.to_ascii_lowercase();
+    }
+}
+
 /// [`WordSet`]'s packed search.
 struct Packed {
     searcher: aho_corasick::packed::Searcher,
@@ -366,9 +388,7 @@ impl WordSet {
         loop {
             let end = text.len().min(start + FOLDED);
             let piece = &mut folded[..end - start];
-            for (f, b) in piece.iter_mut().zip(&text[start..end]) {
-                *f = b.to_ascii_lowercase();
-            }
+            fold(piece, &text[start..end]);
             for m in packed.searcher.find_iter(&*piece) {
                 found |= packed.implies[m.pattern().as_usize()];
             }
@@ -448,6 +468,39 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         out.push(s);
     }
     out
+}
+
+/// The statement of `sql` when a quick look shows there is exactly one, as
+/// [`split_statements`] would give it (trimmed, without a final semicolon); `None`: none,
+/// several, or not sure without lexing (a semicolon that is not only the last byte, or one
+/// after quotes or comments, which may hide it; text that begins with a comment). Spares the lexing of every statement whose
+/// words only may make it a session command (`UPDATE t SET ...`).
+pub fn lone_statement(sql: &str) -> Option<&str> {
+    let bytes = sql.as_bytes();
+    let body = match memchr::memchr(b';', bytes) {
+        None => sql,
+        Some(at) => {
+            let (before, after) = (&bytes[..at], &bytes[at + 1..]);
+            let comment = || {
+                memchr::memchr2_iter(b'-', b'/', before).any(|i| {
+                    matches!(
+                        (before[i], before.get(i + 1)),
+                        (b'-', Some(b'-')) | (b'/', Some(b'*'))
+                    )
+                })
+            };
+            if !after.iter().all(u8::is_ascii_whitespace)
+                || memchr::memchr3(b'\'', b'"', b'$', before).is_some()
+                || comment()
+            {
+                return None;
+            }
+            &sql[..at]
+        }
+    };
+    let body = body.trim();
+    // Only comments are no statement.
+    (!body.is_empty() && !body.starts_with("--") && !body.starts_with("/*")).then_some(body)
 }
 
 /// Whether `INSERT INTO name [AS alias] (` names its columns: a quick look that spares an
@@ -557,6 +610,8 @@ mod tests {
         b"unlock",
         b"unlisten",
         b"load",
+        b"names",
+        b"client_encoding",
     ];
 
     /// The packed search finds what the byte-by-byte look finds wherever a word begins a
@@ -624,6 +679,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn folding_is_ascii_lower_case_of_every_byte() {
+        let src: Vec<u8> = (0..=255u8)
+            .chain(b"SELECT aBc FROM T;".iter().copied())
+            .collect();
+        for len in [0, 1, 7, 8, 9, 64, src.len()] {
+            let mut dst = vec![0u8; len];
+            fold(&mut dst, &src[..len]);
+            let want: Vec<u8> = src[..len].iter().map(u8::to_ascii_lowercase).collect();
+            assert_eq!(dst, want, "{len}");
+        }
+    }
+
+    /// A lone statement is what the splitter finds, whenever the quick look answers.
+    #[test]
+    fn a_lone_statement_is_the_one_the_splitter_finds() {
+        for sql in [
+            "UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = 7",
+            "UPDATE t SET a = 1;",
+            "  SET work_mem = '1MB'  ",
+            "SET work_mem = '1MB';\n",
+            "SET a = 'x;'",
+            "SET a = 1 -- c;",
+            "SET a = 1 /* ; */",
+            "SET a = 1; SET b = 2",
+            "SET a = 'x;",
+            "select $$;$$",
+            "-- only a comment",
+            "/* c */ SET a = 1",
+            ";",
+            "",
+            "   ",
+        ] {
+            if let Some(stmt) = lone_statement(sql) {
+                assert_eq!(split_statements(sql), vec![stmt], "{sql:?}");
+            }
+        }
+        // Without a semicolon, and not beginning with a comment: lone.
+        assert_eq!(
+            lone_statement("  UPDATE t SET a = b - -1 "),
+            Some("UPDATE t SET a = b - -1")
+        );
+        assert_eq!(
+            lone_statement("UPDATE t SET a = 1;"),
+            Some("UPDATE t SET a = 1")
+        );
+        assert_eq!(lone_statement("SET a = 1; SET b = 2"), None);
+        assert_eq!(lone_statement("SET a = 1 -- c;"), None);
     }
 
     #[test]

@@ -434,11 +434,18 @@ fn session_commands(sql: &[u8], words: Words) -> Option<VecDeque<SessionCommand>
     if !words.may_change_session() {
         return None;
     }
-    let text = String::from_utf8_lossy(sql);
-    let cmds: VecDeque<SessionCommand> = split_statements(&text)
-        .into_iter()
-        .map(router::classify)
-        .collect();
+    let text = utf8_text(sql);
+    // One statement (the commonest, `UPDATE t SET ...`): classified without the splitter.
+    let cmds: VecDeque<SessionCommand> = match router::lexer::lone_statement(&text) {
+        Some(stmt) => match router::classify(stmt) {
+            SessionCommand::Other => return None,
+            command => VecDeque::from([command]),
+        },
+        None => split_statements(&text)
+            .into_iter()
+            .map(router::classify)
+            .collect(),
+    };
     if cmds.iter().all(|c| *c == SessionCommand::Other) {
         None
     } else {
@@ -481,7 +488,16 @@ fn tracked_with(sql: &[u8], words: Words) -> Option<SessionCommand> {
     if !words.may_change_session() {
         return None;
     }
-    Some(router::classify(&String::from_utf8_lossy(sql))).filter(|c| *c != SessionCommand::Other)
+    Some(router::classify(&utf8_text(sql))).filter(|c| *c != SessionCommand::Other)
+}
+
+/// `sql` as text, lossily where it is not UTF-8 (checked first the fast way: almost all
+/// text is).
+fn utf8_text(sql: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(sql) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(sql),
+    }
 }
 
 fn malformed(e: wire::frame::Malformed) -> End {

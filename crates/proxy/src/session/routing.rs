@@ -376,20 +376,7 @@ impl Session {
     /// (`SET LOCAL client_encoding`, `set_config(...)`, `SET NAMES`): from then on the
     /// session's text is not taken for UTF-8.
     pub(super) fn note_encoding_change(&mut self, sql: &[u8], words: Words) {
-        if self.encoding_doubt || !words.may_change_session() {
-            return;
-        }
-        let has = |needle: &[u8]| {
-            sql.windows(needle.len())
-                .any(|w| w.eq_ignore_ascii_case(needle))
-        };
-        if has(b"names")
-            || (has(b"client_encoding")
-                && !matches!(
-                    tracked_with(sql, words),
-                    Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
-                ))
-        {
+        if !self.encoding_doubt && untracked_encoding_change(sql, words) {
             self.encoding_doubt = true;
         }
     }
@@ -784,4 +771,47 @@ pub(super) fn refuse(reason: String, hint: &str) -> ProxyError {
 /// tables; the others send everything to their one (home) shard.
 pub(crate) fn database_routes(db: &sgconfig::DatabaseConfig) -> bool {
     db.shards.len() >= 2 && (!db.maps.is_empty() || !db.reference_tables.is_empty())
+}
+
+/// Whether `sql` (whose words are `words`) may change the client's encoding in a way the
+/// settings do not track: a word of statements that change session state with `names`, or
+/// with `client_encoding` unless the statement is a tracked `SET client_encoding`.
+pub(super) fn untracked_encoding_change(sql: &[u8], words: Words) -> bool {
+    if !words.may_change_session() || !words.encoding() {
+        return false;
+    }
+    words.names()
+        || !matches!(
+            tracked_with(sql, words),
+            Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_changes_the_settings_do_not_track_are_found() {
+        let untracked =
+            |sql: &str| untracked_encoding_change(sql.as_bytes(), Words::of(sql.as_bytes()));
+        for yes in [
+            "SET NAMES 'LATIN1'",
+            "set local client_encoding = 'LATIN1'",
+            "SELECT set_config('client_encoding', 'LATIN1', true)",
+            // The word is enough: taken for a change, whatever it names.
+            "UPDATE t SET names = 1",
+        ] {
+            assert!(untracked(yes), "{yes}");
+        }
+        for no in [
+            "SET client_encoding = 'LATIN1'",
+            "SET client_encoding TO DEFAULT",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
+            "SELECT client_encoding FROM t",
+            "SHOW client_encoding",
+        ] {
+            assert!(!untracked(no), "{no}");
+        }
+    }
 }

@@ -28,6 +28,9 @@ const LIST: &[&[u8]] = &[
     b"unlisten",
     // LOAD.
     b"load",
+    // A client encoding the settings may not track: bits 16-17.
+    b"names",
+    b"client_encoding",
 ];
 
 static SET: router::lexer::WordSet = router::lexer::WordSet::new(LIST);
@@ -36,6 +39,7 @@ const SESSION: u64 = 0x7f;
 const MAKES: u64 = 1 << 1 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10;
 const ENDS: u64 = 1 << 2 | 1 << 3 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 14;
 const LOAD: u64 = 1 << 15;
+const ENCODING: u64 = 1 << 16 | 1 << 17;
 
 impl Words {
     pub(super) fn of(sql: &[u8]) -> Words {
@@ -64,6 +68,17 @@ impl Words {
 
     pub(super) fn load(self) -> bool {
         self.0 & LOAD != 0
+    }
+
+    /// `names` or `client_encoding`: a word of statements that may change the client's
+    /// encoding.
+    pub(super) fn encoding(self) -> bool {
+        self.0 & ENCODING != 0
+    }
+
+    /// `names` (of `SET NAMES`).
+    pub(super) fn names(self) -> bool {
+        self.0 & 1 << 16 != 0
     }
 }
 
@@ -99,6 +114,10 @@ mod tests {
             assert!(w.may_unpin(), "{w:?}");
         }
         assert!(Words::of(b"LOAD 'auto_explain'").load());
+        let names = Words::of(b"SET NAMES 'LATIN1'");
+        assert!(names.encoding() && names.names());
+        let e = Words::of(b"SELECT set_config('client_encoding', 'LATIN1', true)");
+        assert!(e.encoding() && !e.names());
         let plain = Words::of(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1");
         assert!(
             !plain.may_change_session() && !plain.may_pin() && !plain.may_unpin() && !plain.load()
