@@ -3,10 +3,10 @@
 //!
 //! The commonest state is transaction pooling on a database that does not route, with
 //! nothing held back (a BEGIN, a statement for several shards), pinned, spanning shards or
-//! named by the client. There, a Query or an unnamed Parse whose text has none of the words
-//! that change session state or pin a connection, and Bind, Describe, Execute and Sync of
-//! the unnamed statement and portals go to the server exactly as they came, and what the
-//! session must know of them is one entry each in `pending`. The plain path does that for
+//! named by the client. There, a Query or an unnamed Parse whose text is no session command
+//! and has none of the words of statements that pin a connection, and Bind, Describe,
+//! Execute and Sync of the unnamed statement and portals go to the server exactly as they
+//! came, and what the session must know of them is one entry each in `pending`. The plain path does that for
 //! every such message at the front of the read buffer in one pass, without cutting them
 //! into frames or entering the async handlers, and copies each run of them on in one piece.
 //! The first message it does not take as it is (any other, a malformed one, one whose
@@ -40,7 +40,8 @@ impl Session {
 
     /// A server for the plain path: the attached one when it takes the next message as it
     /// is, else (between transactions) an idle connection of the home pool that is free now
-    /// and already carries the client's settings.
+    /// and already carries the client's settings (one that does not stays attached for the
+    /// full handlers).
     fn plain_server(&mut self) -> Server {
         if let Some(server) = self.server.as_ref() {
             return if !server.is_replica() && self.ready_as_is() {
@@ -53,7 +54,9 @@ impl Session {
             return Server::NoneFree;
         };
         if !attach::conn_in_line(&mut conn, &self.client) {
-            conn.release();
+            // Kept: the full handlers bring its settings in line (checked out again, the
+            // pool's order, round-robin, would pass it over for the next).
+            self.attach(conn);
             return Server::NotPlain;
         }
         self.attach_plain(conn);
@@ -272,7 +275,7 @@ impl Session {
             tag::PARSE => {
                 let p = ParseView::new(msg).ok().filter(|p| p.name.is_empty())?;
                 let words = Words::of(p.query);
-                if words.may_change_session() || words.may_pin() || words.load() {
+                if !self.plain_text(p.query, words, false) {
                     return None;
                 }
                 let calls = memchr::memchr(b'(', p.query).is_some();
@@ -297,14 +300,36 @@ impl Session {
             // Outside an extended batch, none of the words of statements that change
             // session state or pin a connection.
             tag::QUERY => (!self.needs_sync
-                && messages::query_text(msg).is_ok_and(|sql| {
-                    let words = Words::of(sql);
-                    !words.may_change_session() && !words.may_pin() && !words.load()
-                }))
+                && messages::query_text(msg)
+                    .is_ok_and(|sql| self.plain_text(sql, Words::of(sql), true)))
             .then_some(Take::Query)?,
             _ => return None,
         };
         Some(taken)
+    }
+}
+
+impl Session {
+    /// Whether the full handlers would pass a statement of `sql` (whose words are `words`;
+    /// a Query's when `query`, else an unnamed Parse's) on as it is and note no more of it
+    /// than the plain path does: nothing that pins a connection or is LOADed, and, for a
+    /// word of statements that change session state (`UPDATE t SET ...`), no session
+    /// command and no encoding change the settings do not track.
+    fn plain_text(&self, sql: &[u8], words: Words, query: bool) -> bool {
+        if words.may_pin() || words.load() {
+            return false;
+        }
+        if !words.may_change_session() {
+            return true;
+        }
+        if !self.encoding_doubt && routing::untracked_encoding_change(sql, words) {
+            return false;
+        }
+        if query {
+            session_commands(sql, words).is_none()
+        } else {
+            tracked_with(sql, words).is_none()
+        }
     }
 }
 
