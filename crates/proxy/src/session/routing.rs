@@ -777,14 +777,16 @@ pub(crate) fn database_routes(db: &sgconfig::DatabaseConfig) -> bool {
 /// settings do not track: a word of statements that change session state with `names`, or
 /// with `client_encoding` unless the statement is a tracked `SET client_encoding`.
 pub(super) fn untracked_encoding_change(sql: &[u8], words: Words) -> bool {
-    if !words.may_change_session() || !words.encoding() {
+    if !words.may_change_session() {
         return false;
     }
-    words.names()
-        || !matches!(
-            tracked_with(sql, words),
-            Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
-        )
+    let encoding = super::words::EncodingWords::of(sql);
+    encoding.names
+        || encoding.client_encoding
+            && !matches!(
+                tracked_with(sql, words),
+                Some(SessionCommand::Set { ref name, .. }) if name == "client_encoding"
+            )
 }
 
 #[cfg(test)]

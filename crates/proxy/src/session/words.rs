@@ -1,7 +1,8 @@
 //! The words a statement's text is looked at for on its way to the server, found in one pass
 //! per statement: those of statements that may change session state (so that ordinary
 //! statements skip the statement splitter), and those of statements that may make or remove
-//! server-session state that pins a connection (see `pins`).
+//! server-session state that pins a connection (see `pins`). In the few statements with a
+//! word of the first kind, a second pass looks for those of an encoding change.
 
 /// One scan's finding: bit `i` for `LIST[i]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +29,6 @@ const LIST: &[&[u8]] = &[
     b"unlisten",
     // LOAD.
     b"load",
-    // A client encoding the settings may not track: bits 16-17.
-    b"names",
-    b"client_encoding",
 ];
 
 static SET: router::lexer::WordSet = router::lexer::WordSet::new(LIST);
@@ -39,7 +37,12 @@ const SESSION: u64 = 0x7f;
 const MAKES: u64 = 1 << 1 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10;
 const ENDS: u64 = 1 << 2 | 1 << 3 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 14;
 const LOAD: u64 = 1 << 15;
-const ENCODING: u64 = 1 << 16 | 1 << 17;
+
+/// The words of statements that may change the client's encoding, looked for only in
+/// statements with a word of `SESSION` (two more words in every statement's scan would cost
+/// every statement more than this second scan costs the few).
+static ENCODING: router::lexer::WordSet =
+    router::lexer::WordSet::new(&[b"names", b"client_encoding"]);
 
 impl Words {
     pub(super) fn of(sql: &[u8]) -> Words {
@@ -69,16 +72,22 @@ impl Words {
     pub(super) fn load(self) -> bool {
         self.0 & LOAD != 0
     }
+}
 
-    /// `names` or `client_encoding`: a word of statements that may change the client's
-    /// encoding.
-    pub(super) fn encoding(self) -> bool {
-        self.0 & ENCODING != 0
-    }
+/// The encoding words of a statement: `names` (of `SET NAMES`), `client_encoding`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EncodingWords {
+    pub(super) names: bool,
+    pub(super) client_encoding: bool,
+}
 
-    /// `names` (of `SET NAMES`).
-    pub(super) fn names(self) -> bool {
-        self.0 & 1 << 16 != 0
+impl EncodingWords {
+    pub(super) fn of(sql: &[u8]) -> EncodingWords {
+        let found = ENCODING.find(sql);
+        EncodingWords {
+            names: found & 1 != 0,
+            client_encoding: found & 2 != 0,
+        }
     }
 }
 
@@ -114,10 +123,10 @@ mod tests {
             assert!(w.may_unpin(), "{w:?}");
         }
         assert!(Words::of(b"LOAD 'auto_explain'").load());
-        let names = Words::of(b"SET NAMES 'LATIN1'");
-        assert!(names.encoding() && names.names());
-        let e = Words::of(b"SELECT set_config('client_encoding', 'LATIN1', true)");
-        assert!(e.encoding() && !e.names());
+        let names = EncodingWords::of(b"SET NAMES 'LATIN1'");
+        assert!(names.names && !names.client_encoding);
+        let e = EncodingWords::of(b"SELECT set_config('client_encoding', 'LATIN1', true)");
+        assert!(e.client_encoding && !e.names);
         let plain = Words::of(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1");
         assert!(
             !plain.may_change_session() && !plain.may_pin() && !plain.may_unpin() && !plain.load()
