@@ -349,6 +349,8 @@ struct Session {
     needs_sync: bool,
     /// The plain path waited the checkout timeout out: the full handlers report it at once.
     waited_out: bool,
+    /// Keeps its buffers between transactions (one of a few sessions at a time).
+    linger: lent::Linger,
 }
 
 /// The session of a logged-in client, to be spawned. `count` is released when it ends.
@@ -397,6 +399,7 @@ pub(crate) fn start(
         last_write: 0,
         needs_sync: false,
         waited_out: false,
+        linger: lent::Linger::default(),
     };
     drive(session, count)
 }

@@ -9,7 +9,9 @@ impl Session {
             // Client messages, while the server side is not backed up.
             if self.swbuf.len() < HIGH_WATER && !self.terminated {
                 if !self.client.conn.rbuf.is_empty() {
-                    // A request: its answers and what goes to the server need buffers.
+                    // A request: its answers and what goes to the server need buffers (kept
+                    // since the last, or lent).
+                    self.linger.stop();
                     if self.swbuf.capacity() == 0
                         || self.wbuf.capacity() == 0
                         || self.pending.capacity() == 0
@@ -222,7 +224,15 @@ impl Session {
                 || idle(&self.swbuf)
                 || (self.pending.is_empty() && self.pending.capacity() > 0)
             {
-                lent::give_back([rbuf, &mut self.wbuf, &mut self.swbuf], &mut self.pending);
+                let all_idle = rbuf.is_empty()
+                    && self.wbuf.is_empty()
+                    && self.swbuf.is_empty()
+                    && self.pending.is_empty();
+                let bytes = rbuf.capacity() + self.wbuf.capacity() + self.swbuf.capacity();
+                if !(all_idle && self.linger.start(bytes)) {
+                    self.linger.stop();
+                    lent::give_back([rbuf, &mut self.wbuf, &mut self.swbuf], &mut self.pending);
+                }
             }
         }
         let terminated = self.terminated;
