@@ -487,8 +487,9 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 /// The statement of `sql` when a quick look shows there is exactly one, as
 /// [`split_statements`] would give it (trimmed, without a final semicolon); `None`: none,
 /// several, or not sure without lexing (a semicolon that is not only the last byte, or one
-/// after quotes or comments, which may hide it; text that begins with a comment). Spares the lexing of every statement whose
-/// words only may make it a session command (`UPDATE t SET ...`).
+/// after quotes or comments, which may hide it; text that begins with a comment). Spares
+/// the lexing of every statement whose words only may make it a session command
+/// (`UPDATE t SET ...`).
 pub fn lone_statement(sql: &str) -> Option<&str> {
     let bytes = sql.as_bytes();
     let body = match memchr::memchr(b';', bytes) {

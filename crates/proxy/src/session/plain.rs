@@ -6,9 +6,10 @@
 //! named by the client. There, a Query or an unnamed Parse whose text is no session command
 //! and has none of the words of statements that pin a connection, and Bind, Describe,
 //! Execute and Sync of the unnamed statement and portals go to the server exactly as they
-//! came, and what the session must know of them is one entry each in `pending`. The plain path does that for
-//! every such message at the front of the read buffer in one pass, without cutting them
-//! into frames or entering the async handlers, and copies each run of them on in one piece.
+//! came, and what the session must know of them is one entry each in `pending`. The plain
+//! path does that for every such message at the front of the read buffer in one pass,
+//! without cutting them into frames or entering the async handlers, and copies each run of
+//! them on in one piece.
 //! The first message it does not take as it is (any other, a malformed one, one whose
 //! handling may wait or refuse) stays in the buffer for the full handlers (`on_message`),
 //! which do the same for these messages in every state: the two agree by construction, and
@@ -269,9 +270,9 @@ impl Session {
             {
                 Take::RepeatedParse
             }
-            // Another unnamed Parse: none of the words of statements that change session
-            // state or pin a connection (a database that does not route learns nothing of
-            // a statement's functions or columns).
+            // Another unnamed Parse: no session command, nothing that pins a connection
+            // (a database that does not route learns nothing of a statement's functions
+            // or columns).
             tag::PARSE => {
                 let p = ParseView::new(msg).ok().filter(|p| p.name.is_empty())?;
                 let words = Words::of(p.query);
@@ -297,8 +298,8 @@ impl Session {
                 .then_some(Take::Execute)?,
             // With no server, the full handlers answer it themselves.
             tag::SYNC => (attached && msg.body().is_empty()).then_some(Take::Sync)?,
-            // Outside an extended batch, none of the words of statements that change
-            // session state or pin a connection.
+            // Outside an extended batch: no session command, nothing that pins a
+            // connection.
             tag::QUERY => (!self.needs_sync
                 && messages::query_text(msg)
                     .is_ok_and(|sql| self.plain_text(sql, Words::of(sql), true)))
@@ -307,9 +308,7 @@ impl Session {
         };
         Some(taken)
     }
-}
 
-impl Session {
     /// Whether the full handlers would pass a statement of `sql` (whose words are `words`;
     /// a Query's when `query`, else an unnamed Parse's) on as it is and note no more of it
     /// than the plain path does: nothing that pins a connection or is LOADed, and, for a

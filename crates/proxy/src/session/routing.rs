@@ -327,7 +327,7 @@ impl Session {
             .is_some_and(|h| h.eq_ignore_ascii_case(b"insert"))
             || ((head.starts_with(b"/*") || head.starts_with(b"--"))
                 && first_word(sql).eq_ignore_ascii_case("insert"));
-        if !insert || router::lexer::insert_names_columns(sql) || !self.routes() {
+        if !insert || !self.routes() || router::lexer::insert_names_columns(sql) {
             return None;
         }
         let table = self
