@@ -20,6 +20,9 @@ A `--dump` file of the long run (`callgrind_annotate FILE`) says where.
     python3 integration/instructions.py                       # select-only, extended
     python3 integration/instructions.py --mode simple --only shardgate
 
+Four clients by default; `SG_INSTR_CLIENTS=16` runs more (under callgrind the proxy is the
+bottleneck, so it waits less per transaction than it would at full speed).
+
 Requires valgrind, pgbench and PostgreSQL 15, as `bench.py` does (whose helpers it uses).
 """
 
@@ -35,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
-CLIENTS = 4
+CLIENTS = int(os.environ.get("SG_INSTR_CLIENTS", "4"))
 
 
 def total_instructions(out: Path) -> int:
