@@ -22,5 +22,6 @@ pub mod sharding;
 pub mod sqlprepare;
 pub mod subquery;
 pub mod union;
+pub mod wordset;
 
 pub use session::{classify, SessionCommand};

@@ -31,7 +31,7 @@ const LIST: &[&[u8]] = &[
     b"load",
 ];
 
-static SET: router::lexer::WordSet = router::lexer::WordSet::new(LIST);
+static SET: router::wordset::WordSet = router::wordset::WordSet::new(LIST);
 
 const SESSION: u64 = 0x7f;
 const MAKES: u64 = 1 << 1 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10;
@@ -41,8 +41,8 @@ const LOAD: u64 = 1 << 15;
 /// The words of statements that may change the client's encoding, looked for only in
 /// statements with a word of `SESSION` (two more words in every statement's scan would cost
 /// every statement more than this second scan costs the few).
-static ENCODING: router::lexer::WordSet =
-    router::lexer::WordSet::new(&[b"names", b"client_encoding"]);
+static ENCODING: router::wordset::WordSet =
+    router::wordset::WordSet::new(&[b"names", b"client_encoding"]);
 
 impl Words {
     pub(super) fn of(sql: &[u8]) -> Words {
