@@ -65,6 +65,7 @@ def run(proxy: str, binary: str, mode: str, per_client: int, out: Path) -> int:
         wrapper = root / "callgrind.sh"
         wrapper.write_text("#!/bin/sh\n"
                            f"exec valgrind --tool=callgrind --callgrind-out-file={out} "
+                           f"{os.environ.get('SG_CALLGRIND_ARGS', '')} "
                            f"{binary} \"$@\"\n")
         wrapper.chmod(0o755)
         if proxy == "pgbouncer":

@@ -394,6 +394,7 @@ mod tests {
             b"PREPARE TRANSACTION 'x'; ROLLBACK PREPARED 'x'",
             b"SAVEPOINT a; RELEASE a; ROLLBACK TO a; DEALLOCATE ALL; DROP TABLE t; LOAD 'x'",
             b"resetemp unlistenload",
+            b"rollback ",
             b"SET NAMES 'UTF8'; set client_encoding = x",
             b"0123456789abcdefse",
             b"0123456789abcdefset",
