@@ -196,9 +196,10 @@ fn start(args: &SandboxArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let _ = std::fs::remove_file(&map_path);
     }
     let map = config.databases["app"].maps[0].clone();
-    for ((primary, _), data) in clusters.iter().zip(demo_data(&map, args.shards)) {
+    for ((primary, replicas), data) in clusters.iter().zip(demo_data(&map, args.shards)) {
         primary.psql("app", DEMO_SCHEMA)?;
         primary.psql("app", &data)?;
+        wait_replayed(primary, replicas)?;
     }
     let last = format!("s{}", args.shards - 1);
     let on_last = clusters[args.shards as usize - 1]
@@ -297,6 +298,34 @@ fn make_synchronous(primary: &Cluster) -> Result<(), Box<dyn std::error::Error>>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until every replica of `primary` has replayed all the primary has written: reads
+/// go to replicas, and a synchronous commit waits for a replica's flush, not its replay, so
+/// the first demo query could otherwise find a replica without the demo data.
+fn wait_replayed(
+    primary: &Cluster,
+    replicas: &[Cluster],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let written = primary.psql("postgres", "SELECT pg_current_wal_lsn()")?;
+    let written = written.trim();
+    let check = format!("SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn");
+    for replica in replicas {
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        while replica.psql("postgres", &check)?.trim() != "t" {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the replica on port {} has not replayed the demo data (up to {written}) \
+                     after {} s",
+                    replica.port(),
+                    SYNC_TIMEOUT.as_secs()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
 }
 
 /// The sandbox's config: users `app` and the admin `ops`, database `app` with the demo map
