@@ -1,4 +1,5 @@
-//! A pool's ceiling and its line of waiting checkouts.
+//! A pool's ceiling, its line of waiting checkouts and its idle connections, under one lock
+//! (a checkout that finds an idle connection, and a connection coming back, take it once).
 //!
 //! At most `size` connections are checked out at once. A checkout that finds none free waits
 //! in line, first come first served, up to the checkout timeout. A connection coming back
@@ -104,14 +105,20 @@ impl Waiter {
     }
 }
 
-/// The count of free permits and the line, under one lock.
+/// The count of free permits, the line and the idle connections, under one lock.
 pub(crate) struct Gate {
     state: Mutex<State>,
 }
 
+/// The idle connections, oldest-used first.
+// Boxed: connections move in and out of `PooledConn` as a pointer.
+#[allow(clippy::vec_box)]
+pub(crate) type Idle = Vec<Box<ServerConn>>;
+
 struct State {
     available: usize,
     line: VecDeque<Arc<Waiter>>,
+    idle: Idle,
 }
 
 impl Gate {
@@ -120,6 +127,7 @@ impl Gate {
             state: Mutex::new(State {
                 available: size,
                 line: VecDeque::new(),
+                idle: Vec::new(),
             }),
         }
     }
@@ -147,6 +155,26 @@ impl Gate {
         Some(w)
     }
 
+    /// Takes a permit and an idle connection (the one `pick` chooses) together, if a permit
+    /// is free, nobody waits for one and `pick` finds one; else takes nothing.
+    pub fn try_take_idle(
+        &self,
+        pick: impl FnOnce(&Idle) -> Option<usize>,
+    ) -> Option<Box<ServerConn>> {
+        let mut s = self.state.lock();
+        if s.available == 0 || !s.line.is_empty() {
+            return None;
+        }
+        let at = pick(&s.idle)?;
+        s.available -= 1;
+        Some(s.idle.remove(at))
+    }
+
+    /// Runs `f` on the idle connections, under the lock.
+    pub fn with_idle<R>(&self, f: impl FnOnce(&mut Idle) -> R) -> R {
+        f(&mut self.state.lock().idle)
+    }
+
     /// Takes `w` out of the line, if it is still there.
     pub fn remove(&self, w: &Arc<Waiter>) {
         let mut s = self.state.lock();
@@ -155,14 +183,14 @@ impl Gate {
         }
     }
 
-    /// The first in line, taken out of it; or, with nobody waiting, `otherwise` runs under
-    /// the gate's lock and the permit becomes free.
-    pub fn next_or(&self, otherwise: impl FnOnce()) -> Option<Arc<Waiter>> {
+    /// The first in line, taken out of it; or, with nobody waiting, `otherwise` runs on the
+    /// idle connections under the gate's lock and the permit becomes free.
+    pub fn next_or(&self, otherwise: impl FnOnce(&mut Idle)) -> Option<Arc<Waiter>> {
         let mut s = self.state.lock();
         match s.line.pop_front() {
             Some(w) => Some(w),
             None => {
-                otherwise();
+                otherwise(&mut s.idle);
                 s.available += 1;
                 None
             }
@@ -172,6 +200,12 @@ impl Gate {
     /// Free permits.
     pub fn available(&self) -> usize {
         self.state.lock().available
+    }
+
+    /// Free permits and idle connections, at one moment.
+    pub fn counts(&self) -> (usize, usize) {
+        let s = self.state.lock();
+        (s.available, s.idle.len())
     }
 }
 
@@ -191,20 +225,20 @@ mod tests {
         let first = gate.take_or_wait(0, None).expect("waits");
         let second = gate.take_or_wait(0, None).expect("waits");
         // A permit given back goes to the first in line, not to the gate.
-        let w = gate.next_or(|| panic!("someone waits")).unwrap();
+        let w = gate.next_or(|_| panic!("someone waits")).unwrap();
         assert!(Arc::ptr_eq(&w, &first));
         assert!(w.grant(Grant::Permit).is_none());
         assert_eq!(gate.available(), 0);
         assert!(granted(first.leave()));
         // The second still waits; a try does not pass it.
         assert!(!gate.try_take());
-        let w = gate.next_or(|| panic!("someone waits")).unwrap();
+        let w = gate.next_or(|_| panic!("someone waits")).unwrap();
         assert!(Arc::ptr_eq(&w, &second));
         assert!(w.grant(Grant::Permit).is_none());
         assert!(granted(second.leave()));
         // Nobody waits: the permit is free again.
         let mut ran = false;
-        assert!(gate.next_or(|| ran = true).is_none());
+        assert!(gate.next_or(|_| ran = true).is_none());
         assert!(ran);
         assert_eq!(gate.available(), 1);
     }
@@ -221,7 +255,7 @@ mod tests {
             "a grant to a waiter that left comes back"
         );
         assert!(
-            gate.next_or(|| {}).is_none(),
+            gate.next_or(|_| {}).is_none(),
             "it is out of the line: the permit is free"
         );
         assert_eq!(gate.available(), 1);
@@ -231,7 +265,7 @@ mod tests {
     async fn a_grant_made_before_the_wait_is_not_lost() {
         let gate = Gate::new(0);
         let w = gate.take_or_wait(0, None).expect("waits");
-        let next = gate.next_or(|| {}).unwrap();
+        let next = gate.next_or(|_| {}).unwrap();
         assert!(next.grant(Grant::Permit).is_none());
         tokio::time::timeout(std::time::Duration::from_secs(5), w.granted())
             .await

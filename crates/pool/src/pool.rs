@@ -72,10 +72,8 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 struct Inner {
     target: ServerTarget,
     settings: PoolSettings,
+    /// The ceiling, the line and the idle connections.
     gate: Gate,
-    // Boxed: connections move in and out of `PooledConn` as a pointer.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<ServerConn>>>,
     waiting: AtomicU64,
     checkouts: AtomicU64,
     connects: AtomicU64,
@@ -118,7 +116,6 @@ impl Pool {
             gate: Gate::new(settings.size as usize),
             target,
             settings,
-            idle: Mutex::new(Vec::new()),
             waiting: AtomicU64::new(0),
             checkouts: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -333,10 +330,11 @@ impl Pool {
         {
             // Open connections stay within the size: an idle one of other parameters goes.
             let checked_out = inner.settings.size as usize - inner.gate.available();
-            let mut idle = inner.idle.lock();
-            if !idle.is_empty() && idle.len() + checked_out > inner.settings.size as usize {
-                idle.remove(0);
-            }
+            inner.gate.with_idle(|idle| {
+                if !idle.is_empty() && idle.len() + checked_out > inner.settings.size as usize {
+                    idle.remove(0);
+                }
+            });
         }
         // Boxed: connecting is rare, and its state would otherwise sit in every waiting session.
         let conn = Box::pin(self.connect(startup)).await?;
@@ -356,14 +354,23 @@ impl Pool {
         if self.inner.retired.load(Ordering::Acquire) {
             return self.successor()?.try_get_for(startup);
         }
-        if !self.inner.gate.try_take() {
-            return None;
-        }
+        let key = startup.key();
+        let round_robin = self.inner.settings.round_robin;
+        // A permit and the connection in one step under the gate's lock.
+        let first = self
+            .inner
+            .gate
+            .try_take_idle(|idle| find_idle(idle, key, round_robin))?;
         let permit = Permit::new(&self.inner);
         if self.is_held() {
+            // Checked after the permit is taken (see `get_for`).
+            self.inner.gate.with_idle(|idle| idle.push(first));
             return None;
         }
-        let conn = self.pop_idle(startup.key())?;
+        let conn = match usable(first) {
+            Some(conn) => conn,
+            None => self.pop_idle(key)?,
+        };
         self.inner.checkouts.fetch_add(1, Ordering::Relaxed);
         Some(permit.with(conn))
     }
@@ -371,26 +378,14 @@ impl Pool {
     /// The most recently used idle connection opened with `key` that is still good.
     fn pop_idle(&self, key: u64) -> Option<Box<ServerConn>> {
         let inner = &self.inner;
+        let round_robin = inner.settings.round_robin;
         loop {
-            let mut conn = {
-                let mut idle = inner.idle.lock();
-                let at = if inner.settings.round_robin {
-                    idle.iter().position(|c| c.opened_with == key)?
-                } else {
-                    idle.iter().rposition(|c| c.opened_with == key)?
-                };
-                idle.remove(at)
-            };
-            // Every connection is probed (one non-blocking read): a server restarted or
-            // killed even a moment ago has closed it, and a client must never get the
-            // FATAL its backend left behind.
-            // Its age is as of its last use (no clock read per checkout): one that grew old
-            // idle goes with the pool's upkeep.
-            let old = conn.retire_at.is_some_and(|r| conn.last_used > r);
-            if conn.is_stale() || old {
-                continue; // dropped: closed
+            let conn = inner
+                .gate
+                .with_idle(|idle| find_idle(idle, key, round_robin).map(|at| idle.remove(at)))?;
+            if let Some(conn) = usable(conn) {
+                return Some(conn);
             }
-            return Some(conn);
         }
     }
 
@@ -438,16 +433,12 @@ impl Pool {
     /// Backend pids of the idle connections.
     pub fn idle_pids(&self) -> Vec<i32> {
         self.inner
-            .idle
-            .lock()
-            .iter()
-            .map(|c| c.backend_pid)
-            .collect()
+            .gate
+            .with_idle(|idle| idle.iter().map(|c| c.backend_pid).collect())
     }
 
     pub fn stats(&self) -> PoolStats {
-        let idle = self.inner.idle.lock().len();
-        let available = self.inner.gate.available();
+        let (available, idle) = self.inner.gate.counts();
         PoolStats {
             idle,
             active: self.inner.settings.size as usize - available,
@@ -460,7 +451,9 @@ impl Pool {
 
     /// Closes every idle connection (used on shutdown and reload).
     pub fn close_idle(&self) {
-        self.inner.idle.lock().clear();
+        // Dropped (closed) outside the lock.
+        let idle = self.inner.gate.with_idle(std::mem::take);
+        drop(idle);
     }
 }
 
@@ -617,7 +610,7 @@ impl Inner {
 
     /// A permit given back: to the first in line, or free.
     fn return_permit(&self) {
-        while let Some(w) = self.gate.next_or(|| {}) {
+        while let Some(w) = self.gate.next_or(|_| {}) {
             if w.grant(Grant::Permit).is_none() {
                 return;
             }
@@ -630,20 +623,20 @@ impl Inner {
         if self.is_held() {
             // No new request starts on a server being replaced: the first in line gets
             // the permit, and its checkout waits for the hold's end.
-            self.idle.lock().push(conn);
+            self.gate.with_idle(|idle| idle.push(conn));
             self.return_permit();
             return;
         }
         let mut conn = Some(conn);
         loop {
-            let idle = || self.idle.lock().push(conn.take().expect("coming back"));
+            let idle = |idle: &mut crate::gate::Idle| idle.push(conn.take().expect("coming back"));
             let Some(w) = self.gate.next_or(idle) else {
                 return;
             };
             let c = conn.take().expect("coming back");
             if w.key != c.opened_with {
                 // It wants a connection opened otherwise: it gets the permit and opens one.
-                self.idle.lock().push(c);
+                self.gate.with_idle(|idle| idle.push(c));
                 if w.grant(Grant::Permit).is_some() {
                     self.return_permit();
                 }
@@ -667,6 +660,27 @@ impl Inner {
     }
 }
 
+/// Where among the idle connections the one to hand out for `key` is: the most recently
+/// used, or with `round_robin` the least recently used.
+fn find_idle(idle: &crate::gate::Idle, key: u64, round_robin: bool) -> Option<usize> {
+    if round_robin {
+        idle.iter().position(|c| c.opened_with == key)
+    } else {
+        idle.iter().rposition(|c| c.opened_with == key)
+    }
+}
+
+/// `conn`, taken out of the idle ones, if it is still good; else it is dropped (closed).
+///
+/// Every connection is probed (one non-blocking read, which costs no system call while
+/// nothing has arrived): a server restarted or killed even a moment ago has closed it, and
+/// a client must never get the FATAL its backend left behind. Its age is as of its last use
+/// (no clock read per checkout): one that grew old idle goes with the pool's upkeep.
+fn usable(mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
+    let old = conn.retire_at.is_some_and(|r| conn.last_used > r);
+    (!conn.is_stale() && !old).then_some(conn)
+}
+
 async fn maintain(pool: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -674,8 +688,9 @@ async fn maintain(pool: Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = pool.upgrade() else { return };
         let s = &inner.settings;
-        {
-            let mut idle = inner.idle.lock();
+        // Dropped (closed) outside the lock.
+        let _gone: Vec<_> = inner.gate.with_idle(|idle| {
+            let mut gone = Vec::new();
             // Oldest-used first at the front; keep min_idle of the newest.
             let keep_min = s.min_idle as usize;
             let mut i = 0;
@@ -684,16 +699,18 @@ async fn maintain(pool: Weak<Inner>) {
                 let expired = c.created.elapsed() > s.server_lifetime;
                 let unused = c.last_used.elapsed() > s.idle_timeout && idle.len() > keep_min;
                 if expired || unused {
-                    idle.remove(i);
+                    gone.push(idle.remove(i));
                 } else {
                     i += 1;
                 }
             }
-        }
+            gone
+        });
         // Open connections up to min_idle, each under a permit so the ceiling holds.
         loop {
-            let open = inner.idle.lock().len() + (s.size as usize - inner.gate.available());
-            if inner.idle.lock().len() >= s.min_idle as usize || open >= s.size as usize {
+            let (available, idle) = inner.gate.counts();
+            let open = idle + (s.size as usize - available);
+            if idle >= s.min_idle as usize || open >= s.size as usize {
                 break;
             }
             if !inner.gate.try_take() {

@@ -116,13 +116,14 @@ impl Collector for ProxyCollector {
                 "primary"
             };
             let s = shards.entry((k.database, k.shard, role)).or_default();
-            s.queries += c.queries.load(Relaxed);
-            s.xacts += c.xacts.load(Relaxed);
-            s.query_us += c.query_us.load(Relaxed);
-            s.xact_us += c.xact_us.load(Relaxed);
+            let t = c.totals();
+            s.queries += t.queries;
+            s.xacts += t.xacts;
+            s.query_us += t.query_us;
+            s.xact_us += t.xact_us;
             s.wait_us += c.wait_us.load(Relaxed);
-            for (i, b) in c.latency.iter().enumerate() {
-                s.latency[i] += b.load(Relaxed);
+            for (sum, n) in s.latency.iter_mut().zip(t.latency) {
+                *sum += n;
             }
             s.active += st.active as u64;
             s.idle += st.idle as u64;

@@ -442,13 +442,14 @@ fn stats(proxy: &Proxy) -> Vec<Vec<Option<String>>> {
     let mut sums: BTreeMap<(String, String), [u64; 5]> = BTreeMap::new();
     for (k, p) in proxy.pools_by_key() {
         let c = p.counters();
+        let t = c.totals();
         let e = sums
             .entry((k.database.clone(), k.shard.clone()))
             .or_default();
-        e[0] += c.xacts.load(Relaxed);
-        e[1] += c.queries.load(Relaxed);
-        e[2] += c.xact_us.load(Relaxed);
-        e[3] += c.query_us.load(Relaxed);
+        e[0] += t.xacts;
+        e[1] += t.queries;
+        e[2] += t.xact_us;
+        e[3] += t.query_us;
         e[4] += c.wait_us.load(Relaxed);
     }
     sums.into_iter()
