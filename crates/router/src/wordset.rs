@@ -328,24 +328,29 @@ mod tests {
         assert!(!contains_any_word(b"", &[b"set"]));
     }
 
-    /// The words the proxy's session looks for (`proxy::session::words`), as a test set.
+    /// Words like those the proxy's session looks for (`proxy::session::words`), and a few
+    /// more: words that share their first bytes, one inside another, one with a `_`.
     const SESSION_WORDS: &[&[u8]] = &[
-        b"set",
-        b"listen",
-        b"discard",
-        b"deallocate",
-        b"savepoint",
-        b"release",
-        b"rollback",
-        b"temp",
-        b"hold",
-        b"prepare",
         b"advisory",
-        b"drop",
+        b"begin",
+        b"client_encoding",
         b"close",
-        b"unlock",
-        b"unlisten",
+        b"deallocate",
+        b"discard",
+        b"drop",
+        b"hold",
+        b"listen",
         b"load",
+        b"names",
+        b"prepare",
+        b"release",
+        b"reset",
+        b"rollback",
+        b"savepoint",
+        b"set",
+        b"temp",
+        b"unlisten",
+        b"unlock",
     ];
 
     /// Each word's bit is what the plain definition says, in both searches.
