@@ -29,7 +29,7 @@ pub fn contains_any_word(text: &[u8], words: &[&[u8]]) -> bool {
 /// matched against fingerprints of the words, each byte by its two halves in two table
 /// lookups (a vector shuffle), so that a position is looked at further only where the
 /// first three bytes of some word could start. For the ~55 bytes of a typical statement
-/// that is ~150 instructions; a general packed multi-substring search (aho-corasick's
+/// that is ~250 instructions; a general packed multi-substring search (aho-corasick's
 /// Teddy over a lower-cased copy) took ~700, most of them in setting up and verifying
 /// for short texts. Elsewhere, tables of the words' first three bytes (built at compile
 /// time) make the look byte by byte.
