@@ -202,17 +202,29 @@ def clean_env() -> dict:
     return env
 
 
+# Below Linux's ephemeral range (32768 and up): an outgoing connection is never given one of
+# these as its source port between the moment it is picked and the moment a server binds it.
+# The same range as the cluster crate's free_port, clear of merge_bench.py's 25460 and up.
+PORT_RANGE = range(16000, 25000)
+
+
 def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n loopback ports that were free a moment ago, from PORT_RANGE (this process starts
+    at its own place in it)."""
+    ports: list[int] = []
+    start = (os.getpid() * 7919) % len(PORT_RANGE)
+    for i in range(len(PORT_RANGE)):
+        port = PORT_RANGE[(start + i) % len(PORT_RANGE)]
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports on 127.0.0.1 in {PORT_RANGE}")
 
 
 def run(cmd: list[str], *, timeout: float, env: dict | None = None, pg_user: bool = False,

@@ -104,7 +104,7 @@ fn the_sandbox_serves_the_readme_demo() {
     assert!(!psql(port, "SELECT 1").0, "the proxy still answers");
 }
 
-/// A port below the ephemeral range (32768 and up), so no other test's `free_port` lands on it.
+/// A port outside both the ephemeral range (32768 and up) and `free_port`'s range.
 const TAKEN_PORT: u16 = 15433;
 
 #[test]
