@@ -54,7 +54,10 @@ mod tests {
     fn free_ports_are_below_the_ephemeral_range_bindable_and_not_repeated() {
         let a = free_port();
         let b = free_port();
-        assert!(PORT_RANGE.contains(&a) && PORT_RANGE.contains(&b), "{a}, {b}");
+        assert!(
+            PORT_RANGE.contains(&a) && PORT_RANGE.contains(&b),
+            "{a}, {b}"
+        );
         assert_ne!(a, b);
         std::net::TcpListener::bind(("127.0.0.1", a)).expect("the port is free");
     }
