@@ -14,10 +14,13 @@ use sgconfig::{Config, FailoverMode};
 use super::{failover, Role, Shard, State};
 use crate::Proxy;
 
-/// What a server says of itself: `p <lsn> <timeline>` or `r <replayed lsn> 0`.
+/// What a server says of itself: `p <lsn> <timeline>` or `r <replayed lsn> 0`. A primary's
+/// position is where WAL is *inserted*, not where it is written: with `synchronous_commit =
+/// off` a commit returns before its record is written, and read-your-writes compares a
+/// replica's replay with a position that must lie past every commit the client has seen.
 const CHECK_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
     THEN 'r ' || COALESCE(pg_last_wal_replay_lsn() - '0/0', 0)::text || ' 0' \
-    ELSE 'p ' || (pg_current_wal_lsn() - '0/0')::text || ' ' \
+    ELSE 'p ' || (pg_current_wal_insert_lsn() - '0/0')::text || ' ' \
         || ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END";
 
 /// One check's answer.
