@@ -441,6 +441,22 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
         .unwrap_or(0.0)
 }
 
+/// Scrapes until `done` holds of the samples (or 10 s have passed: the caller's assertions
+/// then say what is missing).
+async fn scrape_until(
+    port: u16,
+    done: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> (String, prometheus_parse::Scrape) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = scrape(port).await;
+        if done(&got.1) || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -477,7 +493,12 @@ async fn metrics_parse_and_count_exactly_what_ran() {
     client.simple_query("SELECT 1").await.unwrap();
 
     let shard = [("database", "app"), ("shard", "s0"), ("role", "primary")];
-    let (_, before) = scrape(mport).await;
+    // A request is counted once its answer has gone to the client, so a scrape right after
+    // the answer may not see it yet: wait for the first SELECT to be counted.
+    let (_, before) = scrape_until(mport, |s| {
+        sample(s, "shardgate_transactions_total", &shard) >= 1.0
+    })
+    .await;
     for _ in 0..7 {
         client.simple_query("SELECT 1").await.unwrap();
     }
@@ -490,7 +511,12 @@ async fn metrics_parse_and_count_exactly_what_ran() {
             "22012"
         );
     }
-    let (body, after) = scrape(mport).await;
+    let (body, after) = scrape_until(mport, |s| {
+        sample(s, "shardgate_transactions_total", &shard)
+            - sample(&before, "shardgate_transactions_total", &shard)
+            >= 10.0
+    })
+    .await;
     let delta = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)
     };
